@@ -1,0 +1,556 @@
+"""Pruning masks: a validated container, a safe on-disk format, and enforcement during training.
+
+A mask is a ``torch.bool`` tensor with the shape of the weight it prunes: ``True`` means the
+weight is kept, ``False`` means it is pruned (held at exactly ``0.0``).
+
+Public names:
+
+* :class:`Masks` -- ordered, read-only mapping ``parameter name -> bool tensor`` with summary
+  statistics (:meth:`Masks.density`, :meth:`Masks.per_layer`, ...), :meth:`Masks.save` /
+  :meth:`Masks.load` and :meth:`Masks.check` against a model.
+* :class:`LayerDensity` / :class:`LayerTable` -- the rows / table returned by ``per_layer()``.
+* :func:`apply_masks` -- zero pruned weights and keep them zero under any torch optimizer;
+  returns a :class:`MaskHandle` whose ``remove()`` stops the enforcement.
+
+Conventions chosen here:
+
+* A set of masks with no elements at all (no masks, or only 0-element masks) has density 1.0
+  and sparsity 0.0: nothing has been pruned. The same holds per layer for a 0-element mask.
+  This keeps ``per_layer()`` and logging total functions instead of raising on edge cases.
+* ``Masks`` equality compares names (ignoring order, like ``dict``), shapes and values.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import difflib
+import os
+import secrets
+import threading
+import weakref
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Union
+
+import torch
+import torch.nn as nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.utils.weak import WeakIdKeyDictionary
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "LayerDensity",
+    "LayerTable",
+    "MaskHandle",
+    "Masks",
+    "apply_masks",
+]
+
+FORMAT = "sparseforce.masks"
+FORMAT_VERSION = 1
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _shape_str(shape: Iterable[int]) -> str:
+    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+
+
+def _safe_density(kept: int, numel: int) -> float:
+    # 0/0 is defined as "nothing pruned" (see module docstring).
+    return 1.0 if numel == 0 else kept / numel
+
+
+# --------------------------------------------------------------------------------------------
+# per-layer report
+# --------------------------------------------------------------------------------------------
+
+
+class LayerDensity(NamedTuple):
+    name: str
+    shape: tuple
+    numel: int
+    kept: int
+    density: float
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.density
+
+
+class LayerTable(list):
+    """A list of :class:`LayerDensity` rows whose ``str()`` is an aligned text table."""
+
+    @property
+    def total(self) -> LayerDensity:
+        numel = sum(r.numel for r in self)
+        kept = sum(r.kept for r in self)
+        return LayerDensity("total", (), numel, kept, _safe_density(kept, numel))
+
+    def __str__(self) -> str:
+        header = ("name", "shape", "numel", "kept", "density", "sparsity")
+        total = self.total
+        body = [
+            (r.name, _shape_str(r.shape), f"{r.numel:,}", f"{r.kept:,}",
+             f"{r.density:.4f}", f"{r.sparsity:.4f}")
+            for r in self
+        ]
+        foot = ("total", "", f"{total.numel:,}", f"{total.kept:,}",
+                f"{total.density:.4f}", f"{total.sparsity:.4f}")
+        widths = [max(len(row[i]) for row in [header, *body, foot]) for i in range(len(header))]
+
+        def fmt(row) -> str:
+            # Names and shapes read best left-aligned, numbers right-aligned.
+            cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+            cells += [c.rjust(w) for c, w in zip(row[2:], widths[2:])]
+            return "  ".join(cells).rstrip()
+
+        rule = "-" * len(fmt(tuple("-" * w for w in widths)))
+        return "\n".join([fmt(header), rule, *(fmt(r) for r in body), rule, fmt(foot)])
+
+    def __repr__(self) -> str:
+        return f"LayerTable({list.__repr__(self)})"
+
+
+# --------------------------------------------------------------------------------------------
+# Masks
+# --------------------------------------------------------------------------------------------
+
+
+class Masks(collections.abc.Mapping):
+    """Ordered, read-only mapping ``parameter name -> torch.bool tensor``.
+
+    The tensors are stored as given (no copy), so building a ``Masks`` from masks that live on
+    a GPU costs nothing; use :meth:`to` to move them.
+    """
+
+    __slots__ = ("_masks",)
+
+    def __init__(self, mapping: Union[Mapping[str, torch.Tensor], Iterable] = ()):
+        items = mapping.items() if isinstance(mapping, collections.abc.Mapping) else mapping
+        masks: dict = {}
+        for name, mask in items:
+            if not isinstance(name, str):
+                raise TypeError(f"mask names must be str, got {type(name).__name__}: {name!r}")
+            if not isinstance(mask, torch.Tensor):
+                raise TypeError(
+                    f"mask {name!r} must be a torch.Tensor of dtype torch.bool, "
+                    f"got {type(mask).__name__}"
+                )
+            if mask.dtype != torch.bool:
+                raise TypeError(
+                    f"mask {name!r} must have dtype torch.bool, got {mask.dtype} "
+                    f"(convert explicitly, e.g. `m != 0`, so that the intent is clear)"
+                )
+            if name in masks:
+                raise ValueError(f"duplicate mask name {name!r}")
+            masks[name] = mask
+        self._masks = masks
+
+    # -- Mapping protocol ----------------------------------------------------------------------
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._masks[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._masks)
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._masks
+
+    def __eq__(self, other: object) -> bool:
+        # Mapping.__eq__ would compare tensors with `==`, which is elementwise and cannot be
+        # turned into a bool for multi-element tensors.
+        if not isinstance(other, collections.abc.Mapping):
+            return NotImplemented
+        if set(self._masks) != set(other.keys()):
+            return False
+        for name, a in self._masks.items():
+            b = other[name]
+            if not isinstance(b, torch.Tensor) or a.dtype != b.dtype or a.shape != b.shape:
+                return False
+            if a.device != b.device:
+                a, b = a.cpu(), b.cpu()
+            if not torch.equal(a, b):
+                return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    def numel(self) -> int:
+        """Total number of mask entries (kept + pruned)."""
+        return sum(m.numel() for m in self._masks.values())
+
+    def num_kept(self) -> int:
+        """Number of ``True`` (kept) entries over all masks."""
+        return sum(int(m.count_nonzero()) for m in self._masks.values())
+
+    def density(self) -> float:
+        """Kept / total over all masks; 1.0 when there are no elements (nothing pruned)."""
+        return _safe_density(self.num_kept(), self.numel())
+
+    def sparsity(self) -> float:
+        """``1 - density()``."""
+        return 1.0 - self.density()
+
+    def per_layer(self) -> LayerTable:
+        """One :class:`LayerDensity` row per mask, in order; ``str()`` of it is a table."""
+        rows = LayerTable()
+        for name, m in self._masks.items():
+            kept = int(m.count_nonzero())
+            rows.append(LayerDensity(name, tuple(m.shape), m.numel(), kept,
+                                     _safe_density(kept, m.numel())))
+        return rows
+
+    def __repr__(self) -> str:
+        numel = self.numel()
+        kept = self.num_kept()
+        return (f"Masks({len(self)} tensors, {kept:,}/{numel:,} kept, "
+                f"density={_safe_density(kept, numel):.4f})")
+
+    # -- conversion ----------------------------------------------------------------------------
+
+    def to(self, device: Union[str, torch.device, int], non_blocking: bool = False) -> "Masks":
+        """A new ``Masks`` with every tensor on ``device`` (tensors already there are shared)."""
+        return Masks({n: m.to(device, non_blocking=non_blocking) for n, m in self._masks.items()})
+
+    def state_dict(self) -> dict:
+        """The on-disk payload: ``{"format", "version", "masks": {name: cpu bool tensor}}``."""
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "masks": {n: _compact_cpu(m) for n, m in self._masks.items()},
+        }
+
+    # -- model compatibility -------------------------------------------------------------------
+
+    def check(self, model: nn.Module) -> "Masks":
+        """Raise ``ValueError`` unless every mask names a parameter of ``model`` of equal shape.
+
+        All problems are reported at once. Returns ``self`` so it can be chained.
+        """
+        params = dict(model.named_parameters(remove_duplicate=False))
+        problems = []
+        for name, mask in self._masks.items():
+            p = params.get(name)
+            if p is None:
+                problems.append(f"  {name!r}: no such parameter in the model"
+                                f"{_suggest(name, params)}")
+            elif tuple(p.shape) != tuple(mask.shape):
+                problems.append(f"  {name!r}: mask has shape {_shape_str(mask.shape)} but the "
+                                f"parameter has shape {_shape_str(p.shape)}")
+        if problems:
+            raise ValueError(
+                f"masks do not fit {type(model).__name__} ({len(problems)} problem"
+                f"{'s' if len(problems) != 1 else ''}):\n" + "\n".join(problems)
+            )
+        return self
+
+    validate_for = check
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def save(self, path: PathLike) -> None:
+        """Write the masks to ``path`` atomically.
+
+        The payload goes to a temporary file in the same directory which is fsynced and then
+        renamed over ``path``, so readers (and a crash at any point) see either the previous
+        file or the complete new one, never a truncated mix.
+        """
+        payload = self.state_dict()
+        _atomic_torch_save(payload, os.fspath(path))
+
+    @classmethod
+    def load(cls, path: PathLike, model: Optional[nn.Module] = None,
+             map_location: Any = "cpu") -> "Masks":
+        """Read masks written by :meth:`save`, optionally checking them against ``model``.
+
+        Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for anything that is
+        not a valid mask file (unreadable bytes, a plain ``state_dict``, wrong format tag or
+        version, non-bool tensors) or that does not fit ``model``.
+        """
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"mask file {path!r} does not exist")
+        if os.path.isdir(path):
+            raise ValueError(f"mask file {path!r} is a directory")
+        try:
+            # weights_only: a mask file never needs arbitrary code execution to load.
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:
+            raise ValueError(
+                f"{path!r} is not a readable sparseforce mask file: torch.load failed with "
+                f"{type(exc).__name__}: {_first_line(exc)}"
+            ) from exc
+
+        masks = _parse_payload(obj, path)
+        if model is not None:
+            try:
+                masks.check(model)
+            except ValueError as exc:
+                raise ValueError(f"{path!r}: {exc}") from None
+        return masks
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def _suggest(name: str, params: Mapping[str, Any], limit: int = 5) -> str:
+    if not params:
+        return " (the model has no parameters)"
+    close = difflib.get_close_matches(name, list(params), n=limit, cutoff=0.5)
+    names = close + [n for n in params if n not in close]
+    shown = ", ".join(repr(n) for n in names[:limit])
+    more = f", ... ({len(params)} in all)" if len(params) > limit else ""
+    return f"; valid names include {shown}{more}"
+
+
+def _compact_cpu(mask: torch.Tensor) -> torch.Tensor:
+    t = mask.detach().cpu()
+    # torch.save writes a view's whole storage; a mask sliced out of a bigger tensor would
+    # otherwise drag the rest of that tensor into the file.
+    if (not t.is_contiguous() or t.storage_offset() != 0
+            or t.untyped_storage().nbytes() != t.numel() * t.element_size()):
+        t = t.clone(memory_format=torch.contiguous_format)
+    return t
+
+
+def _parse_payload(obj: Any, path: str) -> Masks:
+    where = f"{path!r} is not a sparseforce mask file"
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a dict, found {type(obj).__name__}")
+    if "format" not in obj:
+        looks_like_state_dict = bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+        hint = (" (it looks like a model state_dict or checkpoint; masks must be written with "
+                "Masks.save)" if looks_like_state_dict else "")
+        raise ValueError(f"{where}: missing the 'format' tag{hint}")
+    if obj["format"] != FORMAT:
+        raise ValueError(f"{where}: format tag is {obj['format']!r}, expected {FORMAT!r}")
+    version = obj.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{where}: missing or invalid 'version' ({version!r})")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{path!r} uses mask format version {version}, newer than this "
+                         f"sparseforce understands ({FORMAT_VERSION}); upgrade sparseforce")
+    if version < 1:
+        raise ValueError(f"{where}: invalid version {version}")
+    raw = obj.get("masks")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: 'masks' should be a dict, found {type(raw).__name__}")
+    try:
+        return Masks(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path!r} contains invalid masks: {exc}") from None
+
+
+def _atomic_torch_save(obj: Any, path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    # os.open with O_EXCL and mode 0o666 (rather than tempfile) so the final file gets the
+    # usual umask-derived permissions instead of tempfile's 0o600.
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                         0o666)
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 100 collisions of 48 random bits
+        raise FileExistsError(f"could not create a temporary file next to {path!r}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    # Persist the rename itself; without this a power loss can still lose the new entry.
+    if hasattr(os, "O_DIRECTORY"):
+        try:
+            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return
+        try:
+            os.fsync(dfd)
+        except OSError:
+            pass
+        finally:
+            os.close(dfd)
+
+
+# --------------------------------------------------------------------------------------------
+# enforcement during training
+# --------------------------------------------------------------------------------------------
+
+
+class _Entry:
+    """The pruned-positions mask of one parameter, shared by its grad hook and the step hook."""
+
+    __slots__ = ("pruned", "active")
+
+    def __init__(self, pruned: torch.Tensor):
+        self.pruned = pruned  # True where the weight is pruned
+        self.active = True
+
+    def pruned_on(self, device: torch.device) -> torch.Tensor:
+        # The parameter can move after apply_masks (model.to("cuda") keeps the Parameter
+        # object and swaps its data), so follow it instead of failing inside a hook.
+        if self.pruned.device != device:
+            self.pruned = self.pruned.to(device)
+        return self.pruned
+
+
+# Parameter -> _Entry. Keyed by identity and held weakly so the registry never keeps a model
+# alive; torch's WeakIdKeyDictionary is used rather than weakref.WeakKeyDictionary because
+# the latter relies on key `==`, which for tensors is elementwise.
+_REGISTRY: "WeakIdKeyDictionary" = WeakIdKeyDictionary()
+_LOCK = threading.RLock()
+_STEP_HOOK = None  # RemovableHandle of the global optimizer step post-hook, while needed
+
+
+def _make_grad_hook(entry: _Entry):
+    # Closes over the entry only (never the parameter) so no reference cycle pins the parameter.
+    def hook(grad: torch.Tensor) -> Optional[torch.Tensor]:
+        if not entry.active:
+            return None
+        # Zero gradients mean momentum / Adam moments of pruned weights stay exactly zero,
+        # so the optimizer state is as if those weights did not exist.
+        return grad.masked_fill(entry.pruned_on(grad.device), 0)
+
+    return hook
+
+
+def _after_optimizer_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    # The gradient hook alone is not enough: decoupled weight decay only scales (0 stays 0),
+    # but optimizer state from before apply_masks, noise-injecting or custom optimizers, and
+    # gradients written to .grad directly all bypass it. Re-masking after every step makes
+    # "pruned weights are exactly zero after step()" hold for any optimizer.
+    if not _REGISTRY:
+        return
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                entry = _REGISTRY.get(p)
+                if entry is not None and entry.active:
+                    pass
+
+
+def _ensure_step_hook() -> None:
+    global _STEP_HOOK
+    if _STEP_HOOK is None:
+        _STEP_HOOK = register_optimizer_step_post_hook(_after_optimizer_step)
+
+
+def _maybe_drop_step_hook() -> None:
+    global _STEP_HOOK
+    if _STEP_HOOK is not None and not _REGISTRY:
+        _STEP_HOOK.remove()
+        _STEP_HOOK = None
+
+
+class MaskHandle:
+    """Returned by :func:`apply_masks`; ``remove()`` stops enforcing the masks.
+
+    Removing does not restore pruned weights (their values are gone); they simply become
+    trainable again. Also usable as a context manager.
+    """
+
+    def __init__(self, records: list, names: list):
+        # records: (weakref to parameter, entry, grad-hook RemovableHandle)
+        self._records = records
+        self.names = tuple(names)
+
+    @property
+    def active(self) -> bool:
+        return any(entry.active for _, entry, _ in self._records)
+
+    def remove(self) -> None:
+        with _LOCK:
+            for pref, entry, hook_handle in self._records:
+                entry.active = False
+                if hook_handle is not None:
+                    hook_handle.remove()
+                p = pref()
+                if p is not None and _REGISTRY.get(p) is entry:
+                    del _REGISTRY[p]
+            self._records = []
+            _maybe_drop_step_hook()
+
+    def __enter__(self) -> "MaskHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "removed"
+        return f"MaskHandle({len(self.names)} parameters, {state})"
+
+
+def apply_masks(model: nn.Module, masks: Union[Masks, Mapping[str, torch.Tensor]]) -> MaskHandle:
+    """Zero the pruned weights of ``model`` in place and keep them zero during training.
+
+    Two mechanisms, both installed per parameter:
+
+    * a gradient hook that zeroes the gradient of pruned entries, so optimizer state
+      (momentum buffers, Adam moments) of pruned weights never becomes nonzero for an
+      optimizer created after this call;
+    * a global optimizer step post-hook that re-zeroes pruned entries of every masked
+      parameter an optimizer owns after each ``step()``, whatever that optimizer does.
+
+    Masks are validated against the model (names and shapes) and moved to each parameter's
+    device before anything is modified. Applying masks again to a parameter that is already
+    masked replaces the earlier mask. Parameters tied under several names must be given equal
+    masks. Returns a :class:`MaskHandle`.
+    """
+    if not isinstance(masks, Masks):
+        masks = Masks(masks)
+    masks.check(model)
+
+    params = dict(model.named_parameters(remove_duplicate=False))
+    # Resolve everything first so that a failure (conflicting tied masks, device transfer)
+    # leaves the model untouched.
+    plan: dict = {}  # id(param) -> (param, pruned, name)
+    for name, mask in masks.items():
+        p = params[name]
+        pruned = (~mask).to(p.device)
+        prev = plan.get(id(p))
+        if prev is not None:
+            if not torch.equal(prev[1], pruned):
+                raise ValueError(f"parameters {prev[2]!r} and {name!r} are the same tensor "
+                                 f"(tied weights) but were given different masks")
+            continue
+        plan[id(p)] = (p, pruned, name)
+
+    records = []
+    with _LOCK, torch.no_grad():
+        for p, pruned, _name in plan.values():
+            p.masked_fill_(pruned, 0)
+            # A gradient already computed (masks applied between backward and step) must not
+            # leak into the next update either.
+            if p.grad is not None:
+                p.grad.masked_fill_(pruned.to(p.grad.device), 0)
+            old = _REGISTRY.get(p)
+            if old is not None:
+                old.active = False  # superseded: its grad hook becomes a no-op
+            entry = _Entry(pruned)
+            # Frozen parameters get no gradient (and torch refuses the hook); the step hook
+            # still covers them if they are unfrozen later.
+            hook_handle = (p.register_hook(_make_grad_hook(entry)) if p.requires_grad
+                           else None)
+            _REGISTRY[p] = entry
+            records.append((weakref.ref(p), entry, hook_handle))
+        _ensure_step_hook()
+    return MaskHandle(records, [name for _, _, name in plan.values()])

@@ -1,0 +1,69 @@
+"""Kernel-level API: the drop-in for other people's pruning code.
+
+Every op checks its arguments once (``_schema``), then runs on the backend asked for
+(``"auto" | "reference" | "cpp" | "cuda" | "triton"``). Every backend returns masks and thresholds
+bit-identical to ``reference``; ``masked_sgd_`` agrees with it to float32 rounding, pruned entries
+exactly 0.
+
+Ranking rules (all ops): exactly k elements are kept; elements above the k-th largest value are
+kept, and among elements equal to it the lowest global position wins (tensor order as given, then
+row-major); -0.0 equals +0.0; ±inf are ordinary values; a NaN score raises ``ValueError``
+(:class:`NaNScoreError`) naming the tensor.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _schema
+from ._registry import (AUTO_ORDER, KNOWN_BACKENDS, BackendUnavailableError, available_backends,
+                        resolve)
+from ._schema import NaNScoreError
+from . import reference as _reference  # noqa: F401  (registers the reference kernels)
+
+__all__ = ["topk_masks", "saliency_topk_masks", "kth_largest", "masked_sgd_", "available_backends",
+           "BackendUnavailableError", "NaNScoreError", "KNOWN_BACKENDS", "AUTO_ORDER"]
+
+
+def topk_masks(scores, k, *, out=None, backend="auto") -> list[torch.Tensor]:
+    """Bool masks keeping the k largest values over all ``scores`` together.
+
+    ``scores``: a list of float tensors (fp16/bf16/fp32/fp64, any shapes, mixed dtypes ranked
+    exactly). ``out``: optional list of bool tensors to write into (returned).
+    """
+    scores, k, out, device = _schema.topk_masks_args(scores, k, out)
+    return resolve(backend, "topk_masks", device)(scores, k, out, device)
+
+
+def kth_largest(scores, k, *, backend="auto") -> torch.Tensor:
+    """The k-th largest value over all ``scores`` (1 <= k <= N), a 0-dim tensor in the promoted
+    dtype; a zero threshold is returned as +0.0."""
+    scores, k, device = _schema.kth_largest_args(scores, k)
+    return resolve(backend, "kth_largest", device)(scores, k, device)
+
+
+def saliency_topk_masks(weights, grads, k, *, prev_masks=None, resurrect=True, out=None,
+                        backend="auto") -> list[torch.Tensor]:
+    """One FORCE / Iter SNIP selection: keep the k largest saliencies |w·g|.
+
+    Scores are computed in float32 (float64 if an input is float64), exact for fp16/bf16.
+    ``resurrect=True`` (FORCE) ranks every weight; ``prev_masks`` is not consulted.
+    ``resurrect=False`` (Iter SNIP) ranks only weights kept in ``prev_masks`` (all, if None), so
+    the new masks are a subset of them; k may not exceed the number kept.
+    """
+    weights, grads, k, prev_masks, resurrect, out, device = _schema.saliency_args(
+        weights, grads, k, prev_masks, resurrect, out)
+    return resolve(backend, "saliency_topk_masks", device)(weights, grads, k, prev_masks, resurrect, out, device)
+
+
+def masked_sgd_(params, grads, momentum_buffers, masks, *, lr, momentum=0.0, dampening=0.0,
+                weight_decay=0.0, nesterov=False, backend="auto") -> list:
+    """One SGD step (torch.optim.SGD semantics) on many tensors, in place, keeping pruned entries
+    of the weights and their momentum exactly 0.
+
+    ``momentum_buffers``: a list of tensors updated in place, or None entries (or None) where no
+    buffer exists yet, which are then created as torch does (buf = d_p on the first step).
+    ``masks``: list of bool tensors, None entries meaning unmasked. Returns the momentum buffers.
+    """
+    params, grads, momentum_buffers, masks, hyper, nesterov, device = _schema.masked_sgd_args(
+        params, grads, momentum_buffers, masks, lr, momentum, dampening, weight_decay, nesterov)
+    return resolve(backend, "masked_sgd_", device)(params, grads, momentum_buffers, masks, hyper, nesterov, device)

@@ -1,0 +1,173 @@
+"""The op schemas: argument checks every backend relies on.
+
+A backend kernel receives arguments that passed these checks, so it only has to compute. What a
+kernel must still detect itself is NaN in a score: finding it costs a pass over the data, which a
+fast kernel gets for free inside its first histogram pass.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class NaNScoreError(ValueError):
+    """A score is NaN. ``index`` is the position of the offending tensor in the list passed."""
+
+    def __init__(self, index: int, message: str | None = None):
+        self.index = index
+        super().__init__(message or f"scores[{index}] contains NaN; NaN scores cannot be ranked")
+
+
+def _tensor_list(name: str, tensors) -> list[torch.Tensor]:
+    if isinstance(tensors, torch.Tensor) or not isinstance(tensors, Sequence):
+        raise TypeError(f"{name} must be a list or tuple of tensors, got {type(tensors).__name__}")
+    out = list(tensors)
+    for i, t in enumerate(out):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}[{i}] must be a tensor, got {type(t).__name__}")
+    return out
+
+
+def _float_list(name: str, tensors) -> list[torch.Tensor]:
+    out = _tensor_list(name, tensors)
+    for i, t in enumerate(out):
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name}[{i}] has dtype {t.dtype}; expected one of fp16, bf16, fp32, fp64")
+    return out
+
+
+def common_device(*named_lists) -> torch.device:
+    """The one device all tensors live on (CPU when there are none)."""
+    device = None
+    first = None
+    for name, tensors in named_lists:
+        for i, t in enumerate(tensors):
+            if t is None:
+                continue
+            if device is None:
+                device, first = t.device, f"{name}[{i}]"
+            elif t.device != device:
+                raise ValueError(f"{name}[{i}] is on {t.device} but {first} is on {device}; "
+                                 "all tensors of one call must share a device")
+    return device if device is not None else torch.device("cpu")
+
+
+def check_k(k, n: int, what: str = "scores") -> int:
+    if isinstance(k, bool):
+        raise TypeError(f"k must be an integer, got bool {k}")
+    if isinstance(k, torch.Tensor):
+        if k.numel() != 1 or k.is_floating_point() or k.is_complex():
+            raise TypeError(f"k must be an integer, got a tensor of shape {tuple(k.shape)} and dtype {k.dtype}")
+        k = int(k.item())
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"k must be an integer, got {type(k).__name__} {k!r}") from None
+    if not 0 <= k <= n:
+        raise ValueError(f"k={k} is outside [0, {n}]: {what} hold {n} elements in all")
+    return k
+
+
+def check_out(out, like: list[torch.Tensor]) -> list[torch.Tensor] | None:
+    if out is None:
+        return None
+    out = _tensor_list("out", out)
+    if len(out) != len(like):
+        raise ValueError(f"out has {len(out)} tensors but there are {len(like)} inputs")
+    for i, (o, t) in enumerate(zip(out, like)):
+        if o.dtype != torch.bool:
+            raise TypeError(f"out[{i}] must be torch.bool, got {o.dtype}")
+        if o.shape != t.shape:
+            raise ValueError(f"out[{i}] has shape {tuple(o.shape)} but its input has {tuple(t.shape)}")
+        if o.device != t.device:
+            raise ValueError(f"out[{i}] is on {o.device} but its input is on {t.device}")
+    return out
+
+
+def topk_masks_args(scores, k, out):
+    scores = _float_list("scores", scores)
+    device = common_device(("scores", scores))
+    k = check_k(k, sum(s.numel() for s in scores))
+    return scores, k, check_out(out, scores), device
+
+
+def kth_largest_args(scores, k):
+    scores = _float_list("scores", scores)
+    device = common_device(("scores", scores))
+    n = sum(s.numel() for s in scores)
+    k = check_k(k, n)
+    if k == 0:
+        raise ValueError("k=0 has no k-th largest value; k must be in [1, N]")
+    return scores, k, device
+
+
+def saliency_args(weights, grads, k, prev_masks, resurrect, out):
+    weights = _float_list("weights", weights)
+    grads = _float_list("grads", grads)
+    if len(weights) != len(grads):
+        raise ValueError(f"weights has {len(weights)} tensors but grads has {len(grads)}")
+    for i, (w, g) in enumerate(zip(weights, grads)):
+        if w.shape != g.shape:
+            raise ValueError(f"weights[{i}] has shape {tuple(w.shape)} but grads[{i}] has {tuple(g.shape)}")
+    if not isinstance(resurrect, bool):
+        raise TypeError(f"resurrect must be a bool, got {type(resurrect).__name__}")
+    if prev_masks is not None:
+        prev_masks = _tensor_list("prev_masks", prev_masks)
+        if len(prev_masks) != len(weights):
+            raise ValueError(f"prev_masks has {len(prev_masks)} tensors but weights has {len(weights)}")
+        for i, (m, w) in enumerate(zip(prev_masks, weights)):
+            if m.dtype != torch.bool:
+                raise TypeError(f"prev_masks[{i}] must be torch.bool, got {m.dtype}")
+            if m.shape != w.shape:
+                raise ValueError(f"prev_masks[{i}] has shape {tuple(m.shape)} but weights[{i}] has {tuple(w.shape)}")
+    device = common_device(("weights", weights), ("grads", grads), ("prev_masks", prev_masks or []))
+    n = sum(w.numel() for w in weights)
+    k = check_k(k, n, "weights")
+    if not resurrect and prev_masks is not None:
+        alive = sum(int(m.sum()) for m in prev_masks)
+        if k > alive:
+            raise ValueError(f"k={k} but prev_masks keep only {alive} weights; with resurrect=False "
+                             "only weights kept in prev_masks compete, so k may not exceed that")
+    return weights, grads, k, prev_masks, resurrect, check_out(out, weights), device
+
+
+def masked_sgd_args(params, grads, momentum_buffers, masks, lr, momentum, dampening, weight_decay, nesterov):
+    params = _float_list("params", params)
+    grads = _float_list("grads", grads)
+    n = len(params)
+    if len(grads) != n:
+        raise ValueError(f"params has {n} tensors but grads has {len(grads)}")
+    momentum_buffers = [None] * n if momentum_buffers is None else list(momentum_buffers)
+    masks = [None] * n if masks is None else list(masks)
+    for name, lst in (("momentum_buffers", momentum_buffers), ("masks", masks)):
+        if len(lst) != n:
+            raise ValueError(f"{name} has {len(lst)} entries but params has {n}")
+    for i, p in enumerate(params):
+        if grads[i].shape != p.shape:
+            raise ValueError(f"grads[{i}] has shape {tuple(grads[i].shape)} but params[{i}] has {tuple(p.shape)}")
+        b, m = momentum_buffers[i], masks[i]
+        if b is not None:
+            if not isinstance(b, torch.Tensor) or b.shape != p.shape or b.dtype != p.dtype:
+                raise ValueError(f"momentum_buffers[{i}] must be None or a tensor of shape {tuple(p.shape)} "
+                                 f"and dtype {p.dtype}")
+        if m is not None:
+            if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.shape != p.shape:
+                raise ValueError(f"masks[{i}] must be None or a torch.bool tensor of shape {tuple(p.shape)}")
+    device = common_device(("params", params), ("grads", grads), ("momentum_buffers", momentum_buffers),
+                           ("masks", masks))
+    hyper = {}
+    for name, v in (("lr", lr), ("momentum", momentum), ("dampening", dampening), ("weight_decay", weight_decay)):
+        if isinstance(v, torch.Tensor):
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"{name} must be a number, got {type(v).__name__}")
+        if not (v == v) or v < 0:
+            raise ValueError(f"{name} must be a non-negative number, got {v}")
+        hyper[name] = float(v)
+    if nesterov and (hyper["momentum"] <= 0 or hyper["dampening"] != 0):
+        raise ValueError("nesterov momentum requires momentum > 0 and dampening = 0")
+    return params, grads, momentum_buffers, masks, hyper, bool(nesterov), device

@@ -1,0 +1,32 @@
+"""Pruning methods: FORCE and Iter SNIP (progressive) and the baselines they are compared with."""
+from __future__ import annotations
+
+from .oneshot import grasp, magnitude, random, synflow
+from .progressive import force, iter_snip, snip
+from .schedules import SCHEDULES, densities, keep_counts
+
+METHODS = {
+    "force": force,
+    "iter_snip": iter_snip,
+    "snip": snip,
+    "grasp": grasp,
+    "synflow": synflow,
+    "magnitude": magnitude,
+    "random": random,
+}
+DATA_FREE = ("magnitude", "random", "synflow")
+
+
+def prune(model, data=None, method="force", sparsity=None, **kw):
+    """One entry point for every method: ``prune(model, data, method="force", sparsity=0.99, ...)``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; choose one of {sorted(METHODS)}")
+    if sparsity is None:
+        raise ValueError("prune() needs sparsity= (the fraction of prunable weights to remove)")
+    if method in ("magnitude", "random"):
+        return METHODS[method](model, sparsity=sparsity, **kw)
+    return METHODS[method](model, data, sparsity=sparsity, **kw)
+
+
+__all__ = ["force", "iter_snip", "snip", "grasp", "synflow", "magnitude", "random", "prune", "METHODS",
+           "DATA_FREE", "SCHEDULES", "densities", "keep_counts"]

@@ -1,0 +1,146 @@
+"""What the pruning methods need from a model, without ever changing it.
+
+Gradients are taken with ``torch.func.functional_call`` on substitute weight tensors and copies
+of the buffers, so the caller's parameters, buffers (BN running stats), ``.grad``,
+``requires_grad`` and train/eval flags are never written; only the modules' mode is switched for
+the call and put back.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def prunable_parameters(model: nn.Module, prunable=None) -> dict[str, nn.Parameter]:
+    """Name -> parameter of the weights to prune, in ``model.named_parameters()`` order.
+
+    Default: the ``.weight`` of every Conv1d/2d/3d and Linear. ``prunable`` may be a list of
+    parameter names or a predicate ``f(name, param) -> bool``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    params = dict(model.named_parameters())
+    if prunable is None:
+        eligible = {id(m.weight) for m in model.modules()
+                    if isinstance(m, PRUNABLE_TYPES) and isinstance(m.weight, nn.Parameter)}
+        chosen = {n: p for n, p in params.items() if id(p) in eligible}
+    elif callable(prunable):
+        chosen = {n: p for n, p in params.items() if prunable(n, p)}
+    elif isinstance(prunable, Iterable) and not isinstance(prunable, (str, bytes)):
+        names = list(prunable)
+        missing = [n for n in names if n not in params]
+        if missing:
+            raise ValueError(f"prunable names {missing} are not parameters of the model "
+                             f"(some valid names: {list(params)[:5]})")
+        wanted = set(names)
+        chosen = {n: p for n, p in params.items() if n in wanted}
+    else:
+        raise TypeError("prunable must be None, a list of parameter names or a predicate f(name, param)")
+    if not chosen:
+        raise ValueError("the model has no prunable weights (default: the weights of Conv1d/2d/3d and Linear)")
+    for n, p in chosen.items():
+        if not p.is_floating_point():
+            raise TypeError(f"prunable parameter {n!r} has dtype {p.dtype}; only float weights can be pruned")
+    return chosen
+
+
+@contextlib.contextmanager
+def module_mode(model: nn.Module, train: bool):
+    """Switch every module to train/eval mode for the block, then restore each one's own flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.train(train)
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def buffer_copies(model: nn.Module, transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    """Private copies of the buffers: a forward in train mode updates BN statistics in place, and
+    those writes must land on the copies, not on the caller's model."""
+    out = {}
+    for n, b in model.named_buffers():
+        b = b.detach().clone()
+        out[n] = transform(b) if transform is not None and b.is_floating_point() else b
+    return out
+
+
+def model_device(params: Mapping[str, torch.Tensor]) -> torch.device:
+    return next(iter(params.values())).device
+
+
+def to_device(x, device):
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, Mapping):
+        return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device) for v in x)
+    return x
+
+
+def forward(model, tensors: dict, inputs):
+    if isinstance(inputs, Mapping):
+        return functional_call(model, tensors, (), dict(inputs))
+    return functional_call(model, tensors, (inputs,))
+
+
+class BatchStream:
+    """Hands out batches in order, starting the iterable again when it runs out."""
+
+    def __init__(self, data, device):
+        if data is None:
+            raise ValueError("this method needs data: an iterable of (inputs, targets) batches")
+        if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
+            raise TypeError(f"data must be an iterable of (inputs, targets) batches, got {type(data).__name__}")
+        self.data, self.device, self._it = data, device, iter(data)
+
+    def next(self):
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self._it = iter(self.data)
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                raise ValueError("data yielded no batches") from None
+        if not isinstance(batch, Sequence) or isinstance(batch, (str, bytes)) or len(batch) != 2:
+            raise ValueError(f"each batch must be a pair (inputs, targets), got {type(batch).__name__}"
+                             + (f" of length {len(batch)}" if isinstance(batch, Sequence) else ""))
+        return to_device(batch[0], self.device), to_device(batch[1], self.device)
+
+    def take(self, n: int) -> list:
+        return [self.next() for _ in range(n)]
+
+
+def default_loss(output, target):
+    return F.cross_entropy(output, target)
+
+
+def mean_gradients(model, weights: dict[str, torch.Tensor], buffers: dict, batches, loss_fn):
+    """Mean over ``batches`` of dLoss/dw at the substitute ``weights`` (a fresh leaf each).
+
+    Returns (list of gradients in ``weights`` order, mean loss as a float).
+    """
+    names = list(weights)
+    leaves = [weights[n].detach().requires_grad_(True) for n in names]
+    total = [torch.zeros_like(w) for w in leaves]
+    loss_sum = 0.0
+    for inputs, targets in batches:
+        out = forward(model, {**buffers, **dict(zip(names, leaves))}, inputs)
+        loss = loss_fn(out, targets)
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        for acc, g in zip(total, grads):
+            if g is not None:
+                acc.add_(g)
+        loss_sum += float(loss.detach())
+    n = len(batches)
+    return [g.div_(n) for g in total], loss_sum / n

@@ -1,0 +1,542 @@
+import gc
+import os
+import weakref
+
+import pytest
+import torch
+import torch.nn as nn
+
+from sparseforce import masks as masks_mod
+from sparseforce.masks import LayerDensity, LayerTable, MaskHandle, Masks, apply_masks
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+class SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def random_masks(model, density=0.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Masks({
+        name: torch.rand(p.shape, generator=g) < density
+        for name, p in model.named_parameters() if name.endswith("weight")
+    })
+
+
+def hand_masks():
+    a = torch.tensor([[True, False, True], [False, False, True]])  # 3/6 kept
+    b = torch.tensor([True, True, True, False])  # 3/4 kept
+    return Masks({"a": a, "b": b})
+
+
+# ---------------------------------------------------------------------------------------------
+# Mapping behaviour and validation
+# ---------------------------------------------------------------------------------------------
+
+
+def test_mapping_behaviour_and_no_copy():
+    a = torch.ones(2, 3, dtype=torch.bool)
+    b = torch.zeros(4, dtype=torch.bool)
+    src = {"z": a, "a": b}
+    m = Masks(src)
+    assert list(m) == ["z", "a"]  # insertion order, not sorted
+    assert len(m) == 2 and "z" in m and "nope" not in m
+    assert m["z"] is a and m["a"] is b  # no needless copies
+    items = list(m.items())
+    assert [k for k, _ in items] == ["z", "a"] and items[0][1] is a and items[1][1] is b
+    assert m.get("missing") is None
+    with pytest.raises(KeyError):
+        m["missing"]
+    src["extra"] = a  # later changes to the source dict don't leak in
+    assert "extra" not in m
+    with pytest.raises(TypeError):
+        m["new"] = a  # read-only mapping
+    assert Masks(m) == m
+    assert Masks(list(m.items())) == m
+
+
+def test_equality():
+    m = hand_masks()
+    assert m == hand_masks()
+    assert m == {"b": m["b"], "a": m["a"]}  # order-insensitive, like dict
+    other = dict(m)
+    other["b"] = ~m["b"]
+    assert m != Masks(other)
+    assert m != Masks({"a": m["a"]})
+    assert m != {"a": m["a"], "b": m["b"].reshape(2, 2)}
+
+
+def test_validation_errors():
+    with pytest.raises(TypeError, match=r"'w'.*torch\.float32"):
+        Masks({"w": torch.ones(3)})
+    with pytest.raises(TypeError, match=r"'w'.*torch\.int64"):
+        Masks({"w": torch.ones(3, dtype=torch.long)})
+    with pytest.raises(TypeError, match=r"'w'.*list"):
+        Masks({"w": [True, False]})
+    with pytest.raises(TypeError, match="str"):
+        Masks({1: torch.ones(3, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="duplicate"):
+        Masks([("w", torch.ones(1, dtype=torch.bool)), ("w", torch.ones(1, dtype=torch.bool))])
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def test_density_numbers():
+    m = hand_masks()
+    assert m.numel() == 10
+    assert m.num_kept() == 6
+    assert m.density() == pytest.approx(0.6)
+    assert m.sparsity() == pytest.approx(0.4)
+    assert isinstance(m.density(), float) and isinstance(m.num_kept(), int)
+
+
+def test_empty_masks_density_is_one():
+    assert Masks({}).density() == 1.0
+    assert Masks({}).sparsity() == 0.0
+    assert Masks({}).numel() == 0 and Masks({}).num_kept() == 0
+    z = Masks({"z": torch.ones(0, 3, dtype=torch.bool)})
+    assert z.density() == 1.0
+    assert z.per_layer()[0].density == 1.0
+
+
+def test_per_layer_table():
+    m = hand_masks()
+    table = m.per_layer()
+    assert isinstance(table, LayerTable) and isinstance(table, list)
+    assert table == [
+        LayerDensity("a", (2, 3), 6, 3, 0.5),
+        LayerDensity("b", (4,), 4, 3, 0.75),
+    ]
+    assert table[1].sparsity == pytest.approx(0.25)
+    assert table.total == LayerDensity("total", (), 10, 6, pytest.approx(0.6))
+
+    text = str(table)
+    lines = text.splitlines()
+    assert "name" in lines[0] and "density" in lines[0]
+    assert any(line.startswith("a ") for line in lines)
+    assert any(line.startswith("b ") for line in lines)
+    assert "(2, 3)" in text and "(4,)" not in text and "(4)" in text
+    assert lines[-1].startswith("total") and "0.6000" in lines[-1] and "10" in lines[-1]
+    # aligned: the density column ends at the same offset on every data row
+    data = [l for l in lines if not set(l) <= {"-"}]
+    ends = {len(l) for l in data}
+    assert len(ends) == 1, text
+
+
+def test_repr_is_short():
+    r = repr(hand_masks())
+    assert r.startswith("Masks(") and "2 tensors" in r and "6/10" in r and "0.6000" in r
+    assert "\n" not in r
+
+
+# ---------------------------------------------------------------------------------------------
+# persistence
+# ---------------------------------------------------------------------------------------------
+
+
+def odd_masks():
+    g = torch.Generator().manual_seed(1)
+    big = torch.rand(7, 9, generator=g) > 0.3
+    return Masks({
+        "z.weight": torch.rand(5, 1, 3, 2, generator=g) > 0.5,
+        "empty": torch.zeros(0, 4, dtype=torch.bool),
+        "scalar": torch.tensor(True),
+        "a.weight": torch.rand(13, generator=g) > 0.5,
+        "view": big[2:5, ::2],  # non-contiguous view into a bigger tensor
+        "ones": torch.ones(3, 3, dtype=torch.bool),
+    })
+
+
+def test_save_load_round_trip_exact(tmp_path):
+    m = odd_masks()
+    path = tmp_path / "m.pt"
+    m.save(path)
+    back = Masks.load(path)
+    assert list(back) == list(m)  # same names, same order
+    for name in m:
+        assert back[name].dtype == torch.bool
+        assert back[name].shape == m[name].shape
+        assert torch.equal(back[name], m[name])
+    assert back == m
+    # str paths work too, and the view did not drag its whole storage into the file
+    back2 = Masks.load(str(path))
+    assert back2["view"].untyped_storage().nbytes() == back2["view"].numel()
+
+
+def test_saved_file_is_plain_weights_only_payload(tmp_path):
+    path = tmp_path / "m.pt"
+    hand_masks().save(path)
+    obj = torch.load(path, weights_only=True)
+    assert obj["format"] == "sparseforce.masks"
+    assert obj["version"] == 1
+    assert list(obj["masks"]) == ["a", "b"]
+    assert all(t.dtype == torch.bool and t.device.type == "cpu" for t in obj["masks"].values())
+
+
+def test_load_with_model_checks_names_and_shapes(tmp_path):
+    model = SmallNet()
+    good = random_masks(model)
+    good.save(tmp_path / "good.pt")
+    assert Masks.load(tmp_path / "good.pt", model=model) == good
+
+    bad_shape = dict(good)
+    bad_shape["fc.weight"] = torch.ones(5, 3, dtype=torch.bool)
+    Masks(bad_shape).save(tmp_path / "shape.pt")
+    with pytest.raises(ValueError, match=r"(?s)shape\.pt.*'fc\.weight'.*\(5, 3\).*\(5, 144\)"):
+        Masks.load(tmp_path / "shape.pt", model=model)
+
+    bad_name = dict(good)
+    bad_name["fc.wieght"] = bad_name.pop("fc.weight")
+    Masks(bad_name).save(tmp_path / "name.pt")
+    with pytest.raises(ValueError, match=r"(?s)name\.pt.*'fc\.wieght'.*no such parameter") as ei:
+        Masks.load(tmp_path / "name.pt", model=model)
+    assert "'fc.weight'" in str(ei.value)  # suggests a valid name
+
+
+def test_load_missing_file(tmp_path):
+    path = tmp_path / "nope.pt"
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        Masks.load(path)
+
+
+def test_load_garbage_bytes(tmp_path):
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(os.urandom(257))
+    with pytest.raises(ValueError, match="garbage.pt.*not a readable sparseforce mask file"):
+        Masks.load(path)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.pt"):
+        Masks.load(empty)
+
+
+def test_load_state_dict_is_rejected(tmp_path):
+    path = tmp_path / "sd.pt"
+    torch.save(SmallNet().state_dict(), path)
+    with pytest.raises(ValueError, match=r"sd\.pt.*not a sparseforce mask file.*state_dict"):
+        Masks.load(path)
+
+
+@pytest.mark.parametrize("payload, pattern", [
+    ({"format": "something.else", "version": 1, "masks": {}}, "format tag"),
+    ({"format": "sparseforce.masks", "version": 99, "masks": {}}, "version 99"),
+    ({"format": "sparseforce.masks", "masks": {}}, "version"),
+    ({"format": "sparseforce.masks", "version": 1, "masks": [1, 2]}, "'masks' should be a dict"),
+    ({"format": "sparseforce.masks", "version": 1, "masks": {"w": torch.ones(3)}},
+     r"invalid masks.*'w'.*torch\.float32"),
+    ([1, 2, 3], "expected a dict"),
+])
+def test_load_bad_payloads(tmp_path, payload, pattern):
+    path = tmp_path / "bad.pt"
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=pattern) as ei:
+        Masks.load(path)
+    assert "bad.pt" in str(ei.value)
+
+
+def test_load_refuses_pickled_code(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "sparseforce.masks", "version": 1, "masks": {}, "x": SmallNet}, path)
+    with pytest.raises(ValueError, match="evil.pt"):
+        Masks.load(path)
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "m.pt"
+    good = hand_masks()
+    good.save(path)
+    before = path.read_bytes()
+
+    real_save = torch.save
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"partial garbage that must never reach the destination")
+        raise RuntimeError("disk full (simulated)")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(RuntimeError, match="simulated"):
+        odd_masks().save(path)
+    monkeypatch.setattr(torch, "save", real_save)
+
+    assert path.read_bytes() == before
+    assert Masks.load(path) == good
+    assert os.listdir(tmp_path) == ["m.pt"]  # no temp file left behind
+
+
+def test_save_overwrites_and_uses_umask_permissions(tmp_path):
+    path = tmp_path / "m.pt"
+    hand_masks().save(path)
+    odd_masks().save(path)
+    assert Masks.load(path) == odd_masks()
+    if os.name == "posix":
+        umask = os.umask(0)
+        os.umask(umask)
+        assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_to_returns_new_masks():
+    m = hand_masks()
+    moved = m.to("cpu")
+    assert isinstance(moved, Masks) and moved is not m and moved == m
+    meta = m.to("meta")
+    assert all(t.device.type == "meta" for t in meta.values())
+    assert all(t.device.type == "cpu" for t in m.values())  # original untouched
+    assert list(meta) == list(m)
+
+
+# ---------------------------------------------------------------------------------------------
+# check against a model
+# ---------------------------------------------------------------------------------------------
+
+
+def test_check_reports_all_problems():
+    model = SmallNet()
+    m = dict(random_masks(model))
+    m["conv.weight"] = torch.ones(4, 3, 5, 5, dtype=torch.bool)
+    m["nonexistent"] = torch.ones(1, dtype=torch.bool)
+    with pytest.raises(ValueError) as ei:
+        Masks(m).check(model)
+    msg = str(ei.value)
+    assert "'conv.weight'" in msg and "(4, 3, 5, 5)" in msg and "(4, 3, 3, 3)" in msg
+    assert "'nonexistent'" in msg and "valid names include" in msg and "'fc.bias'" in msg
+    assert "2 problems" in msg
+    good = random_masks(model)
+    assert good.check(model) is good
+    assert good.validate_for(model) is good
+
+
+# ---------------------------------------------------------------------------------------------
+# apply_masks
+# ---------------------------------------------------------------------------------------------
+
+
+def _train(model, opt, steps=200, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(16, 3, 6, 6, generator=g)
+    y = torch.randint(0, 5, (16,), generator=g)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+OPTIMIZERS = {
+    "sgd_nesterov": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True,
+                                               weight_decay=5e-4),
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=1e-2),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2),
+    "adam_wd_foreach": lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-2, foreach=True),
+    "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=1e-3, momentum=0.9, weight_decay=1e-3),
+}
+
+
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+def test_apply_masks_keeps_pruned_weights_zero(opt_name):
+    torch.manual_seed(0)
+    model = SmallNet()
+    masks = random_masks(model, density=0.3)
+    handle = apply_masks(model, masks)
+    try:
+        assert isinstance(handle, MaskHandle)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        for name, mask in masks.items():
+            p = dict(model.named_parameters())[name]
+            assert torch.all(p[~mask] == 0)
+
+        opt = OPTIMIZERS[opt_name](model.parameters())
+        _train(model, opt)
+
+        params = dict(model.named_parameters())
+        for name, mask in masks.items():
+            p = params[name].detach()
+            pruned = p[~mask]
+            assert torch.equal(pruned, torch.zeros_like(pruned)), name
+            assert not torch.signbit(pruned).any(), f"{name}: pruned entries should be +0.0"
+            kept_now, kept_before = p[mask], before[name][mask]
+            assert (kept_now != kept_before).float().mean() > 0.9, f"{name} did not train"
+            # optimizer state for pruned weights never picked anything up
+            for key, buf in opt.state[params[name]].items():
+                if isinstance(buf, torch.Tensor) and buf.shape == p.shape:
+                    assert torch.equal(buf[~mask], torch.zeros_like(buf[~mask])), (name, key)
+        # unmasked parameters (biases) train normally
+        assert not torch.equal(params["fc.bias"], before["fc.bias"])
+    finally:
+        handle.remove()
+
+
+def test_sgd_momentum_buffers_exist_and_are_zero_where_pruned():
+    model = SmallNet()
+    masks = random_masks(model, density=0.5)
+    with apply_masks(model, masks):
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True,
+                              weight_decay=5e-4)
+        _train(model, opt, steps=200)
+        for name, mask in masks.items():
+            p = dict(model.named_parameters())[name]
+            buf = opt.state[p]["momentum_buffer"]
+            assert torch.count_nonzero(buf[~mask]) == 0
+            assert torch.count_nonzero(buf[mask]) > 0
+            assert torch.count_nonzero(p[~mask]) == 0
+
+
+def test_step_hook_covers_state_created_before_masking():
+    # Optimizer with live momentum before pruning: the grad hook can't scrub that state, the
+    # step hook must still keep the weights at zero.
+    model = SmallNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    _train(model, opt, steps=5)
+    masks = random_masks(model, density=0.3)
+    handle = apply_masks(model, masks)
+    try:
+        _train(model, opt, steps=20)
+        params = dict(model.named_parameters())
+        for name, mask in masks.items():
+            assert torch.count_nonzero(params[name][~mask]) == 0
+    finally:
+        handle.remove()
+
+
+def test_apply_masks_accepts_plain_dict_and_zeroes_existing_grad():
+    model = SmallNet()
+    masks = random_masks(model)
+    model(torch.randn(2, 3, 6, 6)).sum().backward()
+    handle = apply_masks(model, dict(masks))
+    try:
+        w = model.fc.weight
+        assert torch.count_nonzero(w[~masks["fc.weight"]]) == 0
+        assert torch.count_nonzero(w.grad[~masks["fc.weight"]]) == 0
+    finally:
+        handle.remove()
+
+
+def test_apply_masks_wrong_shape_raises_and_leaves_model_unchanged():
+    model = SmallNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bad = dict(random_masks(model))
+    bad["fc.weight"] = torch.zeros(5, 143, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"'fc\.weight'.*\(5, 143\).*\(5, 144\)"):
+        apply_masks(model, bad)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # and nothing is being enforced
+    assert len(masks_mod._REGISTRY) == 0
+    with pytest.raises(TypeError):
+        apply_masks(model, {"fc.weight": torch.zeros(5, 144)})
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_handle_remove_stops_enforcement():
+    model = SmallNet()
+    masks = random_masks(model, density=0.3)
+    handle = apply_masks(model, masks)
+    assert handle.active
+    handle.remove()
+    assert not handle.active
+    handle.remove()  # idempotent
+    assert masks_mod._STEP_HOOK is None  # global hook dropped once nothing is registered
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    _train(model, opt, steps=10)
+    w = model.fc.weight
+    assert torch.count_nonzero(w[~masks["fc.weight"]]) > 0
+    assert torch.count_nonzero(opt.state[w]["momentum_buffer"][~masks["fc.weight"]]) > 0
+
+
+def test_remove_only_affects_its_own_model():
+    m1, m2 = SmallNet(), SmallNet()
+    k1, k2 = random_masks(m1, seed=1), random_masks(m2, seed=2)
+    h1 = apply_masks(m1, k1)
+    h2 = apply_masks(m2, k2)
+    try:
+        h1.remove()
+        opt = torch.optim.SGD(list(m1.parameters()) + list(m2.parameters()), lr=0.05,
+                              momentum=0.9)
+        x = torch.randn(4, 3, 6, 6)
+        for _ in range(10):
+            opt.zero_grad()
+            (m1(x).square().mean() + m2(x).square().mean()).backward()
+            opt.step()
+        assert torch.count_nonzero(m2.fc.weight[~k2["fc.weight"]]) == 0
+        assert torch.count_nonzero(m1.fc.weight[~k1["fc.weight"]]) > 0
+    finally:
+        h2.remove()
+
+
+def test_reapplying_replaces_previous_mask():
+    model = SmallNet()
+    first = Masks({"fc.weight": torch.zeros(5, 144, dtype=torch.bool)})  # prune all
+    h1 = apply_masks(model, first)
+    with torch.no_grad():
+        model.fc.weight.normal_()  # simulate re-initialisation before a new pruning round
+    second = Masks({"fc.weight": torch.arange(5 * 144).reshape(5, 144) % 2 == 0})
+    h2 = apply_masks(model, second)
+    try:
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        _train(model, opt, steps=5)
+        w = model.fc.weight
+        assert torch.count_nonzero(w[~second["fc.weight"]]) == 0
+        assert torch.count_nonzero(w[second["fc.weight"]]) > 0  # old all-zero mask is gone
+        h1.remove()  # removing the superseded handle must not drop the new mask
+        _train(model, opt, steps=5)
+        assert torch.count_nonzero(w[~second["fc.weight"]]) == 0
+    finally:
+        h1.remove()
+        h2.remove()
+
+
+def test_tied_weights_conflicting_masks_rejected():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4, bias=False)
+            self.b = nn.Linear(4, 4, bias=False)
+            self.b.weight = self.a.weight
+
+    model = Tied()
+    before = model.a.weight.detach().clone()
+    ones = torch.ones(4, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="tied"):
+        apply_masks(model, {"a.weight": ones, "b.weight": ~ones})
+    assert torch.equal(model.a.weight, before)
+    h = apply_masks(model, {"a.weight": torch.eye(4, dtype=torch.bool),
+                            "b.weight": torch.eye(4, dtype=torch.bool)})
+    h.remove()
+
+
+def test_registry_does_not_keep_models_alive():
+    model = SmallNet()
+    handle = apply_masks(model, random_masks(model))
+    ref = weakref.ref(model)
+    n_before = len(masks_mod._REGISTRY)
+    assert n_before >= 2
+    del model
+    gc.collect()
+    assert ref() is None
+    assert len(masks_mod._REGISTRY) == n_before - 2
+    handle.remove()  # safe after the model is gone
+    assert masks_mod._STEP_HOOK is None
+
+
+def test_frozen_parameter_is_masked_without_grad_hook():
+    model = SmallNet()
+    model.conv.weight.requires_grad_(False)
+    masks = random_masks(model)
+    with apply_masks(model, masks):
+        assert torch.count_nonzero(model.conv.weight[~masks["conv.weight"]]) == 0
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        _train(model, opt, steps=5)
+        assert torch.count_nonzero(model.fc.weight[~masks["fc.weight"]]) == 0

@@ -1,0 +1,357 @@
+"""The shared kernel tests: every available backend against an independent numpy oracle.
+
+Backends register themselves; each one found on this machine runs every test here.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import sparseforce.ops as ops
+from conftest import BACKEND_DEVICE, flat64, flat_bool, oracle_keep
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+def random_scores(gen, shapes, dtype=torch.float32, kind="normal"):
+    out = []
+    for shape in shapes:
+        n = math.prod(shape)
+        if kind == "normal":
+            t = torch.randn(n, generator=gen)
+        elif kind == "ties":  # few distinct values: heavy ties across tensors
+            t = torch.randint(-3, 4, (n,), generator=gen).float()
+        elif kind == "zeros":
+            t = torch.zeros(n)
+        elif kind == "signed_zeros":
+            t = torch.where(torch.rand(n, generator=gen) < 0.5, torch.tensor(-0.0), torch.tensor(0.0))
+        elif kind == "inf":
+            t = torch.randn(n, generator=gen)
+            r = torch.rand(n, generator=gen)
+            t[r < 0.1] = float("inf")
+            t[r > 0.9] = float("-inf")
+        out.append(t.reshape(shape).to(dtype))
+    return out
+
+
+def check_topk(scores, k, backend, device):
+    scores = [s.to(device) for s in scores]
+    masks = ops.topk_masks(scores, k, backend=backend)
+    assert len(masks) == len(scores)
+    for m, s in zip(masks, scores):
+        assert m.dtype == torch.bool and m.shape == s.shape and m.device == s.device
+    got = flat_bool(masks)
+    assert got.sum() == k
+    np.testing.assert_array_equal(got, oracle_keep(flat64(scores), k))
+
+
+SHAPES = [(7, 3, 3, 3), (1,), (0,), (130,), (33, 5), (4, 0, 2), (2049,)]
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+@pytest.mark.parametrize("kind", ["normal", "ties", "zeros", "signed_zeros", "inf"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_topk_masks_matches_oracle(backend, device, kind, dtype, rng):
+    scores = random_scores(rng, SHAPES, dtype, kind)
+    n = sum(s.numel() for s in scores)
+    for k in {0, 1, n // 200, n // 20, n // 2, n - 1, n}:
+        check_topk(scores, k, backend, device)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_ties_go_to_lowest_global_position(backend, device):
+    scores = [torch.tensor([1.0, 5.0, 5.0]), torch.tensor([[5.0, 2.0], [5.0, 9.0]])]
+    masks = ops.topk_masks([s.to(device) for s in scores], 3, backend=backend)
+    # 9 first, then the two lowest-positioned 5s: tensor 0 entries 1 and 2.
+    assert masks[0].tolist() == [False, True, True]
+    assert masks[1].tolist() == [[False, False], [False, True]]
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_all_zero_scores_keep_exactly_k(backend, device):
+    # The official code's `>=` would keep all 300 here.
+    scores = [torch.zeros(100, device=device), torch.zeros(10, 20, device=device)]
+    masks = ops.topk_masks(scores, 150, backend=backend)
+    assert int(masks[0].sum()) == 100 and int(masks[1].sum()) == 50
+    assert masks[1].reshape(-1)[:50].all() and not masks[1].reshape(-1)[50:].any()
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_negative_zero_equals_positive_zero(backend, device):
+    scores = [torch.tensor([-0.0, 0.0, -0.0, 0.0], device=device)]
+    assert ops.topk_masks(scores, 2, backend=backend)[0].tolist() == [True, True, False, False]
+    t = ops.kth_largest([torch.tensor([-0.0, -0.0, -1.0], device=device)], 2, backend=backend)
+    assert t.item() == 0.0 and math.copysign(1.0, t.item()) == 1.0  # +0.0, same bits everywhere
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_infinities_are_ordinary_values(backend, device):
+    scores = [torch.tensor([float("-inf"), 1.0, float("inf")], device=device),
+              torch.tensor([float("inf"), -1.0], device=device)]
+    masks = ops.topk_masks(scores, 4, backend=backend)
+    assert masks[0].tolist() == [False, True, True] and masks[1].tolist() == [True, True]
+    assert ops.kth_largest(scores, 2, backend=backend).item() == float("inf")
+    assert ops.kth_largest(scores, 5, backend=backend).item() == float("-inf")
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_nan_raises_naming_the_tensor(backend, device):
+    scores = [torch.ones(4, device=device), torch.tensor([1.0, float("nan")], device=device)]
+    with pytest.raises(ValueError, match=r"scores\[1\]"):
+        ops.topk_masks(scores, 2, backend=backend)
+    with pytest.raises(ops.NaNScoreError) as info:
+        ops.kth_largest(scores, 2, backend=backend)
+    assert info.value.index == 1
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_k_bounds(backend, device):
+    scores = [torch.randn(5, device=device), torch.randn(2, 3, device=device)]
+    assert flat_bool(ops.topk_masks(scores, 0, backend=backend)).sum() == 0
+    assert flat_bool(ops.topk_masks(scores, 11, backend=backend)).all()
+    for bad in (-1, 12):
+        with pytest.raises(ValueError, match=r"k=.* outside \[0, 11\]"):
+            ops.topk_masks(scores, bad, backend=backend)
+    for bad in (2.0, True, "3"):
+        with pytest.raises(TypeError, match="k must be an integer"):
+            ops.topk_masks(scores, bad, backend=backend)
+    assert flat_bool(ops.topk_masks(scores, torch.tensor(3), backend=backend)).sum() == 3
+    with pytest.raises(ValueError, match="k=0"):
+        ops.kth_largest(scores, 0, backend=backend)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_empty_inputs(backend, device):
+    assert ops.topk_masks([], 0, backend=backend) == []
+    masks = ops.topk_masks([torch.empty(0, device=device), torch.empty(3, 0, device=device)], 0, backend=backend)
+    assert [m.shape for m in masks] == [torch.Size([0]), torch.Size([3, 0])]
+    with pytest.raises(ValueError, match="outside"):
+        ops.topk_masks([torch.empty(0, device=device)], 1, backend=backend)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_one_element(backend, device):
+    for k in (0, 1):
+        assert ops.topk_masks([torch.tensor([-3.0], device=device)], k, backend=backend)[0].tolist() == [bool(k)]
+    assert ops.kth_largest([torch.tensor(2.5, device=device)], 1, backend=backend).item() == 2.5
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_non_contiguous_inputs(backend, device, rng):
+    base = torch.randn(40, 30, generator=rng).to(device)
+    scores = [base.t(), base[::3, 1::2], torch.randn(6, 8, generator=rng).to(device).expand(2, 6, 8)]
+    assert not any(s.is_contiguous() for s in scores)
+    for k in (0, 7, 500, sum(s.numel() for s in scores)):
+        check_topk(scores, k, backend, device)
+    # Row-major position of the *logical* tensor decides ties, not the memory layout.
+    tied = torch.zeros(3, 2, device=device).t()
+    assert ops.topk_masks([tied], 2, backend=backend)[0].tolist() == [[True, True, False], [False] * 3]
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_mixed_dtypes_rank_exactly(backend, device, rng):
+    scores = [torch.randn(50, generator=rng).to(torch.bfloat16), torch.randn(70, generator=rng).half(),
+              torch.randn(20, generator=rng), torch.randn(9, generator=rng).double()]
+    scores.append(scores[0].float())  # equal values across dtypes: ties by position
+    for k in (1, 33, 100, 199):
+        check_topk(scores, k, backend, device)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_out_argument(backend, device, rng):
+    scores = [torch.randn(4, 5, generator=rng).to(device), torch.randn(3, generator=rng).to(device)]
+    out = [torch.ones(4, 5, dtype=torch.bool, device=device), torch.ones(3, dtype=torch.bool, device=device)]
+    masks = ops.topk_masks(scores, 6, out=out, backend=backend)
+    assert masks[0] is out[0] and masks[1] is out[1]
+    np.testing.assert_array_equal(flat_bool(out), oracle_keep(flat64(scores), 6))
+    with pytest.raises(TypeError, match=r"out\[1\] must be torch.bool"):
+        ops.topk_masks(scores, 6, out=[out[0], torch.zeros(3, device=device)], backend=backend)
+    with pytest.raises(ValueError, match=r"out\[0\] has shape"):
+        ops.topk_masks(scores, 6, out=[out[1], out[0]], backend=backend)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kth_largest_matches_oracle(backend, device, dtype, rng):
+    for kind in ("normal", "ties", "inf"):
+        scores = [s.to(device) for s in random_scores(rng, SHAPES, dtype, kind)]
+        values = np.sort(flat64(scores))[::-1]
+        for k in (1, 5, len(values) // 3, len(values)):
+            got = ops.kth_largest(scores, k, backend=backend)
+            assert got.dim() == 0 and got.item() == values[k - 1]
+
+
+# ---------------------------------------------------------------- fused saliency (FORCE / Iter SNIP)
+
+def saliency64(weights, grads):
+    return np.abs(flat64(weights) * flat64(grads))
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_force_step_matches_oracle(backend, device, dtype, rng):
+    shapes = [(16, 3, 3, 3), (1,), (0,), (257,), (10, 17)]
+    w = [s.to(device) for s in random_scores(rng, shapes, dtype)]
+    g = [s.to(device) for s in random_scores(rng, shapes, dtype, "ties")]  # many zero products
+    n = sum(t.numel() for t in w)
+    prev = [torch.rand(t.shape, generator=rng).to(device) < 0.3 for t in w]  # ignored by FORCE
+    for k in (0, 1, n // 10, n // 2, n):
+        masks = ops.saliency_topk_masks(w, g, k, prev_masks=prev, resurrect=True, backend=backend)
+        np.testing.assert_array_equal(flat_bool(masks), oracle_keep(saliency64(w, g), k))
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_iter_snip_step_only_survivors_compete(backend, device, dtype, rng):
+    shapes = [(20, 9), (3,), (64,)]
+    w = [s.to(device) for s in random_scores(rng, shapes, dtype)]
+    g = [s.to(device) for s in random_scores(rng, shapes, dtype, "ties")]
+    prev = [torch.rand(t.shape, generator=rng).to(device) < 0.6 for t in w]
+    alive = int(flat_bool(prev).sum())
+    for k in (0, 1, alive // 3, alive):
+        masks = ops.saliency_topk_masks(w, g, k, prev_masks=prev, resurrect=False, backend=backend)
+        got = flat_bool(masks)
+        assert not (got & ~flat_bool(prev)).any()  # nested
+        np.testing.assert_array_equal(got, oracle_keep(saliency64(w, g), k, flat_bool(prev)))
+    with pytest.raises(ValueError, match="prev_masks keep only"):
+        ops.saliency_topk_masks(w, g, alive + 1, prev_masks=prev, resurrect=False, backend=backend)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_saliency_nan_and_inf(backend, device):
+    w = [torch.tensor([1.0, 2.0], device=device), torch.tensor([float("inf"), 3.0], device=device)]
+    g = [torch.tensor([1.0, 1.0], device=device), torch.tensor([0.0, 1.0], device=device)]  # inf*0 = NaN
+    with pytest.raises(ValueError, match=r"weights\[1\]"):
+        ops.saliency_topk_masks(w, g, 2, backend=backend)
+    # Iter SNIP: a pruned weight does not compete, so its NaN is never ranked.
+    prev = [torch.tensor([True, True], device=device), torch.tensor([False, True], device=device)]
+    masks = ops.saliency_topk_masks(w, g, 2, prev_masks=prev, resurrect=False, backend=backend)
+    assert flat_bool(masks).tolist() == [False, True, False, True]
+    g[1] = torch.tensor([1.0, 1.0], device=device)
+    masks = ops.saliency_topk_masks(w, g, 1, backend=backend)
+    assert flat_bool(masks).tolist() == [False, False, True, False]
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_saliency_is_exact_for_half_inputs(backend, device):
+    # Two products that differ only below fp16 precision must still rank correctly.
+    w2 = [torch.tensor([1.0009765625, 1.0009765625], dtype=torch.float16, device=device)]
+    g2 = [torch.tensor([1.0009765625, 1.0], dtype=torch.float16, device=device)]
+    # (1+2^-10)^2 = 1+2^-9+2^-20 > 1+2^-10; rounding the product to fp16 would lose the 2^-20.
+    masks = ops.saliency_topk_masks(w2, g2, 1, backend=backend)
+    assert masks[0].tolist() == [True, False]
+    tie_in_fp16 = [torch.tensor([1.0009765625 ** 2], dtype=torch.float32, device=device).half(),
+                   torch.tensor([1.001953125], dtype=torch.float16, device=device)]
+    assert ops.saliency_topk_masks([tie_in_fp16[1], torch.ones(1, dtype=torch.float16, device=device)],
+                                   [torch.ones(1, dtype=torch.float16, device=device), tie_in_fp16[0]], 1,
+                                   backend=backend)[0].tolist() == [True]
+
+
+def test_saliency_argument_errors():
+    w, g = [torch.ones(3)], [torch.ones(3)]
+    with pytest.raises(ValueError, match=r"grads\[0\] has"):
+        ops.saliency_topk_masks(w, [torch.ones(4)], 1)
+    with pytest.raises(ValueError, match="weights has 1 tensors but grads has 2"):
+        ops.saliency_topk_masks(w, g * 2, 1)
+    with pytest.raises(TypeError, match=r"prev_masks\[0\] must be torch.bool"):
+        ops.saliency_topk_masks(w, g, 1, prev_masks=[torch.ones(3)])
+    with pytest.raises(TypeError, match=r"weights\[0\] has dtype torch.int64"):
+        ops.saliency_topk_masks([torch.ones(3, dtype=torch.long)], g, 1)
+    with pytest.raises(TypeError, match="resurrect must be a bool"):
+        ops.saliency_topk_masks(w, g, 1, resurrect=1)
+
+
+# ---------------------------------------------------------------- masked SGD
+
+def torch_sgd_reference(params, grads, masks, steps, **hp):
+    """torch.optim.SGD on masked gradients: the behaviour masked_sgd_ must match on kept weights."""
+    ps = [torch.nn.Parameter(p.clone()) for p in params]
+    opt = torch.optim.SGD(ps, foreach=False, **hp)
+    for gs in steps:
+        for p, g, m in zip(ps, gs, masks):
+            p.grad = g * m
+        opt.step()
+    return [p.detach() for p in ps], [opt.state[p].get("momentum_buffer") for p in ps]
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+@pytest.mark.parametrize("hp", [
+    dict(lr=0.1),
+    dict(lr=0.05, momentum=0.9),
+    dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+    dict(lr=0.01, momentum=0.8, dampening=0.3, weight_decay=1e-2),
+], ids=["plain", "momentum", "nesterov-wd", "dampening-wd"])
+def test_masked_sgd_matches_torch_sgd(backend, device, hp, rng):
+    shapes = [(33, 7), (5,), (2, 3, 4, 4), (0,)]
+    masks = [torch.rand(s, generator=rng) < 0.4 for s in shapes]
+    params = [torch.randn(s, generator=rng) * m for s, m in zip(shapes, masks)]
+    steps = [[torch.randn(s, generator=rng) for s in shapes] for _ in range(25)]
+    want_p, want_b = torch_sgd_reference(params, [None] * 4, masks, steps, **hp)
+
+    p_dev = [p.clone().to(device) for p in params]
+    m_dev = [m.to(device) for m in masks]
+    bufs = None
+    for gs in steps:
+        bufs = ops.masked_sgd_(p_dev, [g.to(device) for g in gs], bufs, m_dev, backend=backend, **hp)
+    for got, want, m in zip(p_dev, want_p, masks):
+        torch.testing.assert_close(got.cpu(), want, rtol=1.3e-6, atol=1e-6)
+        assert (got.cpu()[~m] == 0).all()
+    if hp.get("momentum"):
+        for got, want, m in zip(bufs, want_b, masks):
+            torch.testing.assert_close(got.cpu(), want, rtol=1.3e-6, atol=1e-6)
+            assert (got.cpu()[~m] == 0).all()
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_masked_sgd_zeroes_pruned_entries_that_started_nonzero(backend, device):
+    p = [torch.tensor([1.0, 2.0, 3.0], device=device)]
+    m = [torch.tensor([True, False, True], device=device)]
+    bufs = ops.masked_sgd_(p, [torch.ones(3, device=device)], [torch.ones(3, device=device)], m, lr=0.1,
+                           momentum=0.9, weight_decay=0.1, backend=backend)
+    assert p[0][1].item() == 0.0 and bufs[0][1].item() == 0.0
+    # Unmasked entries (masks None) are plain SGD.
+    q = [torch.tensor([1.0, 2.0], device=device)]
+    ops.masked_sgd_(q, [torch.ones(2, device=device)], None, None, lr=0.5, backend=backend)
+    assert q[0].tolist() == [0.5, 1.5]
+
+
+def test_masked_sgd_argument_errors():
+    p, g = [torch.ones(3)], [torch.ones(3)]
+    with pytest.raises(ValueError, match=r"masks\[0\] must be None or a torch.bool"):
+        ops.masked_sgd_(p, g, None, [torch.ones(3)], lr=0.1)
+    with pytest.raises(ValueError, match="lr must be a non-negative"):
+        ops.masked_sgd_(p, g, None, None, lr=-1.0)
+    with pytest.raises(ValueError, match="nesterov"):
+        ops.masked_sgd_(p, g, None, None, lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match=r"grads\[0\] has shape"):
+        ops.masked_sgd_(p, [torch.ones(2)], None, None, lr=0.1)
+    with pytest.raises(ValueError, match=r"momentum_buffers\[0\]"):
+        ops.masked_sgd_(p, g, [torch.ones(3, dtype=torch.float64)], None, lr=0.1, momentum=0.9)
+
+
+# ---------------------------------------------------------------- dispatch
+
+def test_unknown_and_unavailable_backends():
+    s = [torch.ones(3)]
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
+        ops.topk_masks(s, 1, backend="fast")
+    for name in ops.KNOWN_BACKENDS:
+        if name not in ops.available_backends("cpu"):
+            with pytest.raises(ops.BackendUnavailableError, match=f"backend '{name}' is not available.*: .+"):
+                ops.topk_masks(s, 1, backend=name)
+    assert "reference" in ops.available_backends("cpu")
+    assert ops.topk_masks(s, 2, backend="auto")[0].tolist() == [True, True, False]
+
+
+def test_tensors_on_different_devices_are_refused():
+    s = [torch.ones(3), torch.ones(2, device="meta")]
+    with pytest.raises(ValueError, match=r"scores\[1\] is on meta but scores\[0\] is on cpu"):
+        ops.topk_masks(s, 1)
+
+
+def test_non_list_arguments_are_refused():
+    with pytest.raises(TypeError, match="scores must be a list or tuple of tensors"):
+        ops.topk_masks(torch.ones(3), 1)
+    with pytest.raises(TypeError, match=r"scores\[0\] has dtype torch.int32"):
+        ops.topk_masks([torch.ones(3, dtype=torch.int32)], 1)
