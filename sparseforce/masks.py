@@ -444,7 +444,7 @@ def _after_optimizer_step(optimizer: torch.optim.Optimizer, args, kwargs) -> Non
             for p in group["params"]:
                 entry = _REGISTRY.get(p)
                 if entry is not None and entry.active:
-                    pass
+                    p.masked_fill_(entry.pruned_on(p.device), 0)
 
 
 def _ensure_step_hook() -> None:

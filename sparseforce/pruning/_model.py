@@ -48,6 +48,8 @@ def prunable_parameters(model: nn.Module, prunable=None) -> dict[str, nn.Paramet
     for n, p in chosen.items():
         if not p.is_floating_point():
             raise TypeError(f"prunable parameter {n!r} has dtype {p.dtype}; only float weights can be pruned")
+        if bool(torch.isnan(p.detach()).any()):
+            raise ValueError(f"prunable parameter {n!r} contains NaN; its saliency cannot be ranked")
     return chosen
 
 
