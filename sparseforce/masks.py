@@ -517,7 +517,6 @@ def apply_masks(model: nn.Module, masks: Union[Masks, Mapping[str, torch.Tensor]
     """
     if not isinstance(masks, Masks):
         masks = Masks(masks)
-    masks.check(model)
 
     params = dict(model.named_parameters(remove_duplicate=False))
     # Resolve everything first so that a failure (conflicting tied masks, device transfer)

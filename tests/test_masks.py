@@ -355,6 +355,7 @@ def test_apply_masks_keeps_pruned_weights_zero(opt_name):
         for name, mask in masks.items():
             p = dict(model.named_parameters())[name]
             assert torch.all(p[~mask] == 0)
+            assert not torch.signbit(p[~mask]).any(), f"{name}: pruned entries should be +0.0"
 
         opt = OPTIMIZERS[opt_name](model.parameters())
         _train(model, opt)
@@ -444,7 +445,9 @@ def test_handle_remove_stops_enforcement():
     masks = random_masks(model, density=0.3)
     handle = apply_masks(model, masks)
     assert handle.active
+    assert model.fc.weight._backward_hooks
     handle.remove()
+    assert not model.fc.weight._backward_hooks
     assert not handle.active
     handle.remove()  # idempotent
     assert masks_mod._STEP_HOOK is None  # global hook dropped once nothing is registered
