@@ -483,7 +483,7 @@ class MaskHandle:
                 if hook_handle is not None:
                     hook_handle.remove()
                 p = pref()
-                if p is not None and _REGISTRY.get(p) is entry:
+                if p is not None:
                     del _REGISTRY[p]
             self._records = []
             _maybe_drop_step_hook()
@@ -517,6 +517,7 @@ def apply_masks(model: nn.Module, masks: Union[Masks, Mapping[str, torch.Tensor]
     """
     if not isinstance(masks, Masks):
         masks = Masks(masks)
+    masks.check(model)
 
     params = dict(model.named_parameters(remove_duplicate=False))
     # Resolve everything first so that a failure (conflicting tied masks, device transfer)
