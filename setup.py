@@ -27,6 +27,7 @@ setup(
         "tqdm>=4.60",          # progress bars for the pruning loop and training
         "scikit-learn>=1.2",   # ships the 8x8 digits data set: the offline demo data
         "pillow>=9",           # decodes Tiny-ImageNet / ImageNet JPEGs without torchvision
+        "matplotlib>=3.5",     # the demo's and the benchmark runner's plots (Agg, headless)
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6"],
