@@ -483,7 +483,7 @@ class MaskHandle:
                 if hook_handle is not None:
                     hook_handle.remove()
                 p = pref()
-                if p is not None:
+                if p is not None and _REGISTRY.get(p) is entry:
                     del _REGISTRY[p]
             self._records = []
             _maybe_drop_step_hook()
