@@ -18,7 +18,7 @@ from torch.func import functional_call
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def prunable_parameters(model: nn.Module, prunable=None) -> dict[str, nn.Parameter]:
+def prunable_parameters(model: nn.Module, prunable=None, check_nan: bool = True) -> dict[str, nn.Parameter]:
     """Name -> parameter of the weights to prune, in ``model.named_parameters()`` order.
 
     Default: the ``.weight`` of every Conv1d/2d/3d and Linear. ``prunable`` may be a list of
@@ -48,7 +48,7 @@ def prunable_parameters(model: nn.Module, prunable=None) -> dict[str, nn.Paramet
     for n, p in chosen.items():
         if not p.is_floating_point():
             raise TypeError(f"prunable parameter {n!r} has dtype {p.dtype}; only float weights can be pruned")
-        if bool(torch.isnan(p.detach()).any()):
+        if check_nan and bool(torch.isnan(p.detach()).any()):
             raise ValueError(f"prunable parameter {n!r} contains NaN; its saliency cannot be ranked")
     return chosen
 

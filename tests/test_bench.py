@@ -1,0 +1,41 @@
+"""The benchmark runner's plumbing (not its timings: tests never assert a wall-clock time)."""
+import json
+
+import numpy as np
+import torch
+
+from conftest import flat_bool
+from sparseforce import bench, ops
+
+
+def test_layer_sets_have_the_papers_sizes():
+    assert sum(np.prod(s) for s in bench.layer_set("resnet50")) == 23_467_712
+    assert sum(np.prod(s) for s in bench.layer_set("vgg19")) == 20_024_000
+    assert abs(sum(np.prod(s) for s in bench.layer_set("transformer-1B")) - 1e9) < 0.05e9
+    assert abs(sum(np.prod(s) for s in bench.layer_set("transformer-4B")) - 4e9) < 0.2e9
+
+
+def test_baseline_is_todays_practice_and_agrees_without_ties():
+    g = torch.Generator().manual_seed(0)
+    w = [torch.randn(30, 7, generator=g), torch.randn(100, generator=g)]
+    grads = [torch.randn(30, 7, generator=g), torch.randn(100, generator=g)]
+    ours = ops.saliency_topk_masks(w, grads, 31)
+    np.testing.assert_array_equal(flat_bool(bench.baseline_select(w, grads, 31)), flat_bool(ours))
+    # ... but with ties the baseline's `>=` keeps them all: the reason exact-k exists.
+    zeros = [torch.zeros(10)]
+    assert int(bench.baseline_select(zeros, zeros, 3)[0].sum()) == 10
+
+
+def test_runner_writes_table_json_and_plot(tmp_path):
+    cases = [bench.select_case("resnet50/64", 0.05, backends=ops.available_backends("cpu")),
+             bench.masked_sgd_case("resnet50/64", backends=["reference"])]
+    lines = []
+    result = bench.run(device="cpu", out_dir=str(tmp_path), min_time=0.0, echo=lines.append, cases=cases)
+    rows = result["rows"]
+    assert {(r["case"], r["impl"]) for r in rows} >= {(cases[0].name, "baseline"), (cases[0].name, "reference")}
+    for r in rows:
+        assert r["median_s"] > 0 and r["speedup_vs_baseline"] > 0 and r["times_floor"] > 0
+    assert "vs baseline" in lines[-2] and "GB/s" in lines[0]
+    saved = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert saved["device_type"] == "cpu" and saved["torch"] == torch.__version__ and len(saved["rows"]) == len(rows)
+    assert next(tmp_path.glob("*.png")).stat().st_size > 1000
