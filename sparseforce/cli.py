@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 
 
 def _default_model(dataset: str) -> str:
     return {"digits": "digits_cnn", "imagenet": "resnet50_imagenet"}.get(dataset, "resnet50")
+
+
+# The paper says "VGG19" for its VGG19 with batch norm.
+_MODEL_ALIASES = {"vgg19": "vgg19_bn"}
 
 
 def _add_prune(sub):
@@ -46,16 +52,45 @@ def _prune(args) -> int:
     import torch
 
     from . import data as sfdata
-    from .models import get_model
-    from .pruning import DATA_FREE, prune
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model_name = args.model or _default_model(args.dataset)
+    model_name = _MODEL_ALIASES.get(args.model, args.model) or _default_model(args.dataset)
     dataset = sfdata.get_dataset(args.dataset, args.data_dir, split="train", seed=args.seed)
     num_classes = sfdata.NUM_CLASSES[args.dataset.lower().replace("-", "").replace("_", "")]
     torch.manual_seed(args.seed)
-    model = get_model(model_name, num_classes=num_classes).to(device)
+    model = _build_model(model_name, args.dataset, num_classes).to(device)
     loader = sfdata.make_loader(dataset, batch_size=args.batch_size, shuffle=True, seed=args.seed)
+    print(f"{args.method} on {model_name} / {args.dataset}, sparsity {args.sparsity}, device {device}", flush=True)
+    start = time.perf_counter()
+    masks = _compute_masks(args, model, loader)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    print(masks.per_layer())
+    print(f"kept {masks.num_kept():,} of {masks.numel():,} prunable weights "
+          f"(density {masks.density():.4%}) in {elapsed:.2f} s")
+    masks.save(args.out)
+    print(f"saved masks to {args.out}")
+    return 0
+
+
+def _build_model(model_name: str, dataset: str, num_classes: int):
+    from . import data as sfdata
+    from .models import get_model
+
+    # The small generic nets take their input size as an argument; read it from the data set so
+    # e.g. lenet5 works on 3-channel CIFAR images.
+    shape = sfdata.INPUT_SHAPE.get(sfdata._canonical_name(dataset))
+    kw = {}
+    if shape is not None and model_name == "lenet5":
+        kw["in_channels"] = shape[0]
+    elif shape is not None and model_name == "mlp":
+        kw["in_features"] = math.prod(shape)
+    return get_model(model_name, num_classes=num_classes, **kw)
+
+
+def _compute_masks(args, model, loader):
+    from .pruning import DATA_FREE, prune
 
     kw = {}
     if args.method in ("force", "iter_snip", "synflow"):
@@ -68,27 +103,151 @@ def _prune(args) -> int:
     else:
         kw["backend"] = args.backend
     data = loader if args.method not in DATA_FREE or args.method == "synflow" else None
+    return prune(model, data, method=args.method, sparsity=args.sparsity, **kw)
 
-    print(f"{args.method} on {model_name} / {args.dataset}, sparsity {args.sparsity}, device {device}", flush=True)
-    start = time.perf_counter()
-    masks = prune(model, data, method=args.method, sparsity=args.sparsity, **kw)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
-    print(masks.per_layer())
-    print(f"kept {masks.num_kept():,} of {masks.numel():,} prunable weights "
-          f"(density {masks.density():.4%}) in {elapsed:.2f} s")
-    masks.save(args.out)
-    print(f"saved masks to {args.out}")
+
+def _add_train(sub):
+    from .pruning import METHODS
+    p = sub.add_parser(
+        "train", help="prune at initialization (or load masks), then train with the paper's recipe; resumable",
+        description="Prune a freshly initialized model (unless --masks is given), then train it with pruned weights "
+                    "held at exactly 0, evaluating, logging and checkpointing every epoch. Example: sparseforce "
+                    "train --model vgg19_bn --dataset cifar10 --data-dir data --method force --sparsity 0.995 "
+                    "--out runs/vgg_force; after a crash add --resume.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, tinyimagenet, imagenet or digits")
+    p.add_argument("--data-dir", default=None, help="folder holding the extracted data set (not needed for digits)")
+    p.add_argument("--model", default=None,
+                   help="resnet50, vgg19_bn, resnet50_imagenet, vgg19_bn_imagenet, mlp, lenet5, digits_cnn; "
+                        "default: digits_cnn for digits, resnet50_imagenet for imagenet, else resnet50")
+    p.add_argument("--out", required=True, help="run folder: masks.pt, checkpoint.pt, log.jsonl, log.csv, result.json")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start again even if --out holds a checkpoint")
+    g = p.add_argument_group("pruning (skipped with --masks or --resume)")
+    g.add_argument("--method", default="force", choices=sorted(METHODS))
+    g.add_argument("--sparsity", type=float, default=0.995, help="fraction of prunable weights to remove")
+    g.add_argument("--masks", default=None, help="train with these masks (a file from `sparseforce prune`) instead")
+    g.add_argument("--iterations", type=int, default=None,
+                   help="steps of the progressive methods (default 60; SynFlow 100)")
+    g.add_argument("--schedule", default="exp", choices=["exp", "linear"])
+    g.add_argument("--batches-per-iteration", type=int, default=1)
+    g = p.add_argument_group("training (defaults: the recipe's)")
+    g.add_argument("--recipe", default=None, choices=["cifar", "tinyimagenet"],  # train.RECIPES, not imported here
+                   help="cifar: 350 epochs, lr 0.1 /10 at 150 and 250; tinyimagenet: 300 epochs, /10 at 150 and 225 "
+                        "(default: tinyimagenet for tinyimagenet, else cifar)")
+    g.add_argument("--epochs", type=int, default=None, help="a different count rescales the milestones")
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--momentum", type=float, default=None)
+    g.add_argument("--weight-decay", type=float, default=None)
+    g.add_argument("--milestones", type=int, nargs="+", default=None, help="epochs after which lr is divided by 10")
+    g.add_argument("--batch-size", type=int, default=None, help="training (and pruning) batch size; recipe: 128")
+    g.add_argument("--optimizer", default=None, choices=["sgd", "adamw"])
+    g.add_argument("--stop-after-epoch", type=int, default=None,
+                   help="stop after this epoch (checkpoint written); continue later with --resume")
+    p.add_argument("--seed", type=int, default=0, help="seeds initialization, split, data order and augmentation")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--backend", default="auto", choices=["auto", "reference", "cpp", "cuda", "triton"])
+    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                   help="show progress bars")
+    p.set_defaults(func=_train)
+
+
+def _train(args) -> int:
+    import torch
+
+    from . import data as sfdata
+    from .masks import Masks
+    from .train import CHECKPOINT_NAME, RECIPES, fit, get_splits
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    key = sfdata._canonical_name(args.dataset)
+    if key not in sfdata.NUM_CLASSES:
+        raise ValueError(f"unknown data set {args.dataset!r}; valid names: {', '.join(sfdata.NUM_CLASSES)}")
+    model_name = _MODEL_ALIASES.get(args.model, args.model) or _default_model(key)
+    recipe = RECIPES[args.recipe or ("tinyimagenet" if key == "tinyimagenet" else "cifar")]
+    if args.resume and not os.path.exists(os.path.join(args.out, CHECKPOINT_NAME)):
+        raise FileNotFoundError(f"--resume: no checkpoint {os.path.join(args.out, CHECKPOINT_NAME)!r}")
+    if not args.resume and not args.overwrite and os.path.exists(os.path.join(args.out, CHECKPOINT_NAME)):
+        raise ValueError(f"{args.out!r} already holds a checkpoint: add --resume to continue it, --overwrite to "
+                         "start again, or choose another --out")
+    train, val, test = get_splits(key, args.data_dir, seed=args.seed, val_fraction=recipe.val_fraction,
+                                  augment=recipe.augment)
+    torch.manual_seed(args.seed)
+    model = _build_model(model_name, key, sfdata.NUM_CLASSES[key]).to(device)
+    batch_size = args.batch_size or recipe.batch_size
+
+    masks = None  # on resume the checkpoint's
+    if not args.resume:
+        os.makedirs(args.out, exist_ok=True)
+        if args.masks:
+            masks = Masks.load(args.masks, model=model)
+            print(f"loaded masks from {args.masks}")
+        else:
+            loader = sfdata.make_loader(train, batch_size=batch_size, shuffle=True, seed=args.seed)
+            print(f"{args.method} on {model_name} / {args.dataset}, sparsity {args.sparsity}, device {device}",
+                  flush=True)
+            start = time.perf_counter()
+            masks = _compute_masks(args, model, loader)
+            print(masks.per_layer())
+            print(f"pruned in {time.perf_counter() - start:.2f} s")
+        print(f"kept {masks.num_kept():,} of {masks.numel():,} prunable weights (density {masks.density():.4%})")
+        masks.save(os.path.join(args.out, "masks.pt"))
+
+    meta = {k: v for k, v in vars(args).items() if k != "func" and isinstance(v, (str, int, float, bool, type(None)))}
+    meta["model"] = model_name
+    result = fit(model, masks, train, val, test, recipe=recipe, epochs=args.epochs, lr=args.lr,
+                 momentum=args.momentum, weight_decay=args.weight_decay, milestones=args.milestones,
+                 batch_size=batch_size, optimizer=args.optimizer, device=device, out_dir=args.out,
+                 resume=args.resume, overwrite=args.overwrite, seed=args.seed, num_workers=args.num_workers,
+                 progress=args.progress, verbose=True, backend=args.backend,
+                 stop_after_epoch=args.stop_after_epoch, meta=meta)
+    final, best = result.final, result.best
+    if final is not None:
+        done = final["epoch"] >= result.recipe.epochs
+        print(("finished" if done else f"stopped after epoch {final['epoch']} of {result.recipe.epochs} "
+               "(continue with --resume);")
+              + (f" test accuracy {final['test_acc']:.2%}" if "test_acc" in final else "")
+              + (f"; best validation {best['val_acc']:.2%} at epoch {best['epoch']}" if "val_acc" in best else ""))
+    print(f"run folder: {args.out}")
+    return 0
+
+
+def _add_demo(sub):
+    p = sub.add_parser(
+        "demo", help="the paper's claim in a few CPU minutes: FORCE / Iter SNIP vs SNIP / random at extreme sparsity",
+        description="Prune a small CNN on scikit-learn's 8x8 digits (offline) with random, SNIP, Iter SNIP and FORCE "
+                    "at extreme sparsities, train each briefly, and print a table of test accuracy; writes the table, "
+                    "the raw results and two plots to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="sparseforce-demo", help="output folder")
+    p.add_argument("--sparsities", type=float, nargs="+", default=None,
+                   help="default: 0.9 0.99 0.995 0.998 (--quick: 0.99 0.998)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds averaged per cell (default 2; --quick 1)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs per run (default 15; --quick 2)")
+    p.add_argument("--iterations", type=int, default=None, help="FORCE / Iter SNIP steps (default 30; --quick 5)")
+    p.add_argument("--jobs", type=int, default=None, help="parallel worker processes (default: one per CPU core)")
+    p.add_argument("--quick", action="store_true", help="a reduced run (seconds) that exercises everything")
+    p.set_defaults(func=_demo)
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, sparsities=args.sparsities, seeds=args.seeds, epochs=args.epochs,
+             iterations=args.iterations, jobs=args.jobs, quick=args.quick)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparseforce",
-        description="Pruning at initialization: FORCE, Iter SNIP, SNIP, GraSP, SynFlow, magnitude, random.")
+        description="Pruning at initialization: FORCE, Iter SNIP, SNIP, GraSP, SynFlow, magnitude, random. "
+                    "Start with `sparseforce demo`.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_prune(sub)
+    _add_train(sub)
+    _add_demo(sub)
     return parser
 
 

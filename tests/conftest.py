@@ -1,8 +1,41 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 
-import sparseforce.ops as ops
+# Without a GPU, the Triton backend's kernels run on CPU tensors through the Triton interpreter,
+# so the shared kernel tests cover it too. Triton reads this when its kernels are decorated, i.e.
+# when the backend is first used (not when sparseforce is imported); it changes nothing for
+# the other backends, and `auto` never picks triton on CPU. With a GPU the kernels compile for it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import sparseforce.ops as ops  # noqa: E402
+
+# The interpreter runs every kernel program as Python, ~0.1-0.3 s per op call on tiny inputs, so
+# the hypothesis property tests run at most this many examples for triton on CPU (every other
+# backend, and triton on a GPU, keeps the count the test asks for). The example-based shared
+# tests run in full.
+TRITON_INTERPRETER_MAX_EXAMPLES = 40
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    test = getattr(item, "obj", None)
+    # hypothesis reads a @given test's settings from this attribute at every call.
+    current = getattr(test, "_hypothesis_internal_use_settings", None)
+    if (params.get("backend") != "triton" or params.get("device") != "cpu" or current is None
+            or current.max_examples <= TRITON_INTERPRETER_MAX_EXAMPLES):
+        yield
+        return
+    from hypothesis import settings
+    test._hypothesis_internal_use_settings = settings(current, max_examples=TRITON_INTERPRETER_MAX_EXAMPLES)
+    try:
+        yield
+    finally:
+        test._hypothesis_internal_use_settings = current
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

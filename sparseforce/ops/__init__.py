@@ -19,6 +19,9 @@ from ._registry import (AUTO_ORDER, KNOWN_BACKENDS, BackendUnavailableError, ava
                         resolve)
 from ._schema import NaNScoreError
 from . import reference as _reference  # noqa: F401  (registers the reference kernels)
+from . import triton as _triton  # noqa: F401  (registers the Triton kernels; imports triton on first use)
+from . import cpp as _cpp  # noqa: F401  (registers the C++ kernels; loads them on first use)
+from . import cuda as _cuda  # noqa: F401  (registers the CUDA kernels; loads them on first use)
 
 __all__ = ["topk_masks", "saliency_topk_masks", "kth_largest", "masked_sgd_", "available_backends",
            "BackendUnavailableError", "NaNScoreError", "KNOWN_BACKENDS", "AUTO_ORDER"]

@@ -1,0 +1,674 @@
+// CPU kernels of the exact global top-k ops: topk_masks, saliency_topk_masks (FORCE / Iter
+// SNIP) and kth_largest, over a list of tensors that is never concatenated.
+//
+// Radix select on order-preserving integer keys (float_keys.h), 16-bit digits:
+//   pass 1      every chunk of the global index space histograms the top digit of every key
+//               (fp16/bf16 keys are then fully known) and notes NaNs;
+//   then        the bins are summed and scanned from the top for the bin holding the k-th key;
+//   next passes when that bin holds more elements than the candidate cap, histogram the next
+//               digit of the keys in it (prefix filter), until the key is known or the bin is
+//               small;
+//   mask pass   writes key > prefix as kept and, when the bin was small, records its elements
+//               (mask address + key, in global order) as candidates, which are then resolved
+//               exactly in memory; when the key is fully known instead, ties are kept by a
+//               per-chunk quota from the last histogram (a prefix sum of the per-chunk counts of
+//               the k-th key), so the lowest global positions win without a serial pass.
+// A chunk is one contiguous range of global positions (tensor order, then row-major of the
+// logical tensor: non-contiguous inputs are made contiguous first), processed by one thread, so
+// per-chunk counts in chunk order are counts in global order. Extra memory: one 2^16-bin
+// histogram per chunk plus the candidates (bounded by the cap; above it the radix passes go on).
+// Indices and counts are 64-bit; the per-chunk histograms are 32-bit because a chunk never
+// exceeds 2^31 elements.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <cstdint>
+#include <cstdlib>
+#include <functional>
+#include <type_traits>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "float_keys.h"
+
+namespace sparseforce {
+namespace cpu {
+namespace {
+
+constexpr int kDigit = 16;
+constexpr int64_t kBins = int64_t(1) << kDigit;
+constexpr int64_t kMaxChunk = int64_t(1) << 31;
+// Below this many elements per chunk, zeroing and summing a 256 KiB histogram costs more than
+// the extra thread saves.
+constexpr int64_t kMinChunk = int64_t(1) << 16;
+
+// Tuning/testing knobs, read per call: SPARSEFORCE_CPU_CHUNKS forces the number of chunks,
+// SPARSEFORCE_CPU_CANDIDATE_CAP the largest bin resolved from a candidate list (0: always run
+// the radix passes to the full key).
+int64_t env_int(const char* name, int64_t fallback) {
+  const char* s = std::getenv(name);
+  if (s == nullptr || *s == '\0') return fallback;
+  char* end = nullptr;
+  const long long v = std::strtoll(s, &end, 10);
+  return *end == '\0' ? static_cast<int64_t>(v) : fallback;
+}
+
+int64_t num_chunks(int64_t n) {
+  const int64_t needed = (n + kMaxChunk - 1) / kMaxChunk;
+  int64_t p = env_int("SPARSEFORCE_CPU_CHUNKS", 0);
+  if (p <= 0) p = std::min<int64_t>(at::get_num_threads(), (n + kMinChunk - 1) / kMinChunk);
+  return std::max<int64_t>({p, needed, int64_t(1)});
+}
+
+int64_t candidate_cap(int64_t n) {
+  // Candidates cost 16 bytes each: n/16 of them cost as much memory as the masks.
+  const int64_t dflt = std::min<int64_t>(int64_t(1) << 24, std::max<int64_t>(int64_t(1) << 16, n / 16));
+  return env_int("SPARSEFORCE_CPU_CANDIDATE_CAP", dflt);
+}
+
+struct Seg {
+  const void* a = nullptr;          // scores, or weights
+  const void* b = nullptr;          // grads (saliency only)
+  const uint8_t* prev = nullptr;    // Iter SNIP: only these elements compete; null: all do
+  uint8_t* out = nullptr;           // the bool mask to write; null for kth_largest
+  at::ScalarType type = at::kFloat; // dtype of a (and b)
+  int64_t n = 0;                    // elements
+  int64_t offset = 0;               // global position of element 0
+  int64_t index = 0;                // position in the caller's list, for NaN reports
+};
+
+// ---- key sources: the keys (ranking dtype P) of a block of one segment's elements
+
+constexpr int64_t kBlock = 256;  // keys computed per block, in a buffer that stays in L1
+
+template <typename P, typename In>
+struct ScoreSrc {
+  using Key = key_t<P>;
+  using Rank = P;
+  static constexpr bool kPrev = false;
+  const In* x;
+  const uint8_t* prev;
+  void keys(int64_t i0, int64_t m, Key* __restrict out) const {
+    const In* __restrict v = x + i0;
+    for (int64_t j = 0; j < m; ++j) {
+      if constexpr (std::is_same_v<P, In>) {
+        out[j] = float_key(v[j]);
+      } else {
+        out[j] = float_key(static_cast<P>(widen(v[j])));  // exact: P holds every In value
+      }
+    }
+  }
+};
+
+template <typename P, typename W, bool Prev>
+struct SaliencySrc {
+  using Key = key_t<P>;
+  using Rank = P;
+  // As the reference: |w*g| in float32, float64 when the inputs are float64, then promoted.
+  using C = std::conditional_t<std::is_same_v<W, double>, double, float>;
+  static constexpr bool kPrev = Prev;
+  const W* w;
+  const W* g;
+  const uint8_t* prev;
+  void keys(int64_t i0, int64_t m, Key* __restrict out) const {
+    const W* __restrict a = w + i0;
+    const W* __restrict b = g + i0;
+    for (int64_t j = 0; j < m; ++j) {
+      const C s = std::abs(static_cast<C>(widen(a[j])) * static_cast<C>(widen(b[j])));
+      out[j] = float_key(static_cast<P>(s));
+    }
+  }
+};
+
+template <typename P, typename In>
+constexpr bool promotes_exactly() {
+  return std::is_same_v<P, In> || std::is_same_v<P, double> ||
+         (std::is_same_v<P, float> && !std::is_same_v<In, double>);
+}
+
+template <typename F>
+void dispatch_float(at::ScalarType t, F&& f) {
+  switch (t) {
+    case at::kHalf: f(c10::Half{}); return;
+    case at::kBFloat16: f(c10::BFloat16{}); return;
+    case at::kFloat: f(float{}); return;
+    case at::kDouble: f(double{}); return;
+    default: TORCH_INTERNAL_ASSERT(false, "sparseforce: unexpected dtype ", t);
+  }
+}
+
+template <typename P>
+struct ScorePolicy {
+  template <typename F>
+  static void visit(const Seg& s, F&& f) {
+    dispatch_float(s.type, [&](auto tag) {
+      using In = decltype(tag);
+      if constexpr (promotes_exactly<P, In>()) f(ScoreSrc<P, In>{static_cast<const In*>(s.a), nullptr});
+    });
+  }
+};
+
+template <typename P>
+struct SaliencyPolicy {
+  template <typename F>
+  static void visit(const Seg& s, F&& f) {
+    dispatch_float(s.type, [&](auto tag) {
+      using W = decltype(tag);
+      if constexpr (promotes_exactly<P, W>()) {
+        const W* w = static_cast<const W*>(s.a);
+        const W* g = static_cast<const W*>(s.b);
+        if (s.prev != nullptr) {
+          f(SaliencySrc<P, W, true>{w, g, s.prev});
+        } else {
+          f(SaliencySrc<P, W, false>{w, g, nullptr});
+        }
+      }
+    });
+  }
+};
+
+// ---- the passes over one piece [a, b) of a segment. Loop-invariant values arrive as locals and
+// the outputs through restrict pointers: the mask stores are bytes, which may alias anything, and
+// would otherwise force reloads that stop the compare loops from vectorising.
+
+// First pass: histogram of the top digit; true if a competing key is NaN.
+template <typename Src>
+bool pass_histogram_top(const Src& src, int64_t a, int64_t b, int shift, uint32_t* __restrict h) {
+  using Key = typename Src::Key;
+  alignas(64) Key kb[kBlock];
+  unsigned bad = 0;
+  for (int64_t i0 = a; i0 < b; i0 += kBlock) {
+    const int64_t m = std::min(kBlock, b - i0);
+    src.keys(i0, m, kb);
+    if constexpr (Src::kPrev) {
+      const uint8_t* __restrict live = src.prev + i0;
+      for (int64_t j = 0; j < m; ++j) bad |= unsigned(live[j] != 0) & unsigned(is_nan_key<typename Src::Rank>(kb[j]));
+      // Adding 0 for a pruned weight costs a store but no branch: a random prev mask would
+      // mispredict half the time.
+      for (int64_t j = 0; j < m; ++j) h[kb[j] >> shift] += uint32_t(live[j] != 0);
+    } else {
+      for (int64_t j = 0; j < m; ++j) bad |= unsigned(is_nan_key<typename Src::Rank>(kb[j]));
+      for (int64_t j = 0; j < m; ++j) ++h[kb[j] >> shift];
+    }
+  }
+  return bad != 0;
+}
+
+// Later passes: histogram of the digit at `shift` of the keys whose higher bits are `prefix`.
+template <typename Src>
+void pass_histogram(const Src& src, int64_t a, int64_t b, int shift, typename Src::Key prefix,
+                    uint32_t* __restrict h) {
+  using Key = typename Src::Key;
+  alignas(64) Key kb[kBlock];
+  const int high_shift = shift + kDigit;
+  for (int64_t i0 = a; i0 < b; i0 += kBlock) {
+    const int64_t m = std::min(kBlock, b - i0);
+    src.keys(i0, m, kb);
+    for (int64_t j = 0; j < m; ++j) {
+      const Key key = kb[j];
+      if (static_cast<Key>(key >> high_shift) == prefix) {
+        h[(key >> shift) & (kBins - 1)] += Src::kPrev ? uint32_t(src.prev[i0 + j] != 0) : 1u;
+      }
+    }
+  }
+}
+
+// Mask pass when the k-th key's bin is small: keep keys whose bits above `shift` exceed `high`,
+// and gather those equal to it (key + mask address) from position `m` of the candidate lists.
+template <typename Src>
+int64_t pass_mask_candidates(const Src& src, int64_t a, int64_t b, int shift, typename Src::Key high,
+                             uint8_t* __restrict out, typename Src::Key* __restrict keys,
+                             uint8_t** __restrict dst, int64_t m) {
+  using Key = typename Src::Key;
+  alignas(64) Key kb[kBlock];
+  for (int64_t i0 = a; i0 < b; i0 += kBlock) {
+    const int64_t n = std::min(kBlock, b - i0);
+    src.keys(i0, n, kb);
+    uint8_t* __restrict o = out + i0;
+    unsigned any = 0;
+    if constexpr (Src::kPrev) {
+      const uint8_t* __restrict live = src.prev + i0;
+      for (int64_t j = 0; j < n; ++j) {
+        const Key h = static_cast<Key>(kb[j] >> shift);
+        o[j] = uint8_t(live[j] != 0) & uint8_t(h > high);
+        any |= unsigned(h == high);
+      }
+    } else {
+      for (int64_t j = 0; j < n; ++j) {
+        const Key h = static_cast<Key>(kb[j] >> shift);
+        o[j] = uint8_t(h > high);
+        any |= unsigned(h == high);
+      }
+    }
+    if (any) {
+      for (int64_t j = 0; j < n; ++j) {
+        if (static_cast<Key>(kb[j] >> shift) == high && (!Src::kPrev || src.prev[i0 + j])) {
+          keys[m] = kb[j];
+          dst[m] = o + j;
+          ++m;
+        }
+      }
+    }
+  }
+  return m;
+}
+
+// kth_largest's pass when the bin is small: gather the keys in it.
+template <typename Src>
+int64_t pass_collect(const Src& src, int64_t a, int64_t b, int shift, typename Src::Key high,
+                     typename Src::Key* __restrict keys, int64_t m) {
+  using Key = typename Src::Key;
+  alignas(64) Key kb[kBlock];
+  for (int64_t i0 = a; i0 < b; i0 += kBlock) {
+    const int64_t n = std::min(kBlock, b - i0);
+    src.keys(i0, n, kb);
+    unsigned any = 0;
+    for (int64_t j = 0; j < n; ++j) any |= unsigned(static_cast<Key>(kb[j] >> shift) == high);
+    if (!any) continue;
+    for (int64_t j = 0; j < n; ++j) {
+      if (static_cast<Key>(kb[j] >> shift) == high && (!Src::kPrev || src.prev[i0 + j])) keys[m++] = kb[j];
+    }
+  }
+  return m;
+}
+
+// Mask pass when the k-th key is known: keep keys above it and the first `quota` equal to it.
+template <typename Src>
+void pass_mask_exact(const Src& src, int64_t a, int64_t b, typename Src::Key kth, uint8_t* __restrict out,
+                     int64_t& quota) {
+  using Key = typename Src::Key;
+  alignas(64) Key kb[kBlock];
+  int64_t q = quota;
+  for (int64_t i0 = a; i0 < b; i0 += kBlock) {
+    const int64_t n = std::min(kBlock, b - i0);
+    src.keys(i0, n, kb);
+    uint8_t* __restrict o = out + i0;
+    if constexpr (Src::kPrev) {
+      const uint8_t* __restrict live = src.prev + i0;
+      for (int64_t j = 0; j < n; ++j) o[j] = uint8_t(live[j] != 0) & uint8_t(kb[j] > kth);
+    } else {
+      for (int64_t j = 0; j < n; ++j) o[j] = uint8_t(kb[j] > kth);
+    }
+    if (q > 0) {
+      for (int64_t j = 0; j < n && q > 0; ++j) {
+        if (kb[j] == kth && (!Src::kPrev || src.prev[i0 + j])) {
+          o[j] = 1;
+          --q;
+        }
+      }
+    }
+  }
+  quota = q;
+}
+
+struct Result {
+  int64_t nan_index = -1;  // first tensor holding a (competing) NaN, or -1
+  int64_t competing = 0;   // elements that compete
+  uint64_t key = 0;        // the k-th largest key (kth_largest only)
+};
+
+// The k-th largest key over `segs` (n elements in all) and, when write_masks, the masks keeping
+// exactly the k largest. Returns early with nan_index set, or with competing < k (the caller
+// reports both).
+template <typename P, typename Policy>
+Result radix_select(const std::vector<Seg>& segs, int64_t n, int64_t k, bool write_masks) {
+  using Key = key_t<P>;
+  constexpr int kKeyBits = static_cast<int>(sizeof(Key) * 8);
+  Result res;
+  if (n == 0) return res;
+
+  const int64_t chunks = num_chunks(n);
+  std::vector<int64_t> bounds(chunks + 1);
+  for (int64_t c = 0; c <= chunks; ++c) bounds[c] = (n / chunks) * c + std::min(c, n % chunks);
+  std::vector<int64_t> seg_start(segs.size());
+  for (size_t j = 0; j < segs.size(); ++j) seg_start[j] = segs[j].offset;
+
+  // f(seg, lo, hi) for every piece of a segment inside chunk c, in global order.
+  auto for_each_piece = [&](int64_t c, auto&& f) {
+    const int64_t lo = bounds[c], hi = bounds[c + 1];
+    if (lo >= hi) return;
+    size_t j = static_cast<size_t>(std::upper_bound(seg_start.begin(), seg_start.end(), lo) - seg_start.begin()) - 1;
+    for (; j < segs.size() && segs[j].offset < hi; ++j) {
+      const Seg& s = segs[j];
+      const int64_t a = std::max(lo, s.offset) - s.offset;
+      const int64_t b = std::min(hi, s.offset + s.n) - s.offset;
+      if (a < b) f(s, a, b);
+    }
+  };
+  auto for_each_chunk = [&](auto&& work) {
+    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) work(c);
+    });
+  };
+
+  std::vector<uint32_t> hist(static_cast<size_t>(chunks * kBins));
+  std::vector<int64_t> total(kBins);
+  std::vector<int64_t> nan_at(chunks, -1);
+
+  auto sum_histograms = [&]() {
+    at::parallel_for(0, kBins, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t bin = b; bin < e; ++bin) {
+        int64_t t = 0;
+        for (int64_t c = 0; c < chunks; ++c) t += hist[c * kBins + bin];
+        total[bin] = t;
+      }
+    });
+  };
+
+  int shift = kKeyBits - kDigit;
+  for_each_chunk([&](int64_t c) {
+    uint32_t* h = hist.data() + c * kBins;
+    std::fill(h, h + kBins, 0u);
+    for_each_piece(c, [&](const Seg& s, int64_t a, int64_t b) {
+      Policy::visit(s, [&](const auto& src) {
+        if (pass_histogram_top(src, a, b, shift, h) && nan_at[c] < 0) nan_at[c] = s.index;
+      });
+    });
+  });
+  for (int64_t c = 0; c < chunks; ++c) {
+    if (nan_at[c] >= 0 && (res.nan_index < 0 || nan_at[c] < res.nan_index)) res.nan_index = nan_at[c];
+  }
+  if (res.nan_index >= 0) return res;
+  sum_histograms();
+  for (int64_t bin = 0; bin < kBins; ++bin) res.competing += total[bin];
+  if (k > res.competing) return res;
+
+  if (write_masks && (k == 0 || k == res.competing)) {
+    for_each_chunk([&](int64_t c) {
+      for_each_piece(c, [&](const Seg& s, int64_t a, int64_t b) {
+        if (k == 0) {
+          std::fill(s.out + a, s.out + b, uint8_t(0));
+        } else if (s.prev != nullptr) {
+          std::copy(s.prev + a, s.prev + b, s.out + a);
+        } else {
+          std::fill(s.out + a, s.out + b, uint8_t(1));
+        }
+      });
+    });
+    return res;
+  }
+  TORCH_INTERNAL_ASSERT(k >= 1);
+
+  const int64_t cap = candidate_cap(n);
+  uint64_t prefix = 0;  // the known high bits of the k-th key
+  int64_t need = k;     // its rank among the keys sharing those bits
+  while (true) {
+    int64_t bin = kBins - 1, above = 0;
+    for (; bin > 0; --bin) {
+      if (above + total[bin] >= need) break;
+      above += total[bin];
+    }
+    need -= above;
+    prefix = (prefix << kDigit) | static_cast<uint64_t>(bin);
+    const int64_t bucket = total[bin];
+
+    if (shift == 0) {
+      // The k-th key is known: keep everything above it and the first `need` equal to it, split
+      // into per-chunk quotas by the chunks' counts of it (in global order).
+      const Key kth = static_cast<Key>(prefix);
+      res.key = kth;
+      if (!write_masks) return res;
+      std::vector<int64_t> quota(chunks);
+      int64_t before = 0;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t ties = hist[c * kBins + bin];
+        quota[c] = std::clamp<int64_t>(need - before, 0, ties);
+        before += ties;
+      }
+      for_each_chunk([&](int64_t c) {
+        int64_t q = quota[c];
+        for_each_piece(c, [&](const Seg& s, int64_t a, int64_t b) {
+          Policy::visit(s, [&](const auto& src) { pass_mask_exact(src, a, b, kth, s.out, q); });
+        });
+      });
+      return res;
+    }
+
+    if (bucket <= cap) {
+      // Few keys share the prefix: gather them (in global order) and finish in memory.
+      std::vector<int64_t> off(chunks + 1, 0);
+      for (int64_t c = 0; c < chunks; ++c) off[c + 1] = off[c] + hist[c * kBins + bin];
+      const Key high = static_cast<Key>(prefix);
+      std::vector<Key> keys(static_cast<size_t>(bucket));
+      std::vector<uint8_t*> dst(write_masks ? static_cast<size_t>(bucket) : 0);
+      for_each_chunk([&](int64_t c) {
+        int64_t m = off[c];
+        for_each_piece(c, [&](const Seg& s, int64_t a, int64_t b) {
+          Policy::visit(s, [&](const auto& src) {
+            m = write_masks ? pass_mask_candidates(src, a, b, shift, high, s.out, keys.data(), dst.data(), m)
+                            : pass_collect(src, a, b, shift, high, keys.data(), m);
+          });
+        });
+        TORCH_INTERNAL_ASSERT(m == off[c + 1], "sparseforce: candidate count changed between passes");
+      });
+      std::vector<Key> order(keys);
+      std::nth_element(order.begin(), order.begin() + (need - 1), order.end(), std::greater<Key>());
+      const Key kth = order[need - 1];
+      res.key = kth;
+      if (!write_masks) return res;
+      int64_t above_kth = 0;
+      for (const Key key : keys) above_kth += key > kth;
+      int64_t ties = need - above_kth;
+      for (int64_t m = 0; m < bucket; ++m) {
+        if (keys[m] > kth) {
+          *dst[m] = 1;
+        } else if (keys[m] == kth && ties > 0) {
+          *dst[m] = 1;
+          --ties;
+        }
+      }
+      return res;
+    }
+
+    shift -= kDigit;
+    const Key known = static_cast<Key>(prefix);
+    for_each_chunk([&](int64_t c) {
+      uint32_t* h = hist.data() + c * kBins;
+      std::fill(h, h + kBins, 0u);
+      for_each_piece(c, [&](const Seg& s, int64_t a, int64_t b) {
+        Policy::visit(s, [&](const auto& src) { pass_histogram(src, a, b, shift, known, h); });
+      });
+    });
+    sum_histograms();
+  }
+}
+
+void check_float(const at::Tensor& t, const char* name, size_t i) {
+  TORCH_CHECK(t.device().is_cpu(), "sparseforce (cpu): ", name, "[", i, "] is on ", t.device());
+  const auto st = t.scalar_type();
+  TORCH_CHECK(st == at::kHalf || st == at::kBFloat16 || st == at::kFloat || st == at::kDouble,
+              "sparseforce: ", name, "[", i, "] has dtype ", st, "; expected fp16, bf16, fp32 or fp64");
+}
+
+at::ScalarType promoted_dtype(at::TensorList ts) {
+  at::ScalarType d = ts.empty() ? at::kFloat : ts[0].scalar_type();
+  for (const auto& t : ts) d = at::promote_types(d, t.scalar_type());
+  return d;
+}
+
+std::vector<at::Tensor> empty_masks(at::TensorList like) {
+  std::vector<at::Tensor> out;
+  out.reserve(like.size());
+  for (const auto& t : like) out.push_back(at::empty(t.sizes(), t.options().dtype(at::kBool)));
+  return out;
+}
+
+// The contiguous tensors the kernel writes; those of `out` that are not contiguous get a
+// stand-in, copied back by finish_out.
+std::vector<at::Tensor> writable(at::TensorList out, at::TensorList like) {
+  TORCH_CHECK(out.size() == like.size(), "sparseforce: out has ", out.size(), " tensors but there are ",
+              like.size(), " inputs");
+  std::vector<at::Tensor> w;
+  for (size_t i = 0; i < out.size(); ++i) {
+    TORCH_CHECK(out[i].scalar_type() == at::kBool && out[i].sizes() == like[i].sizes() && out[i].device().is_cpu(),
+                "sparseforce: out[", i, "] must be a CPU bool tensor of the input's shape");
+    w.push_back(out[i].is_contiguous() ? out[i] : at::empty(out[i].sizes(), out[i].options()));
+  }
+  return w;
+}
+
+void finish_out(at::TensorList out, const std::vector<at::Tensor>& w) {
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (!w[i].is_same(out[i])) out[i].copy_(w[i]);
+  }
+}
+
+void check_k(int64_t k, int64_t n) {
+  TORCH_CHECK_VALUE(k >= 0 && k <= n, "k=", k, " is outside [0, ", n, "]: the inputs hold ", n, " elements in all");
+}
+
+// ---- topk_masks / kth_largest
+
+struct Prepared {
+  std::vector<Seg> segs;
+  std::vector<at::Tensor> hold;  // contiguous copies the segments point into
+  int64_t n = 0;
+};
+
+Prepared prepare_scores(at::TensorList scores, const std::vector<at::Tensor>* out) {
+  Prepared p;
+  for (size_t i = 0; i < scores.size(); ++i) {
+    check_float(scores[i], "scores", i);
+    if (scores[i].numel() == 0) continue;
+    at::Tensor c = scores[i].contiguous();
+    Seg s;
+    s.a = c.data_ptr();
+    s.type = c.scalar_type();
+    s.n = c.numel();
+    s.offset = p.n;
+    s.index = static_cast<int64_t>(i);
+    if (out != nullptr) s.out = reinterpret_cast<uint8_t*>((*out)[i].data_ptr<bool>());
+    p.n += s.n;
+    p.segs.push_back(s);
+    p.hold.push_back(std::move(c));
+  }
+  return p;
+}
+
+template <typename F>
+void dispatch_rank_dtype(at::ScalarType t, F&& f) {
+  dispatch_float(t, std::forward<F>(f));
+}
+
+Result run_scores(at::TensorList scores, int64_t k, const std::vector<at::Tensor>* out) {
+  Prepared p = prepare_scores(scores, out);
+  check_k(k, p.n);
+  Result res;
+  dispatch_rank_dtype(promoted_dtype(scores), [&](auto tag) {
+    using P = decltype(tag);
+    res = radix_select<P, ScorePolicy<P>>(p.segs, p.n, k, out != nullptr);
+  });
+  TORCH_CHECK_VALUE(res.nan_index < 0, "scores[", res.nan_index, "] contains NaN; NaN scores cannot be ranked");
+  return res;
+}
+
+void topk_masks_out(at::TensorList scores, int64_t k, at::TensorList out) {
+  std::vector<at::Tensor> w = writable(out, scores);
+  run_scores(scores, k, &w);
+  finish_out(out, w);
+}
+
+std::vector<at::Tensor> topk_masks(at::TensorList scores, int64_t k) {
+  std::vector<at::Tensor> out = empty_masks(scores);
+  run_scores(scores, k, &out);
+  return out;
+}
+
+at::Tensor kth_largest(at::TensorList scores, int64_t k) {
+  TORCH_CHECK_VALUE(k >= 1, "k=", k, " has no k-th largest value; k must be in [1, N]");
+  const Result res = run_scores(scores, k, nullptr);
+  const at::ScalarType st = promoted_dtype(scores);
+  at::Tensor value = at::empty({}, scores[0].options().dtype(st));
+  dispatch_rank_dtype(st, [&](auto tag) {
+    using Key = key_t<decltype(tag)>;
+    // The zero key is +0.0's, so a zero threshold comes back as +0.0.
+    const Key bits = unorder_bits(static_cast<Key>(res.key));
+    std::memcpy(value.data_ptr(), &bits, sizeof bits);
+  });
+  return value;
+}
+
+// ---- saliency_topk_masks (FORCE: resurrect; Iter SNIP: only prev_masks compete)
+
+void saliency_run(at::TensorList weights, at::TensorList grads, int64_t k, at::TensorList prev_masks,
+                  bool resurrect, std::vector<at::Tensor>& out) {
+  TORCH_CHECK(weights.size() == grads.size(), "sparseforce: weights has ", weights.size(),
+              " tensors but grads has ", grads.size());
+  const bool use_prev = !resurrect && !prev_masks.empty();
+  TORCH_CHECK(prev_masks.empty() || prev_masks.size() == weights.size(), "sparseforce: prev_masks has ",
+              prev_masks.size(), " tensors but weights has ", weights.size());
+  Prepared p;
+  bool any_double = false;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    check_float(weights[i], "weights", i);
+    check_float(grads[i], "grads", i);
+    TORCH_CHECK(weights[i].sizes() == grads[i].sizes(), "sparseforce: weights[", i, "] and grads[", i,
+                "] differ in shape");
+    // Promoting w and g to one dtype is exact, and |w*g| is then formed in the same precision.
+    const at::ScalarType st = at::promote_types(weights[i].scalar_type(), grads[i].scalar_type());
+    any_double |= st == at::kDouble;
+    if (weights[i].numel() == 0) continue;
+    at::Tensor w = weights[i].to(st).contiguous();
+    at::Tensor g = grads[i].to(st).contiguous();
+    Seg s;
+    s.a = w.data_ptr();
+    s.b = g.data_ptr();
+    s.type = st;
+    s.n = w.numel();
+    s.offset = p.n;
+    s.index = static_cast<int64_t>(i);
+    s.out = reinterpret_cast<uint8_t*>(out[i].data_ptr<bool>());
+    if (use_prev) {
+      TORCH_CHECK(prev_masks[i].scalar_type() == at::kBool && prev_masks[i].sizes() == weights[i].sizes(),
+                  "sparseforce: prev_masks[", i, "] must be a bool tensor of the weight's shape");
+      at::Tensor m = prev_masks[i].contiguous();
+      s.prev = reinterpret_cast<const uint8_t*>(m.data_ptr<bool>());
+      p.hold.push_back(std::move(m));
+    }
+    p.n += s.n;
+    p.segs.push_back(s);
+    p.hold.push_back(std::move(w));
+    p.hold.push_back(std::move(g));
+  }
+  check_k(k, p.n);
+  Result res;
+  if (any_double) {
+    res = radix_select<double, SaliencyPolicy<double>>(p.segs, p.n, k, true);
+  } else {
+    res = radix_select<float, SaliencyPolicy<float>>(p.segs, p.n, k, true);
+  }
+  TORCH_CHECK_VALUE(res.nan_index < 0, "the saliency |w*g| of weights[", res.nan_index,
+                    "] is NaN (NaN, or inf times 0, in weights[", res.nan_index, "] or grads[", res.nan_index, "])");
+  TORCH_CHECK_VALUE(k <= res.competing, "k=", k, " but prev_masks keep only ", res.competing,
+                    " weights; with resurrect=False only weights kept in prev_masks compete, so k may not exceed that");
+}
+
+std::vector<at::Tensor> saliency_topk_masks(at::TensorList weights, at::TensorList grads, int64_t k,
+                                            at::TensorList prev_masks, bool resurrect) {
+  std::vector<at::Tensor> out = empty_masks(weights);
+  saliency_run(weights, grads, k, prev_masks, resurrect, out);
+  return out;
+}
+
+void saliency_topk_masks_out(at::TensorList weights, at::TensorList grads, int64_t k, at::TensorList prev_masks,
+                             bool resurrect, at::TensorList out) {
+  std::vector<at::Tensor> w = writable(out, weights);
+  saliency_run(weights, grads, k, prev_masks, resurrect, w);
+  finish_out(out, w);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparseforce, CPU, m) {
+  m.impl("topk_masks", &topk_masks);
+  m.impl("topk_masks_out", &topk_masks_out);
+  m.impl("kth_largest", &kth_largest);
+  m.impl("saliency_topk_masks", &saliency_topk_masks);
+  m.impl("saliency_topk_masks_out", &saliency_topk_masks_out);
+}
+
+}  // namespace cpu
+}  // namespace sparseforce

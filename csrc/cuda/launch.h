@@ -1,0 +1,125 @@
+// The plain C++ boundary between the torch glue (ops_cuda.cpp) and the CUDA kernels (*.cu).
+// Only fixed-width types, raw pointers and cudaStream_t cross it, so the .cu files build with
+// nvcc and the CUDA headers alone (no torch headers in device code), and both compilers agree on
+// every struct layout (checked by the static_asserts below).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace sparseforce {
+namespace cuda {
+
+enum DType : int32_t { kF16 = 0, kBF16 = 1, kF32 = 2, kF64 = 3 };
+
+// Elements per tile. Every tensor is cut into tiles that never straddle two tensors, so a tile's
+// elements share one dtype and one alignment; per-tile tie counts are counts in global order.
+constexpr int64_t kTile = 4096;
+// Widest radix digit: a 4096-bin histogram (16 KiB of 32-bit counts) fits in shared memory
+// several times per SM. The first digit of an fp32 key is sign + exponent + 3 mantissa bits.
+constexpr int kDigitBits = 12;
+constexpr int kBins = 1 << kDigitBits;
+
+// One input tensor (a contiguous run of global positions [offset, offset + n)).
+struct Segment {
+  const void* a;         // scores, or weights
+  const void* b;         // grads (saliency) or null
+  const uint8_t* prev;   // Iter SNIP: only these elements compete; null: all do
+  uint8_t* out;          // the bool mask; null for kth_largest
+  int64_t n;
+  int64_t offset;        // global position of element 0
+  int64_t tile_begin;    // index of the segment's first tile
+  int32_t dtype;         // DType of a (and b)
+  int32_t index;         // position in the caller's list, for NaN reports
+  int32_t aligned;       // a, b are 16-byte and prev, out 16-byte aligned: vector loads/stores
+  int32_t pad_;
+};
+static_assert(sizeof(Segment) == 72, "Segment layout must agree between nvcc and the host compiler");
+
+// Where the device-side radix select stands; read back by the glue after the last kernel to
+// report NaN or an unsatisfiable k (the only host synchronisation of a call).
+enum SelectMode : int32_t {
+  kModeRadix = 0,     // histogramming the full data, digit by digit
+  kModeCand = 1,      // the k-th key's bin is small: resolving it among gathered candidates
+  kModePos = 2,       // the k-th key is known; choosing which tied candidates win, by position
+  kModeCandDone = 3,  // candidates resolved: pos_limit says which ties are kept
+  kModeKnown = 4,     // the k-th key is known from full-data passes: ties by per-tile quotas
+  kModeAll = 5,       // k == number competing: keep every competing element
+  kModeNone = 6,      // k == 0
+  kModeErrNaN = 7,    // a competing score is NaN: nan_index names the first tensor holding one
+  kModeErrK = 8,      // k exceeds the number competing (Iter SNIP)
+};
+
+struct SelectState {
+  uint64_t prefix;       // known high bits of the k-th key
+  int64_t need;          // its rank among the keys sharing those bits (1-based)
+  int64_t count;         // competing elements sharing those bits
+  int64_t competing;     // competing elements in all
+  int64_t nan_index;     // first tensor holding a competing NaN, INT64_MAX if none
+  uint64_t kth;          // the k-th largest key, once known
+  int64_t tie_need;      // how many elements equal to kth are kept
+  int64_t tie_total;     // how many elements equal to kth compete
+  uint64_t pos_prefix;   // position select: known high bits of (pos_mask - position)
+  int64_t pos_need;
+  int64_t pos_limit;     // ties at positions <= pos_limit are kept
+  int64_t cand_count;    // candidates gathered
+  int32_t mode;          // SelectMode
+  int32_t level;         // last key digit level chosen
+  int32_t pos_level;     // last position digit level chosen
+  uint32_t blocks_done;  // last-block-done counter, back to 0 after every pass
+};
+static_assert(sizeof(SelectState) == 112, "SelectState layout must agree between nvcc and the host compiler");
+
+struct SelectArgs {
+  const Segment* segs;   // device copy of the segment table (global order)
+  int32_t nseg;
+  int32_t rank_dtype;    // DType the keys are formed in (the promoted dtype)
+  int32_t saliency;      // rank |a*b| instead of a
+  int32_t write_masks;   // topk / saliency (1) or kth_largest (0)
+  int64_t n;             // elements in all (> 0)
+  int64_t tiles;         // tiles in all
+  int64_t k;             // 0 <= k <= n (k >= 1 for kth_largest)
+  int64_t cap;           // largest bin resolved from a candidate list
+  void* workspace;       // select_workspace_bytes(tiles, cap), any contents
+  void* value_out;       // kth_largest: a device scalar of rank_dtype; else null
+  int32_t num_sms;
+  cudaStream_t stream;
+};
+
+// Device memory a select needs: the state, one histogram, per-tile tie counts and the
+// candidate buffer (16 bytes per candidate). The state is at offset 0.
+size_t select_workspace_bytes(int64_t tiles, int64_t cap);
+
+// Enqueues the whole select on args.stream: no host synchronisation, no host round trip.
+cudaError_t launch_select(const SelectArgs& args);
+
+struct SgdSegment {
+  void* p;
+  const void* g;
+  void* buf;             // null when momentum == 0
+  const uint8_t* mask;   // null: unmasked
+  int64_t n;
+  int64_t tile_begin;
+  int32_t dtype;
+  int32_t fresh;         // buf holds no state yet: it becomes d_p
+  int32_t aligned;       // p, g, buf 16-byte aligned and mask 16-byte aligned
+  int32_t pad_;
+};
+static_assert(sizeof(SgdSegment) == 64, "SgdSegment layout must agree between nvcc and the host compiler");
+
+struct SgdArgs {
+  const SgdSegment* segs;  // device copy
+  int32_t nseg;
+  int32_t nesterov;
+  int64_t tiles;
+  double lr, momentum, dampening, weight_decay;
+  int32_t num_sms;
+  cudaStream_t stream;
+};
+
+cudaError_t launch_masked_sgd(const SgdArgs& args);
+
+}  // namespace cuda
+}  // namespace sparseforce

@@ -1,0 +1,82 @@
+"""Order-preserving integer keys of float scores, shared by every selection kernel.
+
+Unsigned key order equals float order: a non-negative float gets its sign bit set, a negative
+one has all bits flipped. -0.0 is canonicalised to +0.0 first so that the two tie, as the
+reference's comparisons do. NaN gets a key like any other bit pattern; the first pass reports
+it and the caller raises, so its rank never matters.
+Keys are computed in the promoted dtype of all tensors (16, 32 or 64 bits wide), which ranks
+mixed dtypes exactly like the reference's promote-then-sort. 16-bit keys live in uint32.
+
+Written as few device functions on purpose: under the Triton interpreter (CI) every call of a
+jit helper costs milliseconds, so a chain of tiny helpers would dominate the test time.
+"""
+import triton.language as tl
+
+from .device import device_function
+from .layout import COL_G, COL_PREV, COL_X, ST_PREFIX
+
+
+@device_function
+def load_block(ptr, offs, valid, full):
+    # Only the tail block of a tensor is masked: a mask from a table-loaded length has no
+    # known alignment, and would stop the compiler from vectorising every block's loads.
+    if full:
+        v = tl.load(ptr + offs)
+    else:
+        v = tl.load(ptr + offs, mask=valid, other=0)
+    return v
+
+
+@device_function
+def competing_keys(table, row, offs, valid, full, state, X, G,
+                   KEY_BITS: tl.constexpr, SALIENCY: tl.constexpr, SCORE_F64: tl.constexpr,
+                   HAS_PREV: tl.constexpr):
+    """For the elements ``offs`` of one table row (``full``: all of them inside the tensor):
+    their keys, which of them compete, which of those are NaN, and the k-th key's digits found
+    so far (from ``state``), in the key type.
+
+    SALIENCY: the score is |w*g| computed here in float32 (float64 if SCORE_F64), exact for
+    fp16/bf16 inputs, never written to memory. HAS_PREV (Iter SNIP): only weights alive in
+    prev_masks compete; a dead weight's NaN is never ranked, so it is not reported either.
+    The host guarantees 16-byte aligned contiguous tensors, hence the multiple_of hints that let
+    the loads vectorise although the addresses come from a table.
+    """
+    x_ptr = tl.multiple_of(tl.load(table + row + COL_X).to(tl.pointer_type(X.dtype.element_ty)), 16)
+    x = load_block(x_ptr, offs, valid, full)
+    if SALIENCY:
+        g_ptr = tl.multiple_of(tl.load(table + row + COL_G).to(tl.pointer_type(G.dtype.element_ty)), 16)
+        g = load_block(g_ptr, offs, valid, full)
+        if SCORE_F64:
+            s = tl.abs(x.to(tl.float64) * g.to(tl.float64))
+        else:
+            s = tl.abs(x.to(tl.float32) * g.to(tl.float32))
+    else:
+        s = x
+    compete = valid
+    if HAS_PREV:
+        p_ptr = tl.multiple_of(tl.load(table + row + COL_PREV).to(tl.pointer_type(tl.uint8)), 16)
+        compete = compete & (load_block(p_ptr, offs, valid, full) != 0)
+    prefix = tl.load(state + ST_PREFIX).to(tl.uint64, bitcast=True)
+    # Widening to the promoted dtype is exact, so ranking after it ranks the given values.
+    # -0.0 is canonicalised on the bit pattern, and NaN tested in at least float32: the
+    # interpreter compares bfloat16 by its bits, which would miss both.
+    if KEY_BITS == 64:
+        s = s.to(tl.float64)
+        nan = compete & (s != s)
+        b = s.to(tl.uint64, bitcast=True)
+        b = tl.where(b == 0x8000000000000000, 0, b)
+        key = b ^ tl.where((b >> 63) != 0, 0xFFFFFFFFFFFFFFFF, 0x8000000000000000)
+    elif KEY_BITS == 32:
+        s = s.to(tl.float32)
+        nan = compete & (s != s)
+        b = s.to(tl.uint32, bitcast=True)
+        b = tl.where(b == 0x80000000, 0, b)
+        key = b ^ tl.where((b >> 31) != 0, 0xFFFFFFFF, 0x80000000)
+        prefix = prefix.to(tl.uint32)
+    else:
+        nan = compete & (s.to(tl.float32) != s.to(tl.float32))
+        b = s.to(tl.uint16, bitcast=True).to(tl.uint32)
+        b = tl.where(b == 0x8000, 0, b)
+        key = b ^ tl.where((b >> 15) != 0, 0xFFFF, 0x8000).to(tl.uint32)
+        prefix = prefix.to(tl.uint32)
+    return key, compete, nan, prefix

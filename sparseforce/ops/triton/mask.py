@@ -1,0 +1,42 @@
+"""The last pass: write the bool masks, keeping exactly k.
+
+Keys above the k-th key are kept; of the keys equal to it, the first ST_KREM in global order
+(tensor order, then row-major), ranked by the block's exclusive tie prefix plus the tie's rank
+inside the block.
+"""
+import triton
+import triton.language as tl
+
+from .keys import competing_keys
+from .layout import COL_GBLOCK, COL_NUMEL, COL_OUT, COL_PID0, NCOLS, ST_KREM, ST_NAN, ST_TIES
+
+
+@triton.jit
+def write_mask_kernel(table, rows, state, tie_offsets, X, G,
+                      KEY_BITS: tl.constexpr, SALIENCY: tl.constexpr, SCORE_F64: tl.constexpr,
+                      HAS_PREV: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    row = tl.load(rows + pid) * NCOLS
+    local = pid - tl.load(table + row + COL_PID0)
+    offs = local * BLOCK + tl.arange(0, BLOCK)
+    numel = tl.load(table + row + COL_NUMEL)
+    valid = offs < numel
+    full = (local + 1) * BLOCK <= numel
+    key, compete, nan, kth = competing_keys(table, row, offs, valid, full, state, X, G, KEY_BITS,
+                                            SALIENCY, SCORE_F64, HAS_PREV)
+    k_rem = tl.load(state + ST_KREM)
+    tied = compete & (key == kth)
+    if k_rem == tl.load(state + ST_TIES):
+        keep = compete & (key >= kth)
+    else:
+        # Only here are tie_offsets filled in (tie_count / exclusive_scan kernels).
+        tied64 = tied.to(tl.int64)
+        rank = tl.load(tie_offsets + tl.load(table + row + COL_GBLOCK) + local) + tl.cumsum(tied64, 0) - tied64
+        keep = (compete & (key > kth)) | (tied & (rank < k_rem))
+    # A NaN score makes the call raise: leave the caller's `out` as it was.
+    if tl.load(state + ST_NAN) == 0:
+        out = tl.multiple_of(tl.load(table + row + COL_OUT).to(tl.pointer_type(tl.uint8)), 16)
+        if full:
+            tl.store(out + offs, keep.to(tl.uint8))
+        else:
+            tl.store(out + offs, keep.to(tl.uint8), mask=valid)

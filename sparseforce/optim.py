@@ -1,0 +1,267 @@
+"""Masked optimizers: train a pruned network without pruned weights creeping back.
+
+``MaskedSGD`` and ``MaskedAdamW`` are ordinary ``torch.optim.Optimizer`` subclasses (param groups,
+``state_dict``/``load_state_dict``, LR schedulers, ``zero_grad`` all behave as usual) that take
+``model.named_parameters()`` and a mapping ``parameter name -> bool mask``. For every masked
+parameter the pruned entries of the weight, of its gradient as the optimizer sees it, and of its
+optimizer state (momentum buffer, Adam moments) are exactly 0 after every ``step()``, whatever
+momentum and weight decay do. Unmasked parameters (biases, norm layers, anything not in the masks)
+get the plain torch update. On the kept entries the update is that of ``torch.optim.SGD`` /
+``torch.optim.AdamW`` applied to the masked gradient.
+
+    opt = MaskedSGD(model.named_parameters(), masks, lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+The pruned weights are zeroed when the optimizer is created, so the model is the masked network
+from the start, not only after the first step.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from . import ops
+from .masks import Masks
+
+__all__ = ["MaskedSGD", "MaskedAdamW"]
+
+
+def _shape(t) -> str:
+    return "(" + ", ".join(str(int(s)) for s in t) + ")"
+
+
+class _MaskedOptimizer(torch.optim.Optimizer):
+    """Shared part: mask lookup by parameter name, validation, state enforcement."""
+
+    # Optimizer state entries that must be 0 wherever the weight is pruned.
+    _masked_state_keys: tuple[str, ...] = ()
+
+    def __init__(self, named_params, masks, defaults: dict[str, Any]):
+        if masks is None:
+            masks = {}
+        if not isinstance(masks, Mapping):
+            raise TypeError(f"masks must be a sparseforce.Masks or a mapping name -> bool tensor, "
+                            f"got {type(masks).__name__}")
+        if not isinstance(masks, Masks):
+            masks = Masks(masks)  # checks dtype and names
+        # Filled by add_param_group, which torch's __init__ calls once per group.
+        self._wanted = dict(masks.items())
+        self._names: dict[str, torch.Tensor] = {}
+        self._mask_of: dict[torch.Tensor, torch.Tensor] = {}
+        super().__init__(named_params, defaults)
+        unknown = [n for n in self._wanted if n not in self._names]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], list(self._names), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(
+                f"mask {unknown[0]!r} names no parameter given to {type(self).__name__}"
+                + (f" (nor do {len(unknown) - 1} other masks: {unknown[1:4]})" if len(unknown) > 1 else "")
+                + hint)
+        with torch.no_grad():
+            for p, m in self._mask_of.items():
+                p.masked_fill_(~m, 0)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's Optimizer pickles only defaults/state/param_groups; without the masks a
+        # deepcopied or unpickled optimizer would silently train the pruned weights.
+        state = super().__getstate__()
+        state.update({k: v for k, v in self.__dict__.items() if k in ("_wanted", "_names", "_mask_of", "backend")})
+        return state
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        params = param_group.get("params") if isinstance(param_group, dict) else None
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        params = list(params) if params is not None else []
+        param_group = {**param_group, "params": params}
+        if any(not isinstance(p, tuple) for p in params):
+            raise TypeError(
+                f"{type(self).__name__} looks masks up by parameter name: pass "
+                "model.named_parameters() (or groups whose 'params' are (name, tensor) pairs), "
+                "not model.parameters()")
+        for name, p in params:
+            if not isinstance(name, str):
+                raise TypeError(f"parameter names must be str, got {type(name).__name__}: {name!r}")
+            if name in self._names:
+                raise ValueError(f"parameter {name!r} is given to {type(self).__name__} twice")
+            m = self._wanted.get(name)
+            if m is not None:
+                if not isinstance(p, torch.Tensor) or tuple(m.shape) != tuple(p.shape):
+                    shape = _shape(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
+                    raise ValueError(f"mask {name!r} has shape {_shape(m.shape)} but parameter {name!r} "
+                                     f"has shape {shape}")
+                self._mask_of[p] = m.to(p.device)
+            self._names[name] = p
+        super().add_param_group(param_group)
+
+    @property
+    def masks(self) -> Masks:
+        """The masks this optimizer enforces, keyed by parameter name."""
+        by_param = self._mask_of
+        return Masks({n: by_param[p] for n, p in self._names.items() if p in by_param})
+
+    def _mask(self, p: torch.Tensor) -> torch.Tensor | None:
+        m = self._mask_of.get(p)
+        if m is not None and m.device != p.device:
+            # model.to(device) after the optimizer was built keeps the Parameter objects.
+            m = self._mask_of[p] = m.to(p.device)
+        return m
+
+    @torch.no_grad()
+    def _enforce_state(self) -> None:
+        for p, m in self._mask_of.items():
+            st = self.state.get(p)
+            if not st:
+                continue
+            for key in self._masked_state_keys:
+                v = st.get(key)
+                if isinstance(v, torch.Tensor) and v.shape == m.shape:
+                    v.masked_fill_(~m.to(v.device), 0)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        # A state saved by an unmasked optimizer (or with other masks) may hold nonzero
+        # momentum at pruned positions, which would otherwise move a pruned weight once.
+        self._enforce_state()
+
+    @staticmethod
+    def _grads(group) -> tuple[list, list]:
+        params, grads = [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("masked optimizers do not support sparse gradients")
+            params.append(p)
+            grads.append(p.grad)
+        return params, grads
+
+
+class MaskedSGD(_MaskedOptimizer):
+    """SGD (``torch.optim.SGD`` semantics) that keeps pruned weights and their momentum at 0.
+
+    One :func:`sparseforce.ops.masked_sgd_` call per param group updates every parameter of the
+    group at once, on ``backend`` ("auto": the fastest compiled kernel for the parameters'
+    device, else the pure-PyTorch reference).
+
+    Args:
+        named_params: ``model.named_parameters()``, or a list of param-group dicts whose
+            ``"params"`` are ``(name, tensor)`` pairs.
+        masks: :class:`sparseforce.Masks` (or a mapping name -> bool tensor); every name must be
+            one of ``named_params`` with the same shape, else ``ValueError`` naming it.
+        lr, momentum, dampening, weight_decay, nesterov: as ``torch.optim.SGD``.
+    """
+
+    _masked_state_keys = ("momentum_buffer",)
+
+    def __init__(self, named_params, masks, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False, *, backend: str = "auto"):
+        for name, v in (("lr", lr), ("momentum", momentum), ("dampening", dampening),
+                        ("weight_decay", weight_decay)):
+            if isinstance(v, torch.Tensor):
+                v = v.item()
+            if not v >= 0:
+                raise ValueError(f"invalid {name}: {v} (must be >= 0)")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("nesterov momentum requires momentum > 0 and dampening = 0")
+        self.backend = backend
+        super().__init__(named_params, masks, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                                   weight_decay=weight_decay, nesterov=nesterov))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = self._grads(group)
+            if not params:
+                continue
+            bufs = [self.state[p].get("momentum_buffer") for p in params]
+            masks = [self._mask(p) for p in params]
+            bufs = ops.masked_sgd_(params, grads, bufs, masks, lr=group["lr"], momentum=group["momentum"],
+                                   dampening=group["dampening"], weight_decay=group["weight_decay"],
+                                   nesterov=group["nesterov"], backend=self.backend)
+            if group["momentum"] != 0:
+                for p, b in zip(params, bufs):
+                    self.state[p]["momentum_buffer"] = b
+        return loss
+
+
+class MaskedAdamW(_MaskedOptimizer):
+    """AdamW (``torch.optim.AdamW`` semantics, decoupled weight decay) on masked gradients.
+
+    Same contract as :class:`MaskedSGD`; state keys are torch's (``step``, ``exp_avg``,
+    ``exp_avg_sq``, ``max_exp_avg_sq``), so state dicts move between this and ``torch.optim.AdamW``.
+    Pruned weights and both moments stay exactly 0. Pure PyTorch (one tensor at a time, as torch's
+    own CPU path).
+    """
+
+    _masked_state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def __init__(self, named_params, masks, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False):
+        if not lr >= 0:
+            raise ValueError(f"invalid lr: {lr}")
+        if not eps >= 0:
+            raise ValueError(f"invalid eps: {eps}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"invalid betas: {betas} (each must be in [0, 1))")
+        if not weight_decay >= 0:
+            raise ValueError(f"invalid weight_decay: {weight_decay}")
+        super().__init__(named_params, masks, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                                   weight_decay=weight_decay, amsgrad=amsgrad))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+            wd, amsgrad = group["weight_decay"], group["amsgrad"]
+            lr = lr.item() if isinstance(lr, torch.Tensor) else lr
+            params, grads = self._grads(group)
+            for p, g in zip(params, grads):
+                m = self._mask(p)
+                if m is not None:
+                    g = g.masked_fill(~m, 0)
+                st = self.state[p]
+                if not st:
+                    # A float32 tensor step, as torch keeps it, so state dicts are interchangeable.
+                    st["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if amsgrad:
+                        st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]
+                st["step"] += 1
+                step = float(st["step"])
+                # The same operations in the same order as torch's single-tensor AdamW, so kept
+                # weights agree with torch.optim.AdamW on the masked gradient.
+                if wd != 0:
+                    p.mul_(1 - lr * wd)
+                exp_avg.lerp_(g, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                bias_correction1 = 1 - beta1 ** step
+                bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
+                if amsgrad:
+                    max_sq = st["max_exp_avg_sq"]
+                    torch.maximum(max_sq, exp_avg_sq, out=max_sq)
+                    denom = (max_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+                else:
+                    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+                p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+                if m is not None:
+                    # Zero gradients keep fresh moments at 0; this also covers moments loaded
+                    # from an unmasked state and a pruned weight that was nonzero.
+                    p.masked_fill_(~m, 0)
+                    exp_avg.masked_fill_(~m, 0)
+                    exp_avg_sq.masked_fill_(~m, 0)
+                    if amsgrad:
+                        st["max_exp_avg_sq"].masked_fill_(~m, 0)
+        return loss

@@ -1,0 +1,61 @@
+"""`sparseforce demo`, end to end in its reduced mode, and the pieces of its report."""
+import json
+
+import pytest
+
+from sparseforce import demo
+from sparseforce.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_quick_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--epochs", "1", "--jobs", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for word in ("Random", "SNIP", "Iter SNIP", "FORCE", "99%", "99.8%", "weights left", "187", "dense"):
+        assert word in text, word
+    files = ["results.json", "table.md", "accuracy_vs_sparsity.png", "layer_density.png"]
+    for name in files:
+        assert str(out / name) in text  # every file is listed
+    for name in files[2:]:
+        assert (out / name).read_bytes()[:8] == PNG
+    results = json.loads((out / "results.json").read_text())
+    cells = {(r["method"], r["sparsity"]) for r in results["runs"]}
+    assert cells == {(m, s) for m in demo.METHODS for s in (0.99, 0.998)} | {("dense", 0.0)}
+    for r in results["runs"]:
+        assert 0.0 <= r["test_acc"] <= 1.0
+        if r["method"] != "dense":
+            kept = sum(k for _, _, k in r["layers"])
+            assert kept == round(93_728 * (1 - r["sparsity"]))  # exactly k weights survive pruning
+    table = (out / "table.md").read_text()
+    assert table.count("\n|") >= 6 and "| FORCE |" in table
+
+
+def test_demo_worker_processes_give_the_same_results_as_in_process(tmp_path):
+    # The spawn path is what `sparseforce demo` uses by default; two cheap runs exercise it.
+    kw = dict(sparsities=[0.99], methods=("random",), seeds=1, epochs=1, dense=True, log=lambda *a: None)
+    one = demo.run_demo(str(tmp_path / "a"), jobs=1, **kw)
+    two = demo.run_demo(str(tmp_path / "b"), jobs=2, **kw)
+    strip = lambda runs: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in runs]  # noqa: E731
+    assert strip(one.runs) == strip(two.runs)
+
+
+def test_table_marks_layer_collapse_and_averages_seeds():
+    layers = [("a.weight", 100, 1), ("b.weight", 900, 0)]
+    def run(method, sparsity, seed, acc, empty=()):
+        return {"method": method, "sparsity": sparsity, "seed": seed, "test_acc": acc,
+                "layers": layers if method != "dense" else [], "empty_layers": list(empty)}
+
+    runs = [run("snip", 0.99, 0, 0.10, ["b.weight"]), run("snip", 0.99, 1, 0.30), run("force", 0.99, 0, 0.80),
+            run("force", 0.99, 1, 0.90), run("dense", 0.0, 0, 0.99)]
+    text = demo._table(runs, [0.99], ("snip", "force"), 2, markdown=False)
+    assert "20.0 ± 14.1 †" in text and "85.0 ± 7.1" in text and "85.0 ± 7.1 †" not in text
+    assert "dense (unpruned) network: 99.0" in text and "weights left" in text and " 10" in text
+
+
+def test_demo_rejects_bad_settings(tmp_path):
+    with pytest.raises(ValueError, match="sparsities"):
+        demo.run_demo(str(tmp_path), sparsities=[1.0], quick=True)
+    with pytest.raises(ValueError, match="unknown demo methods"):
+        demo.run_demo(str(tmp_path), methods=("grasp",), quick=True)

@@ -1,0 +1,290 @@
+"""Training: recipe, masked training, crash-safe checkpoints, bit-identical resume, `sparseforce train`."""
+import json
+import os
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Subset
+
+import sparseforce as sf
+from sparseforce import data as sfdata
+from sparseforce.cli import main
+from sparseforce.train import RECIPES, CheckpointError, fit, load_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny tensors: threads only add synchronisation, which costs 10-50x on a busy machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Net(nn.Module):
+    """Conv + BN (running statistics) + dropout (draws from the global torch RNG)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.drop = nn.Dropout(0.2)
+        self.fc = nn.Linear(8 * 16, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn(self.conv(x))), 2)
+        return self.fc(self.drop(x.flatten(1)))
+
+
+def make_data():
+    # A random crop with its own generator, so the augmentation stream must be checkpointed too.
+    gen = torch.Generator().manual_seed(7)
+    aug = sfdata.Compose([sfdata.RandomCrop(8, padding=1, generator=gen)])
+    train = Subset(sfdata.Digits(train=True, transform=aug), range(160))
+    test = Subset(sfdata.Digits(train=False), range(64))
+    val = Subset(sfdata.Digits(train=True), range(160, 200))
+    return train, val, test
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    net = Net()
+    masks = sf.random(net, sparsity=0.8, seed=seed)
+    return net, masks
+
+
+KW = dict(epochs=4, batch_size=32, lr=0.05, progress=False)
+
+
+def test_recipes_are_the_papers():
+    c, t = RECIPES["cifar"], RECIPES["tinyimagenet"]
+    assert (c.epochs, c.milestones, c.lr, c.gamma, c.momentum, c.weight_decay, c.batch_size, c.val_fraction,
+            c.optimizer, c.augment) == (350, (150, 250), 0.1, 0.1, 0.9, 5e-4, 128, 0.1, "sgd", True)
+    assert (t.epochs, t.milestones, t.lr, t.momentum, t.weight_decay, t.batch_size) == (300, (150, 225), 0.1, 0.9,
+                                                                                         5e-4, 128)
+    assert c.replace(epochs=35).milestones == (15, 25)
+    assert c.replace(epochs=35, milestones=[5]).milestones == (5,)
+    assert c.replace(epochs=None, lr=0.05) == c.replace(lr=0.05)
+
+
+def test_fit_trains_masked_logs_and_follows_the_schedule(tmp_path):
+    train, val, test = make_data()
+    net, masks = make_model()
+    res = fit(net, masks, train, val, test, out_dir=tmp_path, milestones=[1, 3], **KW)
+    params = dict(net.named_parameters())
+    for n, m in masks.items():
+        assert torch.count_nonzero(params[n][~m]) == 0
+        assert torch.count_nonzero(params[n][m]) == int(m.sum())
+    assert [r["epoch"] for r in res.history] == [1, 2, 3, 4]
+    assert [r["lr"] for r in res.history] == pytest.approx([0.05, 0.005, 0.005, 0.0005])
+    assert res.final["train_loss"] < res.history[0]["train_loss"]
+    assert 0 <= res.final["test_acc"] <= 1 and 0 <= res.final["val_acc"] <= 1
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert rows == res.history
+    csv_lines = (tmp_path / "log.csv").read_text().splitlines()
+    assert csv_lines[0].split(",")[:3] == ["epoch", "lr", "train_loss"] and len(csv_lines) == 5
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["final"] == res.final and result["best"] == res.best
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["epoch"] == 4 and sf.Masks(ckpt["masks"]["masks"]) == masks
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def _crash_after(epoch):
+    class Crash(Exception):
+        pass
+
+    def callback(row):
+        if row["epoch"] == epoch:
+            raise Crash(f"simulated crash after epoch {epoch}")
+    return Crash, callback
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_kill_and_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, optimizer):
+    train, val, test = make_data()
+    net, masks = make_model()
+    full = fit(net, masks, train, val, test, out_dir=tmp_path / "full", optimizer=optimizer, **KW)
+
+    train, val, test = make_data()
+    net2, _ = make_model()
+    Crash, callback = _crash_after(2)
+    with pytest.raises(Crash):
+        fit(net2, masks, train, val, test, out_dir=tmp_path / "cut", optimizer=optimizer, callback=callback, **KW)
+
+    # A new process would start from other RNG states, fresh objects and other weights.
+    torch.manual_seed(1234)
+    np.random.seed(1234)
+    random.seed(1234)
+    train, val, test = make_data()
+    net3, _ = make_model(seed=5)
+    resumed = fit(net3, None, train, val, test, out_dir=tmp_path / "cut", resume=True, optimizer=optimizer, **KW)
+
+    for (n, a), b in zip(net.state_dict().items(), net3.state_dict().values()):
+        assert torch.equal(a, b), n
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
+    log = [json.loads(line) for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4]
+
+
+def test_stop_after_epoch_then_resume(tmp_path):
+    train, val, test = make_data()
+    net, masks = make_model()
+    part = fit(net, masks, train, None, None, out_dir=tmp_path, stop_after_epoch=1, **KW)
+    assert [r["epoch"] for r in part.history] == [1]
+    assert not (tmp_path / "result.json").exists()
+    net2, _ = make_model(seed=3)
+    done = fit(net2, None, train, None, None, out_dir=tmp_path, resume=True, **KW)
+    assert [r["epoch"] for r in done.history] == [1, 2, 3, 4]
+    # resuming a finished run trains nothing more and restores its weights
+    net3, _ = make_model(seed=4)
+    again = fit(net3, None, train, None, None, out_dir=tmp_path, resume="auto", **KW)
+    assert again.history == done.history
+    assert all(torch.equal(a, b) for a, b in zip(net2.state_dict().values(), net3.state_dict().values()))
+
+
+def test_a_crash_while_writing_a_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatch):
+    train, val, test = make_data()
+    net, masks = make_model()
+    real_save = torch.save
+    calls = []
+
+    def failing_save(obj, f, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:  # the epoch-2 checkpoint: half written, then the disk "fills up"
+            f.write(b"PK\x03\x04 partial checkpoint bytes")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        fit(net, masks, train, val, test, out_dir=tmp_path, **KW)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "log.csv", "log.jsonl"]  # no temp file left
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    net2, _ = make_model(seed=9)
+    res = fit(net2, None, train, val, test, out_dir=tmp_path, resume=True, **KW)
+    assert [r["epoch"] for r in res.history] == [1, 2, 3, 4]
+
+
+def test_truncated_or_foreign_checkpoints_are_clear_errors_and_left_alone(tmp_path):
+    train, val, test = make_data()
+    net, masks = make_model()
+    fit(net, masks, train, None, None, out_dir=tmp_path, **dict(KW, epochs=1))
+    path = tmp_path / "checkpoint.pt"
+    good = path.read_bytes()
+
+    def attempt():
+        fit(make_model(seed=2)[0], None, train, None, None, out_dir=tmp_path, resume=True, **KW)
+
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt.*(truncated|corrupt)"):
+        attempt()
+    assert path.read_bytes() == good[: len(good) // 2]  # not overwritten by a fresh start
+
+    masks.save(path)
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt.*not a sparseforce training checkpoint.*mask file"):
+        attempt()
+    torch.save(net.state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt.*not a sparseforce training checkpoint"):
+        attempt()
+    torch.save({"format": "sparseforce.checkpoint", "version": 99}, path)
+    with pytest.raises(CheckpointError, match="newer"):
+        attempt()
+    path.write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt"):
+        attempt()
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match=r"checkpoint\.pt"):
+        attempt()
+
+    # a run that was not asked to resume refuses to clobber an existing checkpoint
+    path.write_bytes(good)
+    with pytest.raises(FileExistsError, match="resume"):
+        fit(make_model()[0], masks, train, None, None, out_dir=tmp_path, **KW)
+    assert path.read_bytes() == good
+    # and resuming with other settings is refused rather than silently mixing them
+    with pytest.raises(CheckpointError, match="lr=0.05 there, 0.1 now"):
+        fit(make_model()[0], None, train, None, None, out_dir=tmp_path, resume=True, **dict(KW, lr=0.1))
+
+
+def test_masks_that_do_not_fit_the_model_are_refused_with_the_name(tmp_path):
+    train, _, _ = make_data()
+    net, masks = make_model()
+    bad = dict(masks)
+    bad["fc.weight"] = torch.ones(10, 129, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"'fc\.weight'.*\(10, 129\)"):
+        fit(net, bad, train, **KW)
+    with pytest.raises(ValueError, match=r"'head\.weight'"):
+        fit(net, {**masks, "head.weight": torch.ones(3, dtype=torch.bool)}, train, **KW)
+    # another set of masks than the checkpoint's is refused on resume
+    fit(net, masks, train, out_dir=tmp_path, **dict(KW, epochs=1))
+    other = sf.random(net, sparsity=0.5, seed=1)
+    with pytest.raises(CheckpointError, match="differ"):
+        fit(net, other, train, out_dir=tmp_path, resume=True, **KW)
+
+
+# --------------------------------------------------------------------------------------------
+# sparseforce train, on the standard CIFAR-10 on-disk format
+# --------------------------------------------------------------------------------------------
+
+def write_cifar10(root, per_batch=8):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                         b"labels": [int(v) for v in rng.integers(0, 10, per_batch)]}, f, protocol=2)
+
+
+def test_cli_train_prunes_trains_and_resumes_a_cifar_model(tmp_path, capsys):
+    write_cifar10(tmp_path)
+    common = ["train", "--model", "lenet5", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--method", "force",
+              "--sparsity", "0.9", "--iterations", "3", "--epochs", "3", "--batch-size", "8"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    # progress bars on in one run only: drawing them must not change the data order
+    assert main(common + ["--out", str(full), "--progress"]) == 0
+    out = capsys.readouterr().out
+    assert "features.0.weight" in out and "epoch 3/3" in out and "test accuracy" in out
+
+    assert main(common + ["--out", str(cut), "--stop-after-epoch", "1"]) == 0
+    assert "continue with --resume" in capsys.readouterr().out
+    assert main(common + ["--out", str(cut)]) == 2  # would overwrite the run
+    assert "--resume" in capsys.readouterr().err
+    assert main(common + ["--out", str(cut), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed" in out and "epoch 2/3" in out and "epoch 1/3" not in out
+
+    a, b = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(cut / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    masks = sf.Masks.load(full / "masks.pt")
+    assert masks.num_kept() == round(masks.numel() * 0.1)
+    for n, m in masks.items():
+        assert torch.count_nonzero(a["model"][n][~m]) == 0
+    assert len((cut / "log.jsonl").read_text().splitlines()) == 3
+
+    # training with given masks skips pruning
+    assert main(common + ["--out", str(tmp_path / "given"), "--masks", str(full / "masks.pt"), "--epochs", "1"]) == 0
+    assert "loaded masks" in capsys.readouterr().out
+    assert sf.Masks.load(tmp_path / "given" / "masks.pt") == masks
+
+
+def test_cli_train_errors_are_reported(tmp_path, capsys):
+    write_cifar10(tmp_path)
+    base = ["train", "--model", "lenet5", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--epochs", "1"]
+    assert main(base + ["--out", str(tmp_path / "r"), "--resume"]) == 2
+    assert "checkpoint.pt" in capsys.readouterr().err
+    wrong = tmp_path / "wrong.pt"
+    sf.Masks({"features.0.weight": torch.ones(6, 1, 5, 5, dtype=torch.bool)}).save(wrong)
+    assert main(base + ["--out", str(tmp_path / "w"), "--masks", str(wrong)]) == 2
+    err = capsys.readouterr().err
+    assert "features.0.weight" in err and "(6, 3, 5, 5)" in err
