@@ -224,7 +224,7 @@ def _add_demo(sub):
     p.add_argument("--sparsities", type=float, nargs="+", default=None,
                    help="default: 0.9 0.99 0.995 0.998 (--quick: 0.99 0.998)")
     p.add_argument("--seeds", type=int, default=None, help="seeds averaged per cell (default 2; --quick 1)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs per run (default 15; --quick 2)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs per run (default 10; --quick 2)")
     p.add_argument("--iterations", type=int, default=None, help="FORCE / Iter SNIP steps (default 30; --quick 5)")
     p.add_argument("--jobs", type=int, default=None, help="parallel worker processes (default: one per CPU core)")
     p.add_argument("--quick", action="store_true", help="a reduced run (seconds) that exercises everything")
@@ -239,6 +239,32 @@ def _demo(args) -> int:
     return 0
 
 
+def _add_bench(sub):
+    p = sub.add_parser(
+        "bench", help="time selection, masked SGD and a FORCE run: baseline vs every available backend",
+        description="Benchmark today's practice (per-layer |w*g|, torch.cat, torch.topk, >=) against the reference "
+                    "and every available backend, side by side in one run, next to the memory-bandwidth floor "
+                    "measured in the same run. Prints a table; writes JSON and a PNG plot to --out. Sizes scale "
+                    "down on a CPU; --full adds the big cases.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--full", action="store_true", help="add the 1 B-parameter case on CPU (needs ~16 GB)")
+    p.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG results")
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds of repeats per measurement (at least 3 runs)")
+    p.add_argument("--only", default=None, help="run only cases whose name contains this text")
+    p.add_argument("--scale", type=int, default=1,
+                   help="divide every layer's output channels by this (a quick look; not the reported sizes)")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args) -> int:
+    from . import bench
+
+    bench.run(device=args.device, full=args.full, out_dir=args.out, min_time=args.min_time, only=args.only,
+              scale=args.scale)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparseforce",
@@ -248,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prune(sub)
     _add_train(sub)
     _add_demo(sub)
+    _add_bench(sub)
     return parser
 
 

@@ -56,3 +56,11 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert main(["prune", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere")]) == 2
     assert "error" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_bench_command_writes_results(tmp_path, capsys):
+    assert main(["bench", "--device", "cpu", "--only", "select", "--scale", "64", "--min-time", "0",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "force-select resnet50/64" in out and "itersnip-select" in out and "baseline" in out and "reference" in out
+    assert len(list(tmp_path.glob("*.json"))) == 1 and len(list(tmp_path.glob("*.png"))) == 1
