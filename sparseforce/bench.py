@@ -218,7 +218,7 @@ def default_cases(device: torch.device, full: bool = False, scale: int = 1) -> l
         cases.append(select_case("transformer-4B", 0.005, dtype=torch.bfloat16, backends=fast))
         cases.append(force_run_case("resnet50", 128, 60, backends=fast[:1] or ["reference"]))
     else:
-        cases.append(force_run_case("resnet50", 8, 10 if full else 3, backends=backends[:1]))
+        cases.append(force_run_case("resnet50", 8, 10 if full else 3, backends=fast[:1] or ["reference"]))
     return cases
 
 
