@@ -127,12 +127,17 @@ def saliency_args(weights, grads, k, prev_masks, resurrect, out):
     device = common_device(("weights", weights), ("grads", grads), ("prev_masks", prev_masks or []))
     n = sum(w.numel() for w in weights)
     k = check_k(k, n, "weights")
-    if not resurrect and prev_masks is not None:
-        alive = sum(int(m.sum()) for m in prev_masks)
-        if k > alive:
-            raise ValueError(f"k={k} but prev_masks keep only {alive} weights; with resurrect=False "
-                             "only weights kept in prev_masks compete, so k may not exceed that")
+    # "k <= survivors" (Iter SNIP) costs a pass over the masks, which a compiled kernel gets for
+    # free in its first histogram pass; backends without that call check_survivors themselves.
     return weights, grads, k, prev_masks, resurrect, check_out(out, weights), device
+
+
+def check_survivors(k: int, prev_masks) -> None:
+    """Iter SNIP: only weights kept in ``prev_masks`` compete, so k may not exceed their number."""
+    alive = sum(int(m.sum()) for m in prev_masks)
+    if k > alive:
+        raise ValueError(f"k={k} but prev_masks keep only {alive} weights; with resurrect=False "
+                         "only weights kept in prev_masks compete, so k may not exceed that")
 
 
 def masked_sgd_args(params, grads, momentum_buffers, masks, lr, momentum, dampening, weight_decay, nesterov):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ._registry import register_backend, register_kernel
-from ._schema import NaNScoreError
+from ._schema import NaNScoreError, check_survivors
 
 register_backend("reference", lambda device: None)
 
@@ -93,6 +93,8 @@ def saliency_topk_masks(weights, grads, k, prev_masks, resurrect, out, device):
     # FORCE (resurrect=True) ranks every weight; Iter SNIP ranks only the weights still alive,
     # so its masks are nested. For those, |θ0⊙m⊙g| = |θ0⊙g|.
     competing = None if resurrect or prev_masks is None else prev_masks
+    if competing is not None:
+        check_survivors(k, competing)
     _check_nan(scores, competing, lambda i: (
         f"the saliency |w*g| of weights[{i}] is NaN (NaN, or inf times 0, in weights[{i}] or grads[{i}])"))
     flat = _flat(scores, _promoted_dtype(scores), device)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .._schema import NaNScoreError
+from .._schema import NaNScoreError, check_survivors
 from . import library  # noqa: F401  (registers torch.ops.sparseforce_triton)
 
 _ops = torch.ops.sparseforce_triton
@@ -52,6 +52,8 @@ def saliency_topk_masks(weights, grads, k, prev_masks, resurrect, out, device):
         return masks
     # FORCE ranks every weight; Iter SNIP only those alive in prev_masks (all, when None).
     competing = [] if resurrect or prev_masks is None else prev_masks
+    if competing:
+        check_survivors(k, competing)  # the kernels do not count survivors themselves
     _raise_on_nan(_ops.saliency_topk_masks(weights, grads, k, competing, masks), _saliency_nan_message)
     return masks
 
