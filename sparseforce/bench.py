@@ -16,7 +16,6 @@ import dataclasses
 import datetime as _dt
 import json
 import math
-import os
 import platform
 import statistics
 import subprocess
@@ -75,10 +74,6 @@ class Case:
     impls: list[str]
     make: Callable[[str, torch.device], Callable[[], object]]
     kind: str = "kernel"
-
-    @property
-    def label(self) -> str:
-        return self.name
 
 
 def _randn(shapes, dtype, device, seed):

@@ -1,6 +1,5 @@
 """The pruning methods against independent computations on tiny nets."""
 import copy
-import math
 
 import numpy as np
 import pytest

@@ -5,7 +5,6 @@ TRITON_INTERPRET=1); with a GPU they run the compiled kernels on CUDA tensors. M
 the block to 64 elements so that small inputs span many programs, tensor boundaries fall inside
 and between blocks, and ties spread over several blocks.
 """
-import math
 import os
 
 import numpy as np
