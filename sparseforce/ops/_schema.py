@@ -15,9 +15,10 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class NaNScoreError(ValueError):
-    """A score is NaN. ``index`` is the position of the offending tensor in the list passed."""
+    """A score is NaN. ``index`` is the position of the offending tensor in the list passed
+    (``None`` on the other ranks of a ``sparseforce.distributed`` call, where the NaN is not theirs)."""
 
-    def __init__(self, index: int, message: str | None = None):
+    def __init__(self, index: int | None, message: str | None = None):
         self.index = index
         super().__init__(message or f"scores[{index}] contains NaN; NaN scores cannot be ranked")
 

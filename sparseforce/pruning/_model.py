@@ -48,9 +48,15 @@ def prunable_parameters(model: nn.Module, prunable=None, check_nan: bool = True)
     for n, p in chosen.items():
         if not p.is_floating_point():
             raise TypeError(f"prunable parameter {n!r} has dtype {p.dtype}; only float weights can be pruned")
-        if check_nan and bool(torch.isnan(p.detach()).any()):
-            raise ValueError(f"prunable parameter {n!r} contains NaN; its saliency cannot be ranked")
+    if check_nan:
+        check_no_nan(chosen)
     return chosen
+
+
+def check_no_nan(params: Mapping[str, torch.Tensor]) -> None:
+    for n, p in params.items():
+        if bool(torch.isnan(p.detach()).any()):
+            raise ValueError(f"prunable parameter {n!r} contains NaN; its saliency cannot be ranked")
 
 
 @contextlib.contextmanager

@@ -15,72 +15,73 @@ import torch
 
 from .. import ops
 from ..masks import Masks
-from . import _model
+from . import _model, _parallel
 from .schedules import keep_counts
 
 
 def _progressive(model, data, *, sparsity, iterations, schedule, loss_fn, batches_per_iteration,
-                 prunable, backend, progress, resurrect) -> Masks:
+                 prunable, backend, progress, resurrect, group) -> Masks:
     method = "FORCE" if resurrect else "Iter SNIP"
     if isinstance(batches_per_iteration, bool) or not isinstance(batches_per_iteration, int) \
             or batches_per_iteration < 1:
         raise ValueError(f"batches_per_iteration must be an integer >= 1, got {batches_per_iteration!r}")
-    params = _model.prunable_parameters(model, prunable)
-    names = list(params)
-    theta0 = [params[n].detach() for n in names]  # never written: the model is not modified
-    n_total = sum(w.numel() for w in theta0)
-    ks = keep_counts(n_total, sparsity, iterations, schedule)
+    space = _parallel.layout(model, prunable, group)  # one process, data-parallel or sharded
+    ks = keep_counts(space.n_total, sparsity, iterations, schedule)
     loss_fn = loss_fn or _model.default_loss
-    batches = _model.BatchStream(data, _model.model_device(params))
-    buffers = _model.buffer_copies(model)
-    masks = [torch.ones_like(w, dtype=torch.bool) for w in theta0]
+    batches = _model.BatchStream(data, space.device)
+    masks = [torch.ones_like(w, dtype=torch.bool) for w in space.theta0]
 
     steps = range(1, iterations + 1)
     bar = None
     if progress:
         from tqdm.auto import tqdm
         steps = bar = tqdm(steps, desc=method, unit="step")
-    with _model.module_mode(model, train=True):
+    with space:
         for t in steps:
-            masked = {n: w * m for n, w, m in zip(names, theta0, masks)}
-            grads, loss = _model.mean_gradients(model, masked, buffers,
-                                                batches.take(batches_per_iteration), loss_fn)
+            grads, loss = space.gradients(masks, batches.take(batches_per_iteration), loss_fn)
             try:
-                masks = ops.saliency_topk_masks(theta0, grads, ks[t - 1], prev_masks=masks,
-                                                resurrect=resurrect, backend=backend)
+                masks = space.select(grads, ks[t - 1], masks, resurrect, backend)
             except ops.NaNScoreError as e:
-                raise ValueError(f"{method} step {t}: the saliency of {names[e.index]!r} is NaN "
+                where = "on another rank" if e.index is None else repr(space.names[e.index])
+                raise ValueError(f"{method} step {t}: the saliency of {where} is NaN "
                                  "(NaN/inf in its weights or gradients)") from e
-            del masked, grads
+            del grads
             if bar is not None:
-                bar.set_postfix(density=f"{ks[t - 1] / max(n_total, 1):.4g}", loss=f"{loss:.4g}")
-    return Masks(dict(zip(names, masks)))
+                bar.set_postfix(density=f"{ks[t - 1] / max(space.n_total, 1):.4g}", loss=f"{loss:.4g}")
+    return space.result(masks)
 
 
 def force(model, data, sparsity, iterations=60, schedule="exp", loss_fn=None, batches_per_iteration=1,
-          prunable=None, backend="auto", progress=False) -> Masks:
+          prunable=None, backend="auto", progress=False, group=None) -> Masks:
     """FORCE: progressive pruning in which pruned weights may come back.
 
     ``data``: iterable of (inputs, targets), cycled; step t uses the next
     ``batches_per_iteration`` batches. ``loss_fn(output, target)`` defaults to cross-entropy.
     The model is left exactly as it was.
+
+    Distributed (every rank calls it with its own ``data``): ``group=`` a process group, or a
+    model wrapped in ``DistributedDataParallel``, averages each step's gradients over the ranks
+    and gives every rank the same masks; a model sharded with FSDP2 (``fully_shard``) is pruned
+    shard by shard with the exact global top-k, and its masks are DTensors sharded like the
+    weights.
     """
     return _progressive(model, data, sparsity=sparsity, iterations=iterations, schedule=schedule,
                         loss_fn=loss_fn, batches_per_iteration=batches_per_iteration, prunable=prunable,
-                        backend=backend, progress=progress, resurrect=True)
+                        backend=backend, progress=progress, resurrect=True, group=group)
 
 
 def iter_snip(model, data, sparsity, iterations=60, schedule="exp", loss_fn=None, batches_per_iteration=1,
-              prunable=None, backend="auto", progress=False) -> Masks:
-    """Iter SNIP: progressive pruning in which a pruned weight stays pruned (nested masks)."""
+              prunable=None, backend="auto", progress=False, group=None) -> Masks:
+    """Iter SNIP: progressive pruning in which a pruned weight stays pruned (nested masks).
+    Distributed use as :func:`force`."""
     return _progressive(model, data, sparsity=sparsity, iterations=iterations, schedule=schedule,
                         loss_fn=loss_fn, batches_per_iteration=batches_per_iteration, prunable=prunable,
-                        backend=backend, progress=progress, resurrect=False)
+                        backend=backend, progress=progress, resurrect=False, group=group)
 
 
 def snip(model, data, sparsity, loss_fn=None, batches_per_iteration=1, prunable=None, backend="auto",
-         progress=False) -> Masks:
+         progress=False, group=None) -> Masks:
     """SNIP (Lee et al., 2019): keep the top-k of |θ0 ⊙ g| after a single gradient evaluation."""
     return force(model, data, sparsity, iterations=1, loss_fn=loss_fn,
                  batches_per_iteration=batches_per_iteration, prunable=prunable, backend=backend,
-                 progress=progress)
+                 progress=progress, group=group)
