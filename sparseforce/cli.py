@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_demo(sub)
     _add_bench(sub)
+    from .ddp import add_parser as _add_ddp  # after bench: the help lists the one-process commands first
+    _add_ddp(sub)
     return parser
 
 

@@ -30,7 +30,7 @@ from .ops import _schema
 from .ops._schema import NaNScoreError
 
 __all__ = ["topk_masks", "saliency_topk_masks", "kth_largest", "DistributedError",
-           "all_reduce_mean_", "any_rank", "check_same_on_all_ranks", "HISTOGRAM_BITS"]
+           "all_reduce_mean_", "any_rank", "traffic", "check_same_on_all_ranks", "HISTOGRAM_BITS"]
 
 HISTOGRAM_BITS = 16
 _BINS = 1 << HISTOGRAM_BITS
@@ -68,8 +68,22 @@ def _comm_device(group, local_device: torch.device | None) -> torch.device:
     return torch.device("cpu")
 
 
+_TRAFFIC = {"calls": 0, "bytes": 0}
+
+
+def traffic(reset: bool = False) -> dict:
+    """What this process's sparseforce collectives sent so far: ``{"calls", "bytes"}`` (bytes
+    of the tensors all-reduced; the wire volume of a ring all_reduce is about twice that)."""
+    out = dict(_TRAFFIC)
+    if reset:
+        _TRAFFIC.update(calls=0, bytes=0)
+    return out
+
+
 def _all_reduce(t: torch.Tensor, group, what: str, op=None) -> torch.Tensor:
     """``all_reduce`` that turns a dead or stuck peer into one clear error on every survivor."""
+    _TRAFFIC["calls"] += 1
+    _TRAFFIC["bytes"] += t.numel() * t.element_size()
     try:
         dist.all_reduce(t, op=op or dist.ReduceOp.SUM, group=group)
     except Exception as e:
@@ -143,17 +157,25 @@ def check_same_on_all_ranks(tensors, what: str, group=None, hint: str = "") -> N
 # -- order-preserving keys --------------------------------------------------------------------
 
 def _keys(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """int64 keys in [0, 2**w) (w = the dtype's width; for w = 64 the bits of an unsigned value)
-    that sort like the floats, with -0.0 and +0.0 equal."""
+    """Signed integer keys that sort like the floats (as ``dtype``), with -0.0 equal to +0.0:
+    int32 for 16/32-bit floats, int64 for 64-bit. The unsigned key of the radix walk is this
+    with the top bit flipped, which only the first digit sees (``_digit``)."""
     w = _WIDTH[dtype]
-    x = x.reshape(-1).to(dtype)
-    x = torch.where(x == 0, torch.zeros_like(x), x)
-    b = x.contiguous().view(_INT_VIEW[w]).to(torch.int64)
-    mag = (1 << (w - 1)) - 1
-    s = torch.where(b < 0, b ^ mag, b)  # signed, ordered like the floats
-    if w == 64:
-        return s ^ torch.iinfo(torch.int64).min  # flip the sign bit: unsigned order, as bits
-    return s + (1 << (w - 1))
+    b = x.reshape(-1).to(dtype).contiguous().view(_INT_VIEW[w])
+    if w == 16:
+        b = b.to(torch.int32)  # the digit masks below need headroom
+    s = torch.where(b < 0, b ^ ((1 << (w - 1)) - 1), b)  # negative floats: magnitude bits reversed
+    return s.masked_fill_(s == -1, 0)  # -0.0 maps to -1; rank it as +0.0
+
+
+def _digit(s: torch.Tensor, shift: int, w: int) -> torch.Tensor:
+    d = (s >> shift) & (_BINS - 1)
+    return d ^ (1 << (HISTOGRAM_BITS - 1)) if shift == w - HISTOGRAM_BITS else d
+
+
+def _matches(s: torch.Tensor, shift: int, w: int, prefix: int) -> torch.Tensor:
+    """Keys whose bits above ``shift`` equal the unsigned ``prefix`` (arithmetic shift: signed)."""
+    return (s >> shift) == prefix - (1 << (w - shift - 1))
 
 
 def _key_to_value(key: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -163,11 +185,6 @@ def _key_to_value(key: int, dtype: torch.dtype, device) -> torch.Tensor:
     b = s if s >= 0 else s ^ mag
     bits = torch.tensor([b], dtype=torch.int64).to(_INT_VIEW[w])
     return bits.view(dtype)[0].to(device)
-
-
-def _high_bits(u: torch.Tensor, shift: int, w: int) -> torch.Tensor:
-    # Masked, so the arithmetic shift of a 64-bit key (negative as int64) reads as unsigned.
-    return (u >> shift) & ((1 << (w - shift)) - 1)
 
 
 # -- the selection --------------------------------------------------------------------------
@@ -274,10 +291,10 @@ def _local_k(k, parse, group, what: str) -> tuple[int, torch.dtype, int | None]:
     for shift in range(w - HISTOGRAM_BITS, -1, -HISTOGRAM_BITS):
         hist_local = torch.zeros(_BINS, dtype=torch.int64, device=local.device)
         for i, fn in enumerate(local.score_fns):
-            u = _keys(local.competing(i, fn()), dtype)
+            keys = _keys(local.competing(i, fn()), dtype)
             if shift + HISTOGRAM_BITS < w:
-                u = u[_high_bits(u, shift + HISTOGRAM_BITS, w) == prefix]
-            hist_local += torch.bincount((u >> shift) & (_BINS - 1), minlength=_BINS)
+                keys = keys[_matches(keys, shift + HISTOGRAM_BITS, w, prefix)]
+            hist_local += torch.bincount(_digit(keys, shift, w), minlength=_BINS)
         hist = _all_reduce(hist_local.to(device, copy=True), group, f"the key histogram (bits {shift}+)")
         need = k - above_global
         # counts of keys in digits above d, from the top: pick d with above(d) < need <= above(d) + hist[d]

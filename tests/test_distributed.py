@@ -33,6 +33,8 @@ def _rank_inputs(seed: int, world: int, case: int):
     """Every rank's score lists for one case; awkward on purpose."""
     g = torch.Generator().manual_seed(seed * 1000 + case)
     kind = case % 6
+    # Some cases in one narrow or wide dtype on every rank: 16-bit keys take one histogram pass, 64-bit four.
+    uniform = {12: torch.float16, 13: torch.bfloat16, 14: torch.float64, 16: torch.float16}.get(case)
     out = []
     for r in range(world):
         if r == 2 and kind in (0, 3):  # a rank with no tensors at all
@@ -53,7 +55,7 @@ def _rank_inputs(seed: int, world: int, case: int):
                 t[torch.randint(0, n, (3,), generator=g)] = -float("inf")
                 t[torch.randint(0, n, (3,), generator=g)] = -0.0
             dtype = DTYPES[int(torch.randint(0, 4, (1,), generator=g))] if kind >= 3 else torch.float32
-            t = t.to(dtype)
+            t = t.to(uniform or dtype)
             if kind == 5 and n >= 4:  # non-contiguous
                 t = t.repeat(2)[::2]
             ts.append(t)
@@ -369,3 +371,53 @@ def test_needs_an_initialized_process_group():
     model = _small_model()
     with pytest.raises(RuntimeError, match="init_process_group"):
         sf.force(copy.deepcopy(model), _batches(0, 1), 0.5, iterations=1, group=object())
+
+
+def _traffic_worker(rank, world):
+    sent = []
+    for n in (1_000, 200_000):
+        x = [torch.randn(n, generator=torch.Generator().manual_seed(rank))]
+        sd.traffic(reset=True)
+        sd.topk_masks(x, n // 10)
+        sent.append(sd.traffic())
+    sd.traffic(reset=True)
+    sd.topk_masks([torch.randn(500, dtype=torch.float16)], 7)
+    sent.append(sd.traffic())
+    return sent
+
+
+def test_only_histograms_and_counts_cross_the_network():
+    world = 2
+    for small, large, half in values(run_ranks(_traffic_worker, world)):
+        # meta (6 + 3 per rank counts) + one 2**16-bin int64 histogram per 16 key bits + tie counts
+        fp32 = 8 * ((6 + 3 * world) + 2 * 2**16 + world)
+        assert small == large == {"calls": 4, "bytes": fp32}  # independent of the number of scores
+        assert half == {"calls": 3, "bytes": 8 * ((6 + 3 * world) + 2**16 + world)}
+
+
+def test_torchrun_ddp_command(tmp_path):
+    """The README's CPU command: FORCE + masked DDP training on 2 gloo processes."""
+    import json
+    import subprocess
+    import sys
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sparseforce",
+           "ddp", "--device", "cpu", "--iterations", "3", "--epochs", "1", "--out", str(tmp_path), "--timeout", "60"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "masks identical on all 2 ranks" in proc.stdout
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["world_size"] == 2 and result["pruned_weights_zero"]
+    assert result["kept"] == round(result["numel"] * 0.1)
+    masks = sf.Masks.load(tmp_path / "masks.pt")
+    assert masks.num_kept() == result["kept"]
+
+
+def test_ddp_command_outside_torchrun_says_how_to_launch(capsys):
+    from sparseforce.cli import main
+    env = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE") if k in os.environ}
+    try:
+        assert main(["ddp", "--device", "cpu"]) == 2
+    finally:
+        os.environ.update(env)
+    assert "torchrun" in capsys.readouterr().err
