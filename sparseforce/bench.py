@@ -194,6 +194,66 @@ def force_run_case(model_name: str, batch: int, iterations: int, backends=()) ->
                 float("nan"), ["baseline", *backends], make, kind="end-to-end")
 
 
+def force_breakdown(device: torch.device, model_name: str = "resnet50", batch: int = 128, iterations: int = 60,
+                    backends=("auto", "reference"), echo=print) -> list[dict]:
+    """End-to-end FORCE on synthetic data, one batch per step, timed per phase.
+
+    For each backend, and for the fastest one also with the model and inputs in channels_last:
+    total wall time, and the share of it spent in the gradients (θ0 ⊙ m, forward, backward), in
+    the selection, and elsewhere (batch hand-out, Python); plus whether the masks are
+    bit-identical to the plain run's (channels_last picks other convolution kernels, so it may
+    change the gradients' last bits and with them the masks).
+    """
+    from .models import INPUT_SHAPES, get_model
+    from .pruning import force
+    from .pruning.progressive import profile
+
+    def one(backend, channels_last):
+        torch.manual_seed(0)
+        model = get_model(model_name).to(device)
+        gen = torch.Generator(device=device).manual_seed(0)
+        x = torch.randn((batch, *INPUT_SHAPES[model_name]), generator=gen, device=device)
+        y = torch.randint(0, 10, (batch,), generator=gen, device=device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        force(model, [(x, y)], sparsity=0.995, iterations=1, backend=backend)  # warm-up: kernels, allocator
+        _sync(device)
+        with profile() as phases:
+            start = time.perf_counter()
+            masks = force(model, [(x, y)], sparsity=0.995, iterations=iterations, backend=backend)
+            _sync(device)
+            total = time.perf_counter() - start
+        return masks, total, phases
+
+    rows, plain = [], None
+    backends = list(dict.fromkeys(backends))
+    variants = [(b, False) for b in backends] + [(backends[0], True)]
+    for backend, channels_last in variants:
+        label = f"{backend}{' + channels_last' if channels_last else ''}"
+        echo(f"  running force-breakdown {model_name} b={batch} T={iterations} [{label}]")
+        masks, total, ph = one(backend, channels_last)
+        plain = masks if plain is None else plain
+        other = max(total - ph["gradients"] - ph["selection"], 0.0)
+        rows.append({"case": f"force-breakdown {model_name} b={batch} T={iterations}", "variant": label,
+                     "total_s": total, "step_s": total / iterations,
+                     "gradients_share": ph["gradients"] / total, "selection_share": ph["selection"] / total,
+                     "other_share": other / total, "selection_s_per_step": ph["selection"] / iterations,
+                     "same_masks_as_plain": masks == plain})
+    return rows
+
+
+def format_breakdown(rows: list[dict]) -> str:
+    header = ["end-to-end FORCE", "variant", "total", "per step", "fwd+bwd", "selection", "other", "same masks"]
+    lines = [[r["case"], r["variant"], _fmt_time(r["total_s"]), _fmt_time(r["step_s"]),
+              f"{r['gradients_share']:.1%}", f"{r['selection_share']:.1%}", f"{r['other_share']:.1%}",
+              "yes" if r["same_masks_as_plain"] else "NO"] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    out = [" | ".join(h.ljust(w) for h, w in zip(header, widths)), "-|-".join("-" * w for w in widths)]
+    out += [" | ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in lines]
+    return "\n".join(out)
+
+
 def default_cases(device: torch.device, full: bool = False, scale: int = 1) -> list[Case]:
     """The standard set. ``scale`` > 1 divides every ResNet50 layer's output channels (quick runs)."""
     def usable(op):
@@ -405,8 +465,17 @@ def run(device: str | None = None, full: bool = False, out_dir: str = "benchmark
         echo(f"  running {case.name}")
         rows += run_case(case, dev, bandwidth, min_time)
     table = format_table(rows)
+    breakdown = []
+    if cases is None and (not only or "breakdown" in only):
+        cuda = dev.type == "cuda"
+        fast = [b for b in ops.available_backends(dev, "saliency_topk_masks") if b not in ("reference", "triton")
+                or (b == "triton" and cuda)]
+        breakdown = force_breakdown(dev, batch=128 if cuda else 8, iterations=60 if cuda else (10 if full else 3),
+                                    backends=(fast[0] if fast else "reference", "reference"), echo=echo)
+        table += "\n\n" + format_breakdown(breakdown)
     echo(table)
-    result = {**env, "copy_bandwidth_Bps": bandwidth, "full": full, "rows": rows, "table": table}
+    result = {**env, "copy_bandwidth_Bps": bandwidth, "full": full, "rows": rows, "breakdown": breakdown,
+              "table": table}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in (env["device"] if dev.type == "cuda" else "cpu")).strip("-")

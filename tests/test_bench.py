@@ -39,3 +39,25 @@ def test_runner_writes_table_json_and_plot(tmp_path):
     saved = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert saved["device_type"] == "cpu" and saved["torch"] == torch.__version__ and len(saved["rows"]) == len(rows)
     assert next(tmp_path.glob("*.png")).stat().st_size > 1000
+
+
+def test_force_breakdown_splits_each_run_into_phases():
+    from sparseforce.pruning import force
+    from sparseforce.pruning.progressive import profile
+    backends = tuple(ops.available_backends("cpu"))
+    rows = bench.force_breakdown(torch.device("cpu"), model_name="digits_cnn", batch=4, iterations=3,
+                                 backends=backends, echo=lambda *a: None)
+    assert [r["variant"] for r in rows] == [*backends, f"{backends[0]} + channels_last"]
+    for r in rows:
+        assert r["total_s"] > 0
+        assert abs(r["gradients_share"] + r["selection_share"] + r["other_share"] - 1) < 1e-9
+    # Every backend is bit-identical to the reference, so the plain runs agree.
+    assert all(r["same_masks_as_plain"] for r in rows[:len(backends)])
+    assert "selection" in bench.format_breakdown(rows)
+    # The profile counts the steps it saw, and only inside its block.
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    data = [(torch.randn(2, 4), torch.tensor([0, 2]))]
+    with profile() as phases:
+        force(model, data, 0.5, iterations=4)
+    force(model, data, 0.5, iterations=2)
+    assert phases["steps"] == 4 and phases["gradients"] > 0 and phases["selection"] > 0

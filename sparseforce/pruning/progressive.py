@@ -11,6 +11,9 @@ SNIP is the one-step case. Only ``sparseforce.ops`` touches the scores.
 """
 from __future__ import annotations
 
+import contextlib
+import time
+
 import torch
 
 from .. import ops
@@ -38,17 +41,52 @@ def _progressive(model, data, *, sparsity, iterations, schedule, loss_fn, batche
         steps = bar = tqdm(steps, desc=method, unit="step")
     with space:
         for t in steps:
-            grads, loss = space.gradients(masks, batches.take(batches_per_iteration), loss_fn)
+            step_batches = batches.take(batches_per_iteration)
+            with _phase("gradients", space.device):
+                grads, loss = space.gradients(masks, step_batches, loss_fn)
             try:
-                masks = space.select(grads, ks[t - 1], masks, resurrect, backend)
+                with _phase("selection", space.device):
+                    masks = space.select(grads, ks[t - 1], masks, resurrect, backend)
             except ops.NaNScoreError as e:
                 where = "on another rank" if e.index is None else repr(space.names[e.index])
                 raise ValueError(f"{method} step {t}: the saliency of {where} is NaN "
                                  "(NaN/inf in its weights or gradients)") from e
-            del grads
+            del grads, step_batches
             if bar is not None:
                 bar.set_postfix(density=f"{ks[t - 1] / max(space.n_total, 1):.4g}", loss=f"{loss:.4g}")
     return space.result(masks)
+
+
+_PROFILE: dict | None = None
+
+
+@contextlib.contextmanager
+def profile():
+    """Seconds spent per phase of every FORCE / Iter SNIP step run inside the block, summed:
+    ``{"gradients": ..., "selection": ..., "steps": n}`` ("gradients": θ0 ⊙ m, forward and
+    backward; "selection": the top-k). Synchronizes the GPU around each phase, so use it to
+    measure, not in production runs."""
+    global _PROFILE
+    outer, _PROFILE = _PROFILE, {"gradients": 0.0, "selection": 0.0, "steps": 0}
+    try:
+        yield _PROFILE
+    finally:
+        _PROFILE = outer
+
+
+@contextlib.contextmanager
+def _phase(name, device):
+    if _PROFILE is None:
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    _PROFILE[name] += time.perf_counter() - start
+    _PROFILE["steps"] += name == "selection"
 
 
 def force(model, data, sparsity, iterations=60, schedule="exp", loss_fn=None, batches_per_iteration=1,
