@@ -66,6 +66,12 @@ step tests python -m pytest -q tests -x -ra --junitxml="$DEST/tests.xml"
 step tests_no_candidates env SPARSEFORCE_CUDA_CANDIDATE_CAP=0 \
   python -m pytest -q tests/test_ops.py tests/test_ops_properties.py -x -ra -k cuda --junitxml="$DEST/tests_no_candidates.xml"
 
+# The README's NCCL commands, on every GPU of the machine (one on the H200 box).
+NGPU=$(python -c "import torch; print(torch.cuda.device_count())")
+step ddp_nccl torchrun --standalone --nproc_per_node="$NGPU" -m sparseforce ddp --device cuda --out "$DEST/ddp"
+step ddp_nccl_sharded torchrun --standalone --nproc_per_node="$NGPU" -m sparseforce ddp --device cuda --sharded \
+  --out "$DEST/ddp_sharded"
+
 BENCH_FULL="${BENCH_FULL:-0}"
 step bench python -c "
 from sparseforce import bench

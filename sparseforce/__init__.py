@@ -23,6 +23,9 @@ _LAZY = {"fit": "train", "Recipe": "train"}
 
 
 def __getattr__(name):
+    if name == "distributed":  # sf.distributed: torch.distributed helpers, loaded on first use
+        import importlib
+        return importlib.import_module(".distributed", __name__)
     if name in _LAZY:
         import importlib
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

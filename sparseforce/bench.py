@@ -173,15 +173,22 @@ def _force_official(model, batch, sparsity, iterations):
     return masks
 
 
-def force_run_case(model_name: str, batch: int, iterations: int, backends=()) -> Case:
+def _model_and_batch(model_name: str, batch: int, device):
+    """The model at seed 0 and one synthetic batch: the same for every implementation timed."""
     from .models import INPUT_SHAPES, get_model
+    torch.manual_seed(0)
+    model = get_model(model_name).to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn((batch, *INPUT_SHAPES[model_name]), generator=gen, device=device)
+    y = torch.randint(0, 10, (batch,), generator=gen, device=device)
+    return model, x, y
+
+
+def force_run_case(model_name: str, batch: int, iterations: int, backends=()) -> Case:
+    from .models import get_model
 
     def make(impl, device):
-        torch.manual_seed(0)
-        model = get_model(model_name).to(device)
-        gen = torch.Generator(device=device).manual_seed(0)
-        x = torch.randn((batch, *INPUT_SHAPES[model_name]), generator=gen, device=device)
-        y = torch.randint(0, 10, (batch,), generator=gen, device=device)
+        model, x, y = _model_and_batch(model_name, batch, device)
         if impl == "baseline":
             return lambda: _force_official(model, (x, y), 0.995, iterations)
         from .pruning import force
@@ -204,16 +211,11 @@ def force_breakdown(device: torch.device, model_name: str = "resnet50", batch: i
     bit-identical to the plain run's (channels_last picks other convolution kernels, so it may
     change the gradients' last bits and with them the masks).
     """
-    from .models import INPUT_SHAPES, get_model
     from .pruning import force
     from .pruning.progressive import profile
 
     def one(backend, channels_last):
-        torch.manual_seed(0)
-        model = get_model(model_name).to(device)
-        gen = torch.Generator(device=device).manual_seed(0)
-        x = torch.randn((batch, *INPUT_SHAPES[model_name]), generator=gen, device=device)
-        y = torch.randint(0, 10, (batch,), generator=gen, device=device)
+        model, x, y = _model_and_batch(model_name, batch, device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
