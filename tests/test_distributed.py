@@ -192,6 +192,27 @@ def test_a_rank_dying_ends_the_others_with_a_clear_error():
         assert "another rank has probably exited" in results[r][2]
 
 
+def _dying_force_worker(rank, world):
+    def batches():  # rank 1's data loader dies at its third batch: mid-way through FORCE
+        for i, b in enumerate(_batches(rank, 10)):
+            if rank == 1 and i == 2:
+                os._exit(9)
+            yield b
+
+    class Loader:
+        def __iter__(self):
+            return batches()
+
+    sf.force(_small_model(0), Loader(), 0.9, iterations=5, group=dist.group.WORLD)
+
+
+def test_a_rank_dying_mid_force_ends_the_others_with_a_clear_error():
+    results = run_ranks(_dying_force_worker, 2, deadline=120, pg_timeout=30)
+    assert results[1] == ("exit", 9)
+    assert results[0][:2] == ("error", "DistributedError"), results[0]
+    assert "all_reduce of the gradients failed on rank 0" in results[0][2]
+
+
 # -- data-parallel and sharded FORCE -------------------------------------------------------------
 
 def _small_model(seed=0, batchnorm=True):
