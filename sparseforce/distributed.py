@@ -156,21 +156,32 @@ def check_same_on_all_ranks(tensors, what: str, group=None, hint: str = "") -> N
 
 # -- order-preserving keys --------------------------------------------------------------------
 
-def _keys(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _keys(x: torch.Tensor, dtype: torch.dtype, nonneg: bool = False) -> torch.Tensor:
     """Signed integer keys that sort like the floats (as ``dtype``), with -0.0 equal to +0.0:
     int32 for 16/32-bit floats, int64 for 64-bit. The unsigned key of the radix walk is this
-    with the top bit flipped, which only the first digit sees (``_digit``)."""
+    with the top bit flipped, which only the first digit sees (``_histogram``).
+
+    ``nonneg``: the caller knows every value is +0.0 or above (saliencies |w·g|); their bits
+    already are their keys."""
     w = _WIDTH[dtype]
     b = x.reshape(-1).to(dtype).contiguous().view(_INT_VIEW[w])
     if w == 16:
         b = b.to(torch.int32)  # the digit masks below need headroom
+    if nonneg:
+        return b
     s = torch.where(b < 0, b ^ ((1 << (w - 1)) - 1), b)  # negative floats: magnitude bits reversed
     return s.masked_fill_(s == -1, 0)  # -0.0 maps to -1; rank it as +0.0
 
 
-def _digit(s: torch.Tensor, shift: int, w: int) -> torch.Tensor:
-    d = (s >> shift) & (_BINS - 1)
-    return d ^ (1 << (HISTOGRAM_BITS - 1)) if shift == w - HISTOGRAM_BITS else d
+def _histogram(keys: torch.Tensor, shift: int, w: int, nonneg: bool) -> torch.Tensor:
+    """Counts of the 16-bit digit at ``shift`` of the unsigned keys."""
+    half = 1 << (HISTOGRAM_BITS - 1)
+    if shift == w - HISTOGRAM_BITS:  # the top digit holds the sign bit, flipped
+        if nonneg:  # all in the upper half: one shift, no masking
+            upper = torch.bincount(keys >> shift, minlength=half)
+            return torch.cat([torch.zeros_like(upper), upper])
+        return torch.bincount(((keys >> shift) & (_BINS - 1)) ^ half, minlength=_BINS)
+    return torch.bincount((keys >> shift) & (_BINS - 1), minlength=_BINS)
 
 
 def _matches(s: torch.Tensor, shift: int, w: int, prefix: int) -> torch.Tensor:
@@ -192,41 +203,47 @@ def _key_to_value(key: int, dtype: torch.dtype, device) -> torch.Tensor:
 class _Local:
     """One rank's share: how to make its keys, and which elements compete."""
 
-    def __init__(self, score_fns, numels, dtypes, candidates, device):
+    def __init__(self, score_fns, numels, dtypes, candidates, device, nonneg=False):
         self.score_fns, self.numels, self.dtypes = score_fns, numels, dtypes
-        self.candidates, self.device = candidates, device
+        self.candidates, self.device, self.nonneg = candidates, device, nonneg
+
+    def num_competing(self) -> int:
+        return sum(self.numels) if self.candidates is None else sum(int(m.sum()) for m in self.candidates)
 
     def competing(self, i, scores):
         return scores if self.candidates is None else scores.reshape(-1)[self.candidates[i].reshape(-1)]
 
 
 def _meta(local: _Local | None, k, error: BaseException | None, group, rank: int, world: int):
-    """One all_reduce of per-rank slots; every rank learns every rank's counts and troubles."""
+    """One all_reduce of per-rank slots; every rank learns every rank's counts and troubles.
+    Reads no scores: NaN is found in the first histogram pass."""
     n_dtype = len(_DTYPE_SLOTS)
-    # Layout: [numel | candidates | dtype flags (4) | per-rank: NaN tensor + 1, error flag, k + 1]
-    meta = torch.zeros(2 + n_dtype + 3 * world, dtype=torch.int64)
+    # Layout: [numel | competing | dtype flags (4) | per-rank: error flag, k + 1]
+    meta = torch.zeros(2 + n_dtype + 2 * world, dtype=torch.int64)
     base = 2 + n_dtype
     if error is None:
         meta[0] = sum(local.numels)
-        nan_at = -1
-        count = 0
-        for i, fn in enumerate(local.score_fns):
-            s = local.competing(i, fn())
-            count += s.numel()
-            if nan_at < 0 and bool(torch.isnan(s).any()):
-                nan_at = i
-        meta[1] = count
+        meta[1] = local.num_competing()
         for d in local.dtypes:
             meta[2 + _DTYPE_SLOTS.index(d)] = 1
-        meta[base + rank] = nan_at + 1
-        meta[base + 2 * world + rank] = k + 1
+        meta[base + world + rank] = k + 1
     else:
-        meta[base + world + rank] = 1
+        meta[base + rank] = 1
     meta = _all_reduce(meta.to(_comm_device(group, local.device if local else None)), group,
                        "the selection's sizes and checks").cpu().tolist()
-    per_rank = lambda j: meta[base + j * world: base + (j + 1) * world]  # noqa: E731
-    return dict(numel=meta[0], candidates=meta[1], has=meta[2:base], nan=per_rank(0),
-                errors=per_rank(1), ks=per_rank(2))
+    return dict(numel=meta[0], candidates=meta[1], has=meta[2:base], errors=meta[base: base + world],
+                ks=meta[base + world: base + 2 * world])
+
+
+def _raise_if_nan(nan_slots: list[int], rank: int, world: int) -> None:
+    """``nan_slots[r]`` = 1 + the index of rank r's first tensor with a NaN score, or 0."""
+    nan_ranks = [(r, i - 1) for r, i in enumerate(nan_slots) if i]
+    if nan_ranks:
+        r, i = nan_ranks[0]
+        if r == rank:
+            raise NaNScoreError(i, f"scores[{i}] of rank {r} (this rank) contains NaN; NaN scores cannot be ranked")
+        raise NaNScoreError(None, f"scores[{i}] of rank {r} contains NaN; NaN scores cannot be ranked "
+                                  "(every rank stops)")
 
 
 def _promoted(has) -> torch.dtype:
@@ -266,13 +283,6 @@ def _local_k(k, parse, group, what: str) -> tuple[int, torch.dtype, int | None]:
     if len(set(meta["ks"])) != 1:
         raise ValueError(f"k differs across ranks ({[x - 1 for x in meta['ks']]} by rank); k is global and "
                          "must be the same on every rank")
-    nan_ranks = [(r, i - 1) for r, i in enumerate(meta["nan"]) if i]
-    if nan_ranks:
-        r, i = nan_ranks[0]
-        if r == rank:
-            raise NaNScoreError(i, f"scores[{i}] of rank {r} (this rank) contains NaN; NaN scores cannot be ranked")
-        raise NaNScoreError(None, f"scores[{i}] of rank {r} contains NaN; NaN scores cannot be ranked "
-                                  "(every rank stops)")
     n, candidates = meta["numel"], meta["candidates"]
     if k > candidates:
         if candidates == n:
@@ -281,21 +291,37 @@ def _local_k(k, parse, group, what: str) -> tuple[int, torch.dtype, int | None]:
                          "with resurrect=False only weights kept in prev_masks compete")
     dtype = _promoted(meta["has"])
     device = _comm_device(group, local.device)
-    if k == 0:
-        return 0, dtype, None
     w = _WIDTH[dtype]
 
     # Radix walk over the key, most significant digit first. `above` counts keys known to be
-    # larger than the threshold; `prefix` holds the threshold's digits chosen so far.
+    # larger than the threshold; `prefix` holds the threshold's digits chosen so far. The first
+    # pass also looks for NaN (its all_reduce carries a slot per rank), so even k = 0 takes it.
     prefix, above_global, above_local, hist_local = 0, 0, 0, None
     for shift in range(w - HISTOGRAM_BITS, -1, -HISTOGRAM_BITS):
+        first = shift == w - HISTOGRAM_BITS
         hist_local = torch.zeros(_BINS, dtype=torch.int64, device=local.device)
+        nan_at = 0
         for i, fn in enumerate(local.score_fns):
-            keys = _keys(local.competing(i, fn()), dtype)
-            if shift + HISTOGRAM_BITS < w:
+            scores = local.competing(i, fn())
+            if first and not nan_at and bool(torch.isnan(scores).any()):
+                nan_at = i + 1
+            if k == 0:
+                continue
+            keys = _keys(scores, dtype, local.nonneg)
+            if not first:
                 keys = keys[_matches(keys, shift + HISTOGRAM_BITS, w, prefix)]
-            hist_local += torch.bincount(_digit(keys, shift, w), minlength=_BINS)
-        hist = _all_reduce(hist_local.to(device, copy=True), group, f"the key histogram (bits {shift}+)")
+            hist_local += _histogram(keys, shift, w, local.nonneg)
+        if first:
+            slots = torch.zeros(world, dtype=torch.int64, device=local.device)
+            slots[rank] = nan_at
+            sent = torch.cat([hist_local, slots]) if k else slots
+            sent = _all_reduce(sent.to(device), group, "the key histogram (top digit) and NaN flags")
+            _raise_if_nan(sent[-world:].cpu().tolist(), rank, world)
+            if k == 0:
+                return 0, dtype, None
+            hist = sent[:_BINS]
+        else:
+            hist = _all_reduce(hist_local.to(device, copy=True), group, f"the key histogram (bits {shift}+)")
         need = k - above_global
         # counts of keys in digits above d, from the top: pick d with above(d) < need <= above(d) + hist[d]
         from_top = torch.flip(hist, [0]).cumsum(0)
@@ -371,10 +397,10 @@ def saliency_topk_masks(local_weights, local_grads, k, *, prev_masks=None, resur
         fns, dtypes = [], []
         for wi, gi in zip(w, g):
             dt = torch.float64 if torch.float64 in (wi.dtype, gi.dtype) else torch.float32
-            fns.append(lambda wi=wi, gi=gi, dt=dt: (wi.to(dt) * gi.to(dt)).abs())
+            fns.append(lambda wi=wi, gi=gi, dt=dt: torch.mul(wi.to(dt), gi.to(dt)).abs_())
             dtypes.append(dt)
         competing = None if res or prev is None else prev
-        return _Local(fns, [t.numel() for t in w], dtypes, competing, device)
+        return _Local(fns, [t.numel() for t in w], dtypes, competing, device, nonneg=True)
 
     k_local, _, _ = _local_k(k, parse, group, "sparseforce.distributed.saliency_topk_masks")
     return ops.saliency_topk_masks(holder["w"], holder["g"], k_local, prev_masks=holder["prev"],

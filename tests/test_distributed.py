@@ -410,10 +410,11 @@ def _traffic_worker(rank, world):
 def test_only_histograms_and_counts_cross_the_network():
     world = 2
     for small, large, half in values(run_ranks(_traffic_worker, world)):
-        # meta (6 + 3 per rank counts) + one 2**16-bin int64 histogram per 16 key bits + tie counts
-        fp32 = 8 * ((6 + 3 * world) + 2 * 2**16 + world)
+        # meta (6 + 2 per rank counts), one 2**16-bin int64 histogram per 16 key bits (the first
+        # with a NaN flag per rank) and the per-rank tie counts
+        fp32 = 8 * ((6 + 2 * world) + 2 * 2**16 + world + world)
         assert small == large == {"calls": 4, "bytes": fp32}  # independent of the number of scores
-        assert half == {"calls": 3, "bytes": 8 * ((6 + 3 * world) + 2**16 + world)}
+        assert half == {"calls": 3, "bytes": 8 * ((6 + 2 * world) + 2**16 + world + world)}
 
 
 def test_torchrun_ddp_command(tmp_path):
