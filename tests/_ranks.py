@@ -22,6 +22,9 @@ def _worker(fn, rank, world, store, out_dir, args, pg_timeout):
     import torch
     import torch.distributed as dist
     torch.set_num_threads(1)  # N ranks share the machine's cores
+    # All ranks are local: keep gloo on loopback whatever the hostname resolves to.
+    if os.path.exists("/sys/class/net/lo"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     os.environ.setdefault("TRITON_INTERPRET", "1")
     result = None
     try:

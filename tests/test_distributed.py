@@ -423,6 +423,8 @@ def test_torchrun_ddp_command(tmp_path):
     import subprocess
     import sys
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if os.path.exists("/sys/class/net/lo"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sparseforce",
            "ddp", "--device", "cpu", "--iterations", "3", "--epochs", "1", "--out", str(tmp_path), "--timeout", "60"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
