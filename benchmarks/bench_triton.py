@@ -32,23 +32,6 @@ def _impls(op: str, with_reference: bool = True) -> list[str]:
     return [b for b in ("reference", "cuda", "triton") if b in available and (with_reference or b != "reference")]
 
 
-def topk_case(layers: str, density: float, backends) -> bench.Case:
-    shapes = bench.layer_set(layers)
-    n = sum(math.prod(s) for s in shapes)
-    k = max(1, round(n * density))
-
-    def make(impl, device):
-        scores = [t.abs() for t in bench._randn(shapes, torch.float32, device, 0)]
-        if impl == "baseline":
-            return lambda: bench.baseline_topk(scores, k)
-        out = [torch.empty(s, dtype=torch.bool, device=device) for s in shapes]
-        return lambda: ops.topk_masks(scores, k, out=out, backend=impl)
-
-    # one pass over the scores to find the threshold, one to write the masks
-    return bench.Case(f"topk {layers} float32 k={density:.1%}", layers, torch.float32, n, n * (2 * 4 + 1),
-                      ["baseline", *backends], make)
-
-
 def triton_cases() -> list[bench.Case]:
     if not CUDA:
         return []
@@ -57,7 +40,7 @@ def triton_cases() -> list[bench.Case]:
         bench.select_case("resnet50", 0.005, backends=sel),
         bench.select_case("resnet50", 0.05, backends=sel),
         bench.select_case("resnet50", 0.005, resurrect=False, backends=sel),
-        topk_case("resnet50", 0.005, _impls("topk_masks")),
+        bench.topk_case("resnet50", 0.005, backends=_impls("topk_masks")),
         bench.masked_sgd_case("resnet50", backends=_impls("masked_sgd_")),
         bench.select_case("transformer-1B", 0.005, backends=_impls("saliency_topk_masks", with_reference=False)),
     ]

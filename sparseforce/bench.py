@@ -55,9 +55,9 @@ def layer_set(name: str) -> list[tuple[int, ...]]:
         return transformer_shapes(1e9, 2048)
     if name == "transformer-4B":
         return transformer_shapes(4e9, 4096)
-    if name.startswith("resnet50/"):  # a scaled-down copy for quick CPU runs: every layer / factor
-        f = int(name.split("/")[1])
-        return [(max(1, s[0] // f),) + s[1:] for s in _weight_shapes(resnet50)]
+    if name.startswith(("resnet50/", "vgg19/")):  # a scaled-down copy for quick runs: every layer / factor
+        base, f = name.split("/")
+        return [(max(1, s[0] // int(f)),) + s[1:] for s in layer_set(base)]
     raise ValueError(f"unknown layer set {name!r}")
 
 
@@ -120,6 +120,23 @@ def select_case(layers: str, density: float, dtype=torch.float32, resurrect=True
     # two passes over w and g at least (histogram, then mask), one bool write
     return Case(f"{method}-select {layers} {str(dtype)[6:]} k={density:.1%}", layers, dtype, n,
                 n * (4 * elt + 1), ["baseline", *backends], make)
+
+
+def topk_case(layers: str, density: float, backends=()) -> Case:
+    shapes = layer_set(layers)
+    n = sum(math.prod(s) for s in shapes)
+    k = max(1, round(n * density))
+
+    def make(impl, device):
+        scores = [t.abs() for t in _randn(shapes, torch.float32, device, 0)]
+        if impl == "baseline":
+            return lambda: baseline_topk(scores, k)
+        out = [torch.empty(s, dtype=torch.bool, device=device) for s in shapes]
+        return lambda: ops.topk_masks(scores, k, out=out, backend=impl)
+
+    # one pass over the scores to find the threshold, one to write the masks
+    return Case(f"topk {layers} float32 k={density:.1%}", layers, torch.float32, n, n * (2 * 4 + 1),
+                ["baseline", *backends], make)
 
 
 def masked_sgd_case(layers: str, backends=()) -> Case:
@@ -256,6 +273,50 @@ def format_breakdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def train_step_case(model_name: str, batch: int, density: float = 0.05, backends=()) -> Case:
+    """One masked training step (zero_grad, forward, backward, optimizer step) on a pruned model:
+    ``MaskedSGD`` on ``backend`` against today's practice, ``torch.optim.SGD(foreach=True)``
+    followed by re-multiplying the weights with their masks."""
+    from .models import count_prunable
+    from .optim import MaskedSGD
+    from .pruning import random as random_masks
+
+    def make(impl, device):
+        model, x, y = _model_and_batch(model_name, batch, device)
+        masks = random_masks(model, sparsity=1 - density, seed=0).to(device)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in masks:
+                    p.mul_(masks[n])
+        hp = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        if impl == "baseline":
+            opt = torch.optim.SGD(model.parameters(), foreach=True, **hp)
+            named = dict(model.named_parameters())
+            params, mask_list = [named[n] for n in masks], list(masks.values())
+
+            def after():
+                with torch.no_grad():
+                    torch._foreach_mul_(params, mask_list)
+        else:
+            opt = MaskedSGD(model.named_parameters(), masks, backend=impl, **hp)
+            after = None
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            if after is not None:
+                after()
+        step.model = model  # for the tests: the baseline and the impls must train alike
+        return step
+
+    with torch.device("meta"):
+        from .models import get_model
+        n = count_prunable(get_model(model_name))
+    return Case(f"train-step {model_name} b={batch} density={density:.0%}", model_name, torch.float32, n,
+                float("nan"), ["baseline", *backends], make, kind="end-to-end")
+
+
 def default_cases(device: torch.device, full: bool = False, scale: int = 1) -> list[Case]:
     """The standard set. ``scale`` > 1 divides every ResNet50 layer's output channels (quick runs)."""
     def usable(op):
@@ -266,16 +327,22 @@ def default_cases(device: torch.device, full: bool = False, scale: int = 1) -> l
     fast = [b for b in backends if b != "reference"]
     cuda = device.type == "cuda"
     resnet = "resnet50" if scale == 1 else f"resnet50/{scale}"
+    vgg = "vgg19" if scale == 1 else f"vgg19/{scale}"
     cases = [select_case(resnet, density, backends=backends) for density in (0.005, 0.05)]
+    cases.append(select_case(vgg, 0.005, backends=backends))
     cases.append(select_case(resnet, 0.005, resurrect=False, backends=backends))
+    cases.append(topk_case(resnet, 0.005, backends=usable("topk_masks")))
     cases.append(masked_sgd_case(resnet, backends=usable("masked_sgd_")))
     if cuda or full:
         cases.append(select_case("transformer-1B", 0.005, backends=fast))
     if cuda:
         cases.append(select_case("transformer-4B", 0.005, dtype=torch.bfloat16, backends=fast))
-        cases.append(force_run_case("resnet50", 128, 60, backends=fast[:1] or ["reference"]))
-    else:
-        cases.append(force_run_case("resnet50", 8, 10 if full else 3, backends=fast[:1] or ["reference"]))
+    batch = 128 if cuda else 8
+    first = fast[:1] or ["reference"]
+    cases.append(force_run_case("resnet50", batch, 1, backends=first))  # one full FORCE iteration
+    cases.append(force_run_case("resnet50", batch, 60 if cuda else (10 if full else 3), backends=first))
+    fast_sgd = [b for b in usable("masked_sgd_") if b != "reference"][:1] or ["reference"]
+    cases.append(train_step_case("resnet50", batch, backends=fast_sgd))
     return cases
 
 

@@ -61,3 +61,27 @@ def test_force_breakdown_splits_each_run_into_phases():
         force(model, data, 0.5, iterations=4)
     force(model, data, 0.5, iterations=2)
     assert phases["steps"] == 4 and phases["gradients"] > 0 and phases["selection"] > 0
+
+
+def test_every_default_case_times_equivalent_work():
+    """Each impl of a case must compute what the baseline computes, or the ratio means nothing."""
+    cpu = torch.device("cpu")
+    names = [c.name for c in bench.default_cases(cpu, scale=64)]
+    for wanted in ("force-select resnet50/64", "force-select vgg19/64", "itersnip-select", "topk resnet50/64",
+                   "masked-sgd", "force-run resnet50 b=8 T=1", "force-run resnet50 b=8 T=3", "train-step"):
+        assert any(n.startswith(wanted) for n in names), (wanted, names)
+
+    topk = bench.topk_case("resnet50/64", 0.05, backends=ops.available_backends("cpu"))
+    want = flat_bool(topk.make("baseline", cpu)())  # random floats: no ties, so `>=` keeps exactly k
+    for impl in topk.impls[1:]:
+        np.testing.assert_array_equal(flat_bool(topk.make(impl, cpu)()), want)
+
+    step = bench.train_step_case("digits_cnn", 4, backends=["reference"])
+    params = {}
+    for impl in step.impls:
+        fn = step.make(impl, cpu)
+        for _ in range(3):
+            fn()
+        params[impl] = {n: p.detach().clone() for n, p in fn.model.named_parameters()}
+    for n, p in params["baseline"].items():
+        torch.testing.assert_close(params["reference"][n], p, rtol=1e-5, atol=1e-6)
