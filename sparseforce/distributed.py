@@ -4,9 +4,10 @@ Each rank passes only its own tensors; ``k`` is global. The ranks never exchange
 sum radix histograms of order-preserving integer keys (``all_reduce``), which are small and add
 exactly, and walk the key 16 bits at a time to the k-th largest value:
 
-    meta       one all_reduce of a few counts per rank: sizes, dtypes, NaN, argument errors, k
+    meta       one all_reduce of a few counts per rank: sizes, dtypes, argument errors, k
     pass j     each rank histograms digit j of the keys that match the digits chosen so far;
                all_reduce; every rank picks the same digit from the same global histogram
+               (the first pass also carries a NaN flag per rank)
     ties       one all_reduce of each rank's count of keys equal to the threshold, so that
                the lowest (rank, tensor, element) positions win, as in one process
     masks      each rank keeps its own share, ``k_r = above_r + tie quota_r``, with the
