@@ -68,10 +68,10 @@ def _split_for(rank, inputs, flat_result):
     return flat_result[off: off + len(inputs[rank])]
 
 
-def _topk_worker(rank, world, seed):
+def _topk_worker(rank, world, seed, device="cpu"):
     failures = []
     for case in range(18):
-        inputs = _rank_inputs(seed, world, case)
+        inputs = [[t.to(device) for t in ts] for ts in _rank_inputs(seed, world, case)]
         flat = [t for ts in inputs for t in ts]
         n = sum(t.numel() for t in flat)
         g = torch.Generator().manual_seed(seed + case)
@@ -95,7 +95,7 @@ def _topk_worker(rank, world, seed):
     return failures
 
 
-def _saliency_worker(rank, world, seed):
+def _saliency_worker(rank, world, seed, device="cpu"):
     failures = []
     for case in range(8):
         g = torch.Generator().manual_seed(seed * 7 + case)
@@ -110,7 +110,7 @@ def _saliency_worker(rank, world, seed):
             if case % 3 == 1:
                 w[0] = w[0].to(torch.bfloat16)
             prev = [torch.rand(s, generator=g) < 0.6 for s in shapes]
-            ranks.append((w, gr, prev))
+            ranks.append(tuple([t.to(device) for t in ts] for ts in (w, gr, prev)))
         flat = [sum((list(x[i]) for x in ranks), []) for i in range(3)]
         n = sum(t.numel() for t in flat[0])
         alive = sum(int(m.sum()) for m in flat[2])
@@ -126,15 +126,21 @@ def _saliency_worker(rank, world, seed):
     return failures
 
 
-def test_topk_masks_matches_single_process_on_the_concatenation():
+# CUDA tensors too when there is a GPU: the ranks share it, and gloo moves the histograms via the CPU.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_topk_masks_matches_single_process_on_the_concatenation(device):
     seed = _fresh_seed()
-    for r, failures in enumerate(values(run_ranks(_topk_worker, 4, seed))):
+    for r, failures in enumerate(values(run_ranks(_topk_worker, 4, seed, device))):
         assert failures == [], f"seed {seed}, rank {r}: {failures[:5]}"
 
 
-def test_saliency_topk_masks_matches_single_process():
+@pytest.mark.parametrize("device", DEVICES)
+def test_saliency_topk_masks_matches_single_process(device):
     seed = _fresh_seed()
-    for r, failures in enumerate(values(run_ranks(_saliency_worker, 3, seed))):
+    for r, failures in enumerate(values(run_ranks(_saliency_worker, 3, seed, device))):
         assert failures == [], f"seed {seed}, rank {r}: {failures[:5]}"
 
 
@@ -435,6 +441,24 @@ def test_torchrun_ddp_command(tmp_path):
     assert result["kept"] == round(result["numel"] * 0.1)
     masks = sf.Masks.load(tmp_path / "masks.pt")
     assert masks.num_kept() == result["kept"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the NCCL command needs a GPU")
+@pytest.mark.parametrize("sharded", [False, True], ids=["ddp", "fsdp2"])
+def test_torchrun_ddp_command_on_gpus_with_nccl(tmp_path, sharded):
+    """The README's GPU command: one rank per visible GPU, NCCL."""
+    import json
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={torch.cuda.device_count()}", "-m", "sparseforce", "ddp", "--device", "cuda",
+           "--iterations", "3", "--epochs", "1", "--out", str(tmp_path), "--timeout", "120"]
+    proc = subprocess.run(cmd + (["--sharded"] if sharded else []), capture_output=True, text=True,
+                          timeout=400, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["backend"] == "nccl" and result["pruned_weights_zero"]
+    assert result["kept"] == round(result["numel"] * 0.1)
 
 
 def test_ddp_command_outside_torchrun_says_how_to_launch(capsys):
