@@ -22,7 +22,6 @@ import torch.distributed as dist
 from torch import nn
 
 from . import distributed
-from .masks import Masks
 from .optim import MaskedSGD
 from .pruning import METHODS
 
@@ -94,7 +93,7 @@ def run(args) -> int:
             sharded = _shard(_model(args.model, args.seed, device))
             masks = METHODS[args.method](sharded, loader, args.sparsity, iterations=args.iterations,
                                          backend=args.backend)
-            masks = Masks({n: m.full_tensor() for n, m in masks.items()})  # for the DDP training below
+            masks = masks.full()  # gathered on every rank, for the DDP training below
         else:
             ddp = nn.parallel.DistributedDataParallel(_model(args.model, args.seed, device))
             masks = METHODS[args.method](ddp, loader, args.sparsity, iterations=args.iterations,

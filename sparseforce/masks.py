@@ -51,6 +51,14 @@ FORMAT_VERSION = 1
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+def _is_sharded(t) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return False
+    return isinstance(t, DTensor)
+
+
 def _shape_str(shape: Iterable[int]) -> str:
     return "(" + ", ".join(str(int(s)) for s in shape) + ")"
 
@@ -171,6 +179,10 @@ class Masks(collections.abc.Mapping):
             b = other[name]
             if not isinstance(b, torch.Tensor) or a.dtype != b.dtype or a.shape != b.shape:
                 return False
+            if _is_sharded(a) or _is_sharded(b):  # shard by shard: no collective
+                if not (_is_sharded(a) and _is_sharded(b)) or a.placements != b.placements:
+                    return False
+                a, b = a.to_local(), b.to_local()
             if a.device != b.device:
                 a, b = a.cpu(), b.cpu()
             if not torch.equal(a, b):
@@ -185,8 +197,29 @@ class Masks(collections.abc.Mapping):
         """Total number of mask entries (kept + pruned)."""
         return sum(m.numel() for m in self._masks.values())
 
+    # -- sharded masks (FSDP2: DTensors) ----------------------------------------------------------
+
+    @property
+    def is_sharded(self) -> bool:
+        """True for masks that are DTensors (from pruning an FSDP2 model): each rank holds only
+        its shard of every mask."""
+        return any(_is_sharded(m) for m in self._masks.values())
+
+    def full(self) -> "Masks":
+        """Plain (unsharded) masks on every rank: gathers sharded masks (a collective: call it on
+        every rank); masks that are not sharded are returned as they are."""
+        return Masks({n: m.full_tensor() if _is_sharded(m) else m for n, m in self._masks.items()})
+
+    def _require_full(self, what: str) -> None:
+        # Counting a sharded mask needs every rank; silently counting this rank's shard would be
+        # wrong, and gathering here would hang when only one rank asks.
+        if self.is_sharded:
+            raise ValueError(f"Masks.{what}() on sharded (DTensor) masks: call masks.full() on every rank "
+                             "first, then use the full masks")
+
     def num_kept(self) -> int:
         """Number of ``True`` (kept) entries over all masks."""
+        self._require_full("num_kept")
         return sum(int(m.count_nonzero()) for m in self._masks.values())
 
     def density(self) -> float:
@@ -199,6 +232,7 @@ class Masks(collections.abc.Mapping):
 
     def per_layer(self) -> LayerTable:
         """One :class:`LayerDensity` row per mask, in order; ``str()`` of it is a table."""
+        self._require_full("per_layer")
         rows = LayerTable()
         for name, m in self._masks.items():
             kept = int(m.count_nonzero())
@@ -208,6 +242,8 @@ class Masks(collections.abc.Mapping):
 
     def __repr__(self) -> str:
         numel = self.numel()
+        if self.is_sharded:  # no collective in a repr: it may be printed by one rank only
+            return f"Masks({len(self)} tensors, {numel:,} entries, sharded; .full() for counts)"
         kept = self.num_kept()
         return (f"Masks({len(self)} tensors, {kept:,}/{numel:,} kept, "
                 f"density={_safe_density(kept, numel):.4f})")
@@ -220,6 +256,7 @@ class Masks(collections.abc.Mapping):
 
     def state_dict(self) -> dict:
         """The on-disk payload: ``{"format", "version", "masks": {name: cpu bool tensor}}``."""
+        self._require_full("state_dict")
         return {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -261,6 +298,7 @@ class Masks(collections.abc.Mapping):
         renamed over ``path``, so readers (and a crash at any point) see either the previous
         file or the complete new one, never a truncated mix.
         """
+        self._require_full("save")
         payload = self.state_dict()
         _atomic_torch_save(payload, os.fspath(path))
 
@@ -517,6 +555,9 @@ def apply_masks(model: nn.Module, masks: Union[Masks, Mapping[str, torch.Tensor]
     """
     if not isinstance(masks, Masks):
         masks = Masks(masks)
+    if masks.is_sharded:
+        raise NotImplementedError("apply_masks does not take sharded (DTensor) masks yet; gather them with "
+                                  "masks.full() on every rank and train the model with DDP")
     masks.check(model)
 
     params = dict(model.named_parameters(remove_duplicate=False))

@@ -46,6 +46,9 @@ class _MaskedOptimizer(torch.optim.Optimizer):
                             f"got {type(masks).__name__}")
         if not isinstance(masks, Masks):
             masks = Masks(masks)  # checks dtype and names
+        if masks.is_sharded:
+            raise NotImplementedError(f"{type(self).__name__} does not take sharded (DTensor) masks yet; gather "
+                                      "them with masks.full() on every rank and train the model with DDP")
         # Filled by add_param_group, which torch's __init__ calls once per group.
         self._wanted = dict(masks.items())
         self._names: dict[str, torch.Tensor] = {}

@@ -320,8 +320,17 @@ def _fsdp_worker(rank, world, seed):
             all(p.grad is None for p in model.parameters())
         out[method + "_dtensor"] = all(isinstance(m, DTensor) and m.placements == model.get_parameter(n).placements
                                       for n, m in masks.items())
-        full = {n: m.full_tensor() for n, m in masks.items()}
-        out[method + "_equal"] = all(torch.equal(full[n], reference[n]) for n in reference)
+        full = masks.full()
+        out[method + "_equal"] = full == reference and full.num_kept() == reference.num_kept()
+        # Counting a sharded mask needs every rank: refused, not silently this rank's shard.
+        out[method + "_guarded"] = masks.is_sharded and not full.is_sharded and "sharded" in repr(masks)
+        for refused in (masks.num_kept, masks.per_layer, lambda: masks.save("never.pt"),
+                        lambda: sf.MaskedSGD(model.named_parameters(), masks)):
+            try:
+                refused()
+                out[method + "_guarded"] = False
+            except (ValueError, NotImplementedError) as e:
+                out[method + "_guarded"] &= "masks.full()" in str(e)
         out[method + "_shards"] = [tuple(m.to_local().shape) for m in masks.values()]
     return out
 
@@ -334,6 +343,7 @@ def test_fsdp2_sharded_force_matches_one_process():
             assert res[method + "_untouched"]
             assert res[method + "_dtensor"]
             assert res[method + "_equal"], (method, seed)
+            assert res[method + "_guarded"]
     # Linear(13, 3) splits its 3 rows 2 + 1: the ranks really hold different shards.
     assert results[0]["force_shards"] != results[1]["force_shards"]
 
