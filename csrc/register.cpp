@@ -23,6 +23,13 @@ TORCH_LIBRARY(sparseforce, m) {
   m.def(
       "saliency_topk_masks_out(Tensor[] weights, Tensor[] grads, int k, Tensor[] prev_masks, "
       "bool resurrect, Tensor(a!)[] out) -> ()");
+  // One radix pass for a selection whose scan runs elsewhere (sparseforce.distributed): the
+  // histogram of the 16-bit digit at `shift` of the competing keys (ranked as rank_dtype) whose
+  // higher bits equal `prefix`; grads empty: keys of `a` itself, else of |a*grads|. Returns
+  // int64[2^16 + 1]: the counts, then the first tensor with a NaN (top pass) or -1.
+  m.def(
+      "radix_histogram(Tensor[] a, Tensor[] grads, Tensor[] prev_masks, ScalarType rank_dtype, int shift, "
+      "int prefix) -> Tensor");
   // fresh_buffers[i] != 0: momentum_buffers[i] holds no state yet and becomes d_p (torch's
   // first step). momentum_buffers is empty when momentum == 0.
   m.def(

@@ -33,9 +33,9 @@ from .ops._schema import NaNScoreError
 __all__ = ["topk_masks", "saliency_topk_masks", "kth_largest", "DistributedError",
            "all_reduce_mean_", "any_rank", "traffic", "check_same_on_all_ranks", "HISTOGRAM_BITS"]
 
-HISTOGRAM_BITS = 16
+HISTOGRAM_BITS = _schema.HISTOGRAM_BITS
 _BINS = 1 << HISTOGRAM_BITS
-_WIDTH = {torch.float16: 16, torch.bfloat16: 16, torch.float32: 32, torch.float64: 64}
+_WIDTH = _schema.KEY_BITS
 _INT_VIEW = {16: torch.int16, 32: torch.int32, 64: torch.int64}
 _DTYPE_SLOTS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -155,40 +155,7 @@ def check_same_on_all_ranks(tensors, what: str, group=None, hint: str = "") -> N
                                f"they must be identical on every rank{hint}")
 
 
-# -- order-preserving keys --------------------------------------------------------------------
-
-def _keys(x: torch.Tensor, dtype: torch.dtype, nonneg: bool = False) -> torch.Tensor:
-    """Signed integer keys that sort like the floats (as ``dtype``), with -0.0 equal to +0.0:
-    int32 for 16/32-bit floats, int64 for 64-bit. The unsigned key of the radix walk is this
-    with the top bit flipped, which only the first digit sees (``_histogram``).
-
-    ``nonneg``: the caller knows every value is +0.0 or above (saliencies |w·g|); their bits
-    already are their keys."""
-    w = _WIDTH[dtype]
-    b = x.reshape(-1).to(dtype).contiguous().view(_INT_VIEW[w])
-    if w == 16:
-        b = b.to(torch.int32)  # the digit masks below need headroom
-    if nonneg:
-        return b
-    s = torch.where(b < 0, b ^ ((1 << (w - 1)) - 1), b)  # negative floats: magnitude bits reversed
-    return s.masked_fill_(s == -1, 0)  # -0.0 maps to -1; rank it as +0.0
-
-
-def _histogram(keys: torch.Tensor, shift: int, w: int, nonneg: bool) -> torch.Tensor:
-    """Counts of the 16-bit digit at ``shift`` of the unsigned keys."""
-    half = 1 << (HISTOGRAM_BITS - 1)
-    if shift == w - HISTOGRAM_BITS:  # the top digit holds the sign bit, flipped
-        if nonneg:  # all in the upper half: one shift, no masking
-            upper = torch.bincount(keys >> shift, minlength=half)
-            return torch.cat([torch.zeros_like(upper), upper])
-        return torch.bincount(((keys >> shift) & (_BINS - 1)) ^ half, minlength=_BINS)
-    return torch.bincount((keys >> shift) & (_BINS - 1), minlength=_BINS)
-
-
-def _matches(s: torch.Tensor, shift: int, w: int, prefix: int) -> torch.Tensor:
-    """Keys whose bits above ``shift`` equal the unsigned ``prefix`` (arithmetic shift: signed)."""
-    return (s >> shift) == prefix - (1 << (w - shift - 1))
-
+# -- keys back to values --------------------------------------------------------------------
 
 def _key_to_value(key: int, dtype: torch.dtype, device) -> torch.Tensor:
     w = _WIDTH[dtype]
@@ -202,17 +169,14 @@ def _key_to_value(key: int, dtype: torch.dtype, device) -> torch.Tensor:
 # -- the selection --------------------------------------------------------------------------
 
 class _Local:
-    """One rank's share: how to make its keys, and which elements compete."""
+    """One rank's share: how to histogram its keys, its sizes, and which elements compete."""
 
-    def __init__(self, score_fns, numels, dtypes, candidates, device, nonneg=False):
-        self.score_fns, self.numels, self.dtypes = score_fns, numels, dtypes
-        self.candidates, self.device, self.nonneg = candidates, device, nonneg
+    def __init__(self, histogram, numels, dtypes, candidates, device):
+        self.histogram, self.numels, self.dtypes = histogram, numels, dtypes
+        self.candidates, self.device = candidates, device
 
     def num_competing(self) -> int:
         return sum(self.numels) if self.candidates is None else sum(int(m.sum()) for m in self.candidates)
-
-    def competing(self, i, scores):
-        return scores if self.candidates is None else scores.reshape(-1)[self.candidates[i].reshape(-1)]
 
 
 def _meta(local: _Local | None, k, error: BaseException | None, group, rank: int, world: int):
@@ -296,33 +260,21 @@ def _local_k(k, parse, group, what: str) -> tuple[int, torch.dtype, int | None]:
 
     # Radix walk over the key, most significant digit first. `above` counts keys known to be
     # larger than the threshold; `prefix` holds the threshold's digits chosen so far. The first
-    # pass also looks for NaN (its all_reduce carries a slot per rank), so even k = 0 takes it.
+    # pass also finds NaN (its all_reduce carries a slot per rank), so even k = 0 takes it.
     prefix, above_global, above_local, hist_local = 0, 0, 0, None
     for shift in range(w - HISTOGRAM_BITS, -1, -HISTOGRAM_BITS):
-        first = shift == w - HISTOGRAM_BITS
-        hist_local = torch.zeros(_BINS, dtype=torch.int64, device=local.device)
-        nan_at = 0
-        for i, fn in enumerate(local.score_fns):
-            scores = local.competing(i, fn())
-            if first and not nan_at and bool(torch.isnan(scores).any()):
-                nan_at = i + 1
-            if k == 0:
-                continue
-            keys = _keys(scores, dtype, local.nonneg)
-            if not first:
-                keys = keys[_matches(keys, shift + HISTOGRAM_BITS, w, prefix)]
-            hist_local += _histogram(keys, shift, w, local.nonneg)
-        if first:
-            slots = torch.zeros(world, dtype=torch.int64, device=local.device)
-            slots[rank] = nan_at
-            sent = torch.cat([hist_local, slots]) if k else slots
-            sent = _all_reduce(sent.to(device), group, "the key histogram (top digit) and NaN flags")
+        hist_local, nan_index = local.histogram(dtype, shift, prefix)
+        hist_local = hist_local.to(device)
+        if shift == w - HISTOGRAM_BITS:
+            slots = torch.zeros(world, dtype=torch.int64, device=device)
+            slots[rank] = 0 if nan_index is None else nan_index + 1
+            sent = _all_reduce(torch.cat([hist_local, slots]), group, "the key histogram (top digit) and NaN flags")
             _raise_if_nan(sent[-world:].cpu().tolist(), rank, world)
             if k == 0:
                 return 0, dtype, None
             hist = sent[:_BINS]
         else:
-            hist = _all_reduce(hist_local.to(device, copy=True), group, f"the key histogram (bits {shift}+)")
+            hist = _all_reduce(hist_local.clone(), group, f"the key histogram (bits {shift}+)")
         need = k - above_global
         # counts of keys in digits above d, from the top: pick d with above(d) < need <= above(d) + hist[d]
         from_top = torch.flip(hist, [0]).cumsum(0)
@@ -338,6 +290,18 @@ def _local_k(k, parse, group, what: str) -> tuple[int, torch.dtype, int | None]:
     need = k - above_global
     quota = min(max(need - sum(ties[:rank]), 0), ties[rank])
     return above_local + quota, dtype, prefix
+
+
+def _histogram_backend(backend: str, device: torch.device) -> str:
+    # The histogram op has no Triton/CUDA kernel yet: those fall back to the best that has one.
+    return backend if backend in ops.available_backends(device, "radix_histogram") else "auto"
+
+
+def _score_histogram(scores, backend, device):
+    def histogram(rank_dtype, shift, prefix):
+        return ops.key_histogram(scores, rank_dtype=rank_dtype, shift=shift, prefix=prefix,
+                                 backend=_histogram_backend(backend, device))
+    return histogram
 
 
 def _check_global_k_type(k) -> int:
@@ -357,7 +321,7 @@ def topk_masks(local_scores, k, *, group=None, out=None, backend="auto") -> list
     def parse():
         scores, _, o, device = _schema.topk_masks_args(local_scores, 0, out)
         holder.update(scores=scores, out=o)
-        return _Local([lambda s=s: s for s in scores], [s.numel() for s in scores],
+        return _Local(_score_histogram(scores, backend, device), [s.numel() for s in scores],
                       [s.dtype for s in scores], None, device)
 
     k_local, _, _ = _local_k(k, parse, group, "sparseforce.distributed.topk_masks")
@@ -372,7 +336,7 @@ def kth_largest(local_scores, k, *, group=None) -> torch.Tensor:
     def parse():
         scores, _, _, device = _schema.topk_masks_args(local_scores, 0, None)
         holder["device"] = device
-        return _Local([lambda s=s: s for s in scores], [s.numel() for s in scores],
+        return _Local(_score_histogram(scores, "auto", device), [s.numel() for s in scores],
                       [s.dtype for s in scores], None, device)
 
     _, dtype, key = _local_k(k, parse, group, "sparseforce.distributed.kth_largest")
@@ -386,8 +350,8 @@ def saliency_topk_masks(local_weights, local_grads, k, *, prev_masks=None, resur
     """One FORCE / Iter SNIP selection over every rank's weights: keep the k largest |w·g|.
 
     The distributed form of ``sparseforce.ops.saliency_topk_masks`` (same arguments, ``k`` and
-    the Iter SNIP survivor count global). |w·g| is recomputed per tensor in every histogram pass
-    rather than stored, so the extra memory is one tensor's scores, not the rank's.
+    the Iter SNIP survivor count global). The histogram passes form |w·g| on the fly (fused in
+    the ``cpp`` kernel, one tensor at a time otherwise), so no rank stores all its scores.
     """
     holder = {}
 
@@ -395,13 +359,13 @@ def saliency_topk_masks(local_weights, local_grads, k, *, prev_masks=None, resur
         w, g, _, prev, res, o, device = _schema.saliency_args(local_weights, local_grads, 0, prev_masks,
                                                                resurrect, out)
         holder.update(w=w, g=g, prev=prev, resurrect=res, out=o)
-        fns, dtypes = [], []
-        for wi, gi in zip(w, g):
-            dt = torch.float64 if torch.float64 in (wi.dtype, gi.dtype) else torch.float32
-            fns.append(lambda wi=wi, gi=gi, dt=dt: torch.mul(wi.to(dt), gi.to(dt)).abs_())
-            dtypes.append(dt)
+        dtypes = [torch.float64 if torch.float64 in (wi.dtype, gi.dtype) else torch.float32 for wi, gi in zip(w, g)]
         competing = None if res or prev is None else prev
-        return _Local(fns, [t.numel() for t in w], dtypes, competing, device, nonneg=True)
+
+        def histogram(rank_dtype, shift, prefix):
+            return ops.saliency_key_histogram(w, g, prev_masks=competing, rank_dtype=rank_dtype, shift=shift,
+                                              prefix=prefix, backend=_histogram_backend(backend, device))
+        return _Local(histogram, [t.numel() for t in w], dtypes, competing, device)
 
     k_local, _, _ = _local_k(k, parse, group, "sparseforce.distributed.saliency_topk_masks")
     return ops.saliency_topk_masks(holder["w"], holder["g"], k_local, prev_masks=holder["prev"],

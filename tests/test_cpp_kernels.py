@@ -205,6 +205,8 @@ def test_opcheck():
                                                                     torch.empty(9, dtype=torch.bool)])),
         (sf.masked_sgd_.default, ([t.clone() for t in w], g, [torch.zeros(4, 4), torch.zeros(9)], [prev[0], None],
                                   0.1, 0.9, 0.0, 1e-4, True, [1, 0])),
+        (sf.radix_histogram.default, (scores, [], [], torch.float64, 48, 0)),
+        (sf.radix_histogram.default, (w, g, prev, torch.float32, 0, 12345)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)

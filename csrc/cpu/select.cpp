@@ -660,6 +660,113 @@ void saliency_topk_masks_out(at::TensorList weights, at::TensorList grads, int64
   finish_out(out, w);
 }
 
+// ---- radix_histogram: one pass of a selection whose other passes run elsewhere (the ranks of a
+// distributed selection sum these histograms with all_reduce)
+
+// Counts of the 16-bit digit at `shift` of the competing keys (ranking dtype P) whose bits above
+// it equal `prefix`, and the first tensor holding a competing NaN (top pass only).
+template <typename P, typename Policy>
+std::pair<std::vector<int64_t>, int64_t> histogram_pass(const std::vector<Seg>& segs, int shift, uint64_t prefix) {
+  using Key = key_t<P>;
+  constexpr int kKeyBits = static_cast<int>(sizeof(Key) * 8);
+  const bool top = shift == kKeyBits - kDigit;
+  // One histogram per segment keeps the parallel loop free of shared writes; segments are
+  // split no further, which is fine for the per-layer tensors this serves.
+  std::vector<uint32_t> hist(segs.size() * kBins, 0u);
+  std::vector<uint8_t> nan(segs.size(), 0);
+  at::parallel_for(0, static_cast<int64_t>(segs.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t j = b; j < e; ++j) {
+      const Seg& s = segs[j];
+      uint32_t* h = hist.data() + j * kBins;
+      Policy::visit(s, [&](const auto& src) {
+        if (top) {
+          nan[j] = pass_histogram_top(src, 0, s.n, shift, h);
+        } else {
+          pass_histogram(src, 0, s.n, shift, static_cast<Key>(prefix), h);
+        }
+      });
+    }
+  });
+  std::vector<int64_t> total(kBins, 0);
+  int64_t nan_index = -1;
+  for (size_t j = 0; j < segs.size(); ++j) {
+    const uint32_t* h = hist.data() + j * kBins;
+    for (int64_t bin = 0; bin < kBins; ++bin) total[bin] += h[bin];
+    if (nan[j] && nan_index < 0) nan_index = segs[j].index;
+  }
+  return {std::move(total), nan_index};
+}
+
+// Scores mode (b empty): the keys of a; saliency mode: of |a*b| formed as saliency_topk_masks
+// forms it. Returns int64[2^16 + 1]: the histogram, then the NaN tensor's index or -1.
+at::Tensor radix_histogram(at::TensorList a, at::TensorList b, at::TensorList prev_masks, at::ScalarType rank,
+                           int64_t shift, int64_t prefix) {
+  const bool saliency = !b.empty();
+  TORCH_CHECK(!saliency || a.size() == b.size(), "sparseforce: weights has ", a.size(), " tensors but grads has ",
+              b.size());
+  TORCH_CHECK(prev_masks.empty() || prev_masks.size() == a.size(), "sparseforce: prev_masks has ",
+              prev_masks.size(), " tensors but there are ", a.size(), " inputs");
+  TORCH_CHECK(rank == at::kHalf || rank == at::kBFloat16 || rank == at::kFloat || rank == at::kDouble,
+              "sparseforce: rank_dtype must be a float dtype, got ", rank);
+  const int key_bits = static_cast<int>(at::elementSize(rank) * 8);
+  TORCH_CHECK(shift >= 0 && shift % kDigit == 0 && shift + kDigit <= key_bits, "sparseforce: shift=", shift,
+              " is not a digit position of a ", key_bits, "-bit key");
+  Prepared p;
+  for (size_t i = 0; i < a.size(); ++i) {
+    check_float(a[i], saliency ? "weights" : "scores", i);
+    at::ScalarType st = a[i].scalar_type();
+    if (saliency) {
+      check_float(b[i], "grads", i);
+      TORCH_CHECK(a[i].sizes() == b[i].sizes(), "sparseforce: weights[", i, "] and grads[", i, "] differ in shape");
+      st = at::promote_types(st, b[i].scalar_type());
+      if (st != at::kDouble) st = at::kFloat;  // |w*g| is formed in float32 unless an input is float64
+    }
+    // The rank dtype must hold every value exactly (the caller promotes over all ranks).
+    TORCH_CHECK_VALUE(at::promote_types(st, rank) == rank, "sparseforce: ", saliency ? "weights" : "scores", "[", i,
+                      "] ranks as ", st, ", which ", rank, " does not hold exactly");
+    if (a[i].numel() == 0) continue;
+    Seg s;
+    at::Tensor x = (saliency ? a[i].to(st) : a[i]).contiguous();
+    s.a = x.data_ptr();
+    p.hold.push_back(x);
+    if (saliency) {
+      at::Tensor g = b[i].to(st).contiguous();
+      s.b = g.data_ptr();
+      p.hold.push_back(g);
+    }
+    if (!prev_masks.empty()) {
+      TORCH_CHECK(prev_masks[i].scalar_type() == at::kBool && prev_masks[i].sizes() == a[i].sizes(),
+                  "sparseforce: prev_masks[", i, "] must be a bool tensor of the input's shape");
+      at::Tensor m = prev_masks[i].contiguous();
+      s.prev = reinterpret_cast<const uint8_t*>(m.data_ptr<bool>());
+      p.hold.push_back(m);
+    }
+    s.type = x.scalar_type();
+    s.n = x.numel();
+    s.offset = p.n;
+    s.index = static_cast<int64_t>(i);
+    p.n += s.n;
+    p.segs.push_back(s);
+  }
+  std::pair<std::vector<int64_t>, int64_t> res;
+  dispatch_rank_dtype(rank, [&](auto tag) {
+    using P = decltype(tag);
+    if (saliency) {
+      if constexpr (std::is_same_v<P, float> || std::is_same_v<P, double>) {
+        res = histogram_pass<P, SaliencyPolicy<P>>(p.segs, static_cast<int>(shift), static_cast<uint64_t>(prefix));
+      } else {
+        TORCH_CHECK_VALUE(false, "sparseforce: saliencies rank as float32 or float64, not ", rank);
+      }
+    } else {
+      res = histogram_pass<P, ScorePolicy<P>>(p.segs, static_cast<int>(shift), static_cast<uint64_t>(prefix));
+    }
+  });
+  at::Tensor out = at::empty({kBins + 1}, at::TensorOptions().dtype(at::kLong));
+  std::copy(res.first.begin(), res.first.end(), out.data_ptr<int64_t>());
+  out.data_ptr<int64_t>()[kBins] = res.second;
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparseforce, CPU, m) {
@@ -668,6 +775,7 @@ TORCH_LIBRARY_IMPL(sparseforce, CPU, m) {
   m.impl("kth_largest", &kth_largest);
   m.impl("saliency_topk_masks", &saliency_topk_masks);
   m.impl("saliency_topk_masks_out", &saliency_topk_masks_out);
+  m.impl("radix_histogram", &radix_histogram);
 }
 
 }  // namespace cpu

@@ -23,7 +23,8 @@ from . import triton as _triton  # noqa: F401  (registers the Triton kernels; im
 from . import cpp as _cpp  # noqa: F401  (registers the C++ kernels; loads them on first use)
 from . import cuda as _cuda  # noqa: F401  (registers the CUDA kernels; loads them on first use)
 
-__all__ = ["topk_masks", "saliency_topk_masks", "kth_largest", "masked_sgd_", "available_backends",
+__all__ = ["topk_masks", "saliency_topk_masks", "kth_largest", "masked_sgd_", "key_histogram",
+           "saliency_key_histogram", "available_backends",
            "BackendUnavailableError", "NaNScoreError", "KNOWN_BACKENDS", "AUTO_ORDER"]
 
 
@@ -70,3 +71,26 @@ def masked_sgd_(params, grads, momentum_buffers, masks, *, lr, momentum=0.0, dam
     params, grads, momentum_buffers, masks, hyper, nesterov, device = _schema.masked_sgd_args(
         params, grads, momentum_buffers, masks, lr, momentum, dampening, weight_decay, nesterov)
     return resolve(backend, "masked_sgd_", device)(params, grads, momentum_buffers, masks, hyper, nesterov, device)
+
+
+def key_histogram(scores, *, rank_dtype, shift, prefix=0, backend="auto"):
+    """One pass of a radix select whose scan runs elsewhere (``sparseforce.distributed`` sums
+    these over the ranks): counts of the 16-bit digit at bit ``shift`` of the order-preserving
+    keys of ``scores`` ranked as ``rank_dtype``, over the keys whose bits above the digit equal
+    ``prefix``. Keys: the float's bits with the sign bit set if positive, all bits flipped if
+    negative, -0.0 as +0.0, so larger floats have larger keys.
+
+    Returns ``(counts, nan_index)``: an int64 tensor of 65,536 counts, and on the top pass
+    (``shift`` = key width - 16) the index of the first tensor holding a NaN, else None.
+    """
+    a, _, _, rank_dtype, shift, prefix, device = _schema.radix_histogram_args(
+        scores, None, None, rank_dtype, shift, prefix)
+    return resolve(backend, "radix_histogram", device)(a, None, None, rank_dtype, shift, prefix, device)
+
+
+def saliency_key_histogram(weights, grads, *, prev_masks=None, rank_dtype, shift, prefix=0, backend="auto"):
+    """:func:`key_histogram` of the saliencies |w·g| (formed as :func:`saliency_topk_masks`
+    forms them), counting only weights kept in ``prev_masks`` when given (Iter SNIP)."""
+    a, g, prev, rank_dtype, shift, prefix, device = _schema.radix_histogram_args(
+        weights, grads, prev_masks, rank_dtype, shift, prefix)
+    return resolve(backend, "radix_histogram", device)(a, g, prev, rank_dtype, shift, prefix, device)

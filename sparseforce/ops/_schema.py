@@ -106,7 +106,7 @@ def kth_largest_args(scores, k):
     return scores, k, device
 
 
-def saliency_args(weights, grads, k, prev_masks, resurrect, out):
+def _weights_and_grads(weights, grads):
     weights = _float_list("weights", weights)
     grads = _float_list("grads", grads)
     if len(weights) != len(grads):
@@ -114,17 +114,28 @@ def saliency_args(weights, grads, k, prev_masks, resurrect, out):
     for i, (w, g) in enumerate(zip(weights, grads)):
         if w.shape != g.shape:
             raise ValueError(f"weights[{i}] has shape {tuple(w.shape)} but grads[{i}] has {tuple(g.shape)}")
+    return weights, grads
+
+
+def _prev_masks(prev_masks, like, name: str):
+    if prev_masks is None:
+        return None
+    prev_masks = _tensor_list("prev_masks", prev_masks)
+    if len(prev_masks) != len(like):
+        raise ValueError(f"prev_masks has {len(prev_masks)} tensors but {name} has {len(like)}")
+    for i, (m, w) in enumerate(zip(prev_masks, like)):
+        if m.dtype != torch.bool:
+            raise TypeError(f"prev_masks[{i}] must be torch.bool, got {m.dtype}")
+        if m.shape != w.shape:
+            raise ValueError(f"prev_masks[{i}] has shape {tuple(m.shape)} but {name}[{i}] has {tuple(w.shape)}")
+    return prev_masks
+
+
+def saliency_args(weights, grads, k, prev_masks, resurrect, out):
+    weights, grads = _weights_and_grads(weights, grads)
     if not isinstance(resurrect, bool):
         raise TypeError(f"resurrect must be a bool, got {type(resurrect).__name__}")
-    if prev_masks is not None:
-        prev_masks = _tensor_list("prev_masks", prev_masks)
-        if len(prev_masks) != len(weights):
-            raise ValueError(f"prev_masks has {len(prev_masks)} tensors but weights has {len(weights)}")
-        for i, (m, w) in enumerate(zip(prev_masks, weights)):
-            if m.dtype != torch.bool:
-                raise TypeError(f"prev_masks[{i}] must be torch.bool, got {m.dtype}")
-            if m.shape != w.shape:
-                raise ValueError(f"prev_masks[{i}] has shape {tuple(m.shape)} but weights[{i}] has {tuple(w.shape)}")
+    prev_masks = _prev_masks(prev_masks, weights, "weights")
     device = common_device(("weights", weights), ("grads", grads), ("prev_masks", prev_masks or []))
     n = sum(w.numel() for w in weights)
     k = check_k(k, n, "weights")
@@ -139,6 +150,37 @@ def check_survivors(k: int, prev_masks) -> None:
     if k > alive:
         raise ValueError(f"k={k} but prev_masks keep only {alive} weights; with resurrect=False "
                          "only weights kept in prev_masks compete, so k may not exceed that")
+
+
+HISTOGRAM_BITS = 16
+KEY_BITS = {torch.float16: 16, torch.bfloat16: 16, torch.float32: 32, torch.float64: 64}
+
+
+def radix_histogram_args(a, grads, prev_masks, rank_dtype, shift, prefix):
+    """``grads`` None: scores mode (keys of ``a``); else saliency mode (keys of |a*grads|)."""
+    saliency = grads is not None
+    name = "weights" if saliency else "scores"
+    if saliency:
+        a, grads = _weights_and_grads(a, grads)
+    else:
+        a = _float_list(name, a)
+    prev_masks = _prev_masks(prev_masks, a, name)
+    if rank_dtype not in KEY_BITS:
+        raise TypeError(f"rank_dtype must be one of fp16, bf16, fp32, fp64, got {rank_dtype}")
+    for i, t in enumerate(a):
+        dtype = t.dtype
+        if saliency:  # |w*g| is formed in float32, or float64 when an input is
+            dtype = torch.float64 if torch.float64 in (t.dtype, grads[i].dtype) else torch.float32
+        if torch.promote_types(dtype, rank_dtype) != rank_dtype:
+            raise ValueError(f"{name}[{i}] ranks as {dtype}, which rank_dtype={rank_dtype} does not hold exactly")
+    width = KEY_BITS[rank_dtype]
+    shift, prefix = operator.index(shift), operator.index(prefix)
+    if shift < 0 or shift % HISTOGRAM_BITS or shift + HISTOGRAM_BITS > width:
+        raise ValueError(f"shift={shift} is not the position of a {HISTOGRAM_BITS}-bit digit of a {width}-bit key")
+    if not 0 <= prefix < 1 << (width - shift - HISTOGRAM_BITS):
+        raise ValueError(f"prefix={prefix} does not fit the {width - shift - HISTOGRAM_BITS} key bits above shift={shift}")
+    device = common_device((name, a), ("grads", grads or []), ("prev_masks", prev_masks or []))
+    return a, grads, prev_masks, rank_dtype, shift, prefix, device
 
 
 def masked_sgd_args(params, grads, momentum_buffers, masks, lr, momentum, dampening, weight_decay, nesterov):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ._registry import register_backend, register_kernel
-from ._schema import NaNScoreError, check_survivors
+from ._schema import HISTOGRAM_BITS, KEY_BITS, NaNScoreError, check_survivors
 
 register_backend("reference", lambda device: None)
 
@@ -126,3 +126,53 @@ def masked_sgd_(params, grads, momentum_buffers, masks, hyper, nesterov, device)
             p.masked_fill_(~m, 0)
         new_buffers.append(buf)
     return new_buffers
+
+
+_INT_VIEW = {16: torch.int16, 32: torch.int32, 64: torch.int64}
+_BINS = 1 << HISTOGRAM_BITS
+
+
+def _signed_keys(x: torch.Tensor, dtype: torch.dtype, nonneg: bool) -> torch.Tensor:
+    """The order-preserving keys with the top bit flipped (so signed compares order them):
+    int32 for 16/32-bit floats, int64 for 64-bit. ``nonneg``: every value is >= +0.0 (|w·g|),
+    whose bits are already their keys."""
+    w = KEY_BITS[dtype]
+    b = x.reshape(-1).to(dtype).contiguous().view(_INT_VIEW[w])
+    if w == 16:
+        b = b.to(torch.int32)  # headroom for the digit masks
+    if nonneg:
+        return b
+    s = torch.where(b < 0, b ^ ((1 << (w - 1)) - 1), b)  # negative floats: magnitude bits reversed
+    return s.masked_fill_(s == -1, 0)  # -0.0 lands on -1; rank it as +0.0
+
+
+def _digit_counts(s: torch.Tensor, shift: int, w: int, nonneg: bool) -> torch.Tensor:
+    half = 1 << (HISTOGRAM_BITS - 1)
+    if shift == w - HISTOGRAM_BITS:  # the top digit holds the (flipped) sign bit
+        if nonneg:  # all in the upper half: one shift, no masking
+            upper = torch.bincount(s >> shift, minlength=half)
+            return torch.cat([torch.zeros_like(upper), upper])
+        return torch.bincount(((s >> shift) & (_BINS - 1)) ^ half, minlength=_BINS)
+    return torch.bincount((s >> shift) & (_BINS - 1), minlength=_BINS)
+
+
+@register_kernel("radix_histogram", "reference")
+def radix_histogram(a, grads, prev_masks, rank_dtype, shift, prefix, device):
+    w = KEY_BITS[rank_dtype]
+    top = shift == w - HISTOGRAM_BITS
+    nonneg = grads is not None
+    counts = torch.zeros(_BINS, dtype=torch.int64, device=device)
+    nan_index = None
+    for i, x in enumerate(a):
+        # One tensor's scores at a time: the extra memory is the largest tensor's, not all of them.
+        x = saliency_scores([x], [grads[i]])[0] if nonneg else x
+        x = x.reshape(-1)
+        if prev_masks is not None:
+            x = x[prev_masks[i].reshape(-1)]
+        if top and nan_index is None and bool(torch.isnan(x).any()):
+            nan_index = i
+        s = _signed_keys(x, rank_dtype, nonneg)
+        if not top:  # keep the keys whose bits above the digit are `prefix` (signed: top bit flipped)
+            s = s[(s >> (shift + HISTOGRAM_BITS)) == prefix - (1 << (w - shift - HISTOGRAM_BITS - 1))]
+        counts += _digit_counts(s, shift, w, nonneg)
+    return counts, nan_index

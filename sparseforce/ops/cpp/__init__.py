@@ -72,6 +72,16 @@ def saliency_topk_masks(weights, grads, k, prev_masks, resurrect, out, device):
     return list(out)
 
 
+@register_kernel("radix_histogram", "cpp")
+def radix_histogram(a, grads, prev_masks, rank_dtype, shift, prefix, device):
+    if not a:
+        return torch.zeros(1 << 16, dtype=torch.int64), None
+    out = torch.ops.sparseforce.radix_histogram(a, [] if grads is None else grads,
+                                                [] if prev_masks is None else prev_masks, rank_dtype, shift, prefix)
+    nan_index = int(out[-1])
+    return out[:-1], (None if nan_index < 0 else nan_index)
+
+
 @register_kernel("masked_sgd_", "cpp")
 @torch.no_grad()
 def masked_sgd_(params, grads, momentum_buffers, masks, hyper, nesterov, device):
