@@ -81,12 +81,12 @@ def traffic(reset: bool = False) -> dict:
     return out
 
 
-def _all_reduce(t: torch.Tensor, group, what: str, op=None) -> torch.Tensor:
+def _all_reduce(t: torch.Tensor, group, what: str) -> torch.Tensor:
     """``all_reduce`` that turns a dead or stuck peer into one clear error on every survivor."""
     _TRAFFIC["calls"] += 1
     _TRAFFIC["bytes"] += t.numel() * t.element_size()
     try:
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM, group=group)
+        dist.all_reduce(t, group=group)
     except Exception as e:
         rank = dist.get_rank(group)
         raise DistributedError(
@@ -359,7 +359,7 @@ def saliency_topk_masks(local_weights, local_grads, k, *, prev_masks=None, resur
         w, g, _, prev, res, o, device = _schema.saliency_args(local_weights, local_grads, 0, prev_masks,
                                                                resurrect, out)
         holder.update(w=w, g=g, prev=prev, resurrect=res, out=o)
-        dtypes = [torch.float64 if torch.float64 in (wi.dtype, gi.dtype) else torch.float32 for wi, gi in zip(w, g)]
+        dtypes = [_schema.saliency_dtype(wi, gi) for wi, gi in zip(w, g)]
         competing = None if res or prev is None else prev
 
         def histogram(rank_dtype, shift, prefix):

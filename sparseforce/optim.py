@@ -105,6 +105,13 @@ class _MaskedOptimizer(torch.optim.Optimizer):
         by_param = self._mask_of
         return Masks({n: by_param[p] for n, p in self._names.items() if p in by_param})
 
+    @staticmethod
+    def _closure_loss(closure):
+        if closure is None:
+            return None
+        with torch.enable_grad():  # step() runs under no_grad; the closure needs its backward
+            return closure()
+
     def _mask(self, p: torch.Tensor) -> torch.Tensor | None:
         m = self._mask_of.get(p)
         if m is not None and m.device != p.device:
@@ -175,10 +182,7 @@ class MaskedSGD(_MaskedOptimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._closure_loss(closure)
         for group in self.param_groups:
             params, grads = self._grads(group)
             if not params:
@@ -220,10 +224,7 @@ class MaskedAdamW(_MaskedOptimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._closure_loss(closure)
         for group in self.param_groups:
             lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
             wd, amsgrad = group["weight_decay"], group["amsgrad"]

@@ -9,6 +9,7 @@ import datetime
 import os
 import pickle
 import tempfile
+import time
 import traceback
 
 import torch.multiprocessing as mp
@@ -54,7 +55,6 @@ def run_ranks(fn, world: int, *args, deadline: float = 240.0, pg_timeout: float 
                  for r in range(world)]
         for p in procs:
             p.start()
-        import time
         end = time.monotonic() + deadline
         for p in procs:
             p.join(max(0.0, end - time.monotonic()))

@@ -137,43 +137,38 @@ template <> struct Bytes<4> { using type = uint32_t; };
 template <> struct Bytes<8> { using type = uint2; };
 template <> struct Bytes<16> { using type = uint4; };
 
-template <class T, int V>
-__device__ __forceinline__ void load_vec(const T* p, T (&out)[V]) {
+// How a vector load goes through the caches.
+enum class Load {
+  ReadOnly,   // __ldg: data no kernel writes during the launch
+  Coherent,   // plain load: data the same kernel writes back
+  Streaming,  // __ldcs: data read once per pass (keeps the L2 for the histograms)
+};
+
+template <Load L, class T, int V>
+__device__ __forceinline__ void load_vec_as(const T* p, T (&out)[V]) {
   using W = typename Bytes<sizeof(T) * V>::type;
   union {
     W w;
     T t[V];
   } u;
-  u.w = __ldg(reinterpret_cast<const W*>(p));
+  const W* q = reinterpret_cast<const W*>(p);
+  if constexpr (L == Load::ReadOnly) {
+    u.w = __ldg(q);
+  } else if constexpr (L == Load::Coherent) {
+    u.w = *q;
+  } else {
+    u.w = __ldcs(q);
+  }
   #pragma unroll
   for (int v = 0; v < V; ++v) out[v] = u.t[v];
 }
 
-// Plain (coherent) load, for data the same kernel writes back.
 template <class T, int V>
-__device__ __forceinline__ void load_vec_rw(const T* p, T (&out)[V]) {
-  using W = typename Bytes<sizeof(T) * V>::type;
-  union {
-    W w;
-    T t[V];
-  } u;
-  u.w = *reinterpret_cast<const W*>(p);
-  #pragma unroll
-  for (int v = 0; v < V; ++v) out[v] = u.t[v];
-}
-
-// Streaming load for data read once per pass (keeps the L2 for the histograms).
+__device__ __forceinline__ void load_vec(const T* p, T (&out)[V]) { load_vec_as<Load::ReadOnly>(p, out); }
 template <class T, int V>
-__device__ __forceinline__ void load_vec_cs(const T* p, T (&out)[V]) {
-  using W = typename Bytes<sizeof(T) * V>::type;
-  union {
-    W w;
-    T t[V];
-  } u;
-  u.w = __ldcs(reinterpret_cast<const W*>(p));
-  #pragma unroll
-  for (int v = 0; v < V; ++v) out[v] = u.t[v];
-}
+__device__ __forceinline__ void load_vec_rw(const T* p, T (&out)[V]) { load_vec_as<Load::Coherent>(p, out); }
+template <class T, int V>
+__device__ __forceinline__ void load_vec_cs(const T* p, T (&out)[V]) { load_vec_as<Load::Streaming>(p, out); }
 
 template <int V>
 __device__ __forceinline__ void store_bytes(uint8_t* p, const uint8_t (&in)[V]) {

@@ -152,6 +152,11 @@ def check_survivors(k: int, prev_masks) -> None:
                          "only weights kept in prev_masks compete, so k may not exceed that")
 
 
+def saliency_dtype(w: torch.Tensor, g: torch.Tensor) -> torch.dtype:
+    """The dtype |w·g| is formed and ranked in: float32, float64 when an input is (exact for fp16/bf16)."""
+    return torch.float64 if torch.float64 in (w.dtype, g.dtype) else torch.float32
+
+
 HISTOGRAM_BITS = 16
 KEY_BITS = {torch.float16: 16, torch.bfloat16: 16, torch.float32: 32, torch.float64: 64}
 
@@ -169,8 +174,8 @@ def radix_histogram_args(a, grads, prev_masks, rank_dtype, shift, prefix):
         raise TypeError(f"rank_dtype must be one of fp16, bf16, fp32, fp64, got {rank_dtype}")
     for i, t in enumerate(a):
         dtype = t.dtype
-        if saliency:  # |w*g| is formed in float32, or float64 when an input is
-            dtype = torch.float64 if torch.float64 in (t.dtype, grads[i].dtype) else torch.float32
+        if saliency:
+            dtype = saliency_dtype(t, grads[i])
         if torch.promote_types(dtype, rank_dtype) != rank_dtype:
             raise ValueError(f"{name}[{i}] ranks as {dtype}, which rank_dtype={rank_dtype} does not hold exactly")
     width = KEY_BITS[rank_dtype]

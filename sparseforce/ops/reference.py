@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ._registry import register_backend, register_kernel
-from ._schema import HISTOGRAM_BITS, KEY_BITS, NaNScoreError, check_survivors
+from ._schema import HISTOGRAM_BITS, KEY_BITS, NaNScoreError, check_survivors, saliency_dtype
 
 register_backend("reference", lambda device: None)
 
@@ -82,7 +82,7 @@ def saliency_scores(weights, grads):
     """|w·g| in float32 (float64 if either input is float64): exact for fp16/bf16 inputs."""
     scores = []
     for w, g in zip(weights, grads):
-        dtype = torch.float64 if torch.float64 in (w.dtype, g.dtype) else torch.float32
+        dtype = saliency_dtype(w, g)
         scores.append((w.to(dtype) * g.to(dtype)).abs())
     return scores
 

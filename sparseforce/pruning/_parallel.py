@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .. import distributed, ops
-from ..masks import Masks
+from ..masks import Masks, _is_sharded
 from . import _model
 
 
@@ -31,20 +31,12 @@ def layout(model: nn.Module, prunable, group):
         group = group if group is not None else model.process_group
         model = model.module
     params = _model.prunable_parameters(model, prunable, check_nan=False)
-    if any(_is_dtensor(p) for p in params.values()):
+    if any(_is_sharded(p) for p in params.values()):
         return Sharded(model, params, group)
     _model.check_no_nan(params)
     if group is not None:
         return DataParallel(model, params, group)
     return Replicated(model, params)
-
-
-def _is_dtensor(t) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed
-        return False
-    return isinstance(t, DTensor)
 
 
 class Replicated:
@@ -101,7 +93,7 @@ class Sharded:
         self.params = [params[n] for n in self.names]
         mesh = None
         for n, p in params.items():
-            if not _is_dtensor(p):
+            if not _is_sharded(p):
                 raise ValueError(f"prunable parameter {n!r} is a plain tensor but others are DTensors; "
                                  "shard every prunable module (fully_shard) or none")
             if p.device_mesh.ndim != 1 or not all(pl.is_shard() for pl in p.placements):
