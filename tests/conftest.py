@@ -80,3 +80,16 @@ def rng():
     seed = int(np.random.SeedSequence().entropy % (2**31))
     print(f"random seed {seed}")
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="session")
+def emulator():
+    """The CUDA emulator's library (tests/cuda_emu), built once per cache key with g++."""
+    from cuda_emu import build, emu
+    try:
+        path = build.build("default")
+    except build.BuildError as exc:
+        if "no C++ compiler" in str(exc):
+            pytest.skip(str(exc))
+        raise
+    return emu.Emulator(path)

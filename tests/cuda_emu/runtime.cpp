@@ -1,0 +1,817 @@
+// The sfemu runtime: fibers, the scheduler, barriers, warp collectives, diagnostics and the
+// runtime API calls the launchers make. See include/sfemu.h for the model.
+//
+// Concurrency: exactly one fiber runs at any time, anywhere. A launch admits up to `resident`
+// blocks at once; each has an OS thread (so its `static thread_local` shared memory is its own)
+// on which its fibers run. The thread whose block owns the baton runs; the others wait on one
+// condition variable. Handing the baton over goes through the mutex, which orders every memory
+// access of one fiber before those of the next, so the kernels see sequentially consistent
+// memory and the emulator itself needs no atomics.
+#include <dlfcn.h>
+#include <link.h>
+#include <pthread.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <list>
+#include <map>
+#include <mutex>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sfemu.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define SFEMU_ASAN 1
+#else
+#define SFEMU_ASAN 0
+#endif
+
+namespace sfemu {
+
+ThreadCtx* current = nullptr;
+
+namespace {
+
+// ---- configuration (sfemu_configure; defaults from SFEMU_* environment variables)
+
+struct Config {
+  unsigned long long seed = 0;
+  int order = 1;        // 0: in order, 1: random
+  int block_order = 0;  // 0: in order, 1: reversed, 2: shuffled
+  int resident = 2;     // blocks interleaved at once
+  int preempt = 50;     // per mille
+  int occupancy = 2;    // answer of the occupancy query; <= 0: the query fails
+};
+
+long env_long(const char* name, long dflt) {
+  const char* s = std::getenv(name);
+  if (s == nullptr || *s == '\0') return dflt;
+  char* end = nullptr;
+  const long v = std::strtol(s, &end, 10);
+  return *end == '\0' ? v : dflt;
+}
+
+Config& config() {
+  static Config c = [] {
+    Config d;
+    d.seed = static_cast<unsigned long long>(env_long("SFEMU_SEED", 0));
+    d.order = static_cast<int>(env_long("SFEMU_ORDER", d.order));
+    d.block_order = static_cast<int>(env_long("SFEMU_BLOCK_ORDER", d.block_order));
+    d.resident = static_cast<int>(env_long("SFEMU_RESIDENT", d.resident));
+    d.preempt = static_cast<int>(env_long("SFEMU_PREEMPT", d.preempt));
+    d.occupancy = static_cast<int>(env_long("SFEMU_OCCUPANCY", d.occupancy));
+    return d;
+  }();
+  return c;
+}
+
+cudaError_t g_last_error = cudaSuccess;
+std::string g_diag;
+unsigned long long g_launches = 0;
+unsigned long long g_switches = 0;
+std::mutex g_launch_mutex;  // one launch at a time (ctypes releases the GIL)
+
+constexpr size_t kStackBytes = SFEMU_ASAN ? (512u << 10) : (128u << 10);
+
+// ---- fibers
+
+struct Block;
+
+enum class St { Ready, Barrier, Warp, Done };
+
+struct Fiber {
+  ucontext_t ctx;
+  ThreadCtx tc;
+  Block* block = nullptr;
+  int index = 0, lane = 0, warp = 0;
+  St st = St::Ready;
+  const char* file = nullptr;  // where it waits
+  int line = 0;
+  char* stack = nullptr;
+  uint64_t result = 0;
+};
+
+struct WarpOp {
+  int op, arg, width;
+  unsigned mask, arrived = 0, unread = 0;
+  bool complete = false;
+  const char* file;
+  int line;
+  uint64_t vals[32], results[32];
+};
+
+struct Warp {
+  unsigned present = 0, exited = 0;
+  std::list<WarpOp> ops;  // stable: waiting lanes hold iterators
+};
+
+struct Block {
+  uint3 idx;
+  int order = 0;  // admission number, for reports
+  std::vector<Fiber> fibers;
+  std::vector<Warp> warps;
+  int live = 0, exited = 0;
+  int bar_arrived = 0, bar_kind = 0, bar_acc = 0;
+  const char* bar_file = nullptr;
+  int bar_line = 0;
+  int exit_index = -1;  // first thread to exit, for reports
+  ucontext_t sched;
+  const void* sched_stack = nullptr;
+  size_t sched_stack_size = 0;
+  std::thread os;
+  bool finished = false;
+};
+
+struct Launch {
+  const char* file;
+  int line;
+  dim3 grid, block;
+  Body body;
+  void* closure;
+  int nthreads;
+  std::vector<uint3> pending;
+  size_t next_pending = 0;
+  std::vector<Block*> resident;
+  std::vector<Block*> all;
+  std::mutex m;
+  std::condition_variable cv;
+  Block* baton = nullptr;
+  Fiber* next = nullptr;
+  bool failed = false;
+  bool done = false;
+  std::string diag;
+  std::mt19937_64 rng;
+  Fiber* running = nullptr;
+};
+
+Launch* g_launch = nullptr;
+
+std::vector<char*>& stack_pool() {
+  static std::vector<char*> pool;
+  return pool;
+}
+char* get_stack() {
+  auto& pool = stack_pool();
+  if (!pool.empty()) {
+    char* s = pool.back();
+    pool.pop_back();
+    return s;
+  }
+  return static_cast<char*>(std::malloc(kStackBytes));
+}
+
+std::string site(const char* file, int line) {
+  if (file == nullptr) return "?";
+  const char* base = std::strrchr(file, '/');
+  std::ostringstream o;
+  o << (base != nullptr ? base + 1 : file) << ":" << line;
+  return o.str();
+}
+
+std::string block_name(const Block* b) {
+  std::ostringstream o;
+  o << "block (" << b->idx.x << "," << b->idx.y << "," << b->idx.z << ")";
+  return o.str();
+}
+
+std::string thread_name(const Fiber* f) {
+  std::ostringstream o;
+  o << "thread (" << f->tc.tid.x << "," << f->tc.tid.y << "," << f->tc.tid.z << ") of " << block_name(f->block);
+  return o.str();
+}
+
+// ---- context switches (annotated for AddressSanitizer, which must know the stack in use)
+
+void swap_to(ucontext_t* from, ucontext_t* to, const void* to_bottom, size_t to_size, bool from_exits) {
+  ++g_switches;
+#if SFEMU_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(from_exits ? nullptr : &fake, to_bottom, to_size);
+  swapcontext(from, to);
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+  (void)to_bottom;
+  (void)to_size;
+  (void)from_exits;
+  swapcontext(from, to);
+#endif
+}
+
+// ---- the scheduler (called with exactly one fiber, the caller, running)
+
+bool chance(Launch& L) {
+  const int p = config().preempt;
+  if (p <= 0) return false;
+  return static_cast<int>(L.rng() % 1000) < p;
+}
+
+Fiber* random_ready(Launch& L, const Fiber* exclude) {
+  std::vector<Fiber*> ready;
+  for (Block* b : L.resident) {
+    for (Fiber& f : b->fibers) {
+      if (f.st == St::Ready && &f != exclude) ready.push_back(&f);
+    }
+  }
+  if (ready.empty()) return nullptr;
+  return ready[L.rng() % ready.size()];
+}
+
+// In-order choice: the next ready thread of the same block after `after` (round robin), else
+// the first ready thread of the earliest admitted other block.
+Fiber* ordered_ready(Launch& L, Block* b, int after) {
+  if (b != nullptr && !b->finished) {
+    const int n = static_cast<int>(b->fibers.size());
+    for (int d = 1; d <= n; ++d) {
+      Fiber& f = b->fibers[(after + d) % n];
+      if (f.st == St::Ready) return &f;
+    }
+  }
+  for (Block* o : L.resident) {
+    if (o == b) continue;
+    for (Fiber& f : o->fibers) {
+      if (f.st == St::Ready) return &f;
+    }
+  }
+  return nullptr;
+}
+
+Fiber* choose_next(Launch& L, Fiber* me) {
+  if (config().order == 1) return random_ready(L, nullptr);
+  return ordered_ready(L, me != nullptr ? me->block : nullptr, me != nullptr ? me->index : -1);
+}
+
+void fail(Launch& L, const std::string& what) {
+  if (L.failed) return;
+  L.failed = true;
+  std::ostringstream o;
+  o << "sfemu: " << what << " [kernel launched at " << site(L.file, L.line) << ", grid (" << L.grid.x << ","
+    << L.grid.y << "," << L.grid.z << "), block (" << L.block.x << "," << L.block.y << "," << L.block.z << ")]";
+  L.diag = o.str();
+}
+
+std::string deadlock_report(Launch& L) {
+  std::ostringstream o;
+  o << "deadlock: no thread can run;";
+  for (Block* b : L.resident) {
+    if (b->finished) continue;
+    std::map<std::string, int> waits;
+    for (Fiber& f : b->fibers) {
+      if (f.st == St::Barrier) waits["__syncthreads at " + site(f.file, f.line)]++;
+      if (f.st == St::Warp) waits["a warp collective at " + site(f.file, f.line)]++;
+    }
+    o << " " << block_name(b) << ":";
+    for (auto& [k, n] : waits) o << " " << n << " threads wait at " << k << ";";
+    if (b->exited > 0) o << " " << b->exited << " threads exited;";
+  }
+  return o.str();
+}
+
+// The running fiber gives up the CPU (it is no longer Ready, or was preempted). Picks the next
+// fiber and switches to it: directly when it is in the same block, otherwise through the block's
+// scheduler context, whose OS thread hands the baton over.
+void yield_from(Fiber* me, Fiber* next) {
+  Launch& L = *g_launch;
+  Block* b = me->block;
+  if (!L.failed && next == nullptr) next = choose_next(L, me);
+  const bool exits = me->st == St::Done;
+  if (!L.failed && next == me) return;  // preempted in favour of itself
+  if (!L.failed && next != nullptr && next->block == b) {
+    L.running = next;
+    current = &next->tc;
+    swap_to(&me->ctx, &next->ctx, next->stack, kStackBytes, exits);
+  } else {
+    L.next = L.failed ? nullptr : next;
+    swap_to(&me->ctx, &b->sched, b->sched_stack, b->sched_stack_size, exits);
+  }
+  // Resumed: by a fiber of this block, or by this block's scheduler context.
+  L.running = me;
+  current = &me->tc;
+}
+
+// Parks a fiber that failed a check: it never runs again; the launch ends.
+[[noreturn]] void abandon(Fiber* me) {
+  Launch& L = *g_launch;
+  L.next = nullptr;
+  swap_to(&me->ctx, &me->block->sched, me->block->sched_stack, me->block->sched_stack_size, true);
+  std::abort();  // never resumed
+}
+
+void fiber_exit(Fiber* me) {
+  Launch& L = *g_launch;
+  Block* b = me->block;
+  me->st = St::Done;
+  --b->live;
+  ++b->exited;
+  if (b->exit_index < 0) b->exit_index = me->index;
+  Warp& w = b->warps[me->warp];
+  w.exited |= 1u << me->lane;
+  if (b->bar_arrived > 0) {
+    fail(L, thread_name(me) + " exited while " + std::to_string(b->bar_arrived) + " threads of its block wait at __syncthreads at " +
+                site(b->bar_file, b->bar_line) + " (a barrier with exited threads)");
+  }
+  for (WarpOp& op : w.ops) {
+    if (!op.complete && (op.mask >> me->lane & 1u)) {
+      fail(L, thread_name(me) + " (lane " + std::to_string(me->lane) + ") exited while its warp waits at a collective at " +
+                  site(op.file, op.line) + " with mask 0x" + [&] { std::ostringstream o; o << std::hex << op.mask; return o.str(); }() +
+                  " (a warp op with missing lanes)");
+    }
+  }
+  yield_from(me, nullptr);
+  std::abort();  // a finished fiber is never resumed
+}
+
+void fiber_entry(unsigned hi, unsigned lo) {
+  Fiber* me = reinterpret_cast<Fiber*>((static_cast<uintptr_t>(hi) << 32) | lo);
+#if SFEMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
+#endif
+  Launch& L = *g_launch;
+  L.running = me;
+  current = &me->tc;
+  L.body(L.closure);
+  fiber_exit(me);
+}
+
+// ---- shared memory: the block's thread_local storage, filled with garbage
+
+int tls_cb(struct dl_phdr_info* info, size_t, void* data) {
+  auto* addr = static_cast<uintptr_t*>(data);
+  bool mine = false;
+  size_t tls_size = 0;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+    if (ph.p_type == PT_LOAD) {
+      const uintptr_t lo = info->dlpi_addr + ph.p_vaddr;
+      if (*addr >= lo && *addr < lo + ph.p_memsz) mine = true;
+    }
+    if (ph.p_type == PT_TLS) tls_size = ph.p_memsz;
+  }
+  if (!mine) return 0;
+  if (std::getenv("SFEMU_DEBUG_TLS")) std::fprintf(stderr, "tls %s size %zu data %p\n", info->dlpi_name, tls_size, info->dlpi_tls_data);
+  if (info->dlpi_tls_data != nullptr && tls_size > 0) {
+    unsigned char* p = static_cast<unsigned char*>(info->dlpi_tls_data);
+    for (size_t i = 0; i < tls_size; ++i) p[i] = static_cast<unsigned char>(0xA5 ^ (i * 131));
+  }
+  return 1;
+}
+
+thread_local volatile unsigned char tls_anchor;  // makes this module's TLS exist in the thread
+
+void fill_shared_with_garbage() {
+  tls_anchor = 1;
+  uintptr_t addr = reinterpret_cast<uintptr_t>(&fill_shared_with_garbage);
+  dl_iterate_phdr(tls_cb, &addr);
+}
+
+// ---- a block's OS thread
+
+void admit(Launch& L);
+
+void block_main(Launch* Lp, Block* b) {
+  Launch& L = *Lp;
+  fill_shared_with_garbage();
+  pthread_attr_t attr;
+  if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+    void* addr = nullptr;
+    size_t size = 0;
+    pthread_attr_getstack(&attr, &addr, &size);
+    b->sched_stack = addr;
+    b->sched_stack_size = size;
+    pthread_attr_destroy(&attr);
+  }
+  std::unique_lock<std::mutex> lk(L.m);
+  for (;;) {
+    L.cv.wait(lk, [&] { return L.baton == b || L.failed || L.done; });
+    if (L.failed || L.done) break;
+    Fiber* f = L.next;
+    lk.unlock();
+    L.running = f;
+    current = &f->tc;
+    swap_to(&b->sched, &f->ctx, f->stack, kStackBytes, false);
+    // Back here when a fiber of this block hands over to another block, finishes the block,
+    // blocks with nothing else ready, or fails.
+    lk.lock();
+    Fiber* next = L.next;
+    if (!L.failed && b->live == 0 && !b->finished) {
+      b->finished = true;
+      L.resident.erase(std::find(L.resident.begin(), L.resident.end(), b));
+      // Admit the next block; it becomes a candidate at once.
+      if (L.next_pending < L.pending.size()) admit(L);
+      if (next == nullptr || next->block == b) next = choose_next(L, nullptr);
+    }
+    if (!L.failed && next == nullptr) {
+      bool all_finished = L.resident.empty() && L.next_pending >= L.pending.size();
+      if (all_finished) {
+        L.done = true;
+      } else {
+        fail(L, deadlock_report(L));
+      }
+    }
+    if (!L.failed && !L.done) {
+      L.next = next;
+      L.baton = next->block;
+    }
+    L.cv.notify_all();
+    if (b->finished || L.failed || L.done) break;
+  }
+}
+
+void setup_block(Launch& L, Block* b, uint3 idx) {
+  b->idx = idx;
+  b->order = static_cast<int>(L.all.size());
+  const int n = L.nthreads;
+  b->fibers.resize(n);
+  b->warps.resize((n + kWarpSize - 1) / kWarpSize);
+  b->live = n;
+  for (int t = 0; t < n; ++t) {
+    Fiber& f = b->fibers[t];
+    f.block = b;
+    f.index = t;
+    f.lane = t % kWarpSize;
+    f.warp = t / kWarpSize;
+    f.tc.tid = uint3{static_cast<unsigned>(t % L.block.x), static_cast<unsigned>((t / L.block.x) % L.block.y),
+                     static_cast<unsigned>(t / (L.block.x * L.block.y))};
+    f.tc.bid = idx;
+    f.tc.bdim = uint3{L.block.x, L.block.y, L.block.z};
+    f.tc.gdim = uint3{L.grid.x, L.grid.y, L.grid.z};
+    f.stack = get_stack();
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack;
+    f.ctx.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc_link = nullptr;
+    const uintptr_t p = reinterpret_cast<uintptr_t>(&f);
+    makecontext(&f.ctx, reinterpret_cast<void (*)()>(&fiber_entry), 2, static_cast<unsigned>(p >> 32),
+                static_cast<unsigned>(p & 0xffffffffu));
+    b->warps[f.warp].present |= 1u << f.lane;
+  }
+}
+
+void admit(Launch& L) {
+  Block* b = new Block;
+  setup_block(L, b, L.pending[L.next_pending++]);
+  L.all.push_back(b);
+  L.resident.push_back(b);
+  b->os = std::thread(block_main, &L, b);
+}
+
+}  // namespace
+
+// ---- scheduling points
+
+void preempt(const char* file, int line, int) {
+  Launch* L = g_launch;
+  if (L == nullptr || L->running == nullptr) return;  // host code
+  if (!chance(*L)) return;
+  Fiber* me = L->running;
+  Fiber* other = random_ready(*L, me);
+  if (other == nullptr) return;
+  (void)file;
+  (void)line;
+  yield_from(me, other);
+}
+
+void sync_block(const char* file, int line, int kind, int pred, int* result) {
+  Launch& L = *g_launch;
+  Fiber* me = L.running;
+  Block* b = me->block;
+  if (b->exited > 0) {
+    fail(L, thread_name(me) + " reached __syncthreads at " + site(file, line) + " after " + std::to_string(b->exited) +
+                " threads of its block exited (a barrier with exited threads; e.g. thread " +
+                std::to_string(b->exit_index) + ")");
+    abandon(me);
+  }
+  if (b->bar_arrived == 0) {
+    b->bar_file = file;
+    b->bar_line = line;
+    b->bar_kind = kind;
+    b->bar_acc = kind == 2 ? 1 : 0;
+  } else if (b->bar_line != line || std::strcmp(b->bar_file, file) != 0 || b->bar_kind != kind) {
+    fail(L, "__syncthreads reached at different call sites in " + block_name(b) + ": " + std::to_string(b->bar_arrived) +
+                " threads wait at " + site(b->bar_file, b->bar_line) + ", " + thread_name(me) + " arrived at " +
+                site(file, line));
+    abandon(me);
+  }
+  if (kind == 1) b->bar_acc += pred;
+  if (kind == 2) b->bar_acc &= pred;
+  if (kind == 3) b->bar_acc |= pred;
+  me->st = St::Barrier;
+  me->file = file;
+  me->line = line;
+  if (++b->bar_arrived == b->live) {
+    for (Fiber& f : b->fibers) {
+      if (f.st == St::Barrier) {
+        f.st = St::Ready;
+        f.result = static_cast<uint64_t>(b->bar_acc);
+      }
+    }
+    b->bar_arrived = 0;
+  }
+  yield_from(me, nullptr);
+  if (L.failed) abandon(me);
+  if (result != nullptr) *result = static_cast<int>(me->result);
+}
+
+uint64_t warp_op(const char* file, int line, int op, unsigned mask, uint64_t value, int arg, int width) {
+  Launch& L = *g_launch;
+  Fiber* me = L.running;
+  Block* b = me->block;
+  Warp& w = b->warps[me->warp];
+  const unsigned bit = 1u << me->lane;
+  auto hex = [](unsigned m) {
+    std::ostringstream o;
+    o << "0x" << std::hex << m;
+    return o.str();
+  };
+  if (!(mask & bit)) {
+    fail(L, thread_name(me) + " calls a warp collective at " + site(file, line) + " with mask " + hex(mask) +
+                " that does not include its own lane " + std::to_string(me->lane));
+    abandon(me);
+  }
+  if (mask & ~w.present) {
+    fail(L, "a warp collective at " + site(file, line) + " with mask " + hex(mask) + " names lanes that do not exist in warp " +
+                std::to_string(me->warp) + " of " + block_name(b) + " (present " + hex(w.present) + ")");
+    abandon(me);
+  }
+  if (mask & w.exited) {
+    fail(L, thread_name(me) + " reached a warp collective at " + site(file, line) + " with mask " + hex(mask) +
+                " but lanes " + hex(mask & w.exited) + " have exited (a warp op with missing lanes)");
+    abandon(me);
+  }
+  if (width <= 0 || width > 32 || (width & (width - 1)) != 0) {
+    fail(L, "a shuffle at " + site(file, line) + " with width " + std::to_string(width) + " (must be a power of two <= 32)");
+    abandon(me);
+  }
+  auto it = w.ops.begin();
+  for (; it != w.ops.end(); ++it) {
+    if (!it->complete && (it->mask & mask) != 0 && !(it->arrived & bit)) break;
+  }
+  if (it == w.ops.end()) {
+    it = w.ops.insert(w.ops.end(), WarpOp{});
+  }
+  WarpOp* o = &*it;
+  if (o->arrived == 0) {
+    o->op = op;
+    o->arg = arg;
+    o->width = width;
+    o->mask = mask;
+    o->file = file;
+    o->line = line;
+  } else if (o->mask != mask || o->op != op || o->line != line || std::strcmp(o->file, file) != 0) {
+    fail(L, "warp collective reached at different call sites (or with different masks) in warp " + std::to_string(me->warp) +
+                " of " + block_name(b) + ": lanes " + hex(o->arrived) + " at " + site(o->file, o->line) + " mask " +
+                hex(o->mask) + ", lane " + std::to_string(me->lane) + " at " + site(file, line) + " mask " + hex(mask));
+    abandon(me);
+  }
+  o->vals[me->lane] = value;
+  o->arrived |= bit;
+  if (o->arrived == o->mask) {
+    for (int l = 0; l < 32; ++l) {
+      if (!(o->mask >> l & 1u)) continue;
+      const int seg = l & ~(o->width - 1);  // first lane of this lane's width-segment
+      const int in = l - seg;
+      int src = l;
+      switch (o->op) {
+        case kShfl: src = seg + (o->arg & (o->width - 1)); break;
+        case kShflUp: src = in - o->arg >= 0 ? l - o->arg : l; break;
+        case kShflDown: src = in + o->arg < o->width ? l + o->arg : l; break;
+        case kShflXor: src = ((l ^ o->arg) & 31); if ((src & ~(o->width - 1)) != seg) src = l; break;
+        default: break;
+      }
+      uint64_t r = 0;
+      if (o->op <= kShflXor) {
+        if (!(o->mask >> src & 1u)) {
+          fail(L, "a shuffle at " + site(o->file, o->line) + " reads lane " + std::to_string(src) + " outside its mask " + hex(o->mask));
+          abandon(me);
+        }
+        r = o->vals[src];
+      } else if (o->op == kBallot || o->op == kAny || o->op == kAll) {
+        unsigned ballot = 0;
+        for (int s = 0; s < 32; ++s) {
+          if ((o->mask >> s & 1u) && o->vals[s] != 0) ballot |= 1u << s;
+        }
+        r = o->op == kBallot ? ballot : (o->op == kAny ? (ballot != 0) : (ballot == o->mask));
+      }
+      o->results[l] = r;
+    }
+    o->complete = true;
+    o->unread = o->mask;
+    for (Fiber& f : b->fibers) {
+      if (f.warp == me->warp && f.st == St::Warp && (o->mask >> f.lane & 1u)) f.st = St::Ready;
+    }
+  } else {
+    me->st = St::Warp;
+    me->file = file;
+    me->line = line;
+    yield_from(me, nullptr);
+    if (L.failed) abandon(me);
+  }
+  const uint64_t r = it->results[me->lane];
+  it->unread &= ~bit;
+  if (it->unread == 0) w.ops.erase(it);
+  // Some other fiber may be ready: let the scheduler pick (collectives are scheduling points).
+  return r;
+}
+
+void set_error(cudaError_t e) {
+  if (g_last_error == cudaSuccess) g_last_error = e;
+}
+
+cudaError_t occupancy_result(int* blocks) {
+  const int occ = config().occupancy;
+  if (occ <= 0) {
+    set_error(cudaErrorInvalidValue);
+    return cudaErrorInvalidValue;
+  }
+  *blocks = occ;
+  return cudaSuccess;
+}
+
+// ---- the launch
+
+void launch_grid(const char* file, int line, dim3 grid, dim3 block, size_t smem, Body body, void* closure) {
+  std::lock_guard<std::mutex> one(g_launch_mutex);
+  const unsigned long long launch_no = g_launches++;
+  const unsigned long long threads = 1ull * block.x * block.y * block.z;
+  auto invalid = [&](const std::string& why) {
+    std::ostringstream o;
+    o << "sfemu: invalid launch at " << site(file, line) << ": " << why;
+    g_diag = o.str();
+    set_error(cudaErrorInvalidConfiguration);
+  };
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535 || grid.x > 0x7fffffffu) {
+    std::ostringstream o;
+    o << "grid (" << grid.x << "," << grid.y << "," << grid.z << ") is empty or too large";
+    return invalid(o.str());
+  }
+  if (threads == 0 || threads > kMaxThreadsPerBlock || block.z > 64) {
+    std::ostringstream o;
+    o << "block (" << block.x << "," << block.y << "," << block.z << ") has " << threads
+      << " threads; sm_90 allows 1 to " << kMaxThreadsPerBlock;
+    return invalid(o.str());
+  }
+  if (smem > kMaxSharedPerBlock) {
+    return invalid(std::to_string(smem) + " bytes of dynamic shared memory; sm_90 allows " +
+                   std::to_string(kMaxSharedPerBlock) + " without an opt-in");
+  }
+  Launch L;
+  L.file = file;
+  L.line = line;
+  L.grid = grid;
+  L.block = block;
+  L.body = body;
+  L.closure = closure;
+  L.nthreads = static_cast<int>(threads);
+  L.rng.seed(config().seed * 0x9E3779B97F4A7C15ull + launch_no + 1);
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) L.pending.push_back(uint3{x, y, z});
+  if (config().block_order == 1) std::reverse(L.pending.begin(), L.pending.end());
+  if (config().block_order == 2) std::shuffle(L.pending.begin(), L.pending.end(), L.rng);
+  g_launch = &L;
+  const int resident = std::max(1, config().resident);
+  {
+    std::unique_lock<std::mutex> lk(L.m);
+    while (static_cast<int>(L.resident.size()) < resident && L.next_pending < L.pending.size()) admit(L);
+    Fiber* first = config().order == 1 ? random_ready(L, nullptr) : &L.resident.front()->fibers.front();
+    L.next = first;
+    L.baton = first->block;
+    L.cv.notify_all();
+    L.cv.wait(lk, [&] { return L.done || L.failed; });
+    L.cv.notify_all();
+  }
+  for (Block* b : L.all) {
+    if (b->os.joinable()) b->os.join();
+  }
+  for (Block* b : L.all) {
+    for (Fiber& f : b->fibers) stack_pool().push_back(f.stack);
+    delete b;
+  }
+  g_launch = nullptr;
+  current = nullptr;
+  if (L.failed) {
+    g_diag = L.diag;
+    set_error(cudaErrorLaunchFailure);
+  }
+}
+
+// ---- fp16 / bf16 conversions, round to nearest even
+
+float half_bits_to_float(unsigned short h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  const uint32_t man = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    // Subnormal (or zero): man * 2^-24, exact in float.
+    const float v = std::ldexp(static_cast<float>(man), -24);
+    bits = __float_as_uint(v) | sign;
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (man << 13) | (man != 0 ? 0x00400000u : 0u);
+  } else {
+    bits = sign | ((exp + 112u) << 23) | (man << 13);
+  }
+  return __uint_as_float(bits);
+}
+
+unsigned short float_to_half_bits_rn(float f) {
+  const uint32_t x = __float_as_uint(f);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  const uint32_t ax = x & 0x7fffffffu;
+  if (ax > 0x7f800000u) return static_cast<unsigned short>(0x7fffu);  // NaN: CUDA's canonical NaN
+  if (ax >= 0x477ff000u) return static_cast<unsigned short>(sign | 0x7c00u);  // rounds to inf
+  if (ax < 0x38800000u) {
+    // Below the smallest normal half: a multiple of 2^-24, rounded to nearest even.
+    const float scaled = std::ldexp(__uint_as_float(ax), 24);  // exact
+    const uint32_t m = static_cast<uint32_t>(std::nearbyint(scaled));
+    return static_cast<unsigned short>(sign | m);
+  }
+  uint32_t h = (((ax >> 23) - 112u) << 10) | ((ax >> 13) & 0x3ffu);
+  const uint32_t rem = ax & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
+  return static_cast<unsigned short>(sign | h);
+}
+
+unsigned short float_to_bf16_bits_rn(float f) {
+  const uint32_t x = __float_as_uint(f);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<unsigned short>(0x7fffu);
+  const uint32_t bias = 0x7fffu + ((x >> 16) & 1u);
+  return static_cast<unsigned short>((x + bias) >> 16);
+}
+
+}  // namespace sfemu
+
+// ---- runtime API
+
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = sfemu::g_last_error;
+  sfemu::g_last_error = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError() { return sfemu::g_last_error; }
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+    default: return "unknown error";
+  }
+}
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = static_cast<int>(sfemu::env_long("SFEMU_SMS", 4)); return cudaSuccess;
+    case cudaDevAttrMaxThreadsPerBlock: *value = 1024; return cudaSuccess;
+    case cudaDevAttrWarpSize: *value = 32; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlock: *value = static_cast<int>(sfemu::kMaxSharedPerBlock); return cudaSuccess;
+    default: sfemu::set_error(cudaErrorInvalidValue); return cudaErrorInvalidValue;
+  }
+}
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
+  std::memset(p, value, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
+  std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+
+extern "C" {
+void sfemu_configure(unsigned long long seed, int order, int block_order, int resident, int preempt_permille,
+                     int occupancy) {
+  auto& c = sfemu::config();
+  c.seed = seed;
+  c.order = order;
+  c.block_order = block_order;
+  c.resident = resident;
+  c.preempt = preempt_permille;
+  c.occupancy = occupancy;
+}
+const char* sfemu_diagnostic() { return sfemu::g_diag.c_str(); }
+void sfemu_clear_diagnostic() {
+  sfemu::g_diag.clear();
+  sfemu::g_last_error = cudaSuccess;
+}
+unsigned long long sfemu_launches() { return sfemu::g_launches; }
+unsigned long long sfemu_switches() { return sfemu::g_switches; }
+float sfemu_half_to_float(unsigned short h) { return sfemu::half_bits_to_float(h); }
+void sfemu_half_to_float_n(const unsigned short* in, float* out, long long n) {
+  for (long long i = 0; i < n; ++i) out[i] = sfemu::half_bits_to_float(in[i]);
+}
+void sfemu_float_to_half_n(const float* in, unsigned short* out, long long n) {
+  for (long long i = 0; i < n; ++i) out[i] = sfemu::float_to_half_bits_rn(in[i]);
+}
+void sfemu_float_to_bf16_n(const float* in, unsigned short* out, long long n) {
+  for (long long i = 0; i < n; ++i) out[i] = sfemu::float_to_bf16_bits_rn(in[i]);
+}
+}
