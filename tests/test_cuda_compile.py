@@ -74,3 +74,12 @@ def test_glue_is_guarded():
     text = (CUDA_DIR / "ops_cuda.cpp").read_text()
     assert "#ifdef SPARSEFORCE_WITH_CUDA" in text
     assert "TORCH_LIBRARY_IMPL(sparseforce, CUDA, m)" in text
+
+
+def test_kernels_launch_only_through_common_cuh():
+    # The CPU emulator (tests/cuda_emu) compiles these sources as host C++ and replaces the one
+    # launch in common.cuh; a `<<<` anywhere else would not compile there.
+    paths = [p for p in sorted(CUDA_DIR.iterdir()) if p.suffix in (".cu", ".cuh", ".h", ".cpp")]
+    bad = [p.name for p in paths if p.name != "common.cuh" and "<<<" in p.read_text()]
+    assert not bad, f"{bad} launch kernels with <<<...>>>; use SF_LAUNCH (common.cuh)"
+    assert (CUDA_DIR / "common.cuh").read_text().count("<<<") == 1

@@ -17,6 +17,27 @@ namespace cuda {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
+// ---- the one place a kernel is launched. Under SPARSEFORCE_CUDA_EMULATION (the CPU emulator of
+// tests/cuda_emu, which compiles these sources as host C++) the emulator runs the grid; otherwise
+// it is the ordinary launch. The arguments are converted to the kernel's parameter types here, as
+// a launch would, so both paths see the same values.
+template <class... P, class... A>
+inline void launch_kernel(const char* file, int line, void (*kernel)(P...), dim3 grid, dim3 block,
+                          size_t smem, cudaStream_t stream, A&&... args) {
+#if defined(SPARSEFORCE_CUDA_EMULATION)
+  ::sfemu::launch(file, line, kernel, grid, block, smem, stream, static_cast<P>(args)...);
+#else
+  (void)file;
+  (void)line;
+  kernel<<<grid, block, smem, stream>>>(static_cast<P>(args)...);
+#endif
+}
+
+// SF_LAUNCH(kernel, grid, block, smem, stream, args...); a template kernel goes in parentheses:
+// SF_LAUNCH((hist_kernel<PT, SAL>), ...).
+#define SF_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  ::sparseforce::cuda::launch_kernel(__FILE__, __LINE__, kernel, grid, block, smem, stream, __VA_ARGS__)
+
 // ---- dtypes: raw storage and key width of each DType
 
 template <int DT> struct RawOf;

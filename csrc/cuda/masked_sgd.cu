@@ -195,12 +195,15 @@ cudaError_t launch_masked_sgd(const SgdArgs& a) {
   const Hyper h{a.lr, a.momentum, a.dampening, a.weight_decay, a.nesterov};
   static const int occ = [] {
     int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, masked_sgd_kernel, kThreads, 0) != cudaSuccess || n < 1) n = 1;
-    return n;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, masked_sgd_kernel, kThreads, 0) != cudaSuccess) {
+      (void)cudaGetLastError();  // the fallback stands; the launch below must not report this error
+      n = 1;
+    }
+    return n < 1 ? 1 : n;
   }();
   long long grid = static_cast<long long>(a.num_sms > 0 ? a.num_sms : 1) * occ;
   grid = grid > a.tiles ? a.tiles : grid;
-  masked_sgd_kernel<<<static_cast<unsigned>(grid), kThreads, 0, a.stream>>>(a.segs, a.nseg, a.tiles, h);
+  SF_LAUNCH(masked_sgd_kernel, static_cast<unsigned>(grid), kThreads, 0, a.stream, a.segs, a.nseg, a.tiles, h);
   return cudaGetLastError();
 }
 

@@ -641,8 +641,13 @@ __global__ void value_kernel(Workspace w, void* out, int bits) {
 template <class K>
 int blocks_per_sm(K kernel) {
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0) != cudaSuccess || n < 1) n = 1;
-  return n;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0) != cudaSuccess) {
+    // The fallback below is fine, but the runtime keeps the error, and the launcher's final
+    // cudaGetLastError() would report it as a launch failure.
+    (void)cudaGetLastError();
+    n = 1;
+  }
+  return n < 1 ? 1 : n;
 }
 
 template <int PT, bool SAL>
@@ -670,30 +675,30 @@ cudaError_t run(const SelectArgs& a) {
   cg = cg > cand_blocks_needed ? cand_blocks_needed : cg;
   const unsigned cand_grid = static_cast<unsigned>(cg < 1 ? 1 : cg);
 
-  init_kernel<<<1, kThreads, 0, s>>>(w, a.k);
+  SF_LAUNCH(init_kernel, 1, kThreads, 0, s, w, a.k);
   const int L = num_levels(bits);
   for (int l = 0; l < L; ++l) {
     const Level lv = level_of(bits, l);
-    hist_kernel<PT, SAL><<<grid_for(hist_occ), kThreads, 0, s>>>(p, w, l, lv.shift, lv.width);
+    SF_LAUNCH((hist_kernel<PT, SAL>), grid_for(hist_occ), kThreads, 0, s, p, w, l, lv.shift, lv.width);
   }
   if (a.write_masks) {
-    tie_count_kernel<PT, SAL><<<grid_for(tie_occ), kThreads, 0, s>>>(p, w);
-    tie_scan_kernel<<<1, kThreads, 0, s>>>(a.tiles, w);
+    SF_LAUNCH((tie_count_kernel<PT, SAL>), grid_for(tie_occ), kThreads, 0, s, p, w);
+    SF_LAUNCH(tie_scan_kernel, 1, kThreads, 0, s, a.tiles, w);
   }
-  mask_kernel<PT, SAL><<<grid_for(mask_occ), kThreads, 0, s>>>(p, w);
+  SF_LAUNCH((mask_kernel<PT, SAL>), grid_for(mask_occ), kThreads, 0, s, p, w);
   for (int l = 1; l < L; ++l) {
-    cand_hist_kernel<<<cand_grid, kThreads, 0, s>>>(w, a.cap, a.write_masks, bits, l, false, 0);
+    SF_LAUNCH(cand_hist_kernel, cand_grid, kThreads, 0, s, w, a.cap, a.write_masks, bits, l, false, 0);
   }
   if (a.write_masks) {
     int pos_bits = 1;
     while (pos_bits < 63 && (int64_t(1) << pos_bits) < a.n) ++pos_bits;
     const int PL = num_levels(pos_bits);
     for (int l = 0; l < PL; ++l) {
-      cand_hist_kernel<<<cand_grid, kThreads, 0, s>>>(w, a.cap, a.write_masks, bits, l, true, pos_bits);
+      SF_LAUNCH(cand_hist_kernel, cand_grid, kThreads, 0, s, w, a.cap, a.write_masks, bits, l, true, pos_bits);
     }
-    cand_fix_kernel<<<cand_grid, kThreads, 0, s>>>(a.segs, a.nseg, w);
+    SF_LAUNCH(cand_fix_kernel, cand_grid, kThreads, 0, s, a.segs, a.nseg, w);
   } else {
-    value_kernel<<<1, 1, 0, s>>>(w, a.value_out, bits);
+    SF_LAUNCH(value_kernel, 1, 1, 0, s, w, a.value_out, bits);
   }
   return cudaGetLastError();
 }
