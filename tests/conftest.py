@@ -44,8 +44,30 @@ def backends_for(device):
     return ops.available_backends(device)
 
 
-# Every available backend on every available device; the shared kernel tests run once per pair.
-BACKEND_DEVICE = [pytest.param(b, d, id=f"{b}-{d}") for d in DEVICES for b in backends_for(d)]
+def _emulated_cuda_backends():
+    """The CUDA kernels under the CPU emulator (tests/cuda_emu), as extra backends on CPU tensors.
+
+    Built with g++ (cached); a machine without g++ cannot build them. A build error fails the
+    run loudly. SPARSEFORCE_TEST_NO_EMU=1 leaves them out (e.g. on a GPU, where the real kernels run)."""
+    import shutil
+    if os.environ.get("SPARSEFORCE_TEST_NO_EMU") or shutil.which(os.environ.get("CXX", "g++")) is None:
+        return []
+    from cuda_emu import register
+    return register.install(os.environ.get("SFEMU_VARIANT", "default"))
+
+
+EMULATED_CUDA = _emulated_cuda_backends()
+
+# Every available backend on every available device, and the emulated CUDA backends on CPU
+# tensors; the shared kernel tests run once per pair.
+BACKEND_DEVICE = [pytest.param(b, d, id=f"{b}-{d}") for d in DEVICES for b in backends_for(d)] + \
+    [pytest.param(b, "cpu", id=f"{b}-cpu") for b in EMULATED_CUDA]
+
+
+def pytest_report_header(config):
+    if EMULATED_CUDA:
+        from cuda_emu import register
+        return f"CUDA emulator: backends {', '.join(EMULATED_CUDA)}; SFEMU_SEED={register.seed_base()}"
 
 
 def oracle_keep(values, k, candidates=None):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,9 @@ class Emulator:
 
     def configure(self, schedule: Schedule, seed: int) -> None:
         s = schedule
-        self.lib.sfemu_configure(seed, s.order, s.block_order, s.resident, s.preempt, s.occupancy)
+        # SFEMU_OCCUPANCY=0 makes every occupancy query fail (the launcher's fallback is tested so).
+        occupancy = int(os.environ.get("SFEMU_OCCUPANCY", s.occupancy))
+        self.lib.sfemu_configure(seed, s.order, s.block_order, s.resident, s.preempt, occupancy)
 
     def diagnostic(self) -> str:
         return self.lib.sfemu_diagnostic().decode()

@@ -1,0 +1,86 @@
+"""Planted bugs: proof that the emulated kernel tests catch real kernel mistakes.
+
+Each mutant is ONE small edit to a copy of csrc/ (the edit's text must occur exactly once). For
+each, the emulator library is rebuilt from the copy and the emulated kernel tests run against it
+(``SFEMU_CSRC`` points conftest at the copy); the suite must fail. Not part of the test run (each
+mutant costs a build and a test run); run by hand:
+
+    python tests/cuda_emu/mutants.py            # all mutants; prints a table, exit 1 if one survives
+    python tests/cuda_emu/mutants.py tie_quota  # one
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# name -> (file under csrc/, original text, mutated text, what it breaks)
+MUTANTS = {
+    "digit_off_by_one": ("cuda/select.cu", "if (acc + h >= need) {", "if (acc + h > need) {",
+                         "the digit choice skips the bin holding the k-th key when it ends exactly there"),
+    "missing_syncthreads": ("cuda/common.cuh", "  if (lane == 31) scratch[warp] = x;\n  __syncthreads();\n",
+                            "  if (lane == 31) scratch[warp] = x;\n",
+                            "block scan: thread 0 sums the warp totals before every warp wrote its own"),
+    "tie_quota": ("cuda/select.cu", "const long long before = carry + incl - c;", "const long long before = carry + incl - c - 1;",
+                  "each tile's quota of ties counts one tie too few before it"),
+    "negative_zero": ("cuda/common.cuh", "  b = (b << 1) == 0 ? 0u : b;\n", "",
+                      "-0.0 gets a key below +0.0 (fp32)"),
+    "counter_not_reset": ("cuda/select.cu", "    s.blocks_done = 0;\n    *st = s;\n  }\n  for (int i = threadIdx.x; i < kBins; i += kThreads) w.hist[i] = 0;\n}\n\n// Known key",
+                          "    *st = s;\n  }\n  for (int i = threadIdx.x; i < kBins; i += kThreads) w.hist[i] = 0;\n}\n\n// Known key",
+                          "the last-block-done counter of the full-data passes is not reset"),
+    "candidate_slot": ("cuda/select.cu", "long long at = static_cast<long long>(base) + (incl - mine);",
+                       "long long at = static_cast<long long>(base) + incl - 1;",
+                       "warp-aggregated candidate append writes to the wrong slots"),
+    "position_tiebreak": ("cuda/select.cu", "x = pmask - uint64_t(w.cand_pos[i]);", "x = uint64_t(w.cand_pos[i]);",
+                          "ties among candidates go to the highest position"),
+    "run_flush": ("cuda/select.cu", "if (run != 0 && bin != run_bin) {", "if (false && run != 0 && bin != run_bin) {",
+                  "the shared histogram merges a run of different digits into one bin"),
+    "sgd_pruned_not_zeroed": ("cuda/masked_sgd.cu", "np = keep ? np : A(0);", "np = keep ? np : pi;",
+                              "masked SGD leaves pruned weights at their old value"),
+    "nan_index_max": ("cuda/select.cu", "nan_index = ref.seg.index < nan_index ? ref.seg.index : nan_index;",
+                      "nan_index = ref.seg.index > nan_index || nan_index == INT64_MAX ? ref.seg.index : nan_index;",
+                      "NaN is reported in the last tensor holding one, not the first"),
+}
+
+TESTS = ["tests/test_cuda_emulated.py", "tests/test_ops.py", "-k", "cuda_emu"]
+
+
+def run(name: str) -> tuple[bool, float, str]:
+    rel, old, new, _ = MUTANTS[name]
+    with tempfile.TemporaryDirectory(prefix=f"sfmut-{name}-") as tmp:
+        csrc = Path(tmp) / "csrc"
+        shutil.copytree(ROOT / "csrc", csrc)
+        path = csrc / rel
+        text = path.read_text()
+        if text.count(old) != 1:
+            raise SystemExit(f"mutant {name}: its text occurs {text.count(old)} times in {rel}; update the mutant")
+        path.write_text(text.replace(old, new))
+        env = dict(os.environ, SFEMU_CSRC=str(csrc), SFEMU_BUILD_DIR=str(Path(tmp) / "build"))
+        t0 = time.time()
+        r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TESTS],
+                           cwd=ROOT, env=env, capture_output=True, text=True)
+        tail = [l for l in r.stdout.splitlines() if l.strip()][-1:] or [r.stderr[-200:]]
+        return r.returncode != 0, time.time() - t0, tail[0]
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(MUTANTS)
+    rows = []
+    for name in names:
+        killed, secs, tail = run(name)
+        rows.append((name, "caught" if killed else "SURVIVED", f"{secs:.0f} s", tail))
+        print(f"{name:24s} {rows[-1][1]:9s} {rows[-1][2]:>6s}  {tail}", flush=True)
+    print("\n| planted bug | what it breaks | result |\n|---|---|---|")
+    for name, res, _, _ in rows:
+        print(f"| `{name}` | {MUTANTS[name][3]} | {res} |")
+    return 0 if all(r[1] == "caught" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

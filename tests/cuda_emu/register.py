@@ -1,0 +1,65 @@
+"""Registers the emulated CUDA backend with sparseforce.ops, under one extra backend name per
+scheduler setting, so the shared kernel tests (conftest.BACKEND_DEVICE) run the CUDA kernels and
+host orchestration on CPU tensors: ``cuda_emu`` (random threads, interleaved shuffled blocks,
+preemption) and ``cuda_emu_inorder`` (one block at a time, threads in order).
+
+Every call reconfigures the scheduler with a fresh seed (``$SFEMU_SEED`` fixes the base); a
+failure names the schedule and seed so it can be replayed.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+import torch
+
+from sparseforce.ops._registry import register_backend, register_kernel
+
+from . import backend as _backend
+from . import build, emu
+
+BACKENDS = {"cuda_emu": "random", "cuda_emu_inorder": "inorder"}
+
+_state = {"seed": None, "calls": 0}
+
+
+def seed_base() -> int:
+    if _state["seed"] is None:
+        env = os.environ.get("SFEMU_SEED")
+        _state["seed"] = int(env) if env else int(np.random.SeedSequence().entropy % (2**31))
+    return _state["seed"]
+
+
+def _available(device: torch.device) -> str | None:
+    return None if device.type == "cpu" else "the emulated CUDA backend runs CPU tensors only"
+
+
+def _scheduled(emulator: emu.Emulator, schedule: emu.Schedule, fn):
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        _state["calls"] += 1
+        seed = seed_base() + _state["calls"]
+        emulator.configure(schedule, seed)
+        emulator.clear()
+        try:
+            return fn(*args, **kwargs)
+        except _backend.EmulatorError as exc:
+            raise _backend.EmulatorError(
+                f"{exc} | {emulator.diagnostic()} (schedule {schedule.name}, seed {seed})") from None
+    return run
+
+
+def install(variant: str = "default") -> list[str]:
+    """Builds (or reuses) the library, registers the backends and returns their names."""
+    csrc = os.environ.get("SFEMU_CSRC")  # a mutated copy of csrc/ (tests/cuda_emu/mutants.py)
+    path = build.build(variant, csrc=csrc)
+    emulator = emu.Emulator(path)
+    be = _backend.load(path)
+    for name, schedule in BACKENDS.items():
+        register_backend(name, _available, extra=True)
+        for op, fn in be.kernels().items():
+            register_kernel(op, name)(_scheduled(emulator, emu.SCHEDULES[schedule], fn))
+    install.backend = be
+    install.emulator = emulator
+    return list(BACKENDS)
