@@ -9,6 +9,7 @@ the backend unavailable, with the reason in the error.
 Files, one concern each: keys.py (order-preserving keys, fused |w*g|), histogram.py (a radix
 pass), digit.py (choosing the digit on the device), ties.py (tie counts and their prefix sum),
 mask.py (the exact-k mask pass), value.py (kth_largest's value), sgd.py (masked SGD),
+floats.py (exact bf16 conversions),
 layout.py / plan.py (the per-call tables), select.py (launch sequence), library.py (the
 torch.library ops), api.py (the registry's entry points), config.py (tunables), device.py (how
 helpers are compiled).
