@@ -47,6 +47,9 @@ SCRIPT = textwrap.dedent(r"""
             # Full blocks must load with vector instructions: the table-loaded addresses carry
             # alignment hints and only tail blocks are masked.
             assert vec, ("radix_histogram_kernel", bits, x, "does not vectorise its loads")
+        for top in (True, False):  # ops.key_histogram's pass: a 16-bit digit, one atomic per element
+            compile(radix_histogram_kernel, {**SEL, "hist": "*i64", "nan_flags": "*i64", **io},
+                    dict(SHIFT=bits - 16 if top else 0, BITS=16, FIRST=top, DENSE=False, **flags))
         compile(tie_count_kernel, {**SEL, "tie_counts": "*i64", **io}, flags)
         assert compile(write_mask_kernel, {**SEL, "tie_offsets": "*i64", **io}, flags)
         out = {16: "bf16", 32: "fp32", 64: "fp64"}[bits]

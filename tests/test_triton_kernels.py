@@ -405,9 +405,10 @@ def test_custom_ops_trace_under_torch_compile(device):
         out = [torch.empty_like(s, dtype=torch.bool) for s in scores]
         flags = torch.ops.sparseforce_triton.topk_masks(scores, 20, out)
         value, _ = torch.ops.sparseforce_triton.kth_largest(scores, 20)
+        counts, _ = torch.ops.sparseforce_triton.radix_histogram(scores, [], [], 32, 16, 0)
         torch.ops.sparseforce_triton.masked_sgd_(params, grads, bufs, [out[0][:30]], [False], 0.1, 0.9, 0.0,
                                                  0.0, False)
-        return out, flags, value
+        return out, flags, value, counts
 
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
     p_eager, p_comp = [p.clone() for p in params], [p.clone() for p in params]
@@ -416,4 +417,5 @@ def test_custom_ops_trace_under_torch_compile(device):
     got = compiled(scores, p_comp, grads, b_comp)
     assert all(torch.equal(a, b) for a, b in zip(got[0], want[0]))
     assert got[2].item() == want[2].item() and not got[1].any()
+    assert torch.equal(got[3], want[3]) and int(got[3].sum()) == 78
     assert torch.equal(p_comp[0], p_eager[0]) and torch.equal(b_comp[0], b_eager[0])
