@@ -293,7 +293,8 @@ def _local_k(k, parse, group, what: str) -> tuple[int, torch.dtype, int | None]:
 
 
 def _histogram_backend(backend: str, device: torch.device) -> str:
-    # The histogram op has no Triton/CUDA kernel yet: those fall back to the best that has one.
+    # A backend without a histogram kernel (cuda, for now) falls back to the best that has one:
+    # on CUDA tensors auto's order gives triton.
     return backend if backend in ops.available_backends(device, "radix_histogram") else "auto"
 
 

@@ -479,3 +479,41 @@ def test_ddp_command_outside_torchrun_says_how_to_launch(capsys):
     finally:
         os.environ.update(env)
     assert "torchrun" in capsys.readouterr().err
+
+
+def _triton_histogram_worker(rank, world, seed):
+    """backend="triton" on CPU ranks (the workers run the Triton interpreter): the histogram
+    passes go through the Triton key_histogram kernel, the masks through Triton's topk."""
+    from sparseforce.ops import _registry
+    if "triton" not in ops.available_backends("cpu", "radix_histogram"):
+        return ["triton unavailable: " + str(_registry.unavailable_reason("triton", "radix_histogram",
+                                                                          torch.device("cpu")))]
+    kernels = _registry._KERNELS["radix_histogram"]
+    histogram, calls = kernels["triton"], []
+    kernels["triton"] = lambda *args: calls.append(1) or histogram(*args)
+    failures = []
+    for case in (3, 4, 12, 14):  # mixed dtypes, with ±inf and -0, all fp16, all fp64 (four passes)
+        inputs = _rank_inputs(seed, world, case)
+        flat = [t for ts in inputs for t in ts]
+        n = sum(t.numel() for t in flat)
+        for k in sorted({0, min(1, n), n // 3, n}):
+            got = sd.topk_masks(inputs[rank], k, backend="triton")
+            want = _split_for(rank, inputs, ops.topk_masks(flat, k, backend="reference"))
+            if not all(torch.equal(a, b) for a, b in zip(got, want)):
+                failures.append(("topk", case, k))
+    g = torch.Generator().manual_seed(seed)
+    w = [[torch.randn(40, generator=g).bfloat16(), torch.randn(3, 7, generator=g)] for _ in range(world)]
+    gr = [[torch.randint(-2, 3, t.shape, generator=g).float() for t in ws] for ws in w]
+    flat_w, flat_g = sum(w, []), sum(gr, [])
+    for k in (1, 50, 100):
+        got = sd.saliency_topk_masks(w[rank], gr[rank], k, backend="triton")
+        want = _split_for(rank, w, ops.saliency_topk_masks(flat_w, flat_g, k, backend="reference"))
+        if not all(torch.equal(a, b) for a, b in zip(got, want)):
+            failures.append(("saliency", k))
+    return failures + ([] if calls else ["the Triton histogram kernel never ran"])
+
+
+def test_triton_backend_runs_the_histogram_passes_too():
+    seed = _fresh_seed()
+    for r, failures in enumerate(values(run_ranks(_triton_histogram_worker, 2, seed))):
+        assert failures == [], f"seed {seed}, rank {r}: {failures[:5]}"

@@ -35,8 +35,10 @@ SCRIPT = textwrap.dedent(r"""
         return set(re.findall(r"ld\.global\.v[24]\.b(?:32|64)", ptx))
 
     SEL = {"table": "*i64", "rows": "*i64", "state": "*i64"}
-    # (key bits, score dtype(s), saliency): fp32 FORCE with prev masks, bf16 topk, fp64 scores
-    for bits, x, g, sal in [(32, "fp32", "fp32", True), (16, "bf16", "bf16", False), (64, "fp32", "fp64", True)]:
+    # (key bits, score dtype(s), saliency): fp32 FORCE with prev masks, bf16 topk, bf16 FORCE
+    # (widened by its bits), fp64 scores
+    for bits, x, g, sal in [(32, "fp32", "fp32", True), (16, "bf16", "bf16", False), (32, "bf16", "bf16", True),
+                            (64, "fp32", "fp64", True)]:
         flags = dict(KEY_BITS=bits, SALIENCY=sal, SCORE_F64="fp64" in (x, g), HAS_PREV=sal, BLOCK=4096)
         io = {"X": "*" + x, "G": "*" + g}
         for shift, width, first, dense in [(bits - 8, 8, True, True), (0, min(12, bits - 8), False, False)]:
@@ -45,6 +47,9 @@ SCRIPT = textwrap.dedent(r"""
             # Full blocks must load with vector instructions: the table-loaded addresses carry
             # alignment hints and only tail blocks are masked.
             assert vec, ("radix_histogram_kernel", bits, x, "does not vectorise its loads")
+        for top in (True, False):  # ops.key_histogram's pass: a 16-bit digit, one atomic per element
+            compile(radix_histogram_kernel, {**SEL, "hist": "*i64", "nan_flags": "*i64", **io},
+                    dict(SHIFT=bits - 16 if top else 0, BITS=16, FIRST=top, DENSE=False, **flags))
         compile(tie_count_kernel, {**SEL, "tie_counts": "*i64", **io}, flags)
         assert compile(write_mask_kernel, {**SEL, "tie_offsets": "*i64", **io}, flags)
         out = {16: "bf16", 32: "fp32", 64: "fp64"}[bits]

@@ -299,6 +299,99 @@ def test_masked_sgd_other_dtypes(device, dtype):
         torch.testing.assert_close(a, b, **tol)
 
 
+# ------------------------------------------------------------------------------ half-precision subnormals
+# The interpreter's bf16 -> fp32 cast flushes subnormals to zero, and its fp32 -> bf16 cast
+# truncates; the kernels convert bf16 by its bits instead, which is exact on the GPU too.
+
+def _subnormals(dtype, n, gen):
+    """``n`` random subnormals of ``dtype`` (both signs, every mantissa width)."""
+    mant = 0x7F if dtype == torch.bfloat16 else 0x3FF
+    bits = torch.randint(1, mant + 1, (n,), generator=gen)
+    bits = torch.where(torch.rand(n, generator=gen) < 0.5, bits, bits | 0x8000)
+    return bits.to(torch.int32).to(torch.int16).view(dtype)
+
+
+def test_bf16_conversions_are_exact(device):
+    """floats.widen over every bf16 bit pattern, floats.narrow over random and edge fp32 bits,
+    against torch's conversions (NaN only as NaN: its payload is not specified)."""
+    from _triton_floats import convert
+
+    every = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).to(device)
+    torch.testing.assert_close(convert(every, torch.float32), every.float(), rtol=0, atol=0, equal_nan=True)
+    gen = torch.Generator().manual_seed(14)
+    bits = torch.randint(-2 ** 31, 2 ** 31, (50000,), generator=gen, dtype=torch.int64).to(torch.int32)
+    ties = (bits & ~0xFFFF) | 0x8000  # exactly half way: to even
+    edge = torch.tensor([0x7F7FFFFF, 0x7F7F8000, 0x007FFFFF, 0x00008000, 0x00018000, 0x80000000, 0x7F800000],
+                        dtype=torch.int64).to(torch.int32)
+    f = torch.cat([bits, ties, edge, -edge]).view(torch.float32).to(device)
+    got, want = convert(f, torch.bfloat16), f.bfloat16()
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got[~got.isnan()].view(torch.int16), want[~want.isnan()].view(torch.int16))
+
+
+def test_bf16_subnormal_ranks_above_zero_in_a_wider_key(device):
+    scores = [torch.zeros(3, dtype=torch.float64, device=device),
+              torch.tensor([1], dtype=torch.int16).view(torch.bfloat16).to(device)]
+    got = ops.kth_largest(scores, 1, backend="triton")
+    assert got.item() == 2.0 ** -133 == ops.kth_largest(scores, 1, backend="reference").item()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_subnormals_rank_exactly_in_every_key_width(device, small_blocks, dtype):
+    gen = torch.Generator().manual_seed(11)
+    sub = _subnormals(dtype, 150, gen)
+    edge = torch.tensor([0.0, -0.0, 1.0, -1.0], dtype=dtype)
+    smallest_normal = torch.tensor([0x0080 if dtype == torch.bfloat16 else 0x0400], dtype=torch.int16).view(dtype)
+    half = torch.cat([sub, edge, smallest_normal, -smallest_normal])
+    other = torch.float16 if dtype == torch.bfloat16 else torch.bfloat16
+    # alone (16-bit keys), next to fp32 or the other half type (32-bit), next to fp64 (64-bit)
+    for extra in ([], [torch.zeros(5)], [torch.zeros(5, dtype=other)], [torch.zeros(5, dtype=torch.float64)]):
+        scores = [half.to(device)] + [e.to(device) for e in extra]
+        n = sum(s.numel() for s in scores)
+        for k in (1, 40, 75, 76, 80, n - 1):
+            check_topk(scores, k)
+            assert torch.equal(ops.kth_largest(scores, k, backend="triton"),
+                               ops.kth_largest(scores, k, backend="reference"))
+
+
+def test_bf16_saliency_with_subnormals_and_inf(device, small_blocks):
+    gen = torch.Generator().manual_seed(12)
+    n = 200
+    w = _subnormals(torch.bfloat16, n, gen)
+    # products from below fp32's range (flushed by fp32 itself) up to normal numbers
+    g = (torch.randn(n, generator=gen) * 2.0 ** torch.randint(0, 120, (n,), generator=gen).float()).bfloat16()
+    g[:7] = float("inf")
+    g[7:10] = -float("inf")
+    w, g = [w[:130].to(device), w[130:].to(device)], [g[:130].to(device), g[130:].to(device)]
+    for k in (1, 10, 11, 100, n):
+        for f64_grads in (False, True):
+            gs = [t.double() for t in g] if f64_grads else g
+            want = ops.saliency_topk_masks(w, gs, k, backend="reference")
+            np.testing.assert_array_equal(flat_bool(ops.saliency_topk_masks(w, gs, k, backend="triton")),
+                                          flat_bool(want))
+    zero_times_inf = [torch.tensor([0.0, 1.0], dtype=torch.bfloat16, device=device)]
+    with pytest.raises(ops.NaNScoreError):
+        ops.saliency_topk_masks(zero_times_inf, [torch.full((2,), float("inf"), dtype=torch.bfloat16,
+                                                            device=device)], 1, backend="triton")
+
+
+def test_bf16_masked_sgd_is_exact_where_the_step_is(device, small_blocks):
+    """lr a power of two: the step p - lr*g is one rounding in torch's bf16 add and in the fused
+    fp32 kernel alike, so the two agree to the bit, subnormals and round-to-nearest-even included."""
+    gen = torch.Generator().manual_seed(13)
+    n = 300
+    p = torch.cat([_subnormals(torch.bfloat16, 100, gen), torch.randn(200, generator=gen).bfloat16()])
+    g = torch.cat([_subnormals(torch.bfloat16, 100, gen),
+                   (torch.randn(200, generator=gen) * 2.0 ** -5).bfloat16()])  # rounding on every add
+    mask = torch.rand(n, generator=gen) < 0.8
+    for lr in (1.0, 0.5):
+        got, want = p.clone().to(device), p.clone().to(device)
+        ops.masked_sgd_([got], [g.to(device)], None, [mask.to(device)], lr=lr, backend="triton")
+        ops.masked_sgd_([want], [g.to(device)], None, [mask.to(device)], lr=lr, backend="reference")
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+        assert got[:100][mask[:100].to(device)].ne(0).any()  # subnormal results survived
+
+
 # ------------------------------------------------------------------------------ torch.library
 
 def test_custom_ops_trace_under_torch_compile(device):
@@ -312,9 +405,10 @@ def test_custom_ops_trace_under_torch_compile(device):
         out = [torch.empty_like(s, dtype=torch.bool) for s in scores]
         flags = torch.ops.sparseforce_triton.topk_masks(scores, 20, out)
         value, _ = torch.ops.sparseforce_triton.kth_largest(scores, 20)
+        counts, _ = torch.ops.sparseforce_triton.radix_histogram(scores, [], [], 32, 16, 0)
         torch.ops.sparseforce_triton.masked_sgd_(params, grads, bufs, [out[0][:30]], [False], 0.1, 0.9, 0.0,
                                                  0.0, False)
-        return out, flags, value
+        return out, flags, value, counts
 
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
     p_eager, p_comp = [p.clone() for p in params], [p.clone() for p in params]
@@ -323,4 +417,5 @@ def test_custom_ops_trace_under_torch_compile(device):
     got = compiled(scores, p_comp, grads, b_comp)
     assert all(torch.equal(a, b) for a, b in zip(got[0], want[0]))
     assert got[2].item() == want[2].item() and not got[1].any()
+    assert torch.equal(got[3], want[3]) and int(got[3].sum()) == 78
     assert torch.equal(p_comp[0], p_eager[0]) and torch.equal(b_comp[0], b_eager[0])

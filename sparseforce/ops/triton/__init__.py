@@ -1,4 +1,5 @@
-"""The Triton backend: radix-select top-k, fused FORCE / Iter SNIP saliency and masked SGD.
+"""The Triton backend: radix-select top-k, fused FORCE / Iter SNIP saliency, masked SGD, and the
+single radix pass of ops.key_histogram (sparseforce.distributed).
 
 Runs on CUDA tensors, and on CPU tensors only under the Triton interpreter (TRITON_INTERPRET=1
 set before triton is first imported), which is how CI without a GPU tests it; ``auto`` never
@@ -6,12 +7,12 @@ picks it on CPU (see AUTO_ORDER). Importing this module does not import triton: 
 on first use, so ``import sparseforce`` stays fast, and a missing or broken triton only makes
 the backend unavailable, with the reason in the error.
 
-Files, one concern each: keys.py (order-preserving keys, fused |w*g|), histogram.py (a radix
-pass), digit.py (choosing the digit on the device), ties.py (tie counts and their prefix sum),
-mask.py (the exact-k mask pass), value.py (kth_largest's value), sgd.py (masked SGD),
-layout.py / plan.py (the per-call tables), select.py (launch sequence), library.py (the
-torch.library ops), api.py (the registry's entry points), config.py (tunables), device.py (how
-helpers are compiled).
+Files, one concern each: keys.py (order-preserving keys, fused |w*g|), floats.py (exact bf16
+conversions), histogram.py (a radix pass), digit.py (choosing the digit on the device), ties.py
+(tie counts and their prefix sum), mask.py (the exact-k mask pass), value.py (kth_largest's
+value), sgd.py (masked SGD), layout.py / plan.py (the per-call tables), select.py (launch
+sequences), library.py (the torch.library ops), api.py (the registry's entry points), config.py
+(tunables), device.py (how helpers are compiled).
 """
 from __future__ import annotations
 
@@ -88,6 +89,11 @@ def kth_largest(scores, k, device):
 @register_kernel("saliency_topk_masks", "triton")
 def saliency_topk_masks(weights, grads, k, prev_masks, resurrect, out, device):
     return _load().saliency_topk_masks(weights, grads, k, prev_masks, resurrect, out, device)
+
+
+@register_kernel("radix_histogram", "triton")
+def radix_histogram(a, grads, prev_masks, rank_dtype, shift, prefix, device):
+    return _load().radix_histogram(a, grads, prev_masks, rank_dtype, shift, prefix, device)
 
 
 @register_kernel("masked_sgd_", "triton")

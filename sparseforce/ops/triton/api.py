@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .._schema import NaNScoreError, check_survivors
+from .._schema import HISTOGRAM_BITS, KEY_BITS, NaNScoreError, check_survivors
 from . import library  # noqa: F401  (registers torch.ops.sparseforce_triton)
 
 _ops = torch.ops.sparseforce_triton
@@ -77,3 +77,14 @@ def masked_sgd_(params, grads, momentum_buffers, masks, hyper, nesterov, device)
         _ops.masked_sgd_(params, grads, bufs, masks, fresh, hyper["lr"], momentum, hyper["dampening"],
                          hyper["weight_decay"], nesterov)
     return result
+
+
+def radix_histogram(a, grads, prev_masks, rank_dtype, shift, prefix, device):
+    key_bits = KEY_BITS[rank_dtype]
+    if sum(t.numel() for t in a) == 0:  # also: no tensor to run on
+        return torch.zeros(1 << HISTOGRAM_BITS, dtype=torch.int64, device=device), None
+    counts, flags = _ops.radix_histogram(a, grads or [], prev_masks or [], key_bits, shift, prefix)
+    if shift + HISTOGRAM_BITS < key_bits:
+        return counts, None  # NaN is looked for on the top pass only; nothing to wait for
+    hit = flags.nonzero()
+    return counts, int(hit[0, 0]) if hit.numel() else None

@@ -13,6 +13,7 @@ jit helper costs milliseconds, so a chain of tiny helpers would dominate the tes
 import triton.language as tl
 
 from .device import device_function
+from .floats import widen
 from .layout import COL_G, COL_PREV, COL_X, ST_PREFIX
 
 
@@ -47,9 +48,9 @@ def competing_keys(table, row, offs, valid, full, state, X, G,
         g_ptr = tl.multiple_of(tl.load(table + row + COL_G).to(tl.pointer_type(G.dtype.element_ty)), 16)
         g = load_block(g_ptr, offs, valid, full)
         if SCORE_F64:
-            s = tl.abs(x.to(tl.float64) * g.to(tl.float64))
+            s = tl.abs(widen(x, tl.float64) * widen(g, tl.float64))
         else:
-            s = tl.abs(x.to(tl.float32) * g.to(tl.float32))
+            s = tl.abs(widen(x, tl.float32) * widen(g, tl.float32))
     else:
         s = x
     compete = valid
@@ -57,24 +58,25 @@ def competing_keys(table, row, offs, valid, full, state, X, G,
         p_ptr = tl.multiple_of(tl.load(table + row + COL_PREV).to(tl.pointer_type(tl.uint8)), 16)
         compete = compete & (load_block(p_ptr, offs, valid, full) != 0)
     prefix = tl.load(state + ST_PREFIX).to(tl.uint64, bitcast=True)
-    # Widening to the promoted dtype is exact, so ranking after it ranks the given values.
-    # -0.0 is canonicalised on the bit pattern, and NaN tested in at least float32: the
+    # Widening to the promoted dtype is exact (floats.widen), so ranking after it ranks the given
+    # values. -0.0 is canonicalised on the bit pattern, and NaN tested in at least float32: the
     # interpreter compares bfloat16 by its bits, which would miss both.
     if KEY_BITS == 64:
-        s = s.to(tl.float64)
+        s = widen(s, tl.float64)
         nan = compete & (s != s)
         b = s.to(tl.uint64, bitcast=True)
         b = tl.where(b == 0x8000000000000000, 0, b)
         key = b ^ tl.where((b >> 63) != 0, 0xFFFFFFFFFFFFFFFF, 0x8000000000000000)
     elif KEY_BITS == 32:
-        s = s.to(tl.float32)
+        s = widen(s, tl.float32)
         nan = compete & (s != s)
         b = s.to(tl.uint32, bitcast=True)
         b = tl.where(b == 0x80000000, 0, b)
         key = b ^ tl.where((b >> 31) != 0, 0xFFFFFFFF, 0x80000000)
         prefix = prefix.to(tl.uint32)
     else:
-        nan = compete & (s.to(tl.float32) != s.to(tl.float32))
+        s32 = widen(s, tl.float32)
+        nan = compete & (s32 != s32)
         b = s.to(tl.uint16, bitcast=True).to(tl.uint32)
         b = tl.where(b == 0x8000, 0, b)
         key = b ^ tl.where((b >> 15) != 0, 0xFFFF, 0x8000).to(tl.uint32)

@@ -64,6 +64,22 @@ def _(scores, k):
             torch.empty(len(scores), dtype=torch.int64, device=device))
 
 
+@custom_op("sparseforce_triton::radix_histogram", mutates_args=())
+def radix_histogram(a: list[torch.Tensor], grads: list[torch.Tensor], prev_masks: list[torch.Tensor],
+                    key_bits: int, shift: int, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int64[65536] digit counts, the NaN flags); ``grads`` empty: scores mode, ``prev_masks``
+    empty: every element competes."""
+    with _on(a):
+        return select.key_histogram(a, grads or None, prev_masks or None, key_bits, shift, prefix)
+
+
+@radix_histogram.register_fake
+def _(a, grads, prev_masks, key_bits, shift, prefix):
+    device = a[0].device
+    return (torch.empty(1 << 16, dtype=torch.int64, device=device),
+            torch.empty(len(a), dtype=torch.int64, device=device))
+
+
 @custom_op("sparseforce_triton::masked_sgd_", mutates_args=("params", "momentum_buffers"))
 def masked_sgd_(params: list[torch.Tensor], grads: list[torch.Tensor],
                 momentum_buffers: list[torch.Tensor], masks: list[Optional[torch.Tensor]],

@@ -61,9 +61,10 @@ class Plan:
     keep_alive: list = field(default_factory=list)  # copies whose addresses are in the tables
 
 
-def make_plan(xs, gs, prevs, outs, k, key_bits, device) -> Plan:
+def make_plan(xs, gs, prevs, outs, k, key_bits, device, prefix=0) -> Plan:
     """``xs``/``gs``/``prevs``/``outs``: per-tensor lists in the caller's order (gs/prevs entries
-    may be None); ``outs`` already writable in place. Empty tensors get no rows."""
+    may be None); ``outs`` already writable in place. Empty tensors get no rows. ``prefix``: the
+    k-th key's high bits already known (key_histogram's filter, a key-width unsigned integer)."""
     block = config.block
     keep = []
     entries = []  # (group key, index, x, g, prev, out, numel)
@@ -114,8 +115,8 @@ def make_plan(xs, gs, prevs, outs, k, key_bits, device) -> Plan:
         spans.append((first_r, r, first_b, b))
 
     buf = np.zeros(head + tables.size + rows.size, dtype=np.int64)
-    buf[ST_PREFIX.value] = 0
-    buf[ST_KREM.value] = k
+    buf[ST_PREFIX.value] = np.array(prefix, dtype=np.uint64).view(np.int64)
+    buf[ST_KREM.value] = 0 if k is None else k  # None: no selection (key_histogram)
     if k == 0:
         # Nothing is kept: a k-th key no key exceeds, and none of its ties (k_rem = 0, and
         # ST_TIES != k_rem so that tie ranks are checked).

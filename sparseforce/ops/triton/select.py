@@ -5,11 +5,13 @@ Launch sequence for one call (nothing waits for the GPU in between):
   topk:  tie_count_kernel per group -> exclusive_scan_kernel (1 program) -> write_mask_kernel per group
   kth:   key_to_value_kernel (1 program)
 The caller reads the NaN flags afterwards (the one synchronisation) and raises if one is set.
+key_histogram is one radix pass alone, the digit chosen by its caller (sparseforce.distributed).
 """
 from __future__ import annotations
 
 import torch
 
+from .._schema import HISTOGRAM_BITS
 from .config import config
 from .digit import choose_digit_kernel
 from .histogram import radix_histogram_kernel
@@ -29,9 +31,9 @@ def promoted_dtype(tensors) -> torch.dtype:
 class _Selection:
     """One top-k problem: scores given directly (topk) or as |w*g| (saliency)."""
 
-    def __init__(self, xs, gs, prevs, k, key_bits, outs=None):
+    def __init__(self, xs, gs, prevs, k, key_bits, outs=None, prefix=0):
         device = xs[0].device
-        self.plan = make_plan(xs, gs, prevs, outs, k, key_bits, device)
+        self.plan = make_plan(xs, gs, prevs, outs, k, key_bits, device, prefix)
         self.k = k
         self.flags = dict(KEY_BITS=key_bits, SALIENCY=gs is not None, HAS_PREV=prevs is not None,
                           BLOCK=self.plan.block)
@@ -117,3 +119,17 @@ def kth_largest(scores, k):
     sel = _Selection(scores, None, None, k, dtype.itemsize * 8)
     sel.find_kth_key()
     return sel.kth_value(dtype), sel.plan.nan_flags
+
+
+def key_histogram(xs, gs, prevs, key_bits, shift, prefix):
+    """One pass of ops.key_histogram: counts (int64[65536]) of the 16-bit digit at ``shift`` of the
+    competing keys whose bits above it equal ``prefix``, and the NaN flags, set on the top pass
+    (``shift`` = key_bits - 16), which counts every competing key."""
+    top = shift + HISTOGRAM_BITS == key_bits
+    sel = _Selection(xs, gs, prevs, None, key_bits, prefix=prefix << (shift + HISTOGRAM_BITS))
+    hist = torch.zeros(1 << HISTOGRAM_BITS, dtype=torch.int64, device=sel.device)
+    # One atomic per competing element (DENSE=False): tl.histogram's cost grows with the number
+    # of bins, 65,536 here.
+    sel._launch(radix_histogram_kernel, hist, sel.plan.nan_flags, SHIFT=shift, BITS=HISTOGRAM_BITS,
+                FIRST=top, DENSE=False)
+    return hist, sel.plan.nan_flags

@@ -18,6 +18,7 @@ import triton.language as tl
 
 from .config import config
 from .device import device_function
+from .floats import narrow, widen
 from .layout import (SGD_BUF, SGD_FRESH, SGD_G, SGD_HAS_MASK, SGD_MASK, SGD_NCOLS, SGD_NUMEL, SGD_P,
                      SGD_PID0)
 from .plan import as_bytes, ready, to_device
@@ -68,33 +69,33 @@ def masked_sgd_kernel(table, rows, hyper, P, G, B,
     fresh = tl.load(table + row + SGD_FRESH)  # 1: start the buffer at d_p
     # Only the tail block is masked (see keys.load_block); unmasked tensors have no mask address.
     if (local + 1) * BLOCK <= numel:
-        p = tl.load(p_ptr + offs).to(ct)
-        g = tl.load(g_ptr + offs).to(ct)
+        p = widen(tl.load(p_ptr + offs), ct)
+        g = widen(tl.load(g_ptr + offs), ct)
         alive = valid
         if has_mask:
             alive = tl.load(m_ptr + offs) != 0
         buf = p
         if HAS_MOMENTUM:
             if fresh == 0:
-                buf = tl.load(b_ptr + offs).to(ct)
+                buf = widen(tl.load(b_ptr + offs), ct)
         p, buf = sgd_block(p, g, buf, alive, hyper, fresh, HAS_MOMENTUM, NESTEROV, HAS_WD)
         if HAS_MOMENTUM:
-            tl.store(b_ptr + offs, buf.to(B.dtype.element_ty))
-        tl.store(p_ptr + offs, p.to(P.dtype.element_ty))
+            tl.store(b_ptr + offs, narrow(buf, B.dtype.element_ty))
+        tl.store(p_ptr + offs, narrow(p, P.dtype.element_ty))
     else:
-        p = tl.load(p_ptr + offs, mask=valid, other=0).to(ct)
-        g = tl.load(g_ptr + offs, mask=valid, other=0).to(ct)
+        p = widen(tl.load(p_ptr + offs, mask=valid, other=0), ct)
+        g = widen(tl.load(g_ptr + offs, mask=valid, other=0), ct)
         alive = valid
         if has_mask:
             alive = tl.load(m_ptr + offs, mask=valid, other=0) != 0
         buf = p
         if HAS_MOMENTUM:
             if fresh == 0:
-                buf = tl.load(b_ptr + offs, mask=valid, other=0).to(ct)
+                buf = widen(tl.load(b_ptr + offs, mask=valid, other=0), ct)
         p, buf = sgd_block(p, g, buf, alive, hyper, fresh, HAS_MOMENTUM, NESTEROV, HAS_WD)
         if HAS_MOMENTUM:
-            tl.store(b_ptr + offs, buf.to(B.dtype.element_ty), mask=valid)
-        tl.store(p_ptr + offs, p.to(P.dtype.element_ty), mask=valid)
+            tl.store(b_ptr + offs, narrow(buf, B.dtype.element_ty), mask=valid)
+        tl.store(p_ptr + offs, narrow(p, P.dtype.element_ty), mask=valid)
 
 
 def masked_sgd_(params, grads, bufs, masks, fresh, lr, momentum, dampening, weight_decay, nesterov):
