@@ -1,12 +1,13 @@
-// The torch side of the CUDA kernels: argument checks, contiguous inputs, the segment tables,
-// the current stream, and the registration of the same ops as csrc/cpu under the CUDA key.
-// The kernels themselves sit behind the plain launcher API of launch.h (select.cu,
-// masked_sgd.cu). Error messages are the CPU kernels' word for word, so the Python layer turns
-// them into the same exceptions whichever device ran.
+// The torch side of the CUDA kernels: argument checks, contiguous inputs and dtype promotion,
+// output allocation, the device guard and current stream, torch's allocator behind host.h's
+// Device, the errors raised, and the registration of the same ops as csrc/cpu under the CUDA
+// key. Everything device-agnostic (segment tables, workspace, launches, reading the select's
+// state) is host.cpp's, which the CPU emulation of the kernels (tests/cuda_emu) runs too. Error
+// messages are the CPU kernels' word for word, so the Python layer turns them into the same
+// exceptions whichever device ran.
 #ifdef SPARSEFORCE_WITH_CUDA
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -18,29 +19,12 @@
 #include <cuda_runtime_api.h>
 #include <torch/library.h>
 
+#include "host.h"
 #include "launch.h"
 
 namespace sparseforce {
 namespace cuda {
 namespace {
-
-// Tuning/testing knob, read per call: SPARSEFORCE_CUDA_CANDIDATE_CAP, the largest bin resolved
-// from a candidate list (0: always run the radix passes over the full data to the whole key,
-// the path ties by per-tile quotas take).
-int64_t env_int(const char* name, int64_t fallback) {
-  const char* s = std::getenv(name);
-  if (s == nullptr || *s == '\0') return fallback;
-  char* end = nullptr;
-  const long long v = std::strtoll(s, &end, 10);
-  return *end == '\0' ? static_cast<int64_t>(v) : fallback;
-}
-
-int64_t candidate_cap(int64_t n) {
-  // Candidates cost 16 bytes each: n/16 of them cost as much memory as the masks.
-  const int64_t dflt = std::min<int64_t>(int64_t(1) << 24, std::max<int64_t>(int64_t(1) << 16, n / 16));
-  const int64_t cap = env_int("SPARSEFORCE_CUDA_CANDIDATE_CAP", dflt);
-  return cap < 0 ? 0 : cap;
-}
 
 int32_t dtype_code(at::ScalarType t) {
   switch (t) {
@@ -53,16 +37,68 @@ int32_t dtype_code(at::ScalarType t) {
   return kF32;
 }
 
-// Only c10's CUDA headers are used (ATen/cuda pulls in the cuBLAS/cuSPARSE/cuSOLVER headers).
-int num_sms(c10::DeviceIndex index) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, static_cast<int>(index)));
-  return sms;
-}
+// host.h's device on torch's terms: memory from the caching allocator (so temporaries released
+// before their kernels ran are reused only by later work on the same stream), the current
+// stream. Only c10's CUDA headers are used (ATen/cuda pulls in the cuBLAS/cuSPARSE/cuSOLVER
+// headers).
+class TorchCudaDevice final : public host::Device {
+ public:
+  explicit TorchCudaDevice(const at::Device& dev) : dev_(dev), stream_(c10::cuda::getCurrentCUDAStream(dev.index())) {}
 
-c10::cuda::CUDAStream current_stream(const at::Device& dev) { return c10::cuda::getCurrentCUDAStream(dev.index()); }
+  void* alloc(size_t bytes) override {
+    held_.push_back(at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions().dtype(at::kByte).device(dev_)));
+    return held_.back().data_ptr();
+  }
 
-bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+  void free(void* p) override {
+    for (auto it = held_.begin(); it != held_.end(); ++it) {
+      if (it->data_ptr() == p) {
+        held_.erase(it);
+        return;
+      }
+    }
+  }
+
+  // Through a pinned staging buffer, which copy_ records against the stream so it is not reused
+  // before the copy has run.
+  void upload(void* dst, const void* src, size_t bytes) override {
+    at::Tensor staging =
+        at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+    std::memcpy(staging.data_ptr(), src, bytes);
+    held(dst, bytes).copy_(staging, /*non_blocking=*/true);
+  }
+
+  void download(void* dst, const void* src, size_t bytes) override {
+    C10_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_.stream()));
+    C10_CUDA_CHECK(cudaStreamSynchronize(stream_.stream()));
+  }
+
+  int num_sms() override {
+    int sms = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, static_cast<int>(dev_.index())));
+    return sms;
+  }
+
+  cudaStream_t stream() override { return stream_.stream(); }
+
+ private:
+  // The bytes [p, p + bytes) of an allocation of this device, as a tensor.
+  at::Tensor held(void* p, size_t bytes) {
+    const auto* q = static_cast<const char*>(p);
+    for (const at::Tensor& t : held_) {
+      const auto* base = static_cast<const char*>(t.data_ptr());
+      if (q >= base && q + bytes <= base + t.numel()) {
+        return t.narrow(0, static_cast<int64_t>(q - base), static_cast<int64_t>(bytes));
+      }
+    }
+    TORCH_INTERNAL_ASSERT(false, "sparseforce (cuda): upload to memory this device did not allocate");
+    return {};
+  }
+
+  at::Device dev_;
+  c10::cuda::CUDAStream stream_;
+  std::vector<at::Tensor> held_;
+};
 
 void check_float(const at::Tensor& t, const char* name, size_t i, const at::Device& dev) {
   TORCH_CHECK(t.is_cuda(), "sparseforce (cuda): ", name, "[", i, "] is on ", t.device());
@@ -79,8 +115,18 @@ at::ScalarType promoted_dtype(at::TensorList ts) {
   return d;
 }
 
-void check_k(int64_t k, int64_t n) {
-  TORCH_CHECK_VALUE(k >= 0 && k <= n, "k=", k, " is outside [0, ", n, "]: the inputs hold ", n, " elements in all");
+// What every op raises the same way: failed launches and internal errors.
+void check_result(const host::Result& r) {
+  if (r.status == host::kLaunchFailed) C10_CUDA_CHECK(static_cast<cudaError_t>(r.cuda_error));
+  TORCH_INTERNAL_ASSERT(r.status != host::kUnresolved, "sparseforce (cuda): the radix select ended unresolved (mode ",
+                        r.mode, ")");
+  TORCH_INTERNAL_ASSERT(r.status != host::kBadInput, "sparseforce (cuda): input ", r.index,
+                        " cannot be ranked as asked");
+}
+
+void check_k(const host::Result& r, int64_t k) {
+  TORCH_CHECK_VALUE(r.status != host::kBadK, "k=", k, " is outside [0, ", r.n, "]: the inputs hold ", r.n,
+                    " elements in all");
 }
 
 std::vector<at::Tensor> empty_masks(at::TensorList like) {
@@ -111,95 +157,34 @@ void finish_out(at::TensorList out, const std::vector<at::Tensor>& w) {
   }
 }
 
-// A host table copied to the device on the current stream. The pinned staging buffer is
-// recorded against the stream by copy_, so it is not reused before the copy has run.
-at::Tensor upload(const void* data, size_t bytes, const at::Device& dev) {
-  at::Tensor host = at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  std::memcpy(host.data_ptr(), data, bytes);
-  at::Tensor table = at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions().dtype(at::kByte).device(dev));
-  table.copy_(host, /*non_blocking=*/true);
-  return table;
-}
-
-struct Prepared {
-  std::vector<Segment> segs;
-  std::vector<at::Tensor> hold;  // contiguous copies the segments point into
-  int64_t n = 0;
-  int64_t tiles = 0;
-};
-
-void add_segment(Prepared& p, const void* a, const void* b, const uint8_t* prev, uint8_t* out, at::ScalarType type,
-                 int64_t n, size_t index) {
-  Segment s{};
-  s.a = a;
-  s.b = b;
-  s.prev = prev;
-  s.out = out;
-  s.n = n;
-  s.offset = p.n;
-  s.tile_begin = p.tiles;
-  s.dtype = dtype_code(type);
-  s.index = static_cast<int32_t>(index);
-  s.aligned = aligned16(a) && aligned16(b) && aligned16(prev) && aligned16(out);
-  p.n += n;
-  p.tiles += (n + kTile - 1) / kTile;
-  p.segs.push_back(s);
-}
-
-// Enqueues the select and waits for its state: the one synchronisation of the call, needed to
-// report NaN (found during the first pass) as an exception.
-SelectState run_select(const Prepared& p, int64_t k, at::ScalarType rank, bool saliency, bool write_masks,
-                       void* value_out, const at::Device& dev) {
-  const int64_t cap = candidate_cap(p.n);
-  at::Tensor table = upload(p.segs.data(), sizeof(Segment) * p.segs.size(), dev);
-  const size_t ws_bytes = select_workspace_bytes(p.tiles, cap);
-  at::Tensor ws = at::empty({static_cast<int64_t>(ws_bytes)}, at::TensorOptions().dtype(at::kByte).device(dev));
-  SelectArgs a{};
-  a.segs = reinterpret_cast<const Segment*>(table.data_ptr());
-  a.nseg = static_cast<int32_t>(p.segs.size());
-  a.rank_dtype = dtype_code(rank);
-  a.saliency = saliency ? 1 : 0;
-  a.write_masks = write_masks ? 1 : 0;
-  a.n = p.n;
-  a.tiles = p.tiles;
-  a.k = k;
-  a.cap = cap;
-  a.workspace = ws.data_ptr();
-  a.value_out = value_out;
-  a.num_sms = num_sms(dev.index());
-  a.stream = current_stream(dev).stream();
-  C10_CUDA_CHECK(launch_select(a));
-  const at::Tensor head = ws.narrow(0, 0, static_cast<int64_t>(sizeof(SelectState))).cpu();
-  SelectState st;
-  std::memcpy(&st, head.data_ptr(), sizeof st);
-  TORCH_INTERNAL_ASSERT(st.mode != kModeRadix && st.mode != kModeCand && st.mode != kModePos,
-                        "sparseforce (cuda): the radix select ended unresolved (mode ", st.mode, ")");
-  return st;
+host::Input input(const void* a, const void* b, const uint8_t* prev, uint8_t* out, const at::Tensor& like,
+                  size_t index) {
+  return host::Input{a, b, prev, out, like.numel(), dtype_code(like.scalar_type()), static_cast<int32_t>(index)};
 }
 
 // ---- topk_masks / kth_largest
 
-SelectState run_scores(at::TensorList scores, int64_t k, const std::vector<at::Tensor>* out, void* value_out) {
+void run_scores(at::TensorList scores, int64_t k, const std::vector<at::Tensor>* out, void* value_out) {
   TORCH_CHECK(!scores.empty(), "sparseforce (cuda): no scores");
   const at::Device dev = scores[0].device();
   const c10::cuda::CUDAGuard guard(dev);
-  Prepared p;
+  std::vector<at::Tensor> hold;  // the contiguous copies the inputs point into
+  std::vector<host::Input> inputs;
   for (size_t i = 0; i < scores.size(); ++i) {
     check_float(scores[i], "scores", i, dev);
     if (scores[i].numel() == 0) continue;
     at::Tensor c = scores[i].contiguous();
     uint8_t* o = out != nullptr ? reinterpret_cast<uint8_t*>((*out)[i].data_ptr<bool>()) : nullptr;
-    add_segment(p, c.data_ptr(), nullptr, nullptr, o, c.scalar_type(), c.numel(), i);
-    p.hold.push_back(std::move(c));
+    inputs.push_back(input(c.data_ptr(), nullptr, nullptr, o, c, i));
+    hold.push_back(std::move(c));
   }
-  check_k(k, p.n);
-  SelectState st{};
-  st.mode = kModeNone;
-  if (p.n == 0) return st;
-  st = run_select(p, k, promoted_dtype(scores), false, out != nullptr, value_out, dev);
-  TORCH_CHECK_VALUE(st.mode != kModeErrNaN, "scores[", st.nan_index, "] contains NaN; NaN scores cannot be ranked");
-  TORCH_INTERNAL_ASSERT(st.mode != kModeErrK);
-  return st;
+  TorchCudaDevice device(dev);
+  const host::Result r = host::select(device, inputs, k, dtype_code(promoted_dtype(scores)), false, out != nullptr,
+                                      value_out);
+  check_k(r, k);
+  check_result(r);
+  TORCH_CHECK_VALUE(r.status != host::kNaN, "scores[", r.nan_index, "] contains NaN; NaN scores cannot be ranked");
+  TORCH_INTERNAL_ASSERT(r.status == host::kOk, "sparseforce (cuda): unexpected select status ", r.status);
 }
 
 void topk_masks_out(at::TensorList scores, int64_t k, at::TensorList out) {
@@ -235,7 +220,8 @@ void saliency_run(at::TensorList weights, at::TensorList grads, int64_t k, at::T
   const bool use_prev = !resurrect && !prev_masks.empty();
   const at::Device dev = weights[0].device();
   const c10::cuda::CUDAGuard guard(dev);
-  Prepared p;
+  std::vector<at::Tensor> hold;
+  std::vector<host::Input> inputs;
   bool any_double = false;
   for (size_t i = 0; i < weights.size(); ++i) {
     check_float(weights[i], "weights", i, dev);
@@ -255,20 +241,21 @@ void saliency_run(at::TensorList weights, at::TensorList grads, int64_t k, at::T
                   "sparseforce: prev_masks[", i, "] must be a bool tensor of the weight's shape on its device");
       at::Tensor m = prev_masks[i].contiguous();
       prev = reinterpret_cast<const uint8_t*>(m.data_ptr<bool>());
-      p.hold.push_back(std::move(m));
+      hold.push_back(std::move(m));
     }
-    add_segment(p, w.data_ptr(), g.data_ptr(), prev, reinterpret_cast<uint8_t*>(out[i].data_ptr<bool>()), st,
-                w.numel(), i);
-    p.hold.push_back(std::move(w));
-    p.hold.push_back(std::move(g));
+    inputs.push_back(input(w.data_ptr(), g.data_ptr(), prev, reinterpret_cast<uint8_t*>(out[i].data_ptr<bool>()), w, i));
+    hold.push_back(std::move(w));
+    hold.push_back(std::move(g));
   }
-  check_k(k, p.n);
-  if (p.n == 0) return;
-  const SelectState st = run_select(p, k, any_double ? at::kDouble : at::kFloat, true, true, nullptr, dev);
-  TORCH_CHECK_VALUE(st.mode != kModeErrNaN, "the saliency |w*g| of weights[", st.nan_index,
-                    "] is NaN (NaN, or inf times 0, in weights[", st.nan_index, "] or grads[", st.nan_index, "])");
-  TORCH_CHECK_VALUE(st.mode != kModeErrK, "k=", k, " but prev_masks keep only ", st.competing,
+  TorchCudaDevice device(dev);
+  const host::Result r = host::select(device, inputs, k, any_double ? kF64 : kF32, true, true, nullptr);
+  check_k(r, k);
+  check_result(r);
+  TORCH_CHECK_VALUE(r.status != host::kNaN, "the saliency |w*g| of weights[", r.nan_index,
+                    "] is NaN (NaN, or inf times 0, in weights[", r.nan_index, "] or grads[", r.nan_index, "])");
+  TORCH_CHECK_VALUE(r.status != host::kFewCompeting, "k=", k, " but prev_masks keep only ", r.competing,
                     " weights; with resurrect=False only weights kept in prev_masks compete, so k may not exceed that");
+  TORCH_INTERNAL_ASSERT(r.status == host::kOk, "sparseforce (cuda): unexpected select status ", r.status);
 }
 
 std::vector<at::Tensor> saliency_topk_masks(at::TensorList weights, at::TensorList grads, int64_t k,
@@ -298,11 +285,10 @@ void masked_sgd_(at::TensorList params, at::TensorList grads, at::TensorList mom
   if (n == 0) return;
   const at::Device dev = params[0].device();
   const c10::cuda::CUDAGuard guard(dev);
-  std::vector<SgdSegment> segs;
+  std::vector<host::SgdInput> inputs;
   std::vector<at::Tensor> hold;
   // Non-contiguous params/buffers are updated through contiguous copies, written back after.
   std::vector<std::pair<at::Tensor, at::Tensor>> write_back;
-  int64_t tiles = 0;
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     TORCH_CHECK(p.is_cuda() && p.device() == dev && grads[i].device() == dev, "sparseforce (cuda): params[", i,
@@ -310,7 +296,7 @@ void masked_sgd_(at::TensorList params, at::TensorList grads, at::TensorList mom
     TORCH_CHECK(grads[i].scalar_type() == p.scalar_type() && grads[i].sizes() == p.sizes(),
                 "sparseforce: grads[", i, "] must match params[", i, "] in dtype and shape");
     if (p.numel() == 0) continue;
-    SgdSegment s{};
+    host::SgdInput s{};
     const at::ScalarType type = p.scalar_type();
     TORCH_CHECK(type == at::kHalf || type == at::kBFloat16 || type == at::kFloat || type == at::kDouble,
                 "sparseforce: params[", i, "] has dtype ", type);
@@ -341,25 +327,11 @@ void masked_sgd_(at::TensorList params, at::TensorList grads, at::TensorList mom
       hold.push_back(mc);
     }
     s.n = p.numel();
-    s.tile_begin = tiles;
-    s.aligned = aligned16(s.p) && aligned16(s.g) && aligned16(s.buf) && aligned16(s.mask);
-    tiles += (s.n + kTile - 1) / kTile;
-    segs.push_back(s);
+    inputs.push_back(s);
   }
-  if (tiles == 0) return;
-  at::Tensor table = upload(segs.data(), sizeof(SgdSegment) * segs.size(), dev);
-  SgdArgs a{};
-  a.segs = reinterpret_cast<const SgdSegment*>(table.data_ptr());
-  a.nseg = static_cast<int32_t>(segs.size());
-  a.nesterov = nesterov ? 1 : 0;
-  a.tiles = tiles;
-  a.lr = lr;
-  a.momentum = momentum;
-  a.dampening = dampening;
-  a.weight_decay = weight_decay;
-  a.num_sms = num_sms(dev.index());
-  a.stream = current_stream(dev).stream();
-  C10_CUDA_CHECK(launch_masked_sgd(a));
+  TorchCudaDevice device(dev);
+  const host::Result r = host::masked_sgd(device, inputs, host::SgdHyper{lr, momentum, dampening, weight_decay, nesterov});
+  check_result(r);
   // Stream-ordered after the kernel; the temporaries above are released to the caching
   // allocator, which reuses them only for later work on this stream.
   for (auto& [orig, copy] : write_back) orig.copy_(copy);

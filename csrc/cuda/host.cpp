@@ -1,0 +1,237 @@
+// The device-agnostic orchestration of the CUDA ops (host.h). Compiled into CUDA builds of the
+// extension and into the CPU emulation of the kernels; a CPU-only build that picks it up by a
+// stray glob compiles it to nothing.
+#if defined(SPARSEFORCE_WITH_CUDA) || defined(SPARSEFORCE_CUDA_EMULATION)
+
+#include "host.h"
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <cstdlib>
+#include <vector>
+
+#include "launch.h"
+
+namespace sparseforce {
+namespace cuda {
+namespace host {
+namespace {
+
+// Device memory released when the call ends, whichever way it returns.
+class Buffer {
+ public:
+  Buffer(Device& dev, size_t bytes) : dev_(dev), p_(dev.alloc(bytes)) {}
+  ~Buffer() {
+    if (p_ != nullptr) dev_.free(p_);
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  void* get() const { return p_; }
+
+ private:
+  Device& dev_;
+  void* p_;
+};
+
+int64_t env_int(const char* name, int64_t fallback) {
+  const char* s = std::getenv(name);
+  if (s == nullptr || *s == '\0') return fallback;
+  char* end = nullptr;
+  const long long v = std::strtoll(s, &end, 10);
+  return *end == '\0' ? static_cast<int64_t>(v) : fallback;
+}
+
+bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+int key_bits(int32_t dtype) { return dtype == kF16 || dtype == kBF16 ? 16 : (dtype == kF32 ? 32 : 64); }
+
+bool known_dtype(int32_t dtype) { return dtype == kF16 || dtype == kBF16 || dtype == kF32 || dtype == kF64; }
+
+// The (ranking dtype, input dtype) pairs the kernels instantiate (common.cuh's valid_pair): the
+// ranking dtype holds every input value, and |a*b| is formed in float32, or float64 for float64.
+bool ranks_as(int32_t rank, int32_t dtype, bool saliency) {
+  if (!known_dtype(rank) || !known_dtype(dtype)) return false;
+  if (saliency) return rank == kF64 || (rank == kF32 && dtype != kF64);
+  return rank == dtype || rank == kF64 || (rank == kF32 && (dtype == kF16 || dtype == kBF16));
+}
+
+Result bad_input(int32_t index) {
+  Result r;
+  r.status = kBadInput;
+  r.index = index;
+  return r;
+}
+
+struct Table {
+  std::vector<Segment> segs;
+  int64_t n = 0;
+  int64_t tiles = 0;
+  int32_t bad = INT32_MIN;  // index of the first input the kernels cannot take
+};
+
+// Global order is input order; empty inputs get no segment (segments must have n > 0).
+Table segment_table(const std::vector<Input>& inputs, int32_t rank, bool saliency, bool write_masks) {
+  Table t;
+  if (!known_dtype(rank) || (saliency && rank != kF32 && rank != kF64)) {
+    t.bad = -1;
+    return t;
+  }
+  for (const Input& in : inputs) {
+    const bool missing = in.n > 0 && (in.a == nullptr || (saliency && in.b == nullptr) || (write_masks && in.out == nullptr));
+    if (in.n < 0 || !ranks_as(rank, in.dtype, saliency) || missing) {
+      t.bad = in.index;
+      return t;
+    }
+    if (in.n == 0) continue;
+    Segment s{};
+    s.a = in.a;
+    s.b = saliency ? in.b : nullptr;
+    s.prev = in.prev;
+    s.out = write_masks ? in.out : nullptr;
+    s.n = in.n;
+    s.offset = t.n;
+    s.tile_begin = t.tiles;
+    s.dtype = in.dtype;
+    s.index = in.index;
+    s.aligned = aligned16(s.a) && aligned16(s.b) && aligned16(s.prev) && aligned16(s.out);
+    t.n += in.n;
+    t.tiles += (in.n + kTile - 1) / kTile;
+    t.segs.push_back(s);
+  }
+  if (t.segs.size() > static_cast<size_t>(INT32_MAX)) t.bad = -1;
+  return t;
+}
+
+Result launch_failed(cudaError_t e) {
+  Result r;
+  r.status = kLaunchFailed;
+  r.cuda_error = static_cast<int32_t>(e);
+  return r;
+}
+
+}  // namespace
+
+int64_t candidate_cap(int64_t n) {
+  // Candidates cost 16 bytes each: n/16 of them cost as much memory as the masks. 0: always run
+  // the radix passes over the full data to the whole key (the path ties by per-tile quotas take).
+  const int64_t dflt = std::min<int64_t>(int64_t(1) << 24, std::max<int64_t>(int64_t(1) << 16, n / 16));
+  const int64_t cap = env_int("SPARSEFORCE_CUDA_CANDIDATE_CAP", dflt);
+  return cap < 0 ? 0 : cap;
+}
+
+Result select(Device& dev, const std::vector<Input>& inputs, int64_t k, int32_t rank_dtype, bool saliency,
+              bool write_masks, void* value_out) {
+  const Table t = segment_table(inputs, rank_dtype, saliency, write_masks);
+  if (t.bad != INT32_MIN) return bad_input(t.bad);
+  Result r;
+  r.n = t.n;
+  if (k < (write_masks ? 0 : 1) || k > t.n) {  // kth_largest needs 1 <= k
+    r.status = kBadK;
+    return r;
+  }
+  r.mode = kModeNone;
+  if (t.n == 0) return r;
+  if (!write_masks && value_out == nullptr) return bad_input(-1);
+
+  const int64_t cap = candidate_cap(t.n);
+  const size_t table_bytes = sizeof(Segment) * t.segs.size();
+  Buffer table(dev, table_bytes);
+  dev.upload(table.get(), t.segs.data(), table_bytes);
+  Buffer ws(dev, select_workspace_bytes(t.tiles, cap));
+
+  SelectArgs a{};
+  a.segs = static_cast<const Segment*>(table.get());
+  a.nseg = static_cast<int32_t>(t.segs.size());
+  a.rank_dtype = rank_dtype;
+  a.saliency = saliency ? 1 : 0;
+  a.write_masks = write_masks ? 1 : 0;
+  a.n = t.n;
+  a.tiles = t.tiles;
+  a.k = k;
+  a.cap = cap;
+  a.workspace = ws.get();
+  a.value_out = write_masks ? nullptr : value_out;
+  a.num_sms = dev.num_sms();
+  a.stream = dev.stream();
+  const cudaError_t e = launch_select(a);
+  if (e != cudaSuccess) return launch_failed(e);
+
+  // The state sits at offset 0 of the workspace; reading it is the call's one synchronisation,
+  // needed to report NaN (found during the first pass) and an unsatisfiable k as errors.
+  SelectState st;
+  dev.download(&st, ws.get(), sizeof st);
+  r.mode = st.mode;
+  r.competing = st.competing;
+  switch (st.mode) {
+    case kModeErrNaN:
+      r.status = kNaN;
+      r.nan_index = st.nan_index;
+      break;
+    case kModeErrK:
+      r.status = kFewCompeting;
+      break;
+    case kModeCandDone:
+    case kModeKnown:
+    case kModeAll:
+    case kModeNone:
+      break;
+    default:  // radix / cand / pos: a pass sequence that stopped short of the answer
+      r.status = kUnresolved;
+  }
+  return r;
+}
+
+Result masked_sgd(Device& dev, const std::vector<SgdInput>& inputs, const SgdHyper& h) {
+  const bool use_buf = h.momentum != 0;
+  std::vector<SgdSegment> segs;
+  int64_t tiles = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const SgdInput& in = inputs[i];
+    const bool missing = in.n > 0 && (in.p == nullptr || in.g == nullptr || (use_buf && in.buf == nullptr));
+    if (in.n < 0 || !known_dtype(in.dtype) || missing) {
+      return bad_input(static_cast<int32_t>(i));
+    }
+    if (in.n == 0) continue;
+    SgdSegment s{};
+    s.p = in.p;
+    s.g = in.g;
+    s.buf = use_buf ? in.buf : nullptr;
+    s.mask = in.mask;
+    s.n = in.n;
+    s.tile_begin = tiles;
+    s.dtype = in.dtype;
+    s.fresh = use_buf && in.fresh != 0 ? 1 : 0;
+    s.aligned = aligned16(s.p) && aligned16(s.g) && aligned16(s.buf) && aligned16(s.mask);
+    tiles += (in.n + kTile - 1) / kTile;
+    segs.push_back(s);
+  }
+  Result r;
+  if (tiles == 0) return r;
+  if (segs.size() > static_cast<size_t>(INT32_MAX)) return bad_input(-1);
+  const size_t table_bytes = sizeof(SgdSegment) * segs.size();
+  // Freed when this returns, before the kernel has run: a stream-ordered allocator (torch's
+  // caching allocator) reuses the memory only for later work on the same stream.
+  Buffer table(dev, table_bytes);
+  dev.upload(table.get(), segs.data(), table_bytes);
+  SgdArgs a{};
+  a.segs = static_cast<const SgdSegment*>(table.get());
+  a.nseg = static_cast<int32_t>(segs.size());
+  a.nesterov = h.nesterov ? 1 : 0;
+  a.tiles = tiles;
+  a.lr = h.lr;
+  a.momentum = h.momentum;
+  a.dampening = h.dampening;
+  a.weight_decay = h.weight_decay;
+  a.num_sms = dev.num_sms();
+  a.stream = dev.stream();
+  const cudaError_t e = launch_masked_sgd(a);
+  if (e != cudaSuccess) return launch_failed(e);
+  return r;
+}
+
+}  // namespace host
+}  // namespace cuda
+}  // namespace sparseforce
+
+#endif  // SPARSEFORCE_WITH_CUDA || SPARSEFORCE_CUDA_EMULATION

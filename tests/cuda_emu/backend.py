@@ -1,0 +1,311 @@
+"""The emulated CUDA backend: csrc/cuda's kernels and host orchestration, run on CPU tensors.
+
+A shared library built from ``csrc/cuda/*.cu`` + ``csrc/cuda/host.cpp`` + ``tests/cuda_emu/abi.cpp``
++ the emulator runtime (compiled as host C++ with g++) is loaded through ctypes. The functions
+here have the signatures of the registered kernels (``sparseforce/ops/cpp/__init__.py``), and do in
+Python what the torch layer ``csrc/cuda/ops_cuda.cpp`` does in C++: contiguous copies, dtype
+promotion, output allocation (filled with the emulator's garbage, so unwritten bytes show up),
+the stand-ins for non-contiguous ``out``, and the same errors as the ``cpp`` backend.
+
+Use ``Backend(path)`` or ``load(path=None)`` (path from ``$SFEMU_LIB``); ``Backend.kernels()``
+maps op names to the bound functions.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+import torch
+
+from sparseforce.ops import reference as _reference
+from sparseforce.ops._schema import NaNScoreError
+
+# csrc/cuda/launch.h: DType
+DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+HISTOGRAM_BINS = 1 << 16
+
+# csrc/cuda/host.h: Status
+OK, BAD_K, NAN, FEW_COMPETING, LAUNCH_FAILED, UNRESOLVED, BAD_INPUT = range(7)
+
+
+class Result(ctypes.Structure):
+    """csrc/cuda/host.h's Result."""
+    _fields_ = [("status", ctypes.c_int32), ("cuda_error", ctypes.c_int32), ("mode", ctypes.c_int32),
+                ("index", ctypes.c_int32), ("n", ctypes.c_int64), ("competing", ctypes.c_int64),
+                ("nan_index", ctypes.c_int64)]
+
+
+class EmulatorError(RuntimeError):
+    """The emulated launch or the host orchestration failed (not a user error)."""
+
+
+_P = ctypes.c_void_p
+_PP = ctypes.POINTER(ctypes.c_void_p)
+_I64P = ctypes.POINTER(ctypes.c_int64)
+_I32P = ctypes.POINTER(ctypes.c_int32)
+
+
+def _ptrs(values):
+    return (ctypes.c_void_p * max(1, len(values)))(*values)
+
+
+def _i64(values):
+    return (ctypes.c_int64 * max(1, len(values)))(*values)
+
+
+def _i32(values):
+    return (ctypes.c_int32 * max(1, len(values)))(*values)
+
+
+def _ptr(t):
+    return None if t is None or t.numel() == 0 else t.data_ptr()
+
+
+def _promoted_dtype(tensors):
+    dtype = torch.float32 if not tensors else tensors[0].dtype
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+class Backend:
+    def __init__(self, path):
+        self.path = str(path)
+        lib = ctypes.CDLL(self.path)
+        lib.sfemu_last_error.restype = ctypes.c_char_p
+        lib.sfemu_last_error.argtypes = []
+        lib.sfemu_set_garbage_seed.argtypes = [ctypes.c_uint64]
+        lib.sfemu_set_garbage_seed.restype = None
+        lib.sfemu_fill_garbage.argtypes = [_P, ctypes.c_uint64]
+        lib.sfemu_fill_garbage.restype = None
+        lib.sfemu_result_size.restype = ctypes.c_int32
+        lib.sfemu_select.argtypes = [ctypes.c_int32, _PP, _PP, _PP, _PP, _I64P, _I32P, ctypes.c_int64,
+                                     ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _P, ctypes.POINTER(Result)]
+        lib.sfemu_select.restype = ctypes.c_int32
+        lib.sfemu_masked_sgd.argtypes = [ctypes.c_int32, _PP, _PP, _PP, _PP, _I64P, _I32P, _I32P, ctypes.c_double,
+                                         ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_int32,
+                                         ctypes.POINTER(Result)]
+        lib.sfemu_masked_sgd.restype = ctypes.c_int32
+        lib.sfemu_radix_histogram.argtypes = [ctypes.c_int32, _PP, _PP, _PP, _I64P, _I32P, ctypes.c_int32,
+                                              ctypes.c_int32, ctypes.c_int32, ctypes.c_uint64, _P,
+                                              ctypes.POINTER(Result)]
+        lib.sfemu_radix_histogram.restype = ctypes.c_int32
+        if lib.sfemu_result_size() != ctypes.sizeof(Result):
+            raise EmulatorError(f"{self.path}: Result is {lib.sfemu_result_size()} bytes in C, "
+                                f"{ctypes.sizeof(Result)} here")
+        self.lib = lib
+
+    # ---- plumbing
+
+    def set_garbage_seed(self, seed: int) -> None:
+        self.lib.sfemu_set_garbage_seed(seed & (2**64 - 1))
+
+    def _garbage(self, t: torch.Tensor) -> torch.Tensor:
+        """Fills a freshly allocated (contiguous) tensor with garbage bytes, as fresh device memory."""
+        if t.numel():
+            self.lib.sfemu_fill_garbage(t.data_ptr(), t.numel() * t.element_size())
+        return t
+
+    def _empty(self, shape, dtype) -> torch.Tensor:
+        return self._garbage(torch.empty(shape, dtype=dtype))
+
+    def _call(self, fn, *args):
+        res = Result()
+        code = fn(*args, ctypes.byref(res))
+        if code < 0:
+            raise EmulatorError(self.lib.sfemu_last_error().decode())
+        if res.status == LAUNCH_FAILED:
+            raise EmulatorError(f"sparseforce (cuda): launch failed with cudaError {res.cuda_error}")
+        if res.status == UNRESOLVED:
+            raise EmulatorError(f"sparseforce (cuda): the radix select ended unresolved (mode {res.mode})")
+        if res.status == BAD_INPUT:
+            raise EmulatorError(f"sparseforce (cuda): input {res.index} cannot be ranked as asked")
+        return res
+
+    @staticmethod
+    def _check_written(masks):
+        # A mask byte the kernels did not write still holds garbage (anything but 0 or 1).
+        for i, m in enumerate(masks):
+            if m.numel() and int(m.view(torch.uint8).max()) > 1:
+                raise EmulatorError(f"out[{i}] has bytes the kernels never wrote")
+
+    def _empty_masks(self, like):
+        return [self._empty(t.shape, torch.bool) for t in like]
+
+    def _writable(self, out, like):
+        # ops_cuda.cpp's writable(): non-contiguous `out` entries get contiguous stand-ins.
+        return [o if o.is_contiguous() else self._empty(o.shape, torch.bool) for o in out]
+
+    @staticmethod
+    def _finish_out(out, w):
+        for o, t in zip(out, w):
+            if t is not o:
+                o.copy_(t)
+
+    def _select(self, a, b, prev, out, k, rank, saliency, write_masks, value_out):
+        n = len(a)
+        return self._call(self.lib.sfemu_select, n, _ptrs([_ptr(t) for t in a]),
+                          _ptrs([_ptr(t) for t in b]) if b is not None else None,
+                          _ptrs([_ptr(t) for t in prev]) if prev is not None else None,
+                          _ptrs([_ptr(t) for t in out]) if out is not None else None,
+                          _i64([t.numel() for t in a]), _i32([DTYPE_CODE[t.dtype] for t in a]), k, DTYPE_CODE[rank],
+                          int(saliency), int(write_masks), value_out)
+
+    @staticmethod
+    def _raise_k(res, k):
+        if res.status == BAD_K:
+            raise ValueError(f"k={k} is outside [0, {res.n}]: the inputs hold {res.n} elements in all")
+
+    # ---- ops_cuda.cpp's run_scores / saliency_run / masked_sgd_ / radix_histogram
+
+    def _run_scores(self, scores, k, out, value_out):
+        held = [s.contiguous() for s in scores]
+        res = self._select(held, None, None, out, k, _promoted_dtype(scores), False, out is not None, value_out)
+        self._raise_k(res, k)
+        if res.status == NAN:
+            raise NaNScoreError(res.nan_index,
+                                f"scores[{res.nan_index}] contains NaN; NaN scores cannot be ranked")
+        if res.status != OK:
+            raise EmulatorError(f"sparseforce (cuda): unexpected select status {res.status}")
+
+    def _saliency_run(self, weights, grads, k, prev_masks, resurrect, out):
+        if len(weights) != len(grads):
+            raise RuntimeError(f"sparseforce: weights has {len(weights)} tensors but grads has {len(grads)}")
+        use_prev = not resurrect and bool(prev_masks)
+        a, b, prev, any_double = [], [], [], False
+        for i, (w, g) in enumerate(zip(weights, grads)):
+            st = torch.promote_types(w.dtype, g.dtype)
+            any_double |= st == torch.float64
+            a.append(w.to(st).contiguous())
+            b.append(g.to(st).contiguous())
+            prev.append(prev_masks[i].contiguous() if use_prev else None)
+        res = self._select(a, b, prev, out, k, torch.float64 if any_double else torch.float32, True, True, None)
+        self._raise_k(res, k)
+        if res.status == NAN:
+            i = res.nan_index
+            raise NaNScoreError(i, f"the saliency |w*g| of weights[{i}] is NaN (NaN, or inf times 0, in "
+                                   f"weights[{i}] or grads[{i}])")
+        if res.status == FEW_COMPETING:
+            raise ValueError(f"k={k} but prev_masks keep only {res.competing} weights; with resurrect=False only "
+                             "weights kept in prev_masks compete, so k may not exceed that")
+        if res.status != OK:
+            raise EmulatorError(f"sparseforce (cuda): unexpected select status {res.status}")
+
+    # ---- the registered kernels' signatures (sparseforce/ops/cpp/__init__.py)
+
+    def topk_masks(self, scores, k, out, device):
+        if not scores:
+            return [] if out is None else list(out)
+        if out is None:
+            masks = self._empty_masks(scores)
+            self._run_scores(scores, k, masks, None)
+            self._check_written(masks)
+            return masks
+        w = self._writable(out, scores)
+        self._run_scores(scores, k, w, None)
+        self._check_written(w)
+        self._finish_out(out, w)
+        return list(out)
+
+    def kth_largest(self, scores, k, device):
+        if k < 1:
+            raise ValueError(f"k={k} has no k-th largest value; k must be in [1, N]")
+        if not scores:
+            raise RuntimeError("sparseforce (cuda): no scores")
+        value = self._empty((), _promoted_dtype(scores))
+        self._run_scores(scores, k, None, value.data_ptr())
+        return value
+
+    def saliency_topk_masks(self, weights, grads, k, prev_masks, resurrect, out, device):
+        if not weights:
+            return [] if out is None else list(out)
+        prev = [] if resurrect or prev_masks is None else list(prev_masks)
+        if out is None:
+            masks = self._empty_masks(weights)
+            self._saliency_run(weights, grads, k, prev, resurrect, masks)
+            self._check_written(masks)
+            return masks
+        w = self._writable(out, weights)
+        self._saliency_run(weights, grads, k, prev, resurrect, w)
+        self._check_written(w)
+        self._finish_out(out, w)
+        return list(out)
+
+    def radix_histogram(self, a, grads, prev_masks, rank_dtype, shift, prefix, device):
+        if not a:
+            return torch.zeros(HISTOGRAM_BINS, dtype=torch.int64), None
+        saliency = grads is not None
+        xs, gs, prev = [], [], []
+        for i, x in enumerate(a):
+            if saliency:
+                st = torch.promote_types(x.dtype, grads[i].dtype)
+                st = torch.float64 if st == torch.float64 else torch.float32  # |w*g| is formed in float32
+                xs.append(x.to(st).contiguous())
+                gs.append(grads[i].to(st).contiguous())
+            else:
+                xs.append(x.contiguous())
+            prev.append(prev_masks[i].contiguous() if prev_masks else None)
+        out = self._empty(HISTOGRAM_BINS + 1, torch.int64)
+        self._call(self.lib.sfemu_radix_histogram, len(xs), _ptrs([_ptr(t) for t in xs]),
+                   _ptrs([_ptr(t) for t in gs]) if saliency else None,
+                   _ptrs([_ptr(t) for t in prev]) if prev_masks else None,
+                   _i64([t.numel() for t in xs]), _i32([DTYPE_CODE[t.dtype] for t in xs]), DTYPE_CODE[rank_dtype],
+                   int(saliency), shift, prefix, out.data_ptr())
+        nan_index = int(out[-1])
+        return out[:-1], (None if nan_index < 0 else nan_index)
+
+    @torch.no_grad()
+    def masked_sgd_(self, params, grads, momentum_buffers, masks, hyper, nesterov, device):
+        if not params:
+            return list(momentum_buffers)
+        if any(g.dtype != p.dtype for p, g in zip(params, grads)):
+            return _reference.masked_sgd_(params, grads, momentum_buffers, masks, hyper, nesterov, device)
+        momentum = hyper["momentum"]
+        if momentum != 0:
+            fresh = [int(b is None) for b in momentum_buffers]
+            buffers = [self._empty(p.shape, p.dtype) if b is None else b for p, b in zip(params, momentum_buffers)]
+        else:
+            fresh, buffers = [0] * len(params), [None] * len(params)
+        # ops_cuda.cpp's masked_sgd_: non-contiguous params/buffers are updated through
+        # contiguous copies, written back after.
+        write_back, ps, gs, bs, ms = [], [], [], [], []
+        for p, g, b, m in zip(params, grads, buffers, masks):
+            pc = p.contiguous()
+            if pc is not p:
+                write_back.append((p, pc))
+            ps.append(pc)
+            gs.append(g.contiguous())
+            if b is not None:
+                bc = b.contiguous()
+                if bc is not b:
+                    write_back.append((b, bc))
+                bs.append(bc)
+            else:
+                bs.append(None)
+            ms.append(None if m is None else m.contiguous())
+        self._call(self.lib.sfemu_masked_sgd, len(ps), _ptrs([_ptr(t) for t in ps]), _ptrs([_ptr(t) for t in gs]),
+                   _ptrs([_ptr(t) for t in bs]), _ptrs([_ptr(t) for t in ms]), _i64([t.numel() for t in ps]),
+                   _i32([DTYPE_CODE[t.dtype] for t in ps]), _i32(fresh), hyper["lr"], momentum, hyper["dampening"],
+                   hyper["weight_decay"], int(bool(nesterov)))
+        for orig, copy in write_back:
+            orig.copy_(copy)
+        return buffers if momentum != 0 else list(momentum_buffers)
+
+    def kernels(self) -> dict:
+        """Op name -> kernel, as ``sparseforce.ops._registry`` keys them."""
+        return {"topk_masks": self.topk_masks, "kth_largest": self.kth_largest,
+                "saliency_topk_masks": self.saliency_topk_masks, "radix_histogram": self.radix_histogram,
+                "masked_sgd_": self.masked_sgd_}
+
+
+_LOADED: dict[str, Backend] = {}
+
+
+def load(path=None) -> Backend:
+    """The backend over the library at ``path`` (default ``$SFEMU_LIB``), loaded once per path."""
+    path = str(path if path is not None else os.environ.get("SFEMU_LIB", ""))
+    if not path:
+        raise EmulatorError("no emulator library: pass its path or set SFEMU_LIB")
+    if path not in _LOADED:
+        _LOADED[path] = Backend(path)
+    return _LOADED[path]
