@@ -218,6 +218,55 @@ def test_iter_snip_step_only_survivors_compete(backend, device, dtype, rng):
         ops.saliency_topk_masks(w, g, alive + 1, prev_masks=prev, resurrect=False, backend=backend)
 
 
+IN_PLACE_CASES = ["ties", "distinct", "several", "several-ties", "non-contiguous"]
+
+
+def in_place_inputs(case, gen, device):
+    """(weights, grads, prev_masks, bases) for an in-place Iter SNIP step; ``bases``: the buffers
+    non-contiguous masks view into, whose other bytes must stay as they were."""
+    if case in ("ties", "distinct"):  # one large tensor: every radix pass and mask path runs
+        n = 200_000
+        w = torch.ones(n) if case == "ties" else torch.randn(n, generator=gen)
+        m = torch.zeros(n, dtype=torch.bool)
+        m[::2] = True
+        return [w.to(device)], [torch.ones(n, device=device)], [m.to(device)], []
+    shapes = [(33, 17), (5, 3), (0, 4), (64, 9), (1, 1), (7, 300)]
+    if case == "non-contiguous":
+        bases = [(torch.rand(r, 2 * c, generator=gen) < 0.6).to(device) for r, c in shapes]
+        bases.append((torch.rand(40, 30, generator=gen) < 0.6).to(device))
+        prev = [b[:, ::2] for b in bases[:-1]] + [bases[-1].t()]
+    else:
+        bases = []
+        prev = [(torch.rand(s, generator=gen) < 0.6).to(device) for s in shapes]
+    shapes = [tuple(m.shape) for m in prev]
+    w = random_scores(gen, shapes, kind="ties" if case == "several-ties" else "normal")
+    g = random_scores(gen, shapes, kind="ties")
+    return [t.to(device) for t in w], [t.to(device) for t in g], prev, bases
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+@pytest.mark.parametrize("case", IN_PLACE_CASES)
+@pytest.mark.parametrize("which_k", ["some", "zero", "all-survivors"])
+@pytest.mark.parametrize("cpp_knobs", [False, True], ids=["default", "cpp-exact-key-3-chunks"])
+def test_iter_snip_in_place(backend, device, case, which_k, cpp_knobs, rng, monkeypatch):
+    # out= the very tensors passed as prev_masks: the natural in-place Iter SNIP update.
+    if cpp_knobs:  # the cpp kernel's other mask pass (the k-th key fully known) and chunk seams
+        monkeypatch.setenv("SPARSEFORCE_CPU_CANDIDATE_CAP", "0")
+        monkeypatch.setenv("SPARSEFORCE_CPU_CHUNKS", "3")
+    w, g, prev, bases = in_place_inputs(case, rng, device)
+    alive = int(flat_bool(prev).sum())
+    k = {"some": min(1000, alive // 3), "zero": 0, "all-survivors": alive}[which_k]
+    want = ops.saliency_topk_masks(w, g, k, prev_masks=[m.clone() for m in prev], resurrect=False,
+                                   backend="reference")
+    bases_before = [b.clone() for b in bases]
+    got = ops.saliency_topk_masks(w, g, k, prev_masks=prev, resurrect=False, out=prev, backend=backend)
+    assert len(got) == len(prev) and all(a is b for a, b in zip(got, prev))
+    assert flat_bool(prev).sum() == k
+    np.testing.assert_array_equal(flat_bool(prev), flat_bool(want))
+    for b, before in zip(bases[:-1], bases_before):
+        assert torch.equal(b[:, 1::2], before[:, 1::2])  # the bytes between the view's elements
+
+
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
 def test_saliency_nan_and_inf(backend, device):
     w = [torch.tensor([1.0, 2.0], device=device), torch.tensor([float("inf"), 3.0], device=device)]
