@@ -3,6 +3,7 @@
 Backends register themselves; each one found on this machine runs every test here.
 """
 import math
+import re
 
 import numpy as np
 import pytest
@@ -309,6 +310,119 @@ def test_saliency_argument_errors():
         ops.saliency_topk_masks([torch.ones(3, dtype=torch.long)], g, 1)
     with pytest.raises(TypeError, match="resurrect must be a bool"):
         ops.saliency_topk_masks(w, g, 1, resurrect=1)
+
+
+# ---------------------------------------------------------------- memory overlap between arguments
+
+def refuses(call, match, tensors):
+    """``call()`` raises ValueError matching ``match`` and writes none of ``tensors``."""
+    before = [t.clone() for t in tensors]
+    with pytest.raises(ValueError, match=match):
+        call()
+    for t, b in zip(tensors, before):
+        assert torch.equal(t, b), "a refused call wrote into an argument"
+
+
+def both(a, b):
+    """Either order of 'a overlaps b'."""
+    a, b = re.escape(a), re.escape(b)
+    return f"({a} overlaps {b}|{b} overlaps {a}) in memory"
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_topk_masks_refuses_overlapping_out(backend, device):
+    s = [torch.randn(4, 5, device=device), torch.randn(4, 5, device=device)]
+    a = torch.zeros(4, 5, dtype=torch.bool, device=device)
+
+    def run(out, scores=s):
+        return lambda: ops.topk_masks(scores, 7, out=out, backend=backend)
+
+    refuses(run([a, a]), both("out[1]", "out[0]"), [a])
+    base = torch.zeros(36, dtype=torch.bool, device=device)
+    refuses(run([base[:20].view(4, 5), base[16:].view(4, 5)]), both("out[1]", "out[0]"), [base])
+    flat = torch.randn(40, device=device)  # out[0] is a bool view of scores[0]'s own bytes
+    refuses(run([flat.view(torch.bool)[:20].view(4, 5), a], scores=[flat[:20].view(4, 5), s[1]]),
+            both("out[0]", "scores[0]"), [flat, a])
+    expanded = torch.zeros(1, dtype=torch.bool, device=device).expand(4, 5)
+    refuses(run([a, expanded]), r"out\[1\] has elements that share memory", [a])
+    # Disjoint parts of one buffer, and empty tensors, are fine.
+    halves = [base[:18], base[18:]]
+    ops.topk_masks([torch.randn(18, device=device), torch.randn(18, device=device)], 7, out=halves, backend=backend)
+    assert int(base.sum()) == 7
+    e = torch.zeros(0, dtype=torch.bool, device=device)
+    ops.topk_masks([torch.randn(0, device=device), torch.randn(0, device=device)], 0, out=[e, e], backend=backend)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+@pytest.mark.parametrize("resurrect", [False, True])
+def test_saliency_refuses_overlapping_out(backend, device, resurrect):
+    w = [torch.randn(8, device=device), torch.randn(8, device=device)]
+    g = [torch.randn(8, device=device), torch.randn(8, device=device)]
+    prev = [torch.rand(8, device=device) < 0.7, torch.rand(8, device=device) < 0.7]
+    prev[0][:2] = prev[1][:2] = True
+    fresh = [torch.zeros(8, dtype=torch.bool, device=device) for _ in range(2)]
+
+    def run(out, weights=w, grads=g, prev_masks=prev):
+        return lambda: ops.saliency_topk_masks(weights, grads, 3, prev_masks=prev_masks, resurrect=resurrect,
+                                               out=out, backend=backend)
+
+    everything = w + g + prev + fresh
+    refuses(run([fresh[0], fresh[0]]), both("out[1]", "out[0]"), everything)
+    refuses(run([prev[0], prev[0]]), both("out[1]", "out[0]"), everything)
+    refuses(run([prev[1], prev[0]]), r"out\[\d\] overlaps prev_masks\[\d\] in memory", everything)
+    refuses(run([fresh[0], prev[0]]), both("out[1]", "prev_masks[0]"), everything)
+    base = torch.rand(9, device=device) < 0.5  # out[0] is prev_masks[0] shifted by one element
+    refuses(run([base[1:], fresh[1]], prev_masks=[base[:8], prev[1]]), both("out[0]", "prev_masks[0]"),
+            everything + [base])
+    sq = torch.rand(4, 4, device=device) < 0.5  # same bytes and shape, other strides: not the same view
+    refuses(lambda: ops.saliency_topk_masks([torch.randn(4, 4, device=device)], [torch.randn(4, 4, device=device)],
+                                            3, prev_masks=[sq], resurrect=resurrect, out=[sq.t()], backend=backend),
+            both("out[0]", "prev_masks[0]"), [sq])
+    wf = torch.randn(16, device=device)  # bool views of a weight's / a grad's bytes
+    refuses(run([wf.view(torch.bool)[:8], fresh[1]], weights=[wf[:8], w[1]]), both("out[0]", "weights[0]"),
+            everything + [wf])
+    refuses(run([fresh[0], wf.view(torch.bool)[40:48]], grads=[g[0], wf[8:]]), both("out[1]", "grads[1]"),
+            everything + [wf])
+    one = torch.ones(1, dtype=torch.bool, device=device).expand(8)
+    refuses(run([one, fresh[1]], prev_masks=[one, prev[1]]), r"out\[0\] has elements that share memory",
+            everything)
+    # The legal in-place call still works.
+    want = ops.saliency_topk_masks(w, g, 3, prev_masks=[m.clone() for m in prev], resurrect=resurrect,
+                                   backend="reference")
+    ops.saliency_topk_masks(w, g, 3, prev_masks=prev, resurrect=resurrect, out=prev, backend=backend)
+    np.testing.assert_array_equal(flat_bool(prev), flat_bool(want))
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_masked_sgd_refuses_overlapping_tensors(backend, device):
+    p, g, b = ([torch.randn(6, device=device), torch.randn(6, device=device)] for _ in range(3))
+    m = [torch.rand(6, device=device) < 0.5, torch.rand(6, device=device) < 0.5]
+
+    def run(p, g, b, m):
+        return lambda: ops.masked_sgd_(p, g, b, m, lr=0.1, momentum=0.9, weight_decay=1e-4, backend=backend)
+
+    everything = p + g + b + m
+    refuses(run([p[0], p[0]], g, b, m), both("params[1]", "params[0]"), everything)
+    refuses(run(p, [p[0], g[1]], b, m), both("params[0]", "grads[0]"), everything)
+    refuses(run(p, g, [p[1], b[1]], m), both("params[1]", "momentum_buffers[0]"), everything)
+    refuses(run(p, g, [b[0], b[0]], m), both("momentum_buffers[1]", "momentum_buffers[0]"), everything)
+    refuses(run(p, g, [g[0], b[1]], m), both("momentum_buffers[0]", "grads[0]"), everything)
+    flat = torch.randn(12, device=device)  # a mask that is a bool view of a param's bytes
+    refuses(run([flat[:6], p[1]], g, b, [flat.view(torch.bool)[8:14], m[1]]), both("params[0]", "masks[0]"),
+            everything + [flat])
+    refuses(run([torch.zeros(1, device=device).expand(6), p[1]], g, b, m),
+            r"params\[0\] has elements that share memory", everything)
+    refuses(run(p, g, [torch.zeros(1, device=device).expand(6), None], m),
+            r"momentum_buffers\[0\] has elements that share memory", everything)
+    # Reads may share memory (one mask for two params, grads in one bucket); params may be disjoint
+    # views of one buffer; None buffers are created.
+    bucket = torch.randn(12, device=device)
+    want = [flat[:6].clone(), flat[6:].clone()]
+    ops.masked_sgd_(want, [bucket[:6], bucket[6:]], None, [m[0], m[0]], lr=0.1, momentum=0.9, backend="reference")
+    bufs = ops.masked_sgd_([flat[:6], flat[6:]], [bucket[:6], bucket[6:]], [None, None], [m[0], m[0]], lr=0.1,
+                           momentum=0.9, backend=backend)
+    torch.testing.assert_close(flat, torch.cat(want), rtol=1.3e-6, atol=1e-6)
+    assert all(x.data_ptr() != flat.data_ptr() for x in bufs)
 
 
 # ---------------------------------------------------------------- masked SGD
