@@ -312,6 +312,31 @@ def test_saliency_argument_errors():
         ops.saliency_topk_masks(w, g, 1, resurrect=1)
 
 
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_error_order_arguments_then_nan_then_k(backend, device):
+    nan = float("nan")
+    w = [torch.tensor([1.0, 2.0, 3.0], device=device), torch.tensor([4.0, nan, 5.0], device=device)]
+    g = [torch.ones(3, device=device), torch.ones(3, device=device)]
+    prev = [torch.tensor([True, False, False], device=device), torch.tensor([False, True, True], device=device)]
+    snapshot = [m.clone() for m in prev]
+    # A NaN among the survivors and k > survivors: the NaN is reported, naming its tensor, and the
+    # in-place masks are untouched.
+    with pytest.raises(ops.NaNScoreError, match=r"weights\[1\]") as info:
+        ops.saliency_topk_masks(w, g, 4, prev_masks=prev, resurrect=False, out=prev, backend=backend)
+    assert info.value.index == 1
+    assert all(torch.equal(m, s) for m, s in zip(prev, snapshot))
+    # Argument errors come before the NaN: k outside [0, N], overlapping outputs.
+    with pytest.raises(ValueError, match=r"k=7 is outside \[0, 6\]"):
+        ops.saliency_topk_masks(w, g, 7, prev_masks=prev, resurrect=False, backend=backend)
+    with pytest.raises(ValueError, match=r"out\[1\] overlaps out\[0\]"):
+        ops.saliency_topk_masks(w, g, 4, prev_masks=prev, resurrect=False, out=[prev[0], prev[0]], backend=backend)
+    # A NaN that does not compete (pruned) is no error: then k against the survivors is.
+    prev[1][1] = False
+    with pytest.raises(ValueError, match="prev_masks keep only 2") as info:
+        ops.saliency_topk_masks(w, g, 3, prev_masks=prev, resurrect=False, backend=backend)
+    assert not isinstance(info.value, ops.NaNScoreError)
+
+
 # ---------------------------------------------------------------- memory overlap between arguments
 
 def refuses(call, match, tensors):
