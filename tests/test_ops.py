@@ -3,6 +3,7 @@
 Backends register themselves; each one found on this machine runs every test here.
 """
 import math
+import re
 
 import numpy as np
 import pytest
@@ -218,6 +219,55 @@ def test_iter_snip_step_only_survivors_compete(backend, device, dtype, rng):
         ops.saliency_topk_masks(w, g, alive + 1, prev_masks=prev, resurrect=False, backend=backend)
 
 
+IN_PLACE_CASES = ["ties", "distinct", "several", "several-ties", "non-contiguous"]
+
+
+def in_place_inputs(case, gen, device):
+    """(weights, grads, prev_masks, bases) for an in-place Iter SNIP step; ``bases``: the buffers
+    non-contiguous masks view into, whose other bytes must stay as they were."""
+    if case in ("ties", "distinct"):  # one large tensor: every radix pass and mask path runs
+        n = 200_000
+        w = torch.ones(n) if case == "ties" else torch.randn(n, generator=gen)
+        m = torch.zeros(n, dtype=torch.bool)
+        m[::2] = True
+        return [w.to(device)], [torch.ones(n, device=device)], [m.to(device)], []
+    shapes = [(33, 17), (5, 3), (0, 4), (64, 9), (1, 1), (7, 300)]
+    if case == "non-contiguous":
+        bases = [(torch.rand(r, 2 * c, generator=gen) < 0.6).to(device) for r, c in shapes]
+        bases.append((torch.rand(40, 30, generator=gen) < 0.6).to(device))
+        prev = [b[:, ::2] for b in bases[:-1]] + [bases[-1].t()]
+    else:
+        bases = []
+        prev = [(torch.rand(s, generator=gen) < 0.6).to(device) for s in shapes]
+    shapes = [tuple(m.shape) for m in prev]
+    w = random_scores(gen, shapes, kind="ties" if case == "several-ties" else "normal")
+    g = random_scores(gen, shapes, kind="ties")
+    return [t.to(device) for t in w], [t.to(device) for t in g], prev, bases
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+@pytest.mark.parametrize("case", IN_PLACE_CASES)
+@pytest.mark.parametrize("which_k", ["some", "zero", "all-survivors"])
+@pytest.mark.parametrize("cpp_knobs", [False, True], ids=["default", "cpp-exact-key-3-chunks"])
+def test_iter_snip_in_place(backend, device, case, which_k, cpp_knobs, rng, monkeypatch):
+    # out= the very tensors passed as prev_masks: the natural in-place Iter SNIP update.
+    if cpp_knobs:  # the cpp kernel's other mask pass (the k-th key fully known) and chunk seams
+        monkeypatch.setenv("SPARSEFORCE_CPU_CANDIDATE_CAP", "0")
+        monkeypatch.setenv("SPARSEFORCE_CPU_CHUNKS", "3")
+    w, g, prev, bases = in_place_inputs(case, rng, device)
+    alive = int(flat_bool(prev).sum())
+    k = {"some": min(1000, alive // 3), "zero": 0, "all-survivors": alive}[which_k]
+    want = ops.saliency_topk_masks(w, g, k, prev_masks=[m.clone() for m in prev], resurrect=False,
+                                   backend="reference")
+    bases_before = [b.clone() for b in bases]
+    got = ops.saliency_topk_masks(w, g, k, prev_masks=prev, resurrect=False, out=prev, backend=backend)
+    assert len(got) == len(prev) and all(a is b for a, b in zip(got, prev))
+    assert flat_bool(prev).sum() == k
+    np.testing.assert_array_equal(flat_bool(prev), flat_bool(want))
+    for b, before in zip(bases[:-1], bases_before):
+        assert torch.equal(b[:, 1::2], before[:, 1::2])  # the bytes between the view's elements
+
+
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
 def test_saliency_nan_and_inf(backend, device):
     w = [torch.tensor([1.0, 2.0], device=device), torch.tensor([float("inf"), 3.0], device=device)]
@@ -260,6 +310,144 @@ def test_saliency_argument_errors():
         ops.saliency_topk_masks([torch.ones(3, dtype=torch.long)], g, 1)
     with pytest.raises(TypeError, match="resurrect must be a bool"):
         ops.saliency_topk_masks(w, g, 1, resurrect=1)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_error_order_arguments_then_nan_then_k(backend, device):
+    nan = float("nan")
+    w = [torch.tensor([1.0, 2.0, 3.0], device=device), torch.tensor([4.0, nan, 5.0], device=device)]
+    g = [torch.ones(3, device=device), torch.ones(3, device=device)]
+    prev = [torch.tensor([True, False, False], device=device), torch.tensor([False, True, True], device=device)]
+    snapshot = [m.clone() for m in prev]
+    # A NaN among the survivors and k > survivors: the NaN is reported, naming its tensor, and the
+    # in-place masks are untouched.
+    with pytest.raises(ops.NaNScoreError, match=r"weights\[1\]") as info:
+        ops.saliency_topk_masks(w, g, 4, prev_masks=prev, resurrect=False, out=prev, backend=backend)
+    assert info.value.index == 1
+    assert all(torch.equal(m, s) for m, s in zip(prev, snapshot))
+    # Argument errors come before the NaN: k outside [0, N], overlapping outputs.
+    with pytest.raises(ValueError, match=r"k=7 is outside \[0, 6\]"):
+        ops.saliency_topk_masks(w, g, 7, prev_masks=prev, resurrect=False, backend=backend)
+    with pytest.raises(ValueError, match=r"out\[1\] overlaps out\[0\]"):
+        ops.saliency_topk_masks(w, g, 4, prev_masks=prev, resurrect=False, out=[prev[0], prev[0]], backend=backend)
+    # A NaN that does not compete (pruned) is no error: then k against the survivors is.
+    prev[1][1] = False
+    with pytest.raises(ValueError, match="prev_masks keep only 2") as info:
+        ops.saliency_topk_masks(w, g, 3, prev_masks=prev, resurrect=False, backend=backend)
+    assert not isinstance(info.value, ops.NaNScoreError)
+
+
+# ---------------------------------------------------------------- memory overlap between arguments
+
+def refuses(call, match, tensors):
+    """``call()`` raises ValueError matching ``match`` and writes none of ``tensors``."""
+    before = [t.clone() for t in tensors]
+    with pytest.raises(ValueError, match=match):
+        call()
+    for t, b in zip(tensors, before):
+        assert torch.equal(t, b), "a refused call wrote into an argument"
+
+
+def both(a, b):
+    """Either order of 'a overlaps b'."""
+    a, b = re.escape(a), re.escape(b)
+    return f"({a} overlaps {b}|{b} overlaps {a}) in memory"
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_topk_masks_refuses_overlapping_out(backend, device):
+    s = [torch.randn(4, 5, device=device), torch.randn(4, 5, device=device)]
+    a = torch.zeros(4, 5, dtype=torch.bool, device=device)
+
+    def run(out, scores=s):
+        return lambda: ops.topk_masks(scores, 7, out=out, backend=backend)
+
+    refuses(run([a, a]), both("out[1]", "out[0]"), [a])
+    base = torch.zeros(36, dtype=torch.bool, device=device)
+    refuses(run([base[:20].view(4, 5), base[16:].view(4, 5)]), both("out[1]", "out[0]"), [base])
+    flat = torch.randn(40, device=device)  # out[0] is a bool view of scores[0]'s own bytes
+    refuses(run([flat.view(torch.bool)[:20].view(4, 5), a], scores=[flat[:20].view(4, 5), s[1]]),
+            both("out[0]", "scores[0]"), [flat, a])
+    expanded = torch.zeros(1, dtype=torch.bool, device=device).expand(4, 5)
+    refuses(run([a, expanded]), r"out\[1\] has elements that share memory", [a])
+    # Disjoint parts of one buffer, and empty tensors, are fine.
+    halves = [base[:18], base[18:]]
+    ops.topk_masks([torch.randn(18, device=device), torch.randn(18, device=device)], 7, out=halves, backend=backend)
+    assert int(base.sum()) == 7
+    e = torch.zeros(0, dtype=torch.bool, device=device)
+    ops.topk_masks([torch.randn(0, device=device), torch.randn(0, device=device)], 0, out=[e, e], backend=backend)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+@pytest.mark.parametrize("resurrect", [False, True])
+def test_saliency_refuses_overlapping_out(backend, device, resurrect):
+    w = [torch.randn(8, device=device), torch.randn(8, device=device)]
+    g = [torch.randn(8, device=device), torch.randn(8, device=device)]
+    prev = [torch.rand(8, device=device) < 0.7, torch.rand(8, device=device) < 0.7]
+    prev[0][:2] = prev[1][:2] = True
+    fresh = [torch.zeros(8, dtype=torch.bool, device=device) for _ in range(2)]
+
+    def run(out, weights=w, grads=g, prev_masks=prev):
+        return lambda: ops.saliency_topk_masks(weights, grads, 3, prev_masks=prev_masks, resurrect=resurrect,
+                                               out=out, backend=backend)
+
+    everything = w + g + prev + fresh
+    refuses(run([fresh[0], fresh[0]]), both("out[1]", "out[0]"), everything)
+    refuses(run([prev[0], prev[0]]), both("out[1]", "out[0]"), everything)
+    refuses(run([prev[1], prev[0]]), r"out\[\d\] overlaps prev_masks\[\d\] in memory", everything)
+    refuses(run([fresh[0], prev[0]]), both("out[1]", "prev_masks[0]"), everything)
+    base = torch.rand(9, device=device) < 0.5  # out[0] is prev_masks[0] shifted by one element
+    refuses(run([base[1:], fresh[1]], prev_masks=[base[:8], prev[1]]), both("out[0]", "prev_masks[0]"),
+            everything + [base])
+    sq = torch.rand(4, 4, device=device) < 0.5  # same bytes and shape, other strides: not the same view
+    refuses(lambda: ops.saliency_topk_masks([torch.randn(4, 4, device=device)], [torch.randn(4, 4, device=device)],
+                                            3, prev_masks=[sq], resurrect=resurrect, out=[sq.t()], backend=backend),
+            both("out[0]", "prev_masks[0]"), [sq])
+    wf = torch.randn(16, device=device)  # bool views of a weight's / a grad's bytes
+    refuses(run([wf.view(torch.bool)[:8], fresh[1]], weights=[wf[:8], w[1]]), both("out[0]", "weights[0]"),
+            everything + [wf])
+    refuses(run([fresh[0], wf.view(torch.bool)[40:48]], grads=[g[0], wf[8:]]), both("out[1]", "grads[1]"),
+            everything + [wf])
+    one = torch.ones(1, dtype=torch.bool, device=device).expand(8)
+    refuses(run([one, fresh[1]], prev_masks=[one, prev[1]]), r"out\[0\] has elements that share memory",
+            everything)
+    # The legal in-place call still works.
+    want = ops.saliency_topk_masks(w, g, 3, prev_masks=[m.clone() for m in prev], resurrect=resurrect,
+                                   backend="reference")
+    ops.saliency_topk_masks(w, g, 3, prev_masks=prev, resurrect=resurrect, out=prev, backend=backend)
+    np.testing.assert_array_equal(flat_bool(prev), flat_bool(want))
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_masked_sgd_refuses_overlapping_tensors(backend, device):
+    p, g, b = ([torch.randn(6, device=device), torch.randn(6, device=device)] for _ in range(3))
+    m = [torch.rand(6, device=device) < 0.5, torch.rand(6, device=device) < 0.5]
+
+    def run(p, g, b, m):
+        return lambda: ops.masked_sgd_(p, g, b, m, lr=0.1, momentum=0.9, weight_decay=1e-4, backend=backend)
+
+    everything = p + g + b + m
+    refuses(run([p[0], p[0]], g, b, m), both("params[1]", "params[0]"), everything)
+    refuses(run(p, [p[0], g[1]], b, m), both("params[0]", "grads[0]"), everything)
+    refuses(run(p, g, [p[1], b[1]], m), both("params[1]", "momentum_buffers[0]"), everything)
+    refuses(run(p, g, [b[0], b[0]], m), both("momentum_buffers[1]", "momentum_buffers[0]"), everything)
+    refuses(run(p, g, [g[0], b[1]], m), both("momentum_buffers[0]", "grads[0]"), everything)
+    flat = torch.randn(12, device=device)  # a mask that is a bool view of a param's bytes
+    refuses(run([flat[:6], p[1]], g, b, [flat.view(torch.bool)[8:14], m[1]]), both("params[0]", "masks[0]"),
+            everything + [flat])
+    refuses(run([torch.zeros(1, device=device).expand(6), p[1]], g, b, m),
+            r"params\[0\] has elements that share memory", everything)
+    refuses(run(p, g, [torch.zeros(1, device=device).expand(6), None], m),
+            r"momentum_buffers\[0\] has elements that share memory", everything)
+    # Reads may share memory (one mask for two params, grads in one bucket); params may be disjoint
+    # views of one buffer; None buffers are created.
+    bucket = torch.randn(12, device=device)
+    want = [flat[:6].clone(), flat[6:].clone()]
+    ops.masked_sgd_(want, [bucket[:6], bucket[6:]], None, [m[0], m[0]], lr=0.1, momentum=0.9, backend="reference")
+    bufs = ops.masked_sgd_([flat[:6], flat[6:]], [bucket[:6], bucket[6:]], [None, None], [m[0], m[0]], lr=0.1,
+                           momentum=0.9, backend=backend)
+    torch.testing.assert_close(flat, torch.cat(want), rtol=1.3e-6, atol=1e-6)
+    assert all(x.data_ptr() != flat.data_ptr() for x in bufs)
 
 
 # ---------------------------------------------------------------- masked SGD

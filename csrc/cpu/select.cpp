@@ -173,6 +173,12 @@ struct SaliencyPolicy {
 // ---- the passes over one piece [a, b) of a segment. Loop-invariant values arrive as locals and
 // the outputs through restrict pointers: the mask stores are bytes, which may alias anything, and
 // would otherwise force reloads that stop the compare loops from vectorising.
+//
+// The mask passes may write the very bytes they read prev from: `out` is allowed to be
+// `prev_masks` (the in-place Iter SNIP update; _schema refuses every other overlap). So they copy
+// a block's prev bytes into a local buffer (L1, like the keys) before writing that block, and use
+// only the copy afterwards: no block reads prev bytes that another block (or thread: chunks are
+// disjoint) writes, and nothing costs a copy of the whole mask.
 
 // First pass: histogram of the top digit; true if a competing key is NaN.
 template <typename Src>
@@ -220,35 +226,38 @@ void pass_histogram(const Src& src, int64_t a, int64_t b, int shift, typename Sr
 // and gather those equal to it (key + mask address) from position `m` of the candidate lists.
 template <typename Src>
 int64_t pass_mask_candidates(const Src& src, int64_t a, int64_t b, int shift, typename Src::Key high,
-                             uint8_t* __restrict out, typename Src::Key* __restrict keys,
+                             uint8_t* out, typename Src::Key* __restrict keys,
                              uint8_t** __restrict dst, int64_t m) {
   using Key = typename Src::Key;
   alignas(64) Key kb[kBlock];
+  alignas(64) uint8_t live[Src::kPrev ? kBlock : 1];
   for (int64_t i0 = a; i0 < b; i0 += kBlock) {
     const int64_t n = std::min(kBlock, b - i0);
     src.keys(i0, n, kb);
-    uint8_t* __restrict o = out + i0;
-    unsigned any = 0;
-    if constexpr (Src::kPrev) {
-      const uint8_t* __restrict live = src.prev + i0;
-      for (int64_t j = 0; j < n; ++j) {
-        const Key h = static_cast<Key>(kb[j] >> shift);
-        o[j] = uint8_t(live[j] != 0) & uint8_t(h > high);
-        any |= unsigned(h == high);
+    if constexpr (Src::kPrev) std::memcpy(live, src.prev + i0, static_cast<size_t>(n));
+    {  // from here on the block's prev bytes are read from `live` only, so `o` may be restrict
+      uint8_t* __restrict o = out + i0;
+      unsigned any = 0;
+      if constexpr (Src::kPrev) {
+        for (int64_t j = 0; j < n; ++j) {
+          const Key h = static_cast<Key>(kb[j] >> shift);
+          o[j] = uint8_t(live[j] != 0) & uint8_t(h > high);
+          any |= unsigned(h == high);
+        }
+      } else {
+        for (int64_t j = 0; j < n; ++j) {
+          const Key h = static_cast<Key>(kb[j] >> shift);
+          o[j] = uint8_t(h > high);
+          any |= unsigned(h == high);
+        }
       }
-    } else {
-      for (int64_t j = 0; j < n; ++j) {
-        const Key h = static_cast<Key>(kb[j] >> shift);
-        o[j] = uint8_t(h > high);
-        any |= unsigned(h == high);
-      }
-    }
-    if (any) {
-      for (int64_t j = 0; j < n; ++j) {
-        if (static_cast<Key>(kb[j] >> shift) == high && (!Src::kPrev || src.prev[i0 + j])) {
-          keys[m] = kb[j];
-          dst[m] = o + j;
-          ++m;
+      if (any) {
+        for (int64_t j = 0; j < n; ++j) {
+          if (static_cast<Key>(kb[j] >> shift) == high && (!Src::kPrev || live[j])) {
+            keys[m] = kb[j];
+            dst[m] = o + j;
+            ++m;
+          }
         }
       }
     }
@@ -277,24 +286,25 @@ int64_t pass_collect(const Src& src, int64_t a, int64_t b, int shift, typename S
 
 // Mask pass when the k-th key is known: keep keys above it and the first `quota` equal to it.
 template <typename Src>
-void pass_mask_exact(const Src& src, int64_t a, int64_t b, typename Src::Key kth, uint8_t* __restrict out,
+void pass_mask_exact(const Src& src, int64_t a, int64_t b, typename Src::Key kth, uint8_t* out,
                      int64_t& quota) {
   using Key = typename Src::Key;
   alignas(64) Key kb[kBlock];
+  alignas(64) uint8_t live[Src::kPrev ? kBlock : 1];
   int64_t q = quota;
   for (int64_t i0 = a; i0 < b; i0 += kBlock) {
     const int64_t n = std::min(kBlock, b - i0);
     src.keys(i0, n, kb);
-    uint8_t* __restrict o = out + i0;
-    if constexpr (Src::kPrev) {
-      const uint8_t* __restrict live = src.prev + i0;
-      for (int64_t j = 0; j < n; ++j) o[j] = uint8_t(live[j] != 0) & uint8_t(kb[j] > kth);
-    } else {
-      for (int64_t j = 0; j < n; ++j) o[j] = uint8_t(kb[j] > kth);
-    }
-    if (q > 0) {
+    if constexpr (Src::kPrev) std::memcpy(live, src.prev + i0, static_cast<size_t>(n));
+    {  // from here on the block's prev bytes are read from `live` only, so `o` may be restrict
+      uint8_t* __restrict o = out + i0;
+      if constexpr (Src::kPrev) {
+        for (int64_t j = 0; j < n; ++j) o[j] = uint8_t(live[j] != 0) & uint8_t(kb[j] > kth);
+      } else {
+        for (int64_t j = 0; j < n; ++j) o[j] = uint8_t(kb[j] > kth);
+      }
       for (int64_t j = 0; j < n && q > 0; ++j) {
-        if (kb[j] == kth && (!Src::kPrev || src.prev[i0 + j])) {
+        if (kb[j] == kth && (!Src::kPrev || live[j])) {
           o[j] = 1;
           --q;
         }
@@ -382,7 +392,7 @@ Result radix_select(const std::vector<Seg>& segs, int64_t n, int64_t k, bool wri
         if (k == 0) {
           std::fill(s.out + a, s.out + b, uint8_t(0));
         } else if (s.prev != nullptr) {
-          std::copy(s.prev + a, s.prev + b, s.out + a);
+          if (s.out != s.prev) std::copy(s.prev + a, s.prev + b, s.out + a);  // in place: already so
         } else {
           std::fill(s.out + a, s.out + b, uint8_t(1));
         }

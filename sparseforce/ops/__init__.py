@@ -9,6 +9,17 @@ Ranking rules (all ops): exactly k elements are kept; elements above the k-th la
 kept, and among elements equal to it the lowest global position wins (tensor order as given, then
 row-major); -0.0 equals +0.0; ±inf are ordinary values; a NaN score raises ``ValueError``
 (:class:`NaNScoreError`) naming the tensor.
+
+Aliasing: ``out=`` may be the very tensors passed as ``prev_masks`` (``out[i]`` exactly
+``prev_masks[i]``: same memory, shape and strides), the in-place Iter SNIP update, on every
+backend. Any other memory shared between a tensor an op writes (``out``; the params and momentum
+buffers of ``masked_sgd_``) and another tensor of the call, or between the elements of one
+written tensor (an expanded view), raises ``ValueError`` naming both, before anything is written.
+Empty tensors share no memory; reads may share memory with each other.
+
+Error order, when several errors apply, on every backend: argument errors (types, shapes,
+devices, k outside [0, N], memory overlap), then NaN (naming the first tensor holding a
+competing one), then k against the number of competing weights (Iter SNIP: the survivors).
 """
 from __future__ import annotations
 

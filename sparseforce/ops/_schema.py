@@ -89,11 +89,90 @@ def check_out(out, like: list[torch.Tensor]) -> list[torch.Tensor] | None:
     return out
 
 
+def _span(t: torch.Tensor) -> tuple[int, int] | None:
+    """[lo, hi): the addresses of the bytes holding t's elements on its device; the whole strided
+    box, so views that interleave count as overlapping (conservative). None when t has no
+    elements, or no real memory (meta tensors)."""
+    if t.numel() == 0:
+        return None
+    lo = t.data_ptr()
+    if lo == 0:
+        return None
+    if t.is_contiguous():  # the common case, without a Python loop over the dims
+        return lo, lo + t.numel() * t.element_size()
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return lo, lo + (last + 1) * t.element_size()
+
+
+def _self_overlaps(t: torch.Tensor) -> bool:
+    """Whether two elements of t may share memory (an expanded view, say). Sufficient for
+    distinct elements: each stride, smallest first, exceeds the offsets the smaller ones reach;
+    so the rare as_strided layouts that interleave without overlapping are refused too."""
+    if t.is_contiguous():
+        return False
+    reach = 0
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz > 1):
+        if stride <= reach:
+            return True
+        reach += stride * (size - 1)
+    return False
+
+
+def same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """a and b are the very same elements: same memory, dtype, shape and strides."""
+    return (a.data_ptr() == b.data_ptr() and a.dtype == b.dtype and a.shape == b.shape
+            and a.stride() == b.stride())
+
+
+def check_no_overlap(written, read, hint: str = "") -> None:
+    """Refuse, naming both tensors, memory shared by a tensor the op writes and any other tensor
+    of the call (written or read), and written tensors whose own elements overlap: the kernels
+    read their inputs in several passes and write from many threads, so an overlap would give
+    wrong results, or a half-written output. Runs before anything is written.
+    ``written``/``read``: (name, tensor) pairs; ``read`` leaves out what a caller allows
+    (``prev_masks[i]`` when ``out[i]`` is exactly it).
+
+    One sort and sweep over the byte spans rather than every pair: masked_sgd_ runs this every
+    training step over hundreds of tensors.
+    """
+    spans = []
+    tensors = [(name, t, True) for name, t in written] + [(name, t, False) for name, t in read]
+    for order, (name, t, writes) in enumerate(tensors):
+        if writes and t.numel() > 0 and _self_overlaps(t):
+            raise ValueError(f"{name} has elements that share memory (an expanded view?), so it cannot be "
+                             "written; pass a tensor whose elements are distinct (e.g. a .clone())")
+        span = _span(t)
+        if span is not None:
+            spans.append((*span, order, name, writes))
+    spans.sort()
+    reach_any = reach_written = None  # of the spans so far, the one reaching furthest (any / written)
+    for span in spans:
+        lo, hi, _, _, writes = span
+        other = reach_any if writes else reach_written
+        if other is not None and other[1] > lo:
+            # The written tensor first; of two written ones, the later in the arguments
+            # ("out[1] overlaps out[0]").
+            first, second = sorted((span, other), key=lambda sp: (not sp[4], -sp[2]))
+            raise ValueError(f"{first[3]} overlaps {second[3]} in memory; a tensor the op writes may share "
+                             f"memory with no other tensor of the call{hint}")
+        if reach_any is None or hi > reach_any[1]:
+            reach_any = span
+        if writes and (reach_written is None or hi > reach_written[1]):
+            reach_written = span
+
+
+def _named(name: str, tensors) -> list[tuple[str, torch.Tensor]]:
+    return [(f"{name}[{i}]", t) for i, t in enumerate(tensors) if t is not None]
+
+
 def topk_masks_args(scores, k, out):
     scores = _float_list("scores", scores)
     device = common_device(("scores", scores))
     k = check_k(k, sum(s.numel() for s in scores))
-    return scores, k, check_out(out, scores), device
+    out = check_out(out, scores)
+    if out is not None:
+        check_no_overlap(_named("out", out), _named("scores", scores))
+    return scores, k, out, device
 
 
 def kth_largest_args(scores, k):
@@ -139,9 +218,17 @@ def saliency_args(weights, grads, k, prev_masks, resurrect, out):
     device = common_device(("weights", weights), ("grads", grads), ("prev_masks", prev_masks or []))
     n = sum(w.numel() for w in weights)
     k = check_k(k, n, "weights")
+    out = check_out(out, weights)
+    if out is not None:
+        # out[i] may be exactly prev_masks[i] (the in-place Iter SNIP update: every backend reads
+        # an element's prev before writing its mask); that prev is then checked as out[i].
+        prev = [(f"prev_masks[{i}]", m) for i, m in enumerate(prev_masks or []) if not same_view(m, out[i])]
+        check_no_overlap(_named("out", out), _named("weights", weights) + _named("grads", grads) + prev,
+                         " (only out[i] may be exactly prev_masks[i], the in-place update)")
     # "k <= survivors" (Iter SNIP) costs a pass over the masks, which a compiled kernel gets for
-    # free in its first histogram pass; backends without that call check_survivors themselves.
-    return weights, grads, k, prev_masks, resurrect, check_out(out, weights), device
+    # free in its first histogram pass; backends without that call check_survivors themselves,
+    # after their NaN check (the error order: arguments, NaN, then k).
+    return weights, grads, k, prev_masks, resurrect, out, device
 
 
 def check_survivors(k: int, prev_masks) -> None:
@@ -212,6 +299,8 @@ def masked_sgd_args(params, grads, momentum_buffers, masks, lr, momentum, dampen
                 raise ValueError(f"masks[{i}] must be None or a torch.bool tensor of shape {tuple(p.shape)}")
     device = common_device(("params", params), ("grads", grads), ("momentum_buffers", momentum_buffers),
                            ("masks", masks))
+    check_no_overlap(_named("params", params) + _named("momentum_buffers", momentum_buffers),
+                     _named("grads", grads) + _named("masks", masks))
     hyper = {}
     for name, v in (("lr", lr), ("momentum", momentum), ("dampening", dampening), ("weight_decay", weight_decay)):
         if isinstance(v, torch.Tensor):

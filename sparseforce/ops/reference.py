@@ -93,10 +93,11 @@ def saliency_topk_masks(weights, grads, k, prev_masks, resurrect, out, device):
     # FORCE (resurrect=True) ranks every weight; Iter SNIP ranks only the weights still alive,
     # so its masks are nested. For those, |θ0⊙m⊙g| = |θ0⊙g|.
     competing = None if resurrect or prev_masks is None else prev_masks
-    if competing is not None:
-        check_survivors(k, competing)
+    # The error order: a competing NaN is reported before k exceeding the survivors.
     _check_nan(scores, competing, lambda i: (
         f"the saliency |w*g| of weights[{i}] is NaN (NaN, or inf times 0, in weights[{i}] or grads[{i}])"))
+    if competing is not None:
+        check_survivors(k, competing)
     flat = _flat(scores, _promoted_dtype(scores), device)
     candidates = None if competing is None else _flat(competing, torch.bool, device)
     return _split_like(_keep_top_k(flat, k, candidates), weights, out)

@@ -52,8 +52,13 @@ def saliency_topk_masks(weights, grads, k, prev_masks, resurrect, out, device):
         return masks
     # FORCE ranks every weight; Iter SNIP only those alive in prev_masks (all, when None).
     competing = [] if resurrect or prev_masks is None else prev_masks
-    if competing:
-        check_survivors(k, competing)  # the kernels do not count survivors themselves
+    # The kernels do not count survivors themselves. The error order puts a competing NaN before
+    # k > survivors, so only that error path pays for a NaN search: a k = 0 selection into
+    # scratch masks, which leaves `out` as it was.
+    if competing and k > sum(int(m.sum()) for m in competing):
+        _raise_on_nan(_ops.saliency_topk_masks(weights, grads, 0, competing, _masks_like(weights, None)),
+                      _saliency_nan_message)
+        check_survivors(k, competing)  # raises
     _raise_on_nan(_ops.saliency_topk_masks(weights, grads, k, competing, masks), _saliency_nan_message)
     return masks
 
