@@ -92,8 +92,16 @@ step() {
 
 PYTEST=(python -m pytest -p no:cacheprovider -v -ra --durations=10)
 
+# CUDA_HOME is the toolkit's root: torch would otherwise infer it from the nvcc on PATH, which
+# may be a wrapper script whose folder has no include/cuda_runtime.h.
+if [ -z "${CUDA_HOME:-}" ]; then
+  for d in /usr/local/cuda /usr/local/cuda-13.0; do
+    if [ -f "$d/include/cuda_runtime.h" ]; then export CUDA_HOME="$d"; break; fi
+  done
+fi
+
 # shellcheck disable=SC2016  # expanded by the inner bash
-step env 5 30 bash -c 'set -e; nvidia-smi || echo "nvidia-smi failed"; nvcc --version | tail -n 2; echo "cores: $(nproc)"
+step env 5 30 bash -c 'set -e; nvidia-smi || echo "nvidia-smi failed"; nvcc --version | tail -n 2; echo "cores: $(nproc), CUDA_HOME=${CUDA_HOME:-unset}"
 python -c "import torch, sys; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda)
 assert torch.cuda.is_available(), \"no CUDA device: nothing to check here (DRY_RUN=1 shows the plan)\"
 print(torch.cuda.get_device_name())"
