@@ -409,31 +409,43 @@ class _PeakMemory:
         return False
 
 
-def measure(fn, device, min_time: float = 1.0, max_reps: int = 50, min_reps: int = 3) -> dict:
+def measure(fn, device, min_time: float = 1.0, max_reps: int = 50, min_reps: int = 3,
+            deadline: float | None = None) -> dict:
+    """Times ``fn`` after one warm-up call: at least ``min_reps`` runs and ``min_time`` seconds, at
+    most ``max_reps`` runs; past ``deadline`` (a ``time.perf_counter()`` value) it stops after the
+    first timed run, and ``time_capped`` says so."""
     with _PeakMemory(device) as mem:
         fn()  # warm-up: JIT builds, allocator, caches
         _sync(device)
     times = []
     start = time.perf_counter()
+    capped = False
     while len(times) < min_reps or (time.perf_counter() - start < min_time and len(times) < max_reps):
+        if times and deadline is not None and time.perf_counter() >= deadline:
+            capped = True
+            break
         t = time.perf_counter()
         fn()
         _sync(device)
         times.append(time.perf_counter() - t)
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
     return {"median_s": statistics.median(times), "q1_s": q[0], "q3_s": q[2], "min_s": min(times),
-            "reps": len(times), "peak_extra_bytes": mem.extra}
+            "reps": len(times), "time_capped": capped, "peak_extra_bytes": mem.extra}
 
 
-def run_case(case: Case, device: torch.device, bandwidth: float, min_time: float) -> list[dict]:
+def run_case(case: Case, device: torch.device, bandwidth: float, min_time: float,
+             max_case_s: float | None = None) -> list[dict]:
+    """Every impl of ``case``. ``max_case_s`` caps the case's time: each impl gets an equal share
+    for its repetitions (its set-up, warm-up and first timed run always happen)."""
     rows = []
     for impl in case.impls:
         row = {"case": case.name, "kind": case.kind, "layers": case.layers, "dtype": str(case.dtype),
                "params": case.params, "impl": impl}
+        deadline = None if max_case_s is None else time.perf_counter() + max_case_s / len(case.impls)
         try:
             fn = case.make(impl, device)
             reps = 2 if case.kind == "end-to-end" else 3
-            row.update(measure(fn, device, min_time=min_time, min_reps=reps))
+            row.update(measure(fn, device, min_time=min_time, min_reps=reps, deadline=deadline))
             del fn
         except (RuntimeError, MemoryError, ValueError) as e:  # e.g. the baseline out of memory at 4 B
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
@@ -521,18 +533,29 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 def run(device: str | None = None, full: bool = False, out_dir: str = "benchmarks/results",
         min_time: float = 1.0, only: str | None = None, echo=print, cases: list[Case] | None = None,
-        scale: int = 1) -> dict:
+        scale: int = 1, max_case_s: float | None = None) -> dict:
+    """Runs the cases and writes ``<device>-<date>.json`` (rewritten after every case, so a run
+    cut short keeps what it measured) and a PNG plot to ``out_dir``."""
+    if max_case_s is not None and not max_case_s > 0:
+        raise ValueError(f"max_case_s must be a positive number of seconds or None, got {max_case_s!r}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     env = environment(dev)
     bandwidth = copy_bandwidth(dev)
     echo(f"{env['device']} | torch {env['torch']} | triton {env['triton']} | "
          f"copy bandwidth {bandwidth / 1e9:,.1f} GB/s")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = "".join(c if c.isalnum() else "-" for c in (env["device"] if dev.type == "cuda" else "cpu")).strip("-")
+    stem = out / f"{slug.lower()}-{env['date'][:10]}"
+    header = {**env, "copy_bandwidth_Bps": bandwidth, "full": full, "max_case_s": max_case_s}
     rows = []
     for case in cases if cases is not None else default_cases(dev, full=full, scale=scale):
         if only and only not in case.name:
             continue
         echo(f"  running {case.name}")
-        rows += run_case(case, dev, bandwidth, min_time)
+        rows += run_case(case, dev, bandwidth, min_time, max_case_s=max_case_s)
+        stem.with_suffix(".json").write_text(json.dumps({**header, "rows": rows, "complete": False}, indent=1,
+                                                        default=str))
     table = format_table(rows)
     breakdown = []
     if cases is None and (not only or "breakdown" in only):
@@ -543,12 +566,7 @@ def run(device: str | None = None, full: bool = False, out_dir: str = "benchmark
                                     backends=(fast[0] if fast else "reference", "reference"), echo=echo)
         table += "\n\n" + format_breakdown(breakdown)
     echo(table)
-    result = {**env, "copy_bandwidth_Bps": bandwidth, "full": full, "rows": rows, "breakdown": breakdown,
-              "table": table}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    slug = "".join(c if c.isalnum() else "-" for c in (env["device"] if dev.type == "cuda" else "cpu")).strip("-")
-    stem = out / f"{slug.lower()}-{env['date'][:10]}"
+    result = {**header, "rows": rows, "breakdown": breakdown, "table": table, "complete": True}
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
     plot(rows, stem.with_suffix(".png"), f"{env['device']} — {env['date'][:10]}")
     echo(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")

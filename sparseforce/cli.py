@@ -254,14 +254,21 @@ def _add_bench(sub):
     p.add_argument("--only", default=None, help="run only cases whose name contains this text")
     p.add_argument("--scale", type=int, default=1,
                    help="divide every layer's output channels by this (a quick look; not the reported sizes)")
+    p.add_argument("--max-case-time", type=float, default=None, metavar="SECONDS",
+                   help="cap each case's repetitions at about this many seconds, shared by its impls "
+                        "(each still runs once after its warm-up)")
     p.set_defaults(func=_bench)
 
 
 def _bench(args) -> int:
     from . import bench
+    if args.max_case_time is not None and not args.max_case_time > 0:
+        print(f"sparseforce bench: --max-case-time must be a positive number of seconds, got {args.max_case_time}",
+              file=sys.stderr)
+        return 2
 
     bench.run(device=args.device, full=args.full, out_dir=args.out, min_time=args.min_time, only=args.only,
-              scale=args.scale)
+              scale=args.scale, max_case_s=args.max_case_time)
     return 0
 
 

@@ -37,6 +37,17 @@ def pytest_runtest_call(item):
     finally:
         test._hypothesis_internal_use_settings = current
 
+# (title, text) tables a test wants in the run's log whatever the output capture (the ptxas
+# resource use of the CUDA kernels): printed in the terminal summary.
+REPORTS: list[tuple[str, str]] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    for title, text in REPORTS:
+        terminalreporter.write_sep("-", title)
+        terminalreporter.write_line(text)
+
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

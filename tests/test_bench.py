@@ -1,7 +1,9 @@
 """The benchmark runner's plumbing (not its timings: tests never assert a wall-clock time)."""
 import json
+import time
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import flat_bool
@@ -85,3 +87,41 @@ def test_every_default_case_times_equivalent_work():
         params[impl] = {n: p.detach().clone() for n, p in fn.model.named_parameters()}
     for n, p in params["baseline"].items():
         torch.testing.assert_close(params["reference"][n], p, rtol=1e-5, atol=1e-6)
+
+
+def _sleep_case(seconds, impls=("baseline", "reference")):
+    return bench.Case(f"sleep {seconds}", "none", torch.float32, 1, 1.0, list(impls),
+                      lambda impl, device: (lambda: time.sleep(seconds)))
+
+
+def test_max_case_time_cuts_repetitions_not_impls():
+    case = _sleep_case(0.02)
+    start = time.perf_counter()
+    rows = bench.run_case(case, torch.device("cpu"), 1e9, min_time=30.0, max_case_s=0.2)
+    assert time.perf_counter() - start < 5  # min_time alone would take 60 s
+    assert [r["impl"] for r in rows] == ["baseline", "reference"]
+    for r in rows:
+        # 0.1 s each: the warm-up, then runs until the share is spent (fewer than min_reps=3 allows).
+        assert r["time_capped"] and 1 <= r["reps"] <= 6 and r["median_s"] >= 0.02
+    uncapped = bench.run_case(case, torch.device("cpu"), 1e9, min_time=0.0)
+    assert all(not r["time_capped"] and r["reps"] == 3 for r in uncapped)
+    # Past its deadline a measurement still times one run.
+    one = bench.measure(lambda: None, torch.device("cpu"), min_time=10.0, deadline=time.perf_counter() - 1)
+    assert one["reps"] == 1 and one["time_capped"]
+
+
+def test_results_are_written_after_every_case(tmp_path):
+    seen = []
+
+    def echo(line):
+        if line.startswith("  running sleep 0.002"):  # the second case starts: the first is saved
+            saved = json.loads(next(tmp_path.glob("*.json")).read_text())
+            seen.append((saved["complete"], {r["case"] for r in saved["rows"]}))
+
+    result = bench.run(device="cpu", out_dir=str(tmp_path), min_time=0.0, echo=echo,
+                       cases=[_sleep_case(0.001), _sleep_case(0.002)], max_case_s=1.0)
+    assert seen == [(False, {"sleep 0.001"})]
+    saved = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert saved["complete"] and saved["max_case_s"] == 1.0 and len(saved["rows"]) == len(result["rows"]) == 4
+    with pytest.raises(ValueError, match="max_case_s must be a positive number"):
+        bench.run(device="cpu", out_dir=str(tmp_path), cases=[], max_case_s=0)

@@ -64,3 +64,8 @@ def test_bench_command_writes_results(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "force-select resnet50/64" in out and "itersnip-select" in out and "baseline" in out and "reference" in out
     assert len(list(tmp_path.glob("*.json"))) == 1 and len(list(tmp_path.glob("*.png"))) == 1
+
+
+def test_bench_max_case_time_must_be_positive(capsys):
+    assert main(["bench", "--device", "cpu", "--max-case-time", "0"]) == 2
+    assert "--max-case-time must be a positive number" in capsys.readouterr().err
