@@ -148,17 +148,25 @@ def test_saliency_both_widths(backend, dtype, resurrect, rng):
 
 
 @pytest.mark.parametrize("backend", EMU)
-def test_masked_sgd_pruned_entries_are_exactly_zero(backend, rng):
-    p = [torch.randn(5000, generator=rng), torch.randn(300, generator=rng).bfloat16()]
-    g = [torch.randn_like(t) for t in p]
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_masked_sgd_is_the_cpu_kernel_bit_for_bit(backend, dtype, rng):
+    # csrc/cuda/masked_sgd.cu rounds every intermediate where torch's step stores it, exactly as
+    # csrc/cpu/masked_sgd.cpp does, so the two agree bit for bit (the reference only to float32
+    # rounding: torch may fuse a multiply-add). Pruned weights and buffers end exactly +0.
+    p = [torch.randn(5000, generator=rng).to(dtype), torch.randn(30, 10, generator=rng).to(dtype)]
+    g = [torch.randn(t.shape, generator=rng).to(dtype) for t in p]
     masks = [torch.rand(t.shape, generator=rng) < 0.3 for t in p]
-    bufs = [torch.randn_like(t) for t in p]
-    ref_p, ref_b = [t.clone() for t in p], [t.clone() for t in bufs]
-    ops.masked_sgd_(p, g, bufs, masks, lr=0.1, momentum=0.9, weight_decay=5e-4, backend=backend)
-    ops.masked_sgd_(ref_p, g, ref_b, masks, lr=0.1, momentum=0.9, weight_decay=5e-4, backend="reference")
-    for a, b, m in zip(p + bufs, ref_p + ref_b, masks + masks):
-        torch.testing.assert_close(a, b)
-        assert (a[~m].view(-1).float().abs().sum() == 0) and not torch.signbit(a[~m].float()).any()
+    for momentum, nesterov, fresh in ((0.0, False, False), (0.9, False, True), (0.9, True, False)):
+        bufs = None if fresh or momentum == 0 else [torch.randn(t.shape, generator=rng).to(dtype) for t in p]
+        mine, cpu = [t.clone() for t in p], [t.clone() for t in p]
+        mine_b = None if bufs is None else [b.clone() for b in bufs]
+        cpu_b = None if bufs is None else [b.clone() for b in bufs]
+        kw = dict(lr=0.1, momentum=momentum, weight_decay=5e-4, nesterov=nesterov)
+        out_b = ops.masked_sgd_(mine, g, mine_b, masks, backend=backend, **kw)
+        ref_b = ops.masked_sgd_(cpu, g, cpu_b, masks, backend="cpp", **kw)
+        for a, b, m in zip(mine + (out_b if momentum else []), cpu + (ref_b if momentum else []), masks + masks):
+            assert torch.equal(a.view(-1).view(torch.uint8), b.view(-1).view(torch.uint8))
+            assert (a[~m] == 0).all() and not torch.signbit(a[~m].float()).any()
 
 
 def test_failed_occupancy_query_is_not_reported_as_a_launch_failure():
