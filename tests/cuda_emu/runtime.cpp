@@ -10,9 +10,9 @@
 #include <dlfcn.h>
 #include <link.h>
 #include <pthread.h>
-#include <ucontext.h>
 
 #include <algorithm>
+#include <numeric>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -81,6 +81,77 @@ std::mutex g_launch_mutex;  // one launch at a time (ctypes releases the GIL)
 
 constexpr size_t kStackBytes = SFEMU_ASAN ? (512u << 10) : (128u << 10);
 
+// ---- execution contexts. On x86-64 a context is a saved stack pointer and the switch saves
+// only the callee-saved registers and the FP control words (ucontext's swapcontext also makes a
+// signal-mask system call per switch, which dominated the emulator's run time).
+
+using Entry = void (*)(void*);
+
+#if defined(__x86_64__)
+struct Context {
+  void* sp = nullptr;
+};
+extern "C" void sfemu_context_switch(void** save_sp, void* new_sp);
+extern "C" void sfemu_context_trampoline();
+asm(R"(
+  .text
+  .globl sfemu_context_switch
+  .type sfemu_context_switch,@function
+sfemu_context_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size sfemu_context_switch, .-sfemu_context_switch
+  .globl sfemu_context_trampoline
+  .type sfemu_context_trampoline,@function
+sfemu_context_trampoline:
+  movq %r12, %rdi
+  andq $-16, %rsp
+  callq *%r13
+  ud2
+  .size sfemu_context_trampoline, .-sfemu_context_trampoline
+)");
+
+inline void context_switch(Context* from, Context* to) { sfemu_context_switch(&from->sp, to->sp); }
+
+// A fresh stack laid out as sfemu_context_switch leaves a suspended one: its first switch-in
+// "returns" into the trampoline, which calls entry(arg) (passed in r12/r13).
+void context_make(Context* c, char* stack, size_t size, Entry entry, void* arg) {
+  uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + size) & ~uintptr_t(15);
+  uint64_t* s = reinterpret_cast<uint64_t*>(top);
+  *--s = 0;                                                    // alignment padding
+  *--s = reinterpret_cast<uint64_t>(&sfemu_context_trampoline);  // return address
+  *--s = 0;                                                    // rbp
+  *--s = 0;                                                    // rbx
+  *--s = reinterpret_cast<uint64_t>(arg);                      // r12
+  *--s = reinterpret_cast<uint64_t>(entry);                    // r13
+  *--s = 0;                                                    // r14
+  *--s = 0;                                                    // r15
+  *--s = (uint64_t(0x037f) << 32) | 0x1f80u;                   // x87 control word, MXCSR defaults
+  c->sp = s;
+}
+#else
+#error "sfemu's context switch is written for x86-64 (the machines this project tests on)"
+#endif
+
 // ---- fibers
 
 struct Block;
@@ -88,7 +159,7 @@ struct Block;
 enum class St { Ready, Barrier, Warp, Done };
 
 struct Fiber {
-  ucontext_t ctx;
+  Context ctx;
   ThreadCtx tc;
   Block* block = nullptr;
   int index = 0, lane = 0, warp = 0;
@@ -123,7 +194,7 @@ struct Block {
   const char* bar_file = nullptr;
   int bar_line = 0;
   int exit_index = -1;  // first thread to exit, for reports
-  ucontext_t sched;
+  Context sched;
   const void* sched_stack = nullptr;
   size_t sched_stack_size = 0;
   std::thread os;
@@ -190,18 +261,18 @@ std::string thread_name(const Fiber* f) {
 
 // ---- context switches (annotated for AddressSanitizer, which must know the stack in use)
 
-void swap_to(ucontext_t* from, ucontext_t* to, const void* to_bottom, size_t to_size, bool from_exits) {
+void swap_to(Context* from, Context* to, const void* to_bottom, size_t to_size, bool from_exits) {
   ++g_switches;
 #if SFEMU_ASAN
   void* fake = nullptr;
   __sanitizer_start_switch_fiber(from_exits ? nullptr : &fake, to_bottom, to_size);
-  swapcontext(from, to);
+  context_switch(from, to);
   __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #else
   (void)to_bottom;
   (void)to_size;
   (void)from_exits;
-  swapcontext(from, to);
+  context_switch(from, to);
 #endif
 }
 
@@ -243,8 +314,26 @@ Fiber* ordered_ready(Launch& L, Block* b, int after) {
   return nullptr;
 }
 
+// Random choice at a blocking point: a random ready thread of the same block, else of any block.
+// (Handing over to another block costs two OS-thread wake-ups, so blocks change hands at the
+// preemption points, where `preempt` picks among every resident block's threads.)
+Fiber* random_ready_near(Launch& L, Block* b) {
+  if (b != nullptr && !b->finished) {
+    const size_t n = b->fibers.size();
+    const size_t start = L.rng() % n;
+    // A random starting point, then a random stride coprime to n: a random-looking order.
+    size_t stride = 1 + L.rng() % n;
+    while (std::gcd(stride, n) != 1) ++stride;
+    for (size_t i = 0; i < n; ++i) {
+      Fiber& f = b->fibers[(start + i * stride) % n];
+      if (f.st == St::Ready) return &f;
+    }
+  }
+  return random_ready(L, nullptr);
+}
+
 Fiber* choose_next(Launch& L, Fiber* me) {
-  if (config().order == 1) return random_ready(L, nullptr);
+  if (config().order == 1) return random_ready_near(L, me != nullptr ? me->block : nullptr);
   return ordered_ready(L, me != nullptr ? me->block : nullptr, me != nullptr ? me->index : -1);
 }
 
@@ -328,8 +417,8 @@ void fiber_exit(Fiber* me) {
   std::abort();  // a finished fiber is never resumed
 }
 
-void fiber_entry(unsigned hi, unsigned lo) {
-  Fiber* me = reinterpret_cast<Fiber*>((static_cast<uintptr_t>(hi) << 32) | lo);
+void fiber_entry(void* arg) {
+  Fiber* me = static_cast<Fiber*>(arg);
 #if SFEMU_ASAN
   __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
 #endif
@@ -443,13 +532,7 @@ void setup_block(Launch& L, Block* b, uint3 idx) {
     f.tc.bdim = uint3{L.block.x, L.block.y, L.block.z};
     f.tc.gdim = uint3{L.grid.x, L.grid.y, L.grid.z};
     f.stack = get_stack();
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack;
-    f.ctx.uc_stack.ss_size = kStackBytes;
-    f.ctx.uc_link = nullptr;
-    const uintptr_t p = reinterpret_cast<uintptr_t>(&f);
-    makecontext(&f.ctx, reinterpret_cast<void (*)()>(&fiber_entry), 2, static_cast<unsigned>(p >> 32),
-                static_cast<unsigned>(p & 0xffffffffu));
+    context_make(&f.ctx, f.stack, kStackBytes, &fiber_entry, &f);
     b->warps[f.warp].present |= 1u << f.lane;
   }
 }
