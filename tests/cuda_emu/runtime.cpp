@@ -28,6 +28,7 @@
 #include "sfemu.h"
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define SFEMU_ASAN 1
 #else
@@ -135,6 +136,11 @@ inline void context_switch(Context* from, Context* to) { sfemu_context_switch(&f
 // A fresh stack laid out as sfemu_context_switch leaves a suspended one: its first switch-in
 // "returns" into the trampoline, which calls entry(arg) (passed in r12/r13).
 void context_make(Context* c, char* stack, size_t size, Entry entry, void* arg) {
+#if SFEMU_ASAN
+  // A pooled stack still carries the redzones of the frames of the fiber that last ran on it
+  // (fibers end by switching away, never unwinding): clear them, or they read as overflows.
+  __asan_unpoison_memory_region(stack, size);
+#endif
   uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + size) & ~uintptr_t(15);
   uint64_t* s = reinterpret_cast<uint64_t*>(top);
   *--s = 0;                                                    // alignment padding
