@@ -16,6 +16,10 @@ namespace cuda {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
+// __launch_bounds__(kThreads) alone lets ptxas aim for 5+ resident blocks (48 registers), and the
+// per-element kernels then spill; 3 blocks per SM (768 threads, up to 80 registers) is the most
+// that keeps every kernel spill-free on sm_90 (tests/test_cuda_compile.py checks it).
+constexpr int kMinBlocksPerSm = 3;
 
 // ---- the one place a kernel is launched. Under SPARSEFORCE_CUDA_EMULATION (the CPU emulator of
 // tests/cuda_emu, which compiles these sources as host C++) the emulator runs the grid; otherwise

@@ -155,7 +155,7 @@ __device__ __forceinline__ void sgd_dispatch(const SgdSegment& s, int64_t lo, in
 
 // Persistent blocks, each over a contiguous range of tiles, so the tensor of the next tile is
 // usually the current one (no lookup stands between two tiles).
-__global__ void __launch_bounds__(kThreads) masked_sgd_kernel(const SgdSegment* segs, int nseg, long long tiles, Hyper h) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) masked_sgd_kernel(const SgdSegment* segs, int nseg, long long tiles, Hyper h) {
   __shared__ SgdSegment seg;
   const long long t0 = static_cast<long long>(blockIdx.x) * tiles / gridDim.x;
   const long long t1 = static_cast<long long>(blockIdx.x + 1) * tiles / gridDim.x;

@@ -259,7 +259,7 @@ struct SelParams {
 // Full-data histogram of key level `l` (digit [shift, shift + width); keys must match the known
 // prefix above shift + width), and the digit choice in the last block.
 template <int PT, bool SAL>
-__global__ void __launch_bounds__(kThreads) hist_kernel(SelParams p, Workspace w, int l, int shift, int width) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) hist_kernel(SelParams p, Workspace w, int l, int shift, int width) {
   __shared__ uint32_t sh[kBins];
   __shared__ TileRef ref;
   SelectState* st = w.st;
@@ -358,7 +358,7 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(SelParams p, Workspace w
 
 // Known key: per-tile counts of competing elements equal to it (persistent blocks).
 template <int PT, bool SAL>
-__global__ void __launch_bounds__(kThreads) tie_count_kernel(SelParams p, Workspace w) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) tie_count_kernel(SelParams p, Workspace w) {
   __shared__ TileRef ref;
   __shared__ long long scratch[kWarps + 1];
   const SelectState* st = w.st;
@@ -385,7 +385,7 @@ __global__ void __launch_bounds__(kThreads) tie_count_kernel(SelParams p, Worksp
 }
 
 // Known key: each tile's quota of ties = clamp(need - ties in earlier tiles, 0, its ties).
-__global__ void __launch_bounds__(kThreads) tie_scan_kernel(long long tiles, Workspace w) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) tie_scan_kernel(long long tiles, Workspace w) {
   __shared__ long long scratch[kWarps + 1];
   const SelectState* st = w.st;
   if (st->mode != kModeKnown) return;
@@ -517,7 +517,7 @@ __device__ __forceinline__ void mask_tile(const Workspace& w, const TileRef& ref
 // Persistent blocks over contiguous tile ranges: write the masks (and gather candidates in
 // "cand" mode).
 template <int PT, bool SAL>
-__global__ void __launch_bounds__(kThreads) mask_kernel(SelParams p, Workspace w) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) mask_kernel(SelParams p, Workspace w) {
   __shared__ TileRef ref;
   __shared__ long long scratch[kWarps + 1];
   const SelectState* st = w.st;
@@ -535,7 +535,7 @@ __global__ void __launch_bounds__(kThreads) mask_kernel(SelParams p, Workspace w
 
 // One digit level over the candidates: of the key (pos == false) or, among the candidates equal
 // to the k-th key, of (pos_mask - position) so that the largest is the lowest position.
-__global__ void __launch_bounds__(kThreads) cand_hist_kernel(Workspace w, long long cap, int write_masks,
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) cand_hist_kernel(Workspace w, long long cap, int write_masks,
                                                               int bits, int l, bool pos, int pos_bits) {
   __shared__ uint32_t sh[kBins];
   SelectState* st = w.st;
@@ -604,7 +604,7 @@ __global__ void __launch_bounds__(kThreads) cand_hist_kernel(Workspace w, long l
 }
 
 // Sets the masks of the candidates that are kept.
-__global__ void __launch_bounds__(kThreads) cand_fix_kernel(const Segment* segs, int nseg, Workspace w) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) cand_fix_kernel(const Segment* segs, int nseg, Workspace w) {
   const SelectState* st = w.st;
   if (st->mode != kModeCandDone) return;
   const uint64_t kth = st->kth;
