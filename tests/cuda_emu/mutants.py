@@ -51,16 +51,19 @@ MUTANTS = {
 TESTS = ["tests/test_cuda_emulated.py", "tests/test_ops.py", "-k", "cuda_emu"]
 
 
-def run(name: str) -> tuple[bool, float, str]:
-    rel, old, new, _ = MUTANTS[name]
+def run(name: str | None) -> tuple[bool, float, str]:
+    """Runs the tests on a copy of csrc/ with mutant ``name`` applied (None: unmodified, the
+    control, which must pass). Returns (the tests failed, seconds, pytest's last line)."""
+    rel, old, new, _ = MUTANTS[name] if name is not None else ("cuda/select.cu", "", "", "")
     with tempfile.TemporaryDirectory(prefix=f"sfmut-{name}-") as tmp:
         csrc = Path(tmp) / "csrc"
         shutil.copytree(ROOT / "csrc", csrc)
         path = csrc / rel
         text = path.read_text()
-        if text.count(old) != 1:
+        if name is not None and text.count(old) != 1:
             raise SystemExit(f"mutant {name}: its text occurs {text.count(old)} times in {rel}; update the mutant")
-        path.write_text(text.replace(old, new))
+        if name is not None:
+            path.write_text(text.replace(old, new))
         env = dict(os.environ, SFEMU_CSRC=str(csrc), SFEMU_BUILD_DIR=str(Path(tmp) / "build"))
         t0 = time.time()
         r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TESTS],
@@ -71,6 +74,11 @@ def run(name: str) -> tuple[bool, float, str]:
 
 def main(argv: list[str]) -> int:
     names = argv or list(MUTANTS)
+    failed, secs, tail = run(None)
+    print(f"{'(control: no bug)':24s} {'FAILS' if failed else 'passes':9s} {secs:5.0f} s  {tail}", flush=True)
+    if failed:
+        print("the unmodified kernels fail the tests: fix that first")
+        return 1
     rows = []
     for name in names:
         killed, secs, tail = run(name)
