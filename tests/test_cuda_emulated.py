@@ -90,6 +90,22 @@ def test_nan_names_the_first_tensor(backend):
 
 
 @pytest.mark.parametrize("backend", EMU)
+def test_nan_index_with_many_tensors_per_block(backend):
+    # 40 one-tile tensors over at most 8 blocks: each block scans several tensors, two of which
+    # hold NaN, so the first must win inside a block as well as across blocks.
+    scores = [torch.randn(10) for _ in range(40)]
+    for i in (1, 2, 9, 17, 33):
+        scores[i][3] = float("nan")
+    with pytest.raises(NaNScoreError) as e:
+        ops.topk_masks(scores, 5, backend=backend)
+    assert e.value.index == 1
+    w = [s.clone() for s in scores]
+    with pytest.raises(NaNScoreError) as e:
+        ops.saliency_topk_masks(w, [torch.ones(10)] * 40, 5, backend=backend)
+    assert e.value.index == 1
+
+
+@pytest.mark.parametrize("backend", EMU)
 def test_iter_snip_k_above_survivors(backend):
     w, g = [torch.ones(6000)], [torch.ones(6000)]
     prev = [torch.zeros(6000, dtype=torch.bool)]
