@@ -287,3 +287,33 @@ def test_kernels_launch_only_through_common_cuh():
     bad = [p.name for p in paths if p.name != "common.cuh" and "<<<" in p.read_text()]
     assert not bad, f"{bad} launch kernels with <<<...>>>; use SF_LAUNCH (common.cuh)"
     assert (CUDA_DIR / "common.cuh").read_text().count("<<<") == 1
+
+
+def _cuda_include():
+    import os
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    if NVCC is not None:
+        roots.append(str(Path(NVCC).resolve().parents[1]))
+    for root in filter(None, roots):
+        if (Path(root) / "include" / "cuda_runtime_api.h").is_file():
+            return Path(root) / "include"
+    return None
+
+
+def test_host_orchestration_is_plain_cpp_and_guarded():
+    # host.cpp runs in the emulated backend too (g++, no torch), and a CPU-only build that globs
+    # it must compile it to nothing.
+    for name in ("host.h", "host.cpp"):
+        bad = [h for h in _INCLUDE.findall((CUDA_DIR / name).read_text())
+               if not re.match(r"^(host\.h|launch\.h|[a-z_]+)$", h)]
+        assert not bad, f"{name} includes {bad}: only launch.h and the standard library"
+    assert "#if defined(SPARSEFORCE_WITH_CUDA) || defined(SPARSEFORCE_CUDA_EMULATION)" in (CUDA_DIR / "host.cpp").read_text()
+
+
+@pytest.mark.skipif(shutil.which("g++") is None or _cuda_include() is None, reason="no g++ or CUDA headers")
+@pytest.mark.parametrize("path", [CUDA_DIR / "host.cpp", ROOT / "tests" / "cuda_emu" / "abi.cpp"], ids=lambda p: p.name)
+def test_host_orchestration_compiles_against_the_cuda_headers(path):
+    cmd = ["g++", "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", "-DSPARSEFORCE_WITH_CUDA", "-I", str(ROOT / "csrc"),
+           "-I", str(_cuda_include()), str(path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-6000:]

@@ -182,6 +182,38 @@ Result select(Device& dev, const std::vector<Input>& inputs, int64_t k, int32_t 
   return r;
 }
 
+Result radix_histogram(Device& dev, const std::vector<Input>& inputs, int32_t rank_dtype, bool saliency, int shift,
+                       uint64_t prefix, int64_t* out) {
+  if (out == nullptr || !known_dtype(rank_dtype)) return bad_input(-1);
+  const int bits = key_bits(rank_dtype);
+  const int above = bits - shift - kHistDigitBits;  // key bits above the digit
+  if (shift < 0 || shift % kHistDigitBits != 0 || above < 0 || (above < 64 && (prefix >> above) != 0)) {
+    return bad_input(-1);
+  }
+  const Table t = segment_table(inputs, rank_dtype, saliency, false);
+  if (t.bad != INT32_MIN) return bad_input(t.bad);
+  Result r;
+  r.n = t.n;
+  const size_t table_bytes = sizeof(Segment) * t.segs.size();
+  // Freed before the kernel has run, as masked_sgd's table.
+  Buffer table(dev, table_bytes);
+  if (table_bytes != 0) dev.upload(table.get(), t.segs.data(), table_bytes);
+  HistArgs a{};
+  a.segs = static_cast<const Segment*>(table.get());
+  a.nseg = static_cast<int32_t>(t.segs.size());
+  a.rank_dtype = rank_dtype;
+  a.saliency = saliency ? 1 : 0;
+  a.shift = shift;
+  a.prefix = prefix;
+  a.tiles = t.tiles;
+  a.out = out;
+  a.num_sms = dev.num_sms();
+  a.stream = dev.stream();
+  const cudaError_t e = launch_radix_histogram(a);
+  if (e != cudaSuccess) return launch_failed(e);
+  return r;
+}
+
 Result masked_sgd(Device& dev, const std::vector<SgdInput>& inputs, const SgdHyper& h) {
   const bool use_buf = h.momentum != 0;
   std::vector<SgdSegment> segs;

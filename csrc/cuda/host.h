@@ -69,6 +69,12 @@ int64_t candidate_cap(int64_t n);
 Result select(Device& dev, const std::vector<Input>& inputs, int64_t k, int32_t rank_dtype, bool saliency,
               bool write_masks, void* value_out);
 
+// One radix_histogram pass (launch.h): into `out`, device int64[kHistBins + 1], the counts of the
+// 16-bit digit at `shift` of the competing keys whose bits above it equal `prefix`, then the
+// first input index holding a competing NaN (top pass only) or -1. Enqueued, no synchronisation.
+Result radix_histogram(Device& dev, const std::vector<Input>& inputs, int32_t rank_dtype, bool saliency, int shift,
+                       uint64_t prefix, int64_t* out);
+
 struct SgdInput {
   void* p;
   const void* g;          // same dtype as p

@@ -95,6 +95,28 @@ size_t select_workspace_bytes(int64_t tiles, int64_t cap);
 // Enqueues the whole select on args.stream: no host synchronisation, no host round trip.
 cudaError_t launch_select(const SelectArgs& args);
 
+// radix_histogram: one pass of a radix select whose scan runs elsewhere (sparseforce.distributed
+// sums these over the ranks): counts of the 16-bit digit at `shift` of the competing keys.
+constexpr int kHistDigitBits = 16;
+constexpr int64_t kHistBins = int64_t(1) << kHistDigitBits;
+
+struct HistArgs {
+  const Segment* segs;   // device copy of the segment table (out unused); may be null if nseg == 0
+  int32_t nseg;
+  int32_t rank_dtype;    // DType the keys are formed in
+  int32_t saliency;      // keys of |a*b| instead of a
+  int32_t shift;         // the digit: a multiple of 16, shift + 16 <= key bits
+  uint64_t prefix;       // the key bits above the digit (all keys compete on the top pass)
+  int64_t tiles;
+  int64_t* out;          // device int64[kHistBins + 1], any contents: the counts, then the first
+                         // tensor index holding a competing NaN (top pass only), else -1
+  int32_t num_sms;
+  cudaStream_t stream;
+};
+
+// Enqueues the pass on args.stream (no host synchronisation).
+cudaError_t launch_radix_histogram(const HistArgs& args);
+
 struct SgdSegment {
   void* p;
   const void* g;

@@ -272,6 +272,68 @@ void saliency_topk_masks_out(at::TensorList weights, at::TensorList grads, int64
   finish_out(out, w);
 }
 
+// ---- radix_histogram (the CPU kernel's checks and messages, csrc/cpu/select.cpp)
+
+// Scores mode (b empty): the keys of a; saliency mode: of |a*b| formed as saliency_topk_masks
+// forms it. Returns int64[2^16 + 1] on the inputs' device: the histogram, then the NaN tensor's
+// index or -1. No host synchronisation.
+at::Tensor radix_histogram(at::TensorList a, at::TensorList b, at::TensorList prev_masks, at::ScalarType rank,
+                           int64_t shift, int64_t prefix) {
+  const bool saliency = !b.empty();
+  TORCH_CHECK(!saliency || a.size() == b.size(), "sparseforce: weights has ", a.size(), " tensors but grads has ",
+              b.size());
+  TORCH_CHECK(prev_masks.empty() || prev_masks.size() == a.size(), "sparseforce: prev_masks has ",
+              prev_masks.size(), " tensors but there are ", a.size(), " inputs");
+  TORCH_CHECK(rank == at::kHalf || rank == at::kBFloat16 || rank == at::kFloat || rank == at::kDouble,
+              "sparseforce: rank_dtype must be a float dtype, got ", rank);
+  const int key_bits = static_cast<int>(at::elementSize(rank) * 8);
+  TORCH_CHECK(shift >= 0 && shift % kHistDigitBits == 0 && shift + kHistDigitBits <= key_bits, "sparseforce: shift=",
+              shift, " is not a digit position of a ", key_bits, "-bit key");
+  TORCH_CHECK(!a.empty(), "sparseforce (cuda): no scores");
+  const at::Device dev = a[0].device();
+  const c10::cuda::CUDAGuard guard(dev);
+  const char* name = saliency ? "weights" : "scores";
+  std::vector<at::Tensor> hold;
+  std::vector<host::Input> inputs;
+  for (size_t i = 0; i < a.size(); ++i) {
+    check_float(a[i], name, i, dev);
+    at::ScalarType st = a[i].scalar_type();
+    if (saliency) {
+      check_float(b[i], "grads", i, dev);
+      TORCH_CHECK(a[i].sizes() == b[i].sizes(), "sparseforce: weights[", i, "] and grads[", i, "] differ in shape");
+      st = at::promote_types(st, b[i].scalar_type());
+      if (st != at::kDouble) st = at::kFloat;  // |w*g| is formed in float32 unless an input is float64
+    }
+    // The rank dtype must hold every value exactly (the caller promotes over all ranks).
+    TORCH_CHECK_VALUE(at::promote_types(st, rank) == rank, "sparseforce: ", name, "[", i, "] ranks as ", st, ", which ",
+                      rank, " does not hold exactly");
+    if (a[i].numel() == 0) continue;
+    at::Tensor x = (saliency ? a[i].to(st) : a[i]).contiguous();
+    at::Tensor g;
+    if (saliency) g = b[i].to(st).contiguous();
+    const uint8_t* prev = nullptr;
+    if (!prev_masks.empty()) {
+      TORCH_CHECK(prev_masks[i].scalar_type() == at::kBool && prev_masks[i].sizes() == a[i].sizes() &&
+                      prev_masks[i].device() == dev,
+                  "sparseforce: prev_masks[", i, "] must be a bool tensor of the input's shape on its device");
+      at::Tensor m = prev_masks[i].contiguous();
+      prev = reinterpret_cast<const uint8_t*>(m.data_ptr<bool>());
+      hold.push_back(std::move(m));
+    }
+    inputs.push_back(input(x.data_ptr(), saliency ? g.data_ptr() : nullptr, prev, nullptr, x, i));
+    hold.push_back(std::move(x));
+    if (saliency) hold.push_back(std::move(g));
+  }
+  TORCH_CHECK_VALUE(!saliency || rank == at::kFloat || rank == at::kDouble,
+                    "sparseforce: saliencies rank as float32 or float64, not ", rank);
+  at::Tensor out = at::empty({kHistBins + 1}, at::TensorOptions().dtype(at::kLong).device(dev));
+  TorchCudaDevice device(dev);
+  const host::Result r = host::radix_histogram(device, inputs, dtype_code(rank), saliency, static_cast<int>(shift),
+                                               static_cast<uint64_t>(prefix), out.data_ptr<int64_t>());
+  check_result(r);
+  return out;
+}
+
 // ---- masked_sgd_
 
 void masked_sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
@@ -345,6 +407,7 @@ TORCH_LIBRARY_IMPL(sparseforce, CUDA, m) {
   m.impl("kth_largest", &kth_largest);
   m.impl("saliency_topk_masks", &saliency_topk_masks);
   m.impl("saliency_topk_masks_out", &saliency_topk_masks_out);
+  m.impl("radix_histogram", &radix_histogram);
   m.impl("masked_sgd_", &masked_sgd_);
 }
 

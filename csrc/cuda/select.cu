@@ -1,5 +1,6 @@
 // CUDA kernels of the exact global top-k: topk_masks, saliency_topk_masks (FORCE / Iter SNIP)
-// and kth_largest, over every tensor in one launch per pass, without concatenation.
+// and kth_largest, over every tensor in one launch per pass, without concatenation; and
+// radix_histogram, one pass of a select whose scan runs elsewhere (at the end of this file).
 //
 // Radix select on order-preserving integer keys (common.cuh), 12-bit digits, driven entirely by
 // the device: the host enqueues a fixed sequence of kernels and each one reads SelectState to
@@ -703,6 +704,105 @@ cudaError_t run(const SelectArgs& a) {
   return cudaGetLastError();
 }
 
+// ---- radix_histogram: one 16-bit digit pass, the scan left to the caller
+//
+// 65536 bins of counts do not fit in a block's static shared memory (48 KiB), and neither does a
+// half or a quarter of them at 32 bits; covering them in slices would re-read the data once per
+// slice. So the counts go straight into the output with 64-bit global atomics (no overflow, no
+// flush), aggregated first: a thread's run of equal digits in its group of V elements is one
+// atomic, and a warp whose competing elements all share one digit (zero saliencies, constant
+// tensors: the cases that would otherwise serialise on one address) makes one atomic in all.
+// Distinct digits spread over the L2's slices. The data is read once.
+
+__global__ void hist_init_kernel(unsigned long long* out) {
+  const long long i = static_cast<long long>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i < kHistBins) out[i] = 0;
+  if (i == kHistBins) out[i] = ~0ull;  // -1: no NaN, and above every index for the atomicMin
+}
+
+struct HistParams {
+  const Segment* segs;
+  int nseg;
+  long long tiles;
+  int shift;
+  unsigned long long prefix;
+};
+
+template <int PT, bool SAL>
+__global__ void __launch_bounds__(kThreads) digit_hist_kernel(HistParams p, unsigned long long* out) {
+  __shared__ TileRef ref;
+  const bool top = p.shift + kHistDigitBits == key_bits<PT>;
+  const int high = p.shift + kHistDigitBits;  // < key bits unless top
+  const int lane = threadIdx.x & 31;
+  unsigned long long nan_index = ~0ull;
+  long long t0, t1;
+  block_tiles(p.tiles, &t0, &t1);
+  int cur = -1;
+  for (long long tile = t0; tile < t1; ++tile) {
+    load_tile(p.segs, p.nseg, tile, ref, cur);
+    dispatch_tile<PT, SAL>(ref, [&](auto dt) {
+      constexpr int DT = decltype(dt)::value;
+      bool seen = false;
+      for_groups<PT, DT, SAL>(ref, ref.seg.prev != nullptr, [&](int64_t, const auto& key, const bool* live, int) {
+        constexpr int V = sizeof(key) / sizeof(key[0]);
+        uint32_t bin[V];
+        bool take[V];
+        uint32_t count = 0, first = 0;
+        bool single = true;  // every element taken shares one digit
+        #pragma unroll
+        for (int v = 0; v < V; ++v) {
+          const uint64_t kv = key[v];
+          take[v] = live[v] && (top || (kv >> high) == p.prefix);
+          if (top) seen |= live[v] && is_nan_key<PT>(key[v]);
+          bin[v] = uint32_t(kv >> p.shift) & uint32_t(kHistBins - 1);
+          if (take[v]) {
+            if (count == 0) first = bin[v];
+            single = single && bin[v] == first;
+            ++count;
+          }
+        }
+        const unsigned has = __ballot_sync(0xffffffffu, count != 0);
+        if (has == 0) return;
+        const int leader = __ffs(has) - 1;
+        const uint32_t b0 = __shfl_sync(0xffffffffu, first, leader);
+        if (__all_sync(0xffffffffu, count == 0 || (single && first == b0))) {
+          uint32_t sum = count;
+          #pragma unroll
+          for (int d = 16; d >= 1; d >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, d);
+          if (lane == leader) atomicAdd(out + b0, static_cast<unsigned long long>(sum));
+          return;
+        }
+        uint32_t run_bin = 0, run = 0;
+        #pragma unroll
+        for (int v = 0; v < V; ++v) {
+          if (!take[v]) continue;
+          if (run != 0 && bin[v] != run_bin) {
+            atomicAdd(out + run_bin, static_cast<unsigned long long>(run));
+            run = 0;
+          }
+          run_bin = bin[v];
+          ++run;
+        }
+        if (run != 0) atomicAdd(out + run_bin, static_cast<unsigned long long>(run));
+      });
+      if (seen) {
+        const unsigned long long idx = static_cast<unsigned long long>(ref.seg.index);
+        nan_index = idx < nan_index ? idx : nan_index;
+      }
+    });
+  }
+  if (nan_index != ~0ull) atomicMin(out + kHistBins, nan_index);
+}
+
+template <int PT, bool SAL>
+void run_histogram(const HistArgs& a, unsigned long long* out) {
+  static const int occ = blocks_per_sm(digit_hist_kernel<PT, SAL>);
+  long long grid = static_cast<long long>(a.num_sms > 0 ? a.num_sms : 1) * occ;
+  grid = grid > a.tiles ? a.tiles : grid;
+  const HistParams p{a.segs, a.nseg, a.tiles, a.shift, a.prefix};
+  SF_LAUNCH((digit_hist_kernel<PT, SAL>), static_cast<unsigned>(grid), kThreads, 0, a.stream, p, out);
+}
+
 }  // namespace
 
 size_t select_workspace_bytes(int64_t tiles, int64_t cap) {
@@ -722,6 +822,24 @@ cudaError_t launch_select(const SelectArgs& a) {
     case kF32: return run<kF32, false>(a);
     default: return run<kF64, false>(a);
   }
+}
+
+cudaError_t launch_radix_histogram(const HistArgs& a) {
+  auto* out = reinterpret_cast<unsigned long long*>(a.out);
+  SF_LAUNCH(hist_init_kernel, static_cast<unsigned>((kHistBins + kThreads) / kThreads), kThreads, 0, a.stream, out);
+  if (a.tiles > 0 && a.nseg > 0) {
+    if (a.saliency) {
+      if (a.rank_dtype == kF64) run_histogram<kF64, true>(a, out); else run_histogram<kF32, true>(a, out);
+    } else {
+      switch (a.rank_dtype) {
+        case kF16: run_histogram<kF16, false>(a, out); break;
+        case kBF16: run_histogram<kBF16, false>(a, out); break;
+        case kF32: run_histogram<kF32, false>(a, out); break;
+        default: run_histogram<kF64, false>(a, out); break;
+      }
+    }
+  }
+  return cudaGetLastError();
 }
 
 }  // namespace cuda

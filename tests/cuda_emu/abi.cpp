@@ -137,6 +137,16 @@ int32_t sfemu_select(int32_t count, const void* const* a, const void* const* b, 
   });
 }
 
+// One radix_histogram pass; out: int64[65536 + 1] (host memory is device memory here).
+int32_t sfemu_radix_histogram(int32_t count, const void* const* a, const void* const* b, const uint8_t* const* prev,
+                              const int64_t* n, const int32_t* dtype, int32_t rank_dtype, int32_t saliency,
+                              int32_t shift, uint64_t prefix, int64_t* out, Result* res) {
+  return guarded(res, [&](Device& dev) {
+    return sparseforce::cuda::host::radix_histogram(dev, inputs_of(count, a, b, prev, nullptr, n, dtype), rank_dtype,
+                                                    saliency != 0, shift, prefix, out);
+  });
+}
+
 int32_t sfemu_masked_sgd(int32_t count, void* const* p, const void* const* g, void* const* buf,
                          const uint8_t* const* mask, const int64_t* n, const int32_t* dtype, const int32_t* fresh,
                          double lr, double momentum, double dampening, double weight_decay, int32_t nesterov,

@@ -23,7 +23,7 @@ def _cuda_kernels_registered() -> bool:
     if _has_cuda_kernels is None:
         _has_cuda_kernels = all(
             torch._C._dispatch_has_kernel_for_dispatch_key(f"sparseforce::{op}", "CUDA")
-            for op in ("topk_masks", "kth_largest", "saliency_topk_masks", "masked_sgd_"))
+            for op in ("topk_masks", "kth_largest", "saliency_topk_masks", "radix_histogram", "masked_sgd_"))
     return _has_cuda_kernels
 
 
@@ -48,6 +48,7 @@ def available() -> str | None:
 register_backend("cuda", _availability)
 
 for _op, _fn in (("topk_masks", _cpp.topk_masks), ("kth_largest", _cpp.kth_largest),
-                 ("saliency_topk_masks", _cpp.saliency_topk_masks), ("masked_sgd_", _cpp.masked_sgd_)):
+                 ("saliency_topk_masks", _cpp.saliency_topk_masks), ("radix_histogram", _cpp.radix_histogram),
+                 ("masked_sgd_", _cpp.masked_sgd_)):
     register_kernel(_op, "cuda")(_fn)
 del _op, _fn
