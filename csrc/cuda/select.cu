@@ -729,7 +729,7 @@ struct HistParams {
 };
 
 template <int PT, bool SAL>
-__global__ void __launch_bounds__(kThreads) digit_hist_kernel(HistParams p, unsigned long long* out) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) digit_hist_kernel(HistParams p, unsigned long long* out) {
   __shared__ TileRef ref;
   const bool top = p.shift + kHistDigitBits == key_bits<PT>;
   const int high = p.shift + kHistDigitBits;  // < key bits unless top

@@ -86,11 +86,10 @@ class Backend:
                                          ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_int32,
                                          ctypes.POINTER(Result)]
         lib.sfemu_masked_sgd.restype = ctypes.c_int32
-        if hasattr(lib, "sfemu_radix_histogram"):  # TEMP until the CUDA histogram lands
-          lib.sfemu_radix_histogram.argtypes = [ctypes.c_int32, _PP, _PP, _PP, _I64P, _I32P, ctypes.c_int32,
+        lib.sfemu_radix_histogram.argtypes = [ctypes.c_int32, _PP, _PP, _PP, _I64P, _I32P, ctypes.c_int32,
                                               ctypes.c_int32, ctypes.c_int32, ctypes.c_uint64, _P,
                                               ctypes.POINTER(Result)]
-          lib.sfemu_radix_histogram.restype = ctypes.c_int32
+        lib.sfemu_radix_histogram.restype = ctypes.c_int32
         if lib.sfemu_result_size() != ctypes.sizeof(Result):
             raise EmulatorError(f"{self.path}: Result is {lib.sfemu_result_size()} bytes in C, "
                                 f"{ctypes.sizeof(Result)} here")
@@ -297,8 +296,7 @@ class Backend:
         """Op name -> kernel, as ``sparseforce.ops._registry`` keys them."""
         return {"topk_masks": self.topk_masks, "kth_largest": self.kth_largest,
                 "saliency_topk_masks": self.saliency_topk_masks, "radix_histogram": self.radix_histogram,
-                "masked_sgd_": self.masked_sgd_} if hasattr(self.lib, "sfemu_radix_histogram") else {"topk_masks": self.topk_masks, "kth_largest": self.kth_largest,
-                "saliency_topk_masks": self.saliency_topk_masks, "masked_sgd_": self.masked_sgd_}
+                "masked_sgd_": self.masked_sgd_}
 
 
 _LOADED: dict[str, Backend] = {}
