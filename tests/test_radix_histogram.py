@@ -5,10 +5,12 @@ import pytest
 import torch
 
 import sparseforce.ops as ops
+from conftest import EMULATED_CUDA
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 BACKEND_DEVICE = [pytest.param(b, d, id=f"{b}-{d}") for d in DEVICES
-                  for b in ops.available_backends(d, "radix_histogram")]
+                  for b in ops.available_backends(d, "radix_histogram")] + \
+    [pytest.param(b, "cpu", id=f"{b}-cpu") for b in EMULATED_CUDA]
 WIDTH = {torch.float16: 16, torch.bfloat16: 16, torch.float32: 32, torch.float64: 64}
 
 
