@@ -120,7 +120,7 @@ def emulator():
     """The CUDA emulator's library (tests/cuda_emu), built once per cache key with g++."""
     from cuda_emu import build, emu
     try:
-        path = build.build("default")
+        path = build.build(os.environ.get("SFEMU_VARIANT", "default"), csrc=os.environ.get("SFEMU_CSRC"))
     except build.BuildError as exc:
         if "no C++ compiler" in str(exc):
             pytest.skip(str(exc))

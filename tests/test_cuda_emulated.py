@@ -125,13 +125,15 @@ def _bin_heavy_scores(m, rest, rng):
 
 
 @pytest.mark.parametrize("backend", EMU)
-def test_candidate_buffer_exactly_full_one_short_and_too_small(backend, cap, rng):
+def test_candidate_buffer_one_short_exactly_full_and_overflowing(backend, cap, rng):
     m = 700
     scores = _bin_heavy_scores(m, 3000, rng)
     k = 350
+    cap(m + 1)   # one short of full
+    check_topk(backend, scores, k, CAND_DONE)
     cap(m)       # exactly full
     check_topk(backend, scores, k, CAND_DONE)
-    cap(m - 1)   # one short: another full-data level narrows the bin first
+    cap(m - 1)   # the bin overflows the buffer by one: another full-data level narrows it first
     check_topk(backend, scores, k)
     cap(1)       # far too small: down to the whole key over the full data
     check_topk(backend, scores, k)
