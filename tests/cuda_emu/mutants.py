@@ -46,9 +46,14 @@ MUTANTS = {
     "nan_index_max": ("cuda/select.cu", "nan_index = ref.seg.index < nan_index ? ref.seg.index : nan_index;",
                       "nan_index = ref.seg.index > nan_index || nan_index == INT64_MAX ? ref.seg.index : nan_index;",
                       "NaN is reported in the last tensor holding one, not the first"),
+    "histogram_prefix": ("cuda/select.cu", "take[v] = live[v] && (top || (kv >> high) == p.prefix);",
+                         "take[v] = live[v];", "key_histogram counts keys outside the prefix"),
+    "histogram_warp_sum": ("cuda/select.cu", "for (int d = 16; d >= 1; d >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, d);",
+                           "for (int d = 16; d >= 2; d >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, d);",
+                           "key_histogram's warp-uniform sum misses half the lanes"),
 }
 
-TESTS = ["tests/test_cuda_emulated.py", "tests/test_ops.py", "-k", "cuda_emu"]
+TESTS = ["tests/test_cuda_emulated.py", "tests/test_ops.py", "tests/test_radix_histogram.py", "-k", "cuda_emu"]
 
 
 def run(name: str | None) -> tuple[bool, float, str]:
