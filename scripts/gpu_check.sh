@@ -91,6 +91,9 @@ step() {
 }
 
 PYTEST=(python -m pytest -p no:cacheprovider -v -ra --durations=10)
+# The real kernels run here: the CPU emulation of them (tests/cuda_emu, built with g++) would only
+# spend the lent time on what CI already checks.
+export SPARSEFORCE_TEST_NO_EMU=1
 
 # CUDA_HOME is the toolkit's root: torch would otherwise infer it from the nvcc on PATH, which
 # may be a wrapper script whose folder has no include/cuda_runtime.h.
