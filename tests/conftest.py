@@ -119,6 +119,8 @@ def rng():
 def emulator():
     """The CUDA emulator's library (tests/cuda_emu), built once per cache key with g++."""
     from cuda_emu import build, emu
+    if os.environ.get("SPARSEFORCE_TEST_NO_EMU"):
+        pytest.skip("SPARSEFORCE_TEST_NO_EMU=1 leaves the CUDA emulator out")
     try:
         path = build.build(os.environ.get("SFEMU_VARIANT", "default"), csrc=os.environ.get("SFEMU_CSRC"))
     except build.BuildError as exc:
