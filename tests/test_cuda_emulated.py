@@ -18,7 +18,7 @@ import sparseforce.ops as ops
 from conftest import EMULATED_CUDA
 from sparseforce.ops import NaNScoreError
 
-pytestmark = pytest.mark.skipif(not EMULATED_CUDA, reason="no C++ compiler to build the CUDA emulator")
+pytestmark = pytest.mark.skipif(not EMULATED_CUDA, reason="the CUDA emulator is not built here (no C++ compiler, or SPARSEFORCE_TEST_NO_EMU=1)")
 
 ROOT = Path(__file__).resolve().parents[1]
 
