@@ -87,7 +87,9 @@ def format_percent(part: int, whole: int) -> str:
     if part == 0:
         return "0%"
     p = 100.0 * part / whole
-    decimals = max(1, 1 - math.floor(math.log10(min(p, 100.0 - p))))
+    # Rounded to two significant digits first, so 0.00099999 counts as 0.0010, not 0.00100.
+    smaller = float(f"{min(p, 100.0 - p):.2g}")
+    decimals = max(1, 1 - math.floor(math.log10(smaller)))
     return f"{p:.{decimals}f}%"
 
 

@@ -584,6 +584,7 @@ def test_per_layer_shows_tiny_densities_with_enough_digits_in_percent():
 @pytest.mark.parametrize("part, whole, text", [
     (0, 5, "0%"), (5, 5, "100%"), (1, 3, "33.3%"), (2, 3, "66.7%"), (1, 200, "0.50%"), (199, 200, "99.50%"),
     (1, 1000, "0.10%"), (24, 2_400_000, "0.0010%"), (1, 10**12, "0.00000000010%"), (0, 0, "100%"),
+    (24, 2_400_010, "0.0010%"), (2_399_986, 2_400_010, "99.9990%"), (199, 20_000, "0.99%"), (1999, 200_000, "1.0%"),
 ])
 def test_format_percent(part, whole, text):
     assert masks_mod.format_percent(part, whole) == text
