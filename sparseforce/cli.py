@@ -52,6 +52,7 @@ def _prune(args) -> int:
     import torch
 
     from . import data as sfdata
+    from .masks import format_percent
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model_name = _MODEL_ALIASES.get(args.model, args.model) or _default_model(args.dataset)
@@ -68,7 +69,7 @@ def _prune(args) -> int:
     elapsed = time.perf_counter() - start
     print(masks.per_layer())
     print(f"kept {masks.num_kept():,} of {masks.numel():,} prunable weights "
-          f"(density {masks.density():.4%}) in {elapsed:.2f} s")
+          f"(density {format_percent(masks.num_kept(), masks.numel())}) in {elapsed:.2f} s")
     masks.save(args.out)
     print(f"saved masks to {args.out}")
     return 0
@@ -157,7 +158,7 @@ def _train(args) -> int:
     import torch
 
     from . import data as sfdata
-    from .masks import Masks
+    from .masks import Masks, format_percent
     from .train import CHECKPOINT_NAME, RECIPES, fit, get_splits
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -191,7 +192,8 @@ def _train(args) -> int:
             masks = _compute_masks(args, model, loader)
             print(masks.per_layer())
             print(f"pruned in {time.perf_counter() - start:.2f} s")
-        print(f"kept {masks.num_kept():,} of {masks.numel():,} prunable weights (density {masks.density():.4%})")
+        print(f"kept {masks.num_kept():,} of {masks.numel():,} prunable weights "
+              f"(density {format_percent(masks.num_kept(), masks.numel())})")
         masks.save(os.path.join(args.out, "masks.pt"))
 
     meta = {k: v for k, v in vars(args).items() if k != "func" and isinstance(v, (str, int, float, bool, type(None)))}

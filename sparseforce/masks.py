@@ -9,6 +9,10 @@ Public names:
   statistics (:meth:`Masks.density`, :meth:`Masks.per_layer`, ...), :meth:`Masks.save` /
   :meth:`Masks.load` and :meth:`Masks.check` against a model.
 * :class:`LayerDensity` / :class:`LayerTable` -- the rows / table returned by ``per_layer()``.
+* :class:`LayerCollapseWarning` -- issued by the pruning functions when a layer is left with no
+  weights (:meth:`Masks.collapsed` lists them).
+* :func:`format_percent` -- the density as every report shows it (percent, never rounded to 0 or
+  100 unless it is).
 * :func:`apply_masks` -- zero pruned weights and keep them zero under any torch optimizer;
   returns a :class:`MaskHandle` whose ``remove()`` stops the enforcement.
 
@@ -18,12 +22,16 @@ Conventions chosen here:
   and sparsity 0.0: nothing has been pruned. The same holds per layer for a 0-element mask.
   This keeps ``per_layer()`` and logging total functions instead of raising on edge cases.
 * ``Masks`` equality compares names (ignoring order, like ``dict``), shapes and values.
+* Densities are shown in percent everywhere (``per_layer()``'s table, ``repr``, the CLI), with
+  two significant digits of the smaller of the density and the sparsity: 24 kept of 2.4 M is
+  "0.0010%", one pruned of 3 M "99.999967%".
 """
 
 from __future__ import annotations
 
 import collections.abc
 import difflib
+import math
 import os
 import secrets
 import threading
@@ -38,11 +46,13 @@ from torch.utils.weak import WeakIdKeyDictionary
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "LayerCollapseWarning",
     "LayerDensity",
     "LayerTable",
     "MaskHandle",
     "Masks",
     "apply_masks",
+    "format_percent",
 ]
 
 FORMAT = "sparseforce.masks"
@@ -66,6 +76,27 @@ def _shape_str(shape: Iterable[int]) -> str:
 def _safe_density(kept: int, numel: int) -> float:
     # 0/0 is defined as "nothing pruned" (see module docstring).
     return 1.0 if numel == 0 else kept / numel
+
+
+def format_percent(part: int, whole: int) -> str:
+    """``part / whole`` in percent, with two significant digits of the smaller of it and its
+    complement (at least one decimal), so a share that is not 0 or 1 never reads "0%" or
+    "100%": ``format_percent(24, 2_400_000) == "0.0010%"``. ``0 / 0`` is "100%" (nothing pruned)."""
+    if part == whole:
+        return "100%"
+    if part == 0:
+        return "0%"
+    p = 100.0 * part / whole
+    # Rounded to two significant digits first, so 0.00099999 counts as 0.0010, not 0.00100.
+    smaller = float(f"{min(p, 100.0 - p):.2g}")
+    decimals = max(1, 1 - math.floor(math.log10(smaller)))
+    return f"{p:.{decimals}f}%"
+
+
+class LayerCollapseWarning(UserWarning):
+    """Pruning left a layer with no weights at all while others keep some (*layer collapse*): no
+    signal passes through that layer, so the pruned network cannot learn. :meth:`Masks.collapsed`
+    lists such layers."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,13 +128,13 @@ class LayerTable(list):
     def __str__(self) -> str:
         header = ("name", "shape", "numel", "kept", "density", "sparsity")
         total = self.total
-        body = [
-            (r.name, _shape_str(r.shape), f"{r.numel:,}", f"{r.kept:,}",
-             f"{r.density:.4f}", f"{r.sparsity:.4f}")
-            for r in self
-        ]
-        foot = ("total", "", f"{total.numel:,}", f"{total.kept:,}",
-                f"{total.density:.4f}", f"{total.sparsity:.4f}")
+        def shares(r):
+            if r.numel == 0:  # nothing to prune: density 100%, sparsity 0%
+                return "100%", "0%"
+            return format_percent(r.kept, r.numel), format_percent(r.numel - r.kept, r.numel)
+
+        body = [(r.name, _shape_str(r.shape), f"{r.numel:,}", f"{r.kept:,}", *shares(r)) for r in self]
+        foot = ("total", "", f"{total.numel:,}", f"{total.kept:,}", *shares(total))
         widths = [max(len(row[i]) for row in [header, *body, foot]) for i in range(len(header))]
 
         def fmt(row) -> str:
@@ -149,6 +180,7 @@ class Masks(collections.abc.Mapping):
                     f"mask {name!r} must have dtype torch.bool, got {mask.dtype} "
                     f"(convert explicitly, e.g. `m != 0`, so that the intent is clear)"
                 )
+            _check_dense(f"mask {name!r}", mask, meta_ok=True)  # a meta mask is fine until it is applied
             if name in masks:
                 raise ValueError(f"duplicate mask name {name!r}")
             masks[name] = mask
@@ -230,8 +262,15 @@ class Masks(collections.abc.Mapping):
         """``1 - density()``."""
         return 1.0 - self.density()
 
+    def collapsed(self) -> list:
+        """Names of the masks that keep no weight at all (layer collapse), in order; a mask with
+        no elements has nothing to lose and is never listed."""
+        self._require_full("collapsed")
+        return [n for n, m in self._masks.items() if m.numel() and not bool(m.any())]
+
     def per_layer(self) -> LayerTable:
-        """One :class:`LayerDensity` row per mask, in order; ``str()`` of it is a table."""
+        """One :class:`LayerDensity` row per mask, in order; ``str()`` of it is a table (densities
+        and sparsities in percent, see :func:`format_percent`)."""
         self._require_full("per_layer")
         rows = LayerTable()
         for name, m in self._masks.items():
@@ -245,8 +284,7 @@ class Masks(collections.abc.Mapping):
         if self.is_sharded:  # no collective in a repr: it may be printed by one rank only
             return f"Masks({len(self)} tensors, {numel:,} entries, sharded; .full() for counts)"
         kept = self.num_kept()
-        return (f"Masks({len(self)} tensors, {kept:,}/{numel:,} kept, "
-                f"density={_safe_density(kept, numel):.4f})")
+        return f"Masks({len(self)} tensors, {kept:,}/{numel:,} kept, density={format_percent(kept, numel)})"
 
     # -- conversion ----------------------------------------------------------------------------
 
@@ -268,23 +306,29 @@ class Masks(collections.abc.Mapping):
     def check(self, model: nn.Module) -> "Masks":
         """Raise ``ValueError`` unless every mask names a parameter of ``model`` of equal shape.
 
-        All problems are reported at once. Returns ``self`` so it can be chained.
+        All problems are counted at once, the first few of each kind named: masks whose names
+        are no parameter (with the model's prunable weights of similar names) and masks of
+        another shape than their parameter. Returns ``self`` so it can be chained.
         """
+        _check_model(model)
         params = dict(model.named_parameters(remove_duplicate=False))
-        problems = []
-        for name, mask in self._masks.items():
-            p = params.get(name)
-            if p is None:
-                problems.append(f"  {name!r}: no such parameter in the model"
-                                f"{_suggest(name, params)}")
-            elif tuple(p.shape) != tuple(mask.shape):
-                problems.append(f"  {name!r}: mask has shape {_shape_str(mask.shape)} but the "
-                                f"parameter has shape {_shape_str(p.shape)}")
-        if problems:
-            raise ValueError(
-                f"masks do not fit {type(model).__name__} ({len(problems)} problem"
-                f"{'s' if len(problems) != 1 else ''}):\n" + "\n".join(problems)
-            )
+        unknown = [n for n in self._masks if n not in params]
+        wrong = [(n, m) for n, m in self._masks.items()
+                 if n in params and tuple(params[n].shape) != tuple(m.shape)]
+        if unknown or wrong:
+            lines = []
+            if unknown:
+                lines.append("  " + _unknown_names(unknown, _prunable_names(model), "of the model"))
+            if wrong:
+                shown = ", ".join(f"{n!r} {_shape_str(m.shape)} for {_shape_str(params[n].shape)}"
+                                  for n, m in wrong[:3])
+                many = len(wrong) != 1
+                lines.append(f"  {len(wrong)} mask{'s have' if many else ' has'} another shape than "
+                             f"{'their parameters' if many else 'its parameter'} (mask for parameter): "
+                             f"{shown}{', ...' if len(wrong) > 3 else ''}")
+            count = len(unknown) + len(wrong)
+            raise ValueError(f"masks do not fit {type(model).__name__} ({count} problem"
+                             f"{'s' if count != 1 else ''}):\n" + "\n".join(lines))
         return self
 
     validate_for = check
@@ -339,14 +383,50 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else "(no message)"
 
 
-def _suggest(name: str, params: Mapping[str, Any], limit: int = 5) -> str:
-    if not params:
-        return " (the model has no parameters)"
-    close = difflib.get_close_matches(name, list(params), n=limit, cutoff=0.5)
-    names = close + [n for n in params if n not in close]
-    shown = ", ".join(repr(n) for n in names[:limit])
-    more = f", ... ({len(params)} in all)" if len(params) > limit else ""
-    return f"; valid names include {shown}{more}"
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def _check_dense(what: str, t: torch.Tensor, meta_ok: bool = False) -> None:
+    if t.is_meta and not meta_ok:
+        raise ValueError(f"{what} is on the meta device (it has no values); materialize it first "
+                         "(for a model: model.to_empty(device=...) and initialize it)")
+    if t.layout != torch.strided:
+        raise ValueError(f"{what} is a sparse tensor ({t.layout}); masks and masked weights must be dense "
+                         "(convert with .to_dense())")
+
+
+def _prunable_names(model: nn.Module) -> list:
+    """The weights the pruning methods prune by default (Conv/Linear), in model order: what a
+    mask name is most likely meant to be; all parameters if the model has none of them."""
+    from .pruning._model import PRUNABLE_TYPES  # the pruning package imports this module
+
+    eligible = {id(m.weight) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)}
+    params = list(model.named_parameters())
+    return [n for n, p in params if id(p) in eligible] or [n for n, _ in params]
+
+
+def _names(names: list, limit: int) -> str:
+    return ", ".join(map(repr, names[:limit])) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _unknown_names(unknown: list, candidates: list, where: str) -> str:
+    """One line for masks whose names are no parameter: their count, the first few, and the
+    candidates closest to any of them, in the candidates' (the model's) order whatever the masks'."""
+    close = set()
+    for name in unknown:
+        close.update(difflib.get_close_matches(name, candidates, n=1, cutoff=0.6))
+    similar = [c for c in candidates if c in close]
+    if similar:
+        hint = f"; prunable weights with similar names: {_names(similar, 5)}"
+    elif candidates:
+        hint = f"; the prunable weights are {_names(candidates, 5)}"
+    else:
+        hint = f" (there are no parameters {where})"
+    verb = "names" if len(unknown) == 1 else "name"
+    return f"{len(unknown)} mask{'s' if len(unknown) != 1 else ''} {verb} no parameter {where}: " \
+           f"{_names(unknown, 3)}{hint}"
 
 
 def _compact_cpu(mask: torch.Tensor) -> torch.Tensor:
@@ -553,6 +633,10 @@ def apply_masks(model: nn.Module, masks: Union[Masks, Mapping[str, torch.Tensor]
     masked replaces the earlier mask. Parameters tied under several names must be given equal
     masks. Returns a :class:`MaskHandle`.
     """
+    _check_model(model)
+    if not isinstance(masks, collections.abc.Mapping):
+        raise TypeError(f"masks must be a sparseforce.Masks or a mapping name -> bool tensor, "
+                        f"got {type(masks).__name__}")
     if not isinstance(masks, Masks):
         masks = Masks(masks)
     if masks.is_sharded:
@@ -561,6 +645,9 @@ def apply_masks(model: nn.Module, masks: Union[Masks, Mapping[str, torch.Tensor]
     masks.check(model)
 
     params = dict(model.named_parameters(remove_duplicate=False))
+    for name, mask in masks.items():
+        _check_dense(f"parameter {name!r}", params[name])
+        _check_dense(f"mask {name!r}", mask)
     # Resolve everything first so that a failure (conflicting tied masks, device transfer)
     # leaves the model untouched.
     plan: dict = {}  # id(param) -> (param, pruned, name)

@@ -16,20 +16,28 @@ from the start, not only after the first step.
 """
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from . import ops
-from .masks import Masks
+from . import _checks, ops
+from .masks import Masks, _check_dense, _unknown_names
 
 __all__ = ["MaskedSGD", "MaskedAdamW"]
 
 
 def _shape(t) -> str:
     return "(" + ", ".join(str(int(s)) for s in t) + ")"
+
+
+def _hyper(name: str, value):
+    """A hyperparameter >= 0: a Python/numpy real or a 0-dim tensor (kept as given, as torch's
+    optimizers keep a tensor lr), checked before any parameter is touched."""
+    number = _checks.real(name, value, "a number >= 0")
+    if not number >= 0:
+        raise ValueError(f"invalid {name}: {number} (must be >= 0)")
+    return value if isinstance(value, torch.Tensor) else number
 
 
 class _MaskedOptimizer(torch.optim.Optimizer):
@@ -56,12 +64,11 @@ class _MaskedOptimizer(torch.optim.Optimizer):
         super().__init__(named_params, defaults)
         unknown = [n for n in self._wanted if n not in self._names]
         if unknown:
-            close = difflib.get_close_matches(unknown[0], list(self._names), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(
-                f"mask {unknown[0]!r} names no parameter given to {type(self).__name__}"
-                + (f" (nor do {len(unknown) - 1} other masks: {unknown[1:4]})" if len(unknown) > 1 else "")
-                + hint)
+            # Only names are known here, no modules: weights of 2 or more dimensions stand for the
+            # prunable ones (conv and linear), leaving out biases and norm layers.
+            candidates = [n for n, p in self._names.items() if isinstance(p, torch.Tensor) and p.dim() > 1]
+            raise ValueError(_unknown_names(unknown, candidates or list(self._names),
+                                            f"given to {type(self).__name__}"))
         with torch.no_grad():
             for p, m in self._mask_of.items():
                 p.masked_fill_(~m, 0)
@@ -95,6 +102,8 @@ class _MaskedOptimizer(torch.optim.Optimizer):
                     shape = _shape(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
                     raise ValueError(f"mask {name!r} has shape {_shape(m.shape)} but parameter {name!r} "
                                      f"has shape {shape}")
+                _check_dense(f"parameter {name!r}", p)
+                _check_dense(f"mask {name!r}", m)
                 self._mask_of[p] = m.to(p.device)
             self._names[name] = p
         super().add_param_group(param_group)
@@ -168,14 +177,13 @@ class MaskedSGD(_MaskedOptimizer):
 
     def __init__(self, named_params, masks, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, *, backend: str = "auto"):
-        for name, v in (("lr", lr), ("momentum", momentum), ("dampening", dampening),
-                        ("weight_decay", weight_decay)):
-            if isinstance(v, torch.Tensor):
-                v = v.item()
-            if not v >= 0:
-                raise ValueError(f"invalid {name}: {v} (must be >= 0)")
+        lr, momentum, dampening, weight_decay = (_hyper(name, v) for name, v in (
+            ("lr", lr), ("momentum", momentum), ("dampening", dampening), ("weight_decay", weight_decay)))
+        _checks.flag("nesterov", nesterov)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov momentum requires momentum > 0 and dampening = 0")
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a str ('auto' or a backend name), got {_checks.describe(backend)}")
         self.backend = backend
         super().__init__(named_params, masks, dict(lr=lr, momentum=momentum, dampening=dampening,
                                                    weight_decay=weight_decay, nesterov=nesterov))
@@ -211,14 +219,14 @@ class MaskedAdamW(_MaskedOptimizer):
 
     def __init__(self, named_params, masks, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, amsgrad: bool = False):
-        if not lr >= 0:
-            raise ValueError(f"invalid lr: {lr}")
-        if not eps >= 0:
-            raise ValueError(f"invalid eps: {eps}")
+        lr, eps, weight_decay = (_hyper(name, v) for name, v in (("lr", lr), ("eps", eps),
+                                                                  ("weight_decay", weight_decay)))
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair (beta1, beta2), got {_checks.describe(betas)}")
+        betas = tuple(_checks.real("betas", b, "a pair of numbers in [0, 1)") for b in betas)
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"invalid betas: {betas} (each must be in [0, 1))")
-        if not weight_decay >= 0:
-            raise ValueError(f"invalid weight_decay: {weight_decay}")
+        _checks.flag("amsgrad", amsgrad)
         super().__init__(named_params, masks, dict(lr=lr, betas=tuple(betas), eps=eps,
                                                    weight_decay=weight_decay, amsgrad=amsgrad))
 

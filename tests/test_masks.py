@@ -129,7 +129,7 @@ def test_per_layer_table():
     assert any(line.startswith("a ") for line in lines)
     assert any(line.startswith("b ") for line in lines)
     assert "(2, 3)" in text and "(4,)" not in text and "(4)" in text
-    assert lines[-1].startswith("total") and "0.6000" in lines[-1] and "10" in lines[-1]
+    assert lines[-1].startswith("total") and "60.0%" in lines[-1] and "10" in lines[-1]
     # aligned: the density column ends at the same offset on every data row
     data = [l for l in lines if not set(l) <= {"-"}]
     ends = {len(l) for l in data}
@@ -138,7 +138,7 @@ def test_per_layer_table():
 
 def test_repr_is_short():
     r = repr(hand_masks())
-    assert r.startswith("Masks(") and "2 tensors" in r and "6/10" in r and "0.6000" in r
+    assert r.startswith("Masks(") and "2 tensors" in r and "6/10" in r and "60.0%" in r
     assert "\n" not in r
 
 
@@ -201,7 +201,7 @@ def test_load_with_model_checks_names_and_shapes(tmp_path):
     bad_name = dict(good)
     bad_name["fc.wieght"] = bad_name.pop("fc.weight")
     Masks(bad_name).save(tmp_path / "name.pt")
-    with pytest.raises(ValueError, match=r"(?s)name\.pt.*'fc\.wieght'.*no such parameter") as ei:
+    with pytest.raises(ValueError, match=r"(?s)name\.pt.*names no parameter.*'fc\.wieght'") as ei:
         Masks.load(tmp_path / "name.pt", model=model)
     assert "'fc.weight'" in str(ei.value)  # suggests a valid name
 
@@ -311,7 +311,7 @@ def test_check_reports_all_problems():
         Masks(m).check(model)
     msg = str(ei.value)
     assert "'conv.weight'" in msg and "(4, 3, 5, 5)" in msg and "(4, 3, 3, 3)" in msg
-    assert "'nonexistent'" in msg and "valid names include" in msg and "'fc.bias'" in msg
+    assert "'nonexistent'" in msg and "the prunable weights are 'conv.weight', 'fc.weight'" in msg
     assert "2 problems" in msg
     good = random_masks(model)
     assert good.check(model) is good
@@ -546,3 +546,123 @@ def test_frozen_parameter_is_masked_without_grad_hook():
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
         _train(model, opt, steps=5)
         assert torch.count_nonzero(model.fc.weight[~masks["fc.weight"]]) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 12: layer collapse, readable densities, short mismatch messages, argument checks
+# ---------------------------------------------------------------------------------------------
+
+
+def test_collapsed_lists_the_layers_left_with_no_weights():
+    m = Masks({"a": torch.zeros(3, 2, dtype=torch.bool), "b": torch.tensor([True, False]),
+               "empty": torch.zeros(0, dtype=torch.bool), "c": torch.zeros(1, dtype=torch.bool)})
+    assert m.collapsed() == ["a", "c"]  # a 0-element mask has nothing to lose
+    assert Masks({"b": torch.ones(2, dtype=torch.bool)}).collapsed() == []
+
+
+def test_per_layer_shows_tiny_densities_with_enough_digits_in_percent():
+    big = torch.zeros(2_400_000, dtype=torch.bool)
+    big[:24] = True
+    almost = torch.ones(3_000_000, dtype=torch.bool)
+    almost[0] = False
+    m = Masks({"big": big, "none": torch.zeros(10, dtype=torch.bool), "half": torch.tensor([True, False]),
+               "almost": almost})
+    text = str(m.per_layer())
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[2:] if not set(line) <= {"-"}}
+    assert rows["big"][-2:] == ["0.0010%", "99.9990%"], text
+    assert rows["none"][-2:] == ["0%", "100%"], text
+    assert rows["half"][-2:] == ["50.0%", "50.0%"], text
+    assert rows["almost"][-2:] == ["99.999967%", "0.000033%"], text
+    kept, numel = 24 + 1 + 2_999_999, 2_400_000 + 10 + 2 + 3_000_000
+    total = masks_mod.format_percent(kept, numel)
+    assert rows["total"][-2] == total and total.endswith("%")
+    # one unit everywhere: the repr says the same as the table's total
+    assert f"density={total}" in repr(m)
+    assert all(row[-1].endswith("%") and row[-2].endswith("%") for row in rows.values()), text
+
+
+@pytest.mark.parametrize("part, whole, text", [
+    (0, 5, "0%"), (5, 5, "100%"), (1, 3, "33.3%"), (2, 3, "66.7%"), (1, 200, "0.50%"), (199, 200, "99.50%"),
+    (1, 1000, "0.10%"), (24, 2_400_000, "0.0010%"), (1, 10**12, "0.00000000010%"), (0, 0, "100%"),
+    (24, 2_400_010, "0.0010%"), (2_399_986, 2_400_010, "99.9990%"), (199, 20_000, "0.99%"), (1999, 200_000, "1.0%"),
+])
+def test_format_percent(part, whole, text):
+    assert masks_mod.format_percent(part, whole) == text
+
+
+def many_layer_net(n=27):
+    # Linear + BatchNorm pairs: BatchNorm weights are no prunable weights and must not be suggested.
+    layers = []
+    for _ in range(n):
+        layers += [nn.Linear(4, 4), nn.BatchNorm1d(4)]
+    return nn.Sequential(*layers)
+
+
+class OtherNet(nn.Module):
+    def __init__(self, n=27):
+        super().__init__()
+        self.features = many_layer_net(n)
+
+
+def test_masks_of_another_model_give_a_short_message():
+    model = many_layer_net()
+    other = Masks({n: torch.ones(p.shape, dtype=torch.bool)
+                   for n, p in OtherNet().named_parameters()})  # 108 masks, none named like the model's
+    with pytest.raises(ValueError) as ei:
+        other.check(model)
+    msg = str(ei.value)
+    assert len(msg.splitlines()) <= 3, msg
+    assert "108 masks name no parameter" in msg and "'features.0.weight'" in msg
+    suggested = msg.split("similar", 1)[1]
+    assert "'0.weight'" in suggested and "'1.weight'" not in suggested and ".bias" not in suggested, msg
+    # stable: the same suggestions, in the model's order, whatever the masks' order
+    with pytest.raises(ValueError) as again:
+        Masks(dict(reversed(list(other.items())))).check(model)
+    assert str(again.value).split("similar", 1)[1] == suggested
+    with pytest.raises(ValueError) as via_apply:
+        apply_masks(model, other)
+    assert str(via_apply.value) == msg
+
+
+def test_wrong_shapes_are_counted_and_a_few_shown():
+    model = many_layer_net()
+    wrong = Masks({f"{2 * i}.weight": torch.ones(5, 4, dtype=torch.bool) for i in range(27)})
+    with pytest.raises(ValueError) as ei:
+        wrong.check(model)
+    msg = str(ei.value)
+    assert len(msg.splitlines()) <= 3, msg
+    assert "27 masks have another shape" in msg and "'0.weight' (5, 4) for (4, 4)" in msg
+
+
+def test_apply_masks_and_check_refuse_arguments_of_the_wrong_kind():
+    model = SmallNet()
+    masks = random_masks(model)
+    with pytest.raises(TypeError, match=r"masks must be .*got NoneType"):
+        apply_masks(model, None)
+    with pytest.raises(TypeError, match=r"model must be a torch.nn.Module, got NoneType"):
+        apply_masks(None, masks)
+    with pytest.raises(TypeError, match=r"model must be a torch.nn.Module, got Masks"):
+        apply_masks(masks, model)
+    with pytest.raises(TypeError, match=r"model must be a torch.nn.Module"):
+        masks.check(None)
+
+
+def test_apply_masks_refuses_meta_and_sparse_parameters():
+    with torch.device("meta"):
+        meta = SmallNet()
+    with pytest.raises(ValueError, match=r"'conv.weight'.*meta device"):
+        apply_masks(meta, random_masks(SmallNet()))
+    sparse = SmallNet()
+    sparse.fc.weight = nn.Parameter(sparse.fc.weight.detach().to_sparse())
+    with pytest.raises(ValueError, match=r"'fc.weight'.*sparse"):
+        apply_masks(sparse, random_masks(SmallNet()))
+
+
+def test_masks_refuse_sparse_tensors_and_meta_masks_are_not_applied():
+    with pytest.raises(ValueError, match=r"'a'.*sparse"):
+        Masks({"a": torch.ones(3, dtype=torch.bool).to_sparse()})
+    model = SmallNet()
+    meta = random_masks(model).to("meta")  # masks without values: fine to hold, not to apply
+    with pytest.raises(ValueError, match=r"mask 'conv.weight'.*meta device"):
+        apply_masks(model, meta)
+    assert torch.count_nonzero(model.conv.weight) == model.conv.weight.numel()

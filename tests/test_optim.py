@@ -279,3 +279,67 @@ def test_a_deepcopied_optimizer_still_enforces_its_masks(kind, cfg):
     for n, m in masks.items():
         assert torch.count_nonzero(params[n][~m]) == 0
     assert opt2.masks == masks
+
+
+# ---------------------------------------------------------------- issue 12: argument checks
+
+@pytest.mark.parametrize("cls, kw, error", [
+    (MaskedSGD, dict(lr="0.1"), TypeError),
+    (MaskedSGD, dict(lr=None), TypeError),
+    (MaskedSGD, dict(lr=-1.0), ValueError),
+    (MaskedSGD, dict(lr=float("nan")), ValueError),
+    (MaskedSGD, dict(lr=True), TypeError),
+    (MaskedSGD, dict(momentum="0.9"), TypeError),
+    (MaskedSGD, dict(dampening=None), TypeError),
+    (MaskedSGD, dict(weight_decay=[0.1]), TypeError),
+    (MaskedSGD, dict(nesterov="yes", momentum=0.9), TypeError),
+    (MaskedSGD, dict(backend=3), TypeError),
+    (MaskedAdamW, dict(lr=None), TypeError),
+    (MaskedAdamW, dict(lr="1e-3"), TypeError),
+    (MaskedAdamW, dict(eps=None), TypeError),
+    (MaskedAdamW, dict(betas=0.9), TypeError),
+    (MaskedAdamW, dict(betas=(0.9,)), TypeError),
+    (MaskedAdamW, dict(betas=(0.9, "0.99")), TypeError),
+    (MaskedAdamW, dict(betas=(0.9, 1.0)), ValueError),
+    (MaskedAdamW, dict(weight_decay="0"), TypeError),
+    (MaskedAdamW, dict(amsgrad=None), TypeError),
+])
+def test_hyperparameters_of_the_wrong_kind_are_refused_by_name(cls, kw, error):
+    net, masks = make()
+    name = next(iter(kw))
+    with pytest.raises(error, match=rf"\b{name}\b"):
+        cls(net.named_parameters(), masks, **{"lr": 0.1, **kw})
+
+
+@pytest.mark.parametrize("cls", [MaskedSGD, MaskedAdamW])
+def test_hyperparameters_may_be_numpy_or_tensor_scalars(cls):
+    import numpy as np
+    net, masks = make()
+    cls(net.named_parameters(), masks, lr=np.float32(0.1), weight_decay=np.float64(0.0))
+    cls(net.named_parameters(), masks, lr=torch.tensor(0.1))
+
+
+@pytest.mark.parametrize("cls", [MaskedSGD, MaskedAdamW])
+def test_masks_of_another_model_are_summed_up_in_one_short_message(cls):
+    net, masks = make()
+    other = Masks({f"module.{n}": m for n, m in masks.items()})
+    with pytest.raises(ValueError) as ei:
+        cls(net.named_parameters(), other, lr=0.1)
+    msg = str(ei.value)
+    assert len(msg.splitlines()) == 1 and "3 masks name no parameter" in msg and "'module.conv.weight'" in msg
+    suggested = msg.split("similar", 1)[1]
+    assert "'conv.weight'" in suggested and "'bn.weight'" not in suggested and ".bias" not in suggested, msg
+
+
+@pytest.mark.parametrize("cls", [MaskedSGD, MaskedAdamW])
+def test_masked_meta_and_sparse_parameters_are_refused(cls):
+    net, masks = make()
+    with torch.device("meta"):
+        meta = Net()
+    with pytest.raises(ValueError, match=r"'conv.weight'.*meta device"):
+        cls(meta.named_parameters(), masks, lr=0.1)
+    net.fc1.weight = nn.Parameter(net.fc1.weight.detach().to_sparse())
+    with pytest.raises(ValueError, match=r"'fc1.weight'.*sparse"):
+        cls(net.named_parameters(), masks, lr=0.1)
+    with pytest.raises(ValueError, match=r"mask 'conv.weight'.*meta device"):
+        cls(make()[0].named_parameters(), masks.to("meta"), lr=0.1)

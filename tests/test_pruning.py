@@ -112,6 +112,7 @@ def revival_net():
     return net
 
 
+@pytest.mark.filterwarnings("ignore::sparseforce.LayerCollapseWarning")  # collapse is part of the case
 def test_force_brings_back_a_pruned_weight(monkeypatch):
     steps = record_steps(monkeypatch)
     data = [(torch.ones(1, 1), torch.zeros(1))]
@@ -225,6 +226,7 @@ def test_random_is_seeded_and_exact():
 
 # ---------------------------------------------------------------- GraSP and SynFlow
 
+@pytest.mark.filterwarnings("ignore::sparseforce.LayerCollapseWarning")  # collapse is part of the case
 def test_grasp_matches_explicit_hessian():
     torch.manual_seed(3)
     net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
@@ -254,6 +256,7 @@ def synflow_scores(w1, w2):
     return torch.cat([s1.reshape(-1), s2.reshape(-1)])
 
 
+@pytest.mark.filterwarnings("ignore::sparseforce.LayerCollapseWarning")  # collapse is part of the case
 def test_synflow_matches_the_explicit_formula():
     torch.manual_seed(4)
     net = nn.Sequential(nn.Linear(5, 4, bias=False), nn.ReLU(), nn.Linear(4, 3, bias=False))
@@ -344,3 +347,260 @@ def test_nan_gradient_is_reported_by_parameter_name():
     data = [(torch.full((2, 1, 8, 8), float("nan")), torch.zeros(2, dtype=torch.long))]
     with pytest.raises(ValueError, match=r"FORCE step 1: the saliency of '0.weight' is NaN"):
         sf.force(tiny_cnn(), data, sparsity=0.5, iterations=2)
+
+
+# ---------------------------------------------------------------- issue 12: one-shot data
+
+DATA_METHODS = {  # each needs 4 batches from data of 2
+    "force": dict(iterations=2, batches_per_iteration=2),
+    "iter_snip": dict(iterations=4),
+    "snip": dict(batches_per_iteration=3),
+    "grasp": dict(batches_per_iteration=3),
+}
+
+
+@pytest.mark.parametrize("method", list(DATA_METHODS))
+@pytest.mark.parametrize("via_prune", [False, True])
+def test_a_one_shot_iterator_that_runs_out_says_so(method, via_prune):
+    data = (b for b in batches(2))
+    call = (lambda: sf.prune(tiny_cnn(), data, method=method, sparsity=0.5, **DATA_METHODS[method])) if via_prune \
+        else (lambda: getattr(sf, method)(tiny_cnn(), data, sparsity=0.5, **DATA_METHODS[method]))
+    with pytest.raises(ValueError, match=r"data is an iterator that ran out after 2 batches and cannot be "
+                                         r"restarted; pass a list or a DataLoader"):
+        call()
+
+
+def test_an_iterable_that_is_empty_the_second_time_says_so():
+    class OneShot:  # not an iterator, but its second pass yields nothing
+        def __init__(self):
+            self.left = batches(2)
+
+        def __iter__(self):
+            items, self.left = self.left, []
+            return iter(items)
+
+    with pytest.raises(ValueError, match=r"data yielded 2 batches, then none when iterated again"):
+        sf.force(tiny_cnn(), OneShot(), sparsity=0.5, iterations=3)
+    with pytest.raises(ValueError, match="data yielded no batches"):
+        sf.force(tiny_cnn(), iter([]), sparsity=0.5, iterations=3)
+
+
+@pytest.mark.parametrize("method", list(DATA_METHODS))
+def test_every_data_method_documents_how_data_is_reused(method):
+    doc = " ".join(getattr(sf, method).__doc__.split())
+    assert "one-shot iterator" in doc and "a list or a DataLoader" in doc
+
+
+# ---------------------------------------------------------------- issue 12: layer collapse
+
+def three_layers():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 10))
+
+
+ALL_METHODS = {"force": dict(iterations=2), "iter_snip": dict(iterations=2), "snip": {}, "grasp": {},
+               "synflow": dict(iterations=2), "magnitude": {}, "random": {}}
+
+
+@pytest.mark.parametrize("method", list(ALL_METHODS))
+def test_every_method_warns_about_layers_left_with_no_weights(method):
+    import warnings
+    model = three_layers()
+    n = 64 * 4 + 4 * 4 + 4 * 10
+    with pytest.warns(sf.LayerCollapseWarning) as record:
+        masks = sf.prune(model, batches(2), method=method, sparsity=1 - 1 / n, **ALL_METHODS[method])
+    assert masks.num_kept() == 1
+    empty = masks.collapsed()
+    assert len(empty) == 2
+    msg = str([w for w in record if w.category is sf.LayerCollapseWarning][0].message)
+    assert "2 of 3 layers" in msg and all(repr(name) in msg for name in empty), msg
+    assert issubclass(sf.LayerCollapseWarning, UserWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sf.LayerCollapseWarning)
+        sf.prune(model, batches(2), method=method, sparsity=0.5, **ALL_METHODS[method])
+        sf.prune(model, batches(2), method=method, sparsity=1.0, **ALL_METHODS[method])  # nothing kept, as asked
+
+
+def test_the_collapse_warning_points_at_the_callers_line():
+    model = three_layers()
+    with pytest.warns(sf.LayerCollapseWarning) as record:
+        sf.snip(model, batches(1), sparsity=1 - 1 / 312)
+    assert record[0].filename == __file__
+
+
+# ---------------------------------------------------------------- issue 12: the caller's random state
+
+def dropout_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(),
+                         nn.Linear(4 * 8 * 8, 10))
+
+
+def rng_states():
+    return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(i) for i in range(torch.cuda.device_count())]
+                                      if torch.cuda.is_available() else [])
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", list(ALL_METHODS) + ["prune"])
+def test_pruning_leaves_the_global_random_state_as_it_was(method, device):
+    model = dropout_cnn().to(device)
+    ds = torch.utils.data.TensorDataset(torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True)  # its shuffle draws from the global RNG
+    kw = dict(ALL_METHODS.get(method, {}))
+    torch.manual_seed(123)
+    before = rng_states()
+    if method == "prune":
+        sf.prune(model, loader, method="force", sparsity=0.9, iterations=3)
+    elif method in ("magnitude", "random"):
+        getattr(sf, method)(model, sparsity=0.9)
+    else:
+        getattr(sf, method)(model, loader, sparsity=0.9, **kw)
+    after = rng_states()
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize("method", ["force", "iter_snip", "snip", "grasp"])
+def test_a_seed_makes_dropout_reproducible_and_no_seed_follows_the_callers_state(method):
+    model, data = dropout_cnn(), batches(2)
+    kw = dict(ALL_METHODS[method], sparsity=0.7)
+    fn = getattr(sf, method)
+    torch.manual_seed(1)
+    a = fn(model, data, seed=7, **kw)
+    torch.manual_seed(2)
+    assert fn(model, data, seed=7, **kw) == a
+    assert fn(model, data, seed=8, **kw) != a
+    torch.manual_seed(5)
+    b = fn(model, data, **kw)
+    assert fn(model, data, **kw) == b  # the first call did not move the state the second starts from
+
+
+# ---------------------------------------------------------------- issue 12: argument checks
+
+class Untouchable:
+    """Data that fails the test if a method reads it: arguments are checked before any work."""
+
+    def __iter__(self):
+        raise AssertionError("data was read before the arguments were checked")
+
+
+def call(method, *, data=None, **kw):
+    fn = getattr(sf, method)
+    model = tiny_cnn()
+    if method in ("magnitude", "random"):
+        return fn(model, **{"sparsity": 0.5, **kw})
+    if method == "synflow":
+        kw.setdefault("input_shape", (1, 8, 8))
+    return fn(model, Untouchable() if data is None else data, **{"sparsity": 0.5, **kw})
+
+
+@pytest.mark.parametrize("method", ["force", "iter_snip", "snip", "grasp"])
+@pytest.mark.parametrize("value, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError),
+                                          ("2", TypeError), (None, TypeError)])
+def test_batches_per_iteration_is_checked_first(method, value, error):
+    with pytest.raises(error, match="batches_per_iteration"):
+        call(method, batches_per_iteration=value)
+
+
+@pytest.mark.parametrize("method", ["force", "iter_snip", "synflow"])
+@pytest.mark.parametrize("value, error", [(0, ValueError), (1.5, TypeError), (True, TypeError), (None, TypeError)])
+def test_iterations_are_checked_first(method, value, error):
+    with pytest.raises(error, match="iterations"):
+        call(method, iterations=value)
+
+
+@pytest.mark.parametrize("value, error", [(1.5, TypeError), (None, TypeError), ("x", TypeError), (True, TypeError),
+                                          (-1, ValueError), (2**64, ValueError)])
+def test_random_seed_is_checked(value, error):
+    with pytest.raises(error, match="seed"):
+        sf.random(tiny_cnn(), sparsity=0.5, seed=value)
+
+
+def test_random_accepts_numpy_integer_seeds():
+    model = tiny_cnn()
+    assert sf.random(model, sparsity=0.5, seed=np.int64(3)) == sf.random(model, sparsity=0.5, seed=3)
+
+
+@pytest.mark.parametrize("method", ["force", "iter_snip", "snip", "grasp"])
+@pytest.mark.parametrize("value, error", [(1.5, TypeError), ("x", TypeError), (True, TypeError), (-1, ValueError)])
+def test_the_seed_of_data_methods_is_checked_first(method, value, error):
+    with pytest.raises(error, match="seed"):
+        call(method, seed=value)
+
+
+@pytest.mark.parametrize("method", list(ALL_METHODS))
+@pytest.mark.parametrize("value", [np.float32(0.5), np.float64(0.5), torch.tensor(0.5), torch.tensor(0.5).double(),
+                                   0.5])
+def test_sparsity_may_be_any_real_scalar(method, value):
+    model = tiny_cnn()
+    kw = {**ALL_METHODS[method], "sparsity": value}
+    data = batches(1)
+    got = sf.prune(model, data, method=method, **kw)
+    assert got == sf.prune(model, data, method=method, **{**kw, "sparsity": 0.5})
+
+
+@pytest.mark.parametrize("method", list(ALL_METHODS))
+@pytest.mark.parametrize("value", [True, np.bool_(False), torch.tensor(True), torch.tensor([0.5]), "0.5", None,
+                                   1 + 0j])
+def test_sparsity_that_is_no_real_scalar_is_refused_first(method, value):
+    with pytest.raises(TypeError, match="sparsity"):
+        call(method, **{**ALL_METHODS[method], "sparsity": value})
+
+
+@pytest.mark.parametrize("method", list(ALL_METHODS))
+def test_sparsity_out_of_range_is_refused_first(method):
+    for value in (1.5, -0.1, float("nan"), np.float32(2)):
+        with pytest.raises(ValueError, match="sparsity"):
+            call(method, **{**ALL_METHODS[method], "sparsity": value})
+
+
+@pytest.mark.parametrize("method", [m for m in ALL_METHODS if m != "random"])
+def test_an_unknown_backend_is_refused_first(method):
+    with pytest.raises(ValueError, match="backend"):
+        call(method, **ALL_METHODS[method], backend="nope")
+
+
+def test_other_arguments_are_checked_first():
+    with pytest.raises(TypeError, match="temperature"):
+        call("grasp", temperature="200")
+    with pytest.raises(ValueError, match="temperature"):
+        call("grasp", temperature=float("nan"))
+    with pytest.raises(TypeError, match="loss_fn"):
+        call("force", loss_fn="cross_entropy")
+    with pytest.raises(TypeError, match="loss_fn"):
+        call("grasp", loss_fn=3)
+    with pytest.raises(ValueError, match="schedule"):
+        call("force", schedule="cosine")
+    with pytest.raises(ValueError, match="schedule"):
+        call("synflow", schedule="cosine")
+    with pytest.raises(TypeError, match="input_shape"):
+        call("synflow", input_shape=(1, 8.0, 8))
+    with pytest.raises(ValueError, match="input_shape"):
+        call("synflow", input_shape=(1, 0, 8))
+    with pytest.raises(TypeError, match="method"):
+        sf.prune(tiny_cnn(), Untouchable(), method=["force"], sparsity=0.5)
+
+
+def meta_model():
+    with torch.device("meta"):
+        return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+
+
+def sparse_model():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    model[0].weight = nn.Parameter(model[0].weight.detach().to_sparse())
+    return model
+
+
+@pytest.mark.parametrize("method", list(ALL_METHODS))
+@pytest.mark.parametrize("make, what", [(meta_model, "meta device"), (sparse_model, "sparse")])
+def test_meta_and_sparse_weights_are_refused_by_name(method, make, what):
+    data = [(torch.randn(2, 3), torch.zeros(2, dtype=torch.long))]
+    kw = {**ALL_METHODS[method], "sparsity": 0.5}
+    if method == "synflow":
+        kw["input_shape"] = (3,)
+    with pytest.raises(ValueError, match=rf"'0\.weight'.*{what}"):
+        sf.prune(make(), data, method=method, **kw)

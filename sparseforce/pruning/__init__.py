@@ -18,7 +18,14 @@ DATA_FREE = ("magnitude", "random", "synflow")
 
 
 def prune(model, data=None, method="force", sparsity=None, **kw):
-    """One entry point for every method: ``prune(model, data, method="force", sparsity=0.99, ...)``."""
+    """One entry point for every method: ``prune(model, data, method="force", sparsity=0.99, ...)``.
+
+    ``data`` is ignored by the data-free ``magnitude`` and ``random`` (and read for its input
+    shape only by ``synflow``); the rest of the keywords go to the method, see its docstring (a
+    one-shot iterator as ``data``, the random state, the collapse warning)."""
+    if not isinstance(method, str):
+        raise TypeError(f"method must be the name of a pruning method, one of {sorted(METHODS)}, "
+                        f"got {type(method).__name__}")
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose one of {sorted(METHODS)}")
     if sparsity is None:

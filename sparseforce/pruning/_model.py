@@ -8,12 +8,19 @@ the call and put back.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import itertools
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+
+from .. import _checks, ops
+from ..masks import LayerCollapseWarning, Masks
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -54,7 +61,15 @@ def prunable_parameters(model: nn.Module, prunable=None, check_nan: bool = True)
 
 
 def check_no_nan(params: Mapping[str, torch.Tensor]) -> None:
+    """The weights have values that can be ranked: dense, not on the meta device (shapes alone are
+    fine for ``prunable_parameters(check_nan=False)``), no NaN."""
     for n, p in params.items():
+        if p.is_meta:
+            raise ValueError(f"prunable parameter {n!r} is on the meta device (it has no values yet); "
+                             "materialize the model first, e.g. model.to_empty(device=...) and initialize it")
+        if p.layout != torch.strided:
+            raise ValueError(f"prunable parameter {n!r} is a sparse tensor ({p.layout}); only dense weights can "
+                             "be pruned (convert it with .to_dense())")
         if bool(torch.isnan(p.detach()).any()):
             raise ValueError(f"prunable parameter {n!r} contains NaN; its saliency cannot be ranked")
 
@@ -101,25 +116,42 @@ def forward(model, tensors: dict, inputs):
     return functional_call(model, tensors, (inputs,))
 
 
+def check_data(data) -> None:
+    if data is None:
+        raise ValueError("this method needs data: an iterable of (inputs, targets) batches")
+    if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
+        raise TypeError(f"data must be an iterable of (inputs, targets) batches, got {type(data).__name__}")
+
+
 class BatchStream:
-    """Hands out batches in order, starting the iterable again when it runs out."""
+    """Hands out batches in order, starting the iterable again when it runs out.
+
+    A one-shot iterator (a generator) cannot be started again; rather than keep every batch it
+    gave in memory to cycle them, running out of it is an error that says so.
+    """
 
     def __init__(self, data, device):
-        if data is None:
-            raise ValueError("this method needs data: an iterable of (inputs, targets) batches")
-        if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
-            raise TypeError(f"data must be an iterable of (inputs, targets) batches, got {type(data).__name__}")
+        check_data(data)
         self.data, self.device, self._it = data, device, iter(data)
+        self._pass = 0  # batches the current pass over data has given
 
     def next(self):
         try:
             batch = next(self._it)
         except StopIteration:
+            if self._pass and isinstance(self.data, Iterator):
+                raise ValueError(f"data is an iterator that ran out after {self._pass} batches and cannot be "
+                                 "restarted; pass a list or a DataLoader") from None
             self._it = iter(self.data)
             try:
                 batch = next(self._it)
             except StopIteration:
+                if self._pass:
+                    raise ValueError(f"data yielded {self._pass} batches, then none when iterated again; pass a "
+                                     "list or a DataLoader") from None
                 raise ValueError("data yielded no batches") from None
+            self._pass = 0
+        self._pass += 1
         if not isinstance(batch, Sequence) or isinstance(batch, (str, bytes)) or len(batch) != 2:
             raise ValueError(f"each batch must be a pair (inputs, targets), got {type(batch).__name__}"
                              + (f" of length {len(batch)}" if isinstance(batch, Sequence) else ""))
@@ -127,6 +159,67 @@ class BatchStream:
 
     def take(self, n: int) -> list:
         return [self.next() for _ in range(n)]
+
+
+def check_loss_fn(loss_fn):
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be None or a callable loss_fn(output, target), got {_checks.describe(loss_fn)}")
+    return loss_fn or default_loss
+
+
+def check_backend(backend, op: str, params: Mapping[str, torch.Tensor]) -> None:
+    """Refuse an unknown or unavailable backend before any gradient is taken."""
+    ops.resolve(backend, op, model_device(params))
+
+
+@contextlib.contextmanager
+def own_rng(model: nn.Module, seed=None):
+    """Run the block on a fork of torch's global random state (the CPU generator and those of
+    the CUDA devices the model is on), seeded with ``seed`` if given, else continuing from the
+    caller's state; the caller's state is as it was afterwards. Dropout in the pruning passes
+    and the shuffling of a DataLoader would otherwise change the randomness of what the caller
+    does next (its training)."""
+    cuda = sorted({t.device.index for t in itertools.chain(model.parameters(), model.buffers())
+                   if t.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
+        if seed is not None:
+            # Not torch.manual_seed: it also seeds CUDA devices outside the fork, for good.
+            torch.default_generator.manual_seed(seed)
+            for index in cuda:
+                with torch.cuda.device(index):
+                    torch.cuda.manual_seed(seed)
+        yield
+
+
+_PRUNING_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _caller_stacklevel() -> int:
+    # The warning should point at the line that called the pruning function, however many
+    # pruning frames (prune -> snip -> force -> ...) lie in between.
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _PRUNING_DIR:
+        level, frame = level + 1, frame.f_back
+    return level
+
+
+def warn_collapsed(method: str, names: Sequence[str], numels: Sequence[int], kept: Sequence[int]) -> None:
+    """LayerCollapseWarning naming the layers left with no weights while others keep some (nothing
+    kept anywhere is what sparsity=1 asks for)."""
+    live = [n for n, size in zip(names, numels) if size]
+    empty = [n for n, size, k in zip(names, numels, kept) if size and not k]
+    if not empty or len(empty) == len(live):
+        return
+    shown = ", ".join(map(repr, empty[:5])) + (", ..." if len(empty) > 5 else "")
+    warnings.warn(f"{method} left {len(empty)} of {len(live)} layers with no weights (layer collapse: no signal "
+                  f"passes through them): {shown}; prune less or use another method",
+                  LayerCollapseWarning, stacklevel=_caller_stacklevel())
+
+
+def warn_if_collapsed(method: str, masks: Masks) -> Masks:
+    warn_collapsed(method, list(masks), [m.numel() for m in masks.values()],
+                   [int(m.count_nonzero()) for m in masks.values()])
+    return masks
 
 
 def default_loss(output, target):

@@ -43,9 +43,16 @@ class Replicated:
     def __init__(self, model, params):
         self.model, self.names = model, list(params)
         self.theta0 = [params[n].detach() for n in self.names]  # never written
-        self.n_total = sum(w.numel() for w in self.theta0)
+        self.numels = [w.numel() for w in self.theta0]
+        self.n_total = sum(self.numels)
         self.device = _model.model_device(params)
         self.buffers = _model.buffer_copies(model)
+
+    def check_backend(self, backend):
+        _model.check_backend(backend, "saliency_topk_masks", dict(zip(self.names, self.theta0)))
+
+    def kept(self, masks) -> list[int]:
+        return [int(m.count_nonzero()) for m in masks]
 
     def __enter__(self):
         self._mode = _model.module_mode(self.model, train=True)
@@ -112,8 +119,19 @@ class Sharded:
         if distributed.any_rank(bool(bad), "a NaN check of the weights", self.group):
             raise ValueError(f"prunable parameters contain NaN on some rank (here: {bad or 'none'}); "
                              "their saliency cannot be ranked")
-        self.n_total = sum(p.numel() for p in self.params)  # a DTensor's numel is the global one
+        self.numels = [p.numel() for p in self.params]  # a DTensor's numel is the global one
+        self.n_total = sum(self.numels)
         self.device = self.theta0[0].device
+
+    def check_backend(self, backend):
+        # Each rank's final selection runs ops.saliency_topk_masks on its shards.
+        _model.check_backend(backend, "saliency_topk_masks", dict(zip(self.names, self.theta0)))
+
+    def kept(self, masks) -> list[int]:
+        """Kept weights per layer over all ranks (a collective: every rank calls it)."""
+        counts = torch.stack([m.count_nonzero() for m in masks]).to(
+            distributed._comm_device(self.group, self.device), torch.int64)
+        return distributed._all_reduce(counts, self.group, "the kept counts per layer").tolist()
 
     def __enter__(self):
         model = self.model

@@ -4,16 +4,18 @@
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
-from .. import ops
+from .. import _checks, ops
 from ..masks import Masks
 from . import _model
-from .schedules import check_sparsity, keep_counts
+from .schedules import check_sparsity, densities, keep_counts
 
 
-def _k(n: int, sparsity) -> int:
-    return round(n * (1.0 - check_sparsity(sparsity)))
+def _k(n: int, sparsity: float) -> int:
+    return round(n * (1.0 - sparsity))
 
 
 def _select(method, names, fn, *args, **kw) -> list[torch.Tensor]:
@@ -24,49 +26,77 @@ def _select(method, names, fn, *args, **kw) -> list[torch.Tensor]:
 
 
 def magnitude(model, sparsity, prunable=None, backend="auto") -> Masks:
-    """Keep the k weights of largest |θ| (ties by global position)."""
+    """Keep the k weights of largest |θ| (ties by global position). Warns with
+    :class:`sparseforce.LayerCollapseWarning` when a layer is left with no weights."""
+    sparsity = check_sparsity(sparsity)
     params = _model.prunable_parameters(model, prunable)
+    _model.check_backend(backend, "topk_masks", params)
     names = list(params)
     with torch.no_grad():
         scores = [p.detach().abs() for p in params.values()]
     k = _k(sum(s.numel() for s in scores), sparsity)
-    return Masks(dict(zip(names, _select("magnitude", names, ops.topk_masks, scores, k, backend=backend))))
+    masks = Masks(dict(zip(names, _select("magnitude", names, ops.topk_masks, scores, k, backend=backend))))
+    return _model.warn_if_collapsed("magnitude", masks)
 
 
 def random(model, sparsity, seed=0, prunable=None) -> Masks:
-    """Keep k weights chosen uniformly at random; the same ``seed`` gives the same masks on any device."""
+    """Keep k weights chosen uniformly at random; the same ``seed`` (an integer in [0, 2**64))
+    gives the same masks on any device. Uses its own generator: the global random state is not
+    touched. Warns with :class:`sparseforce.LayerCollapseWarning` when a layer is left with no
+    weights."""
+    sparsity = check_sparsity(sparsity)
+    seed = _checks.seed(seed)
     params = _model.prunable_parameters(model, prunable)
     sizes = [p.numel() for p in params.values()]
     n = sum(sizes)
     k = _k(n, sparsity)
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(seed)
     keep = torch.zeros(n, dtype=torch.bool)
     keep[torch.randperm(n, generator=gen)[:k]] = True
     pieces = keep.split(sizes)
-    return Masks({name: piece.view(p.shape).to(p.device)
-                  for (name, p), piece in zip(params.items(), pieces)})
+    masks = Masks({name: piece.view(p.shape).to(p.device)
+                   for (name, p), piece in zip(params.items(), pieces)})
+    return _model.warn_if_collapsed("random", masks)
 
 
 def grasp(model, data, sparsity, loss_fn=None, batches_per_iteration=1, temperature=200.0, prunable=None,
-          backend="auto") -> Masks:
+          backend="auto", seed=None) -> Masks:
     """GraSP (Wang et al., 2020): keep the top-k of θ ⊙ Hg (signed), H and g of the loss at θ.
 
     ``temperature`` divides the logits before the loss, as the GraSP authors' code does (200).
-    g is the mean gradient over the batches; Hg is the mean over the same batches of the
-    Hessian-vector product, by double backward.
+    g is the mean gradient over the first ``batches_per_iteration`` batches of ``data``; Hg is
+    the mean over the same batches of the Hessian-vector product, by double backward. A one-shot
+    iterator (a generator) with fewer batches raises ``ValueError``: pass a list or a DataLoader.
+    ``seed``, the caller's random state (left as it was) and the
+    :class:`sparseforce.LayerCollapseWarning` as :func:`sparseforce.force`.
     """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    sparsity = check_sparsity(sparsity)
+    batches_per_iteration = _checks.integer("batches_per_iteration", batches_per_iteration, 1)
+    temperature = _checks.real("temperature", temperature, "a number > 0")
+    if not 0 < temperature < float("inf"):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    base_loss = _model.check_loss_fn(loss_fn)
+    seed = None if seed is None else _checks.seed(seed)
+    _model.check_data(data)
     params = _model.prunable_parameters(model, prunable)
+    _model.check_backend(backend, "topk_masks", params)
     names = list(params)
     theta = [params[n].detach() for n in names]
-    base_loss = loss_fn or _model.default_loss
 
     def loss_t(output, target):
         return base_loss(output / temperature, target)
 
-    stream = _model.BatchStream(data, _model.model_device(params))
-    batches = stream.take(batches_per_iteration)
+    with _model.own_rng(model, seed):
+        hg, n_batches = _hessian_gradient(model, data, params, names, theta, batches_per_iteration, loss_t)
+    scores = [w * (h / n_batches) for w, h in zip(theta, hg)]
+    k = _k(sum(s.numel() for s in scores), sparsity)
+    masks = Masks(dict(zip(names, _select("GraSP", names, ops.topk_masks, scores, k, backend=backend))))
+    return _model.warn_if_collapsed("GraSP", masks)
+
+
+def _hessian_gradient(model, data, params, names, theta, batches_per_iteration, loss_t):
+    """Sum over the batches of H·g (g the mean gradient), and the number of batches."""
+    batches = _model.BatchStream(data, _model.model_device(params)).take(batches_per_iteration)
     buffers = _model.buffer_copies(model)
     with _model.module_mode(model, train=True):
         g, _ = _model.mean_gradients(model, dict(zip(names, theta)), buffers, batches, loss_t)
@@ -81,9 +111,7 @@ def grasp(model, data, sparsity, loss_fn=None, batches_per_iteration=1, temperat
             for acc, h in zip(hg, torch.autograd.grad(z, leaves, allow_unused=True)):
                 if h is not None:
                     acc.add_(h.detach())
-    scores = [w * (h / len(batches)) for w, h in zip(theta, hg)]
-    k = _k(sum(s.numel() for s in scores), sparsity)
-    return Masks(dict(zip(names, _select("GraSP", names, ops.topk_masks, scores, k, backend=backend))))
+    return hg, len(batches)
 
 
 def synflow(model, data=None, sparsity=0.9, iterations=100, schedule="exp", input_shape=None, prunable=None,
@@ -93,14 +121,41 @@ def synflow(model, data=None, sparsity=0.9, iterations=100, schedule="exp", inpu
     Every parameter and float buffer is replaced by its absolute value (in float64, so deep nets
     do not overflow), the model runs in eval mode on one all-ones input, R = sum(output), and
     step t keeps the top-k_t of |θ ⊙ m ⊙ ∂R/∂θ| among the surviving weights. The input shape is
-    ``input_shape`` or, if not given, that of one sample of the first batch of ``data``.
+    ``input_shape`` or, if not given, that of one sample of the first batch of ``data`` (a
+    one-shot iterator loses that batch). Runs on a fork of torch's global random state, so the
+    caller's is left as it was; warns with :class:`sparseforce.LayerCollapseWarning` as
+    :func:`sparseforce.force`.
     """
+    densities(sparsity, iterations, schedule)  # checks all three before any work
+    if input_shape is not None:
+        input_shape = _check_input_shape(input_shape)
+    elif data is None:
+        raise ValueError("synflow needs input_shape (the shape of one sample) or data to read it from")
+    else:
+        _model.check_data(data)
     params = _model.prunable_parameters(model, prunable)
+    _model.check_backend(backend, "saliency_topk_masks", params)
+    with _model.own_rng(model):
+        return _model.warn_if_collapsed("SynFlow", _synflow(model, data, sparsity, iterations, schedule,
+                                                            input_shape, params, backend, progress))
+
+
+def _check_input_shape(shape) -> tuple:
+    if isinstance(shape, torch.Size):
+        shape = tuple(shape)
+    if not isinstance(shape, (tuple, list)):
+        raise TypeError(f"input_shape must be a tuple of positive integers, got {_checks.describe(shape)}")
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in shape):
+        raise TypeError(f"input_shape must be a tuple of positive integers, got {shape!r}")
+    if any(s < 1 for s in shape):
+        raise ValueError(f"input_shape must be a tuple of positive integers, got {shape!r}")
+    return tuple(int(s) for s in shape)
+
+
+def _synflow(model, data, sparsity, iterations, schedule, input_shape, params, backend, progress):
     names = list(params)
     device = _model.model_device(params)
     if input_shape is None:
-        if data is None:
-            raise ValueError("synflow needs input_shape (the shape of one sample) or data to read it from")
         inputs, _ = _model.BatchStream(data, device).next()
         if not isinstance(inputs, torch.Tensor):
             raise ValueError("synflow reads input_shape from tensor inputs; pass input_shape=")
@@ -125,4 +180,4 @@ def synflow(model, data=None, sparsity=0.9, iterations=100, schedule="exp", inpu
             grads = [torch.zeros_like(w) if g is None else g for w, g in zip(theta, grads)]
             masks = _select("SynFlow", names, ops.saliency_topk_masks, theta, grads, ks[t], prev_masks=masks,
                             resurrect=False, backend=backend)
-    return Masks({n: m for n, m in zip(names, masks)})
+    return Masks(dict(zip(names, masks)))

@@ -16,25 +16,33 @@ import time
 
 import torch
 
-from .. import ops
-from ..masks import Masks
+from .. import _checks, ops
+from ..masks import Masks, format_percent
 from . import _model, _parallel
-from .schedules import keep_counts
+from .schedules import densities, keep_counts
 
 
-def _progressive(model, data, *, sparsity, iterations, schedule, loss_fn, batches_per_iteration,
-                 prunable, backend, progress, resurrect, group) -> Masks:
-    method = "FORCE" if resurrect else "Iter SNIP"
-    if isinstance(batches_per_iteration, bool) or not isinstance(batches_per_iteration, int) \
-            or batches_per_iteration < 1:
-        raise ValueError(f"batches_per_iteration must be an integer >= 1, got {batches_per_iteration!r}")
+def _progressive(model, data, *, method, sparsity, iterations, schedule, loss_fn, batches_per_iteration,
+                 prunable, backend, progress, resurrect, group, seed) -> Masks:
+    densities(sparsity, iterations, schedule)  # checks all three before any work
+    batches_per_iteration = _checks.integer("batches_per_iteration", batches_per_iteration, 1)
+    loss_fn = _model.check_loss_fn(loss_fn)
+    seed = None if seed is None else _checks.seed(seed)
+    _model.check_data(data)
     space = _parallel.layout(model, prunable, group)  # one process, data-parallel or sharded
+    space.check_backend(backend)
     ks = keep_counts(space.n_total, sparsity, iterations, schedule)
-    loss_fn = loss_fn or _model.default_loss
+    with _model.own_rng(model, seed):
+        masks = _steps(space, data, ks, method, loss_fn, batches_per_iteration, backend, progress, resurrect)
+        result = space.result(masks)
+    _model.warn_collapsed(method, space.names, space.numels, space.kept(masks))
+    return result
+
+
+def _steps(space, data, ks, method, loss_fn, batches_per_iteration, backend, progress, resurrect):
     batches = _model.BatchStream(data, space.device)
     masks = [torch.ones_like(w, dtype=torch.bool) for w in space.theta0]
-
-    steps = range(1, iterations + 1)
+    steps = range(1, len(ks) + 1)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -53,8 +61,8 @@ def _progressive(model, data, *, sparsity, iterations, schedule, loss_fn, batche
                                  "(NaN/inf in its weights or gradients)") from e
             del grads, step_batches
             if bar is not None:
-                bar.set_postfix(density=f"{ks[t - 1] / max(space.n_total, 1):.4g}", loss=f"{loss:.4g}")
-    return space.result(masks)
+                bar.set_postfix(density=format_percent(ks[t - 1], space.n_total), loss=f"{loss:.4g}")
+    return masks
 
 
 _PROFILE: dict | None = None
@@ -90,12 +98,20 @@ def _phase(name, device):
 
 
 def force(model, data, sparsity, iterations=60, schedule="exp", loss_fn=None, batches_per_iteration=1,
-          prunable=None, backend="auto", progress=False, group=None) -> Masks:
+          prunable=None, backend="auto", progress=False, group=None, seed=None) -> Masks:
     """FORCE: progressive pruning in which pruned weights may come back.
 
-    ``data``: iterable of (inputs, targets), cycled; step t uses the next
-    ``batches_per_iteration`` batches. ``loss_fn(output, target)`` defaults to cross-entropy.
-    The model is left exactly as it was.
+    ``data``: an iterable of (inputs, targets) batches; step t uses the next
+    ``batches_per_iteration`` of them, starting the iterable again when it runs out (a list, a
+    DataLoader). A one-shot iterator (a generator) is not cached in memory: running out of it
+    raises ``ValueError``, so pass a list or a DataLoader. ``loss_fn(output, target)`` defaults
+    to cross-entropy. The model is left exactly as it was.
+
+    The caller's random state is left as it was too: the passes (dropout) and the iteration of
+    ``data`` (a shuffling DataLoader) draw from a fork of torch's global RNG (CPU and the
+    model's CUDA devices), seeded with ``seed``, or with None continuing from the caller's state
+    (the same state, the same masks). Warns with :class:`sparseforce.LayerCollapseWarning`
+    when a layer is left with no weights while others keep some.
 
     Distributed (every rank calls it with its own ``data``): ``group=`` a process group, or a
     model wrapped in ``DistributedDataParallel``, averages each step's gradients over the ranks
@@ -103,23 +119,35 @@ def force(model, data, sparsity, iterations=60, schedule="exp", loss_fn=None, ba
     shard by shard with the exact global top-k, and its masks are DTensors sharded like the
     weights.
     """
-    return _progressive(model, data, sparsity=sparsity, iterations=iterations, schedule=schedule,
+    return _progressive(model, data, method="FORCE", sparsity=sparsity, iterations=iterations, schedule=schedule,
                         loss_fn=loss_fn, batches_per_iteration=batches_per_iteration, prunable=prunable,
-                        backend=backend, progress=progress, resurrect=True, group=group)
+                        backend=backend, progress=progress, resurrect=True, group=group, seed=seed)
 
 
 def iter_snip(model, data, sparsity, iterations=60, schedule="exp", loss_fn=None, batches_per_iteration=1,
-              prunable=None, backend="auto", progress=False, group=None) -> Masks:
+              prunable=None, backend="auto", progress=False, group=None, seed=None) -> Masks:
     """Iter SNIP: progressive pruning in which a pruned weight stays pruned (nested masks).
-    Distributed use as :func:`force`."""
-    return _progressive(model, data, sparsity=sparsity, iterations=iterations, schedule=schedule,
-                        loss_fn=loss_fn, batches_per_iteration=batches_per_iteration, prunable=prunable,
-                        backend=backend, progress=progress, resurrect=False, group=group)
+
+    ``data``, ``seed``, the random state, the collapse warning and distributed use as
+    :func:`force`: a one-shot iterator (a generator) is not cached, running out of it raises
+    ``ValueError``; pass a list or a DataLoader to have it started again.
+    """
+    return _progressive(model, data, method="Iter SNIP", sparsity=sparsity, iterations=iterations,
+                        schedule=schedule, loss_fn=loss_fn, batches_per_iteration=batches_per_iteration,
+                        prunable=prunable, backend=backend, progress=progress, resurrect=False, group=group,
+                        seed=seed)
 
 
 def snip(model, data, sparsity, loss_fn=None, batches_per_iteration=1, prunable=None, backend="auto",
-         progress=False, group=None) -> Masks:
-    """SNIP (Lee et al., 2019): keep the top-k of |θ0 ⊙ g| after a single gradient evaluation."""
-    return force(model, data, sparsity, iterations=1, loss_fn=loss_fn,
-                 batches_per_iteration=batches_per_iteration, prunable=prunable, backend=backend,
-                 progress=progress, group=group)
+         progress=False, group=None, seed=None) -> Masks:
+    """SNIP (Lee et al., 2019): keep the top-k of |θ0 ⊙ g| after a single gradient evaluation
+    (the mean gradient over the first ``batches_per_iteration`` batches of ``data``).
+
+    ``data``, ``seed``, the random state, the collapse warning and distributed use as
+    :func:`force`: a one-shot iterator (a generator) with fewer batches raises ``ValueError``;
+    pass a list or a DataLoader.
+    """
+    return _progressive(model, data, method="SNIP", sparsity=sparsity, iterations=1, schedule="exp", loss_fn=loss_fn,
+                        batches_per_iteration=batches_per_iteration, prunable=prunable, backend=backend,
+                        progress=progress, resurrect=True, group=group, seed=seed)
+

@@ -6,23 +6,23 @@ halves go to even).
 """
 from __future__ import annotations
 
+from .. import _checks
+
 SCHEDULES = ("exp", "linear")
 
 
 def check_sparsity(sparsity) -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
-        raise TypeError(f"sparsity must be a number in [0, 1], got {type(sparsity).__name__}")
+    sparsity = _checks.real("sparsity", sparsity, "a number in [0, 1]")
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"sparsity must be in [0, 1] (the fraction of weights removed), got {sparsity}")
-    return float(sparsity)
+    return sparsity
 
 
 def densities(sparsity: float, iterations: int, schedule: str = "exp") -> list[float]:
     """[d_1, ..., d_T] for the final ``sparsity``."""
     d = 1.0 - check_sparsity(sparsity)
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
-    if schedule not in SCHEDULES:
+    iterations = _checks.integer("iterations", iterations, 1)
+    if not isinstance(schedule, str) or schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     T = iterations
     if schedule == "exp":
