@@ -11,11 +11,11 @@ with — with a pure-PyTorch reference and fused kernels behind one API.
 __version__ = "0.1.0"
 
 from . import ops
-from .masks import LayerCollapseWarning, Masks, apply_masks
+from .masks import LayerCollapseWarning, Masks, MasksFileError, apply_masks
 from .optim import MaskedAdamW, MaskedSGD
 from .pruning import force, grasp, iter_snip, magnitude, prune, random, snip, synflow
 
-__all__ = ["ops", "Masks", "apply_masks", "LayerCollapseWarning", "force", "iter_snip", "snip", "grasp", "synflow",
+__all__ = ["ops", "Masks", "MasksFileError", "apply_masks", "LayerCollapseWarning", "force", "iter_snip", "snip", "grasp", "synflow",
            "magnitude", "random", "prune", "MaskedSGD", "MaskedAdamW", "fit", "Recipe", "__version__"]
 
 # The training loop pulls in the data readers (numpy, PIL); load it only when asked for.

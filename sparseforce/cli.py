@@ -107,6 +107,14 @@ def _compute_masks(args, model, loader):
     return prune(model, data, method=args.method, sparsity=args.sparsity, **kw)
 
 
+class _NoneDefaultFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Leaves out "(default: None)": such options state their default in their help, being None only
+    so that --resume can tell them given from left out."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def _add_train(sub):
     from .pruning import METHODS
     p = sub.add_parser(
@@ -114,24 +122,30 @@ def _add_train(sub):
         description="Prune a freshly initialized model (unless --masks is given), then train it with pruned weights "
                     "held at exactly 0, evaluating, logging and checkpointing every epoch. Example: sparseforce "
                     "train --model vgg19_bn --dataset cifar10 --data-dir data --method force --sparsity 0.995 "
-                    "--out runs/vgg_force; after a crash add --resume.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, tinyimagenet, imagenet or digits")
+                    "--out runs/vgg_force; after a crash: sparseforce train --out runs/vgg_force --resume.",
+        formatter_class=_NoneDefaultFormatter)
+    p.add_argument("--dataset", default=None,
+                   help="cifar10, cifar100, tinyimagenet, imagenet or digits (default: cifar10)")
     p.add_argument("--data-dir", default=None, help="folder holding the extracted data set (not needed for digits)")
     p.add_argument("--model", default=None,
                    help="resnet50, vgg19_bn, resnet50_imagenet, vgg19_bn_imagenet, mlp, lenet5, digits_cnn; "
                         "default: digits_cnn for digits, resnet50_imagenet for imagenet, else resnet50")
     p.add_argument("--out", required=True, help="run folder: masks.pt, checkpoint.pt, log.jsonl, log.csv, result.json")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint, with the settings stored in it: no other "
+                        "option is needed; one given with another value than the checkpoint's is refused "
+                        "(--data-dir, --device, --backend, --num-workers, --progress and --stop-after-epoch "
+                        "may change)")
     p.add_argument("--overwrite", action="store_true", help="start again even if --out holds a checkpoint")
     g = p.add_argument_group("pruning (skipped with --masks or --resume)")
-    g.add_argument("--method", default="force", choices=sorted(METHODS))
-    g.add_argument("--sparsity", type=float, default=0.995, help="fraction of prunable weights to remove")
+    g.add_argument("--method", default=None, choices=sorted(METHODS), help="(default: force)")
+    g.add_argument("--sparsity", type=float, default=None, help="fraction of prunable weights to remove "
+                                                                "(default: 0.995)")
     g.add_argument("--masks", default=None, help="train with these masks (a file from `sparseforce prune`) instead")
     g.add_argument("--iterations", type=int, default=None,
                    help="steps of the progressive methods (default 60; SynFlow 100)")
-    g.add_argument("--schedule", default="exp", choices=["exp", "linear"])
-    g.add_argument("--batches-per-iteration", type=int, default=1)
+    g.add_argument("--schedule", default=None, choices=["exp", "linear"], help="(default: exp)")
+    g.add_argument("--batches-per-iteration", type=int, default=None, help="(default: 1)")
     g = p.add_argument_group("training (defaults: the recipe's)")
     g.add_argument("--recipe", default=None, choices=["cifar", "tinyimagenet"],  # train.RECIPES, not imported here
                    help="cifar: 350 epochs, lr 0.1 /10 at 150 and 250; tinyimagenet: 300 epochs, /10 at 150 and 225 "
@@ -145,33 +159,106 @@ def _add_train(sub):
     g.add_argument("--optimizer", default=None, choices=["sgd", "adamw"])
     g.add_argument("--stop-after-epoch", type=int, default=None,
                    help="stop after this epoch (checkpoint written); continue later with --resume")
-    p.add_argument("--seed", type=int, default=0, help="seeds initialization, split, data order and augmentation")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seeds initialization, split, data order and augmentation (default: 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--backend", default="auto", choices=["auto", "reference", "cpp", "cuda", "triton"])
-    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--backend", default=None, choices=["auto", "reference", "cpp", "cuda", "triton"],
+                   help="(default: auto)")
+    p.add_argument("--num-workers", type=int, default=None, help="data loader worker processes (default: 0)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                    help="show progress bars")
     p.set_defaults(func=_train)
+
+
+# The defaults of the `train` options that --resume takes from the checkpoint; applied after it,
+# so that an option given on the command line can be told from one left out.
+_TRAIN_DEFAULTS = {"dataset": "cifar10", "method": "force", "sparsity": 0.995, "schedule": "exp",
+                   "batches_per_iteration": 1, "seed": 0, "backend": "auto", "num_workers": 0}
+_PRUNING_OPTIONS = ("method", "sparsity", "iterations", "schedule", "batches_per_iteration")
+# What defines a run: taken from the checkpoint on --resume, and refused there with another value.
+# The recipe's numbers come from the checkpoint's config, the rest from the settings stored with it.
+_RUN_OPTIONS = ("dataset", "model", "recipe", "seed") + _PRUNING_OPTIONS
+_RECIPE_OPTIONS = ("epochs", "lr", "momentum", "weight_decay", "milestones", "batch_size", "optimizer")
+# Where and how the run is computed: taken from the checkpoint unless given again.
+_PLACE_OPTIONS = ("data_dir", "device", "backend", "num_workers")
+
+
+def _take_run_settings(args, ckpt: dict, path: str) -> None:
+    """--resume: set the options left out to the checkpoint's values; refuse any given with another."""
+    from . import data as sfdata
+    from .masks import Masks
+
+    meta = ckpt.get("meta") or {}  # empty for a checkpoint of sparseforce.train.fit itself
+    stored = {k: meta[k] for k in _RUN_OPTIONS + _PLACE_OPTIONS if k in meta}
+    stored.update({k: ckpt["config"][k] for k in _RECIPE_OPTIONS})
+    normal = {"dataset": sfdata._canonical_name, "model": lambda m: _MODEL_ALIASES.get(m, m),
+              "milestones": lambda ms: [int(m) for m in ms]}
+    conflicts = []
+    if args.masks is not None:
+        saved = Masks(ckpt["masks"]["masks"]) if ckpt.get("masks") is not None else Masks()
+        if Masks.load(args.masks) != saved:
+            conflicts.append(f"--masks: {args.masks} holds other masks than the checkpoint's")
+    args.masks = meta.get("masks")
+    for k, was in stored.items():
+        given = getattr(args, k)
+        if given is None:
+            setattr(args, k, was)
+        elif k in _PLACE_OPTIONS:
+            continue
+        elif was is None:
+            why = (f"the run in the checkpoint did not prune (it trained with --masks {args.masks})"
+                   if args.masks and k in _PRUNING_OPTIONS else "not set in the checkpoint")
+            conflicts.append(f"{_flag(k)}: {why}, {_show(given)} given")
+        elif normal.get(k, lambda v: v)(was) != normal.get(k, lambda v: v)(given):
+            conflicts.append(f"{_flag(k)}: {_show(was)} in the checkpoint, {_show(given)} given")
+    if conflicts:
+        raise ValueError(f"--resume: {path!r} holds a run with other settings: " + "; ".join(conflicts)
+                         + " (leave these options out to continue the run as it was, or start a new run in "
+                           "another --out)")
+
+
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def _show(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _train(args) -> int:
     import torch
 
     from . import data as sfdata
-    from .masks import Masks, format_percent
-    from .train import CHECKPOINT_NAME, RECIPES, fit, get_splits
+    from .masks import Masks, _remove_stale_temporaries, format_percent
+    from .train import CHECKPOINT_NAME, RECIPES, fit, get_splits, load_checkpoint
+
+    ckpt_path = os.path.join(args.out, CHECKPOINT_NAME)
+    if args.resume:
+        if args.overwrite:
+            raise ValueError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
+                             "--overwrite starts it again")
+        if not os.path.exists(ckpt_path):
+            raise FileNotFoundError(f"--resume: no checkpoint to continue: {ckpt_path!r} does not exist (start the "
+                                    "run without --resume)")
+        _take_run_settings(args, load_checkpoint(ckpt_path), ckpt_path)
+        # The only file of the run folder that a resumed run does not write again.
+        _remove_stale_temporaries(os.path.abspath(args.out), "masks.pt")
+    elif not args.overwrite and os.path.exists(ckpt_path):
+        raise ValueError(f"{args.out!r} already holds a checkpoint: add --resume to continue it, --overwrite to "
+                         "start again, or choose another --out")
+    for k, v in _TRAIN_DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     key = sfdata._canonical_name(args.dataset)
     if key not in sfdata.NUM_CLASSES:
         raise ValueError(f"unknown data set {args.dataset!r}; valid names: {', '.join(sfdata.NUM_CLASSES)}")
     model_name = _MODEL_ALIASES.get(args.model, args.model) or _default_model(key)
-    recipe = RECIPES[args.recipe or ("tinyimagenet" if key == "tinyimagenet" else "cifar")]
-    if args.resume and not os.path.exists(os.path.join(args.out, CHECKPOINT_NAME)):
-        raise FileNotFoundError(f"--resume: no checkpoint {os.path.join(args.out, CHECKPOINT_NAME)!r}")
-    if not args.resume and not args.overwrite and os.path.exists(os.path.join(args.out, CHECKPOINT_NAME)):
-        raise ValueError(f"{args.out!r} already holds a checkpoint: add --resume to continue it, --overwrite to "
-                         "start again, or choose another --out")
+    recipe_name = args.recipe or ("tinyimagenet" if key == "tinyimagenet" else "cifar")
+    recipe = RECIPES[recipe_name]
+    if args.iterations is None:
+        args.iterations = 100 if args.method == "synflow" else 60
     train, val, test = get_splits(key, args.data_dir, seed=args.seed, val_fraction=recipe.val_fraction,
                                   augment=recipe.augment)
     torch.manual_seed(args.seed)
@@ -196,8 +283,12 @@ def _train(args) -> int:
               f"(density {format_percent(masks.num_kept(), masks.numel())})")
         masks.save(os.path.join(args.out, "masks.pt"))
 
-    meta = {k: v for k, v in vars(args).items() if k != "func" and isinstance(v, (str, int, float, bool, type(None)))}
-    meta["model"] = model_name
+    # What --resume reads back (the recipe's numbers are in the checkpoint's config).
+    meta = {k: getattr(args, k) for k in _RUN_OPTIONS + _PLACE_OPTIONS + ("masks",)}
+    meta.update(dataset=key, model=model_name, recipe=recipe_name,
+                data_dir=os.path.abspath(args.data_dir) if args.data_dir else None)
+    if args.masks:
+        meta.update(dict.fromkeys(_PRUNING_OPTIONS))  # nothing was pruned
     result = fit(model, masks, train, val, test, recipe=recipe, epochs=args.epochs, lr=args.lr,
                  momentum=args.momentum, weight_decay=args.weight_decay, milestones=args.milestones,
                  batch_size=batch_size, optimizer=args.optimizer, device=device, out_dir=args.out,
@@ -208,7 +299,7 @@ def _train(args) -> int:
     if final is not None:
         done = final["epoch"] >= result.recipe.epochs
         print(("finished" if done else f"stopped after epoch {final['epoch']} of {result.recipe.epochs} "
-               "(continue with --resume);")
+               f"(continue with `sparseforce train --out {args.out} --resume`);")
               + (f" test accuracy {final['test_acc']:.2%}" if "test_acc" in final else "")
               + (f"; best validation {best['val_acc']:.2%} at epoch {best['epoch']}" if "val_acc" in best else ""))
     print(f"run folder: {args.out}")

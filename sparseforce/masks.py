@@ -13,6 +13,8 @@ Public names:
   weights (:meth:`Masks.collapsed` lists them).
 * :func:`format_percent` -- the density as every report shows it (percent, never rounded to 0 or
   100 unless it is).
+* :class:`MasksFileError` -- raised by :meth:`Masks.load` for a file that is corrupt, truncated
+  or not a masks file (a ``ValueError``).
 * :func:`apply_masks` -- zero pruned weights and keep them zero under any torch optimizer;
   returns a :class:`MaskHandle` whose ``remove()`` stops the enforcement.
 
@@ -33,9 +35,13 @@ import collections.abc
 import difflib
 import math
 import os
+import pickle
+import re
 import secrets
 import threading
 import weakref
+import zipfile
+import zlib
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Union
 
 import torch
@@ -51,6 +57,7 @@ __all__ = [
     "LayerTable",
     "MaskHandle",
     "Masks",
+    "MasksFileError",
     "apply_masks",
     "format_percent",
 ]
@@ -351,24 +358,17 @@ class Masks(collections.abc.Mapping):
              map_location: Any = "cpu") -> "Masks":
         """Read masks written by :meth:`save`, optionally checking them against ``model``.
 
-        Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for anything that is
-        not a valid mask file (unreadable bytes, a plain ``state_dict``, wrong format tag or
-        version, non-bool tensors) or that does not fit ``model``.
+        Raises ``FileNotFoundError`` for a missing file, :class:`MasksFileError` (a ``ValueError``)
+        naming the file for one that is not a valid masks file (corrupt bytes, found by the zip
+        checksums of every stored tensor; a truncated file; another kind of file; a wrong format
+        tag or version; non-bool tensors), and ``ValueError`` for masks that do not fit ``model``.
         """
         path = os.fspath(path)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"mask file {path!r} does not exist")
+            raise FileNotFoundError(f"masks file {path!r} does not exist")
         if os.path.isdir(path):
-            raise ValueError(f"mask file {path!r} is a directory")
-        try:
-            # weights_only: a mask file never needs arbitrary code execution to load.
-            obj = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:
-            raise ValueError(
-                f"{path!r} is not a readable sparseforce mask file: torch.load failed with "
-                f"{type(exc).__name__}: {_first_line(exc)}"
-            ) from exc
-
+            raise MasksFileError(f"masks file {path!r} is a directory")
+        obj = _load_verified(path, map_location, MasksFileError, "sparseforce masks file")
         masks = _parse_payload(obj, path)
         if model is not None:
             try:
@@ -376,6 +376,56 @@ class Masks(collections.abc.Mapping):
             except ValueError as exc:
                 raise ValueError(f"{path!r}: {exc}") from None
         return masks
+
+
+class MasksFileError(ValueError):
+    """A masks file is corrupt, truncated, or not a sparseforce masks file; the message names it."""
+
+
+def _load_verified(path: str, map_location: Any, error: type, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` of a file whose zip container and stored CRCs are
+    intact; anything else raises ``error`` naming ``path``. ``what`` names the kind of file.
+    torch.load itself never checks the CRCs: a flipped bit in a tensor would load silently."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise error(f"{path!r} cannot be read: {exc.strerror or exc}") from None
+    if head != b"PK\x03\x04":  # torch.save's zip format; not even a truncated one
+        reason = "it is empty" if not head else "it is not a zip archive, which torch.save writes"
+        raise error(f"{path!r} is not a {what}: {reason}")
+    unreadable = (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError,
+                  zlib.error)
+    try:
+        z = zipfile.ZipFile(path)
+    except unreadable:
+        raise error(f"{path!r} is truncated or corrupt: the zip directory at its end is missing or "
+                    "damaged") from None
+    with z:
+        try:
+            bad = z.testzip()
+        except unreadable as exc:
+            raise error(f"{path!r} is truncated or corrupt: {_first_line(exc)}") from None
+        # torch's zip reader takes a member with the DOS folder bit for a folder and reads other
+        # bytes than the CRC-checked ones; torch.save never sets it.
+        folder = next((i.filename for i in z.infolist() if i.external_attr & 0x10), None)
+    if folder is not None:
+        raise error(f"{path!r} is corrupt: its member {folder!r} is marked as a folder")
+    if bad is not None:
+        raise error(f"{path!r} is corrupt: the stored bytes of {bad!r} do not match their checksum")
+    try:
+        # weights_only: loading must never run code from the file.
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message advises weights_only=False, i.e. running the file's code: not for a
+        # file that should hold only tensors. Name what it holds instead.
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        held = f" ({found.group(1)})" if found else ""
+        raise error(f"{path!r} is not a {what}: it holds Python objects{held} that a {what} never "
+                    "contains (not loaded: loading them could run code from the file)") from None
+    except Exception as exc:
+        raise error(f"{path!r} is not a {what}: torch.load failed with {type(exc).__name__}: "
+                    f"{_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -440,40 +490,50 @@ def _compact_cpu(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _parse_payload(obj: Any, path: str) -> Masks:
-    where = f"{path!r} is not a sparseforce mask file"
+    where = f"{path!r} is not a sparseforce masks file"
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a dict, found {type(obj).__name__}")
+        raise MasksFileError(f"{where}: expected a dict, found {type(obj).__name__}")
     if "format" not in obj:
         looks_like_state_dict = bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
         hint = (" (it looks like a model state_dict or checkpoint; masks must be written with "
                 "Masks.save)" if looks_like_state_dict else "")
-        raise ValueError(f"{where}: missing the 'format' tag{hint}")
+        raise MasksFileError(f"{where}: missing the 'format' tag{hint}")
     if obj["format"] != FORMAT:
-        raise ValueError(f"{where}: format tag is {obj['format']!r}, expected {FORMAT!r}")
+        hint = (" (it is a training checkpoint; the run folder's masks.pt holds its masks)"
+                if obj["format"] == "sparseforce.checkpoint" else "")
+        raise MasksFileError(f"{where}: format tag is {obj['format']!r}, expected {FORMAT!r}{hint}")
     version = obj.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise ValueError(f"{where}: missing or invalid 'version' ({version!r})")
+        raise MasksFileError(f"{where}: missing or invalid 'version' ({version!r})")
     if version > FORMAT_VERSION:
-        raise ValueError(f"{path!r} uses mask format version {version}, newer than this "
-                         f"sparseforce understands ({FORMAT_VERSION}); upgrade sparseforce")
+        raise MasksFileError(f"{path!r} uses masks format version {version}, newer than this "
+                             f"sparseforce understands ({FORMAT_VERSION}); upgrade sparseforce")
     if version < 1:
-        raise ValueError(f"{where}: invalid version {version}")
+        raise MasksFileError(f"{where}: invalid version {version}")
     raw = obj.get("masks")
     if not isinstance(raw, dict):
-        raise ValueError(f"{where}: 'masks' should be a dict, found {type(raw).__name__}")
+        raise MasksFileError(f"{where}: 'masks' should be a dict, found {type(raw).__name__}")
     try:
         return Masks(raw)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path!r} contains invalid masks: {exc}") from None
+        raise MasksFileError(f"{path!r} contains invalid masks: {exc}") from None
 
 
 def _atomic_torch_save(obj: Any, path: str) -> None:
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _atomic_write(path: str, write) -> None:
+    """Call ``write(binary_file)`` on a temporary file next to ``path``, fsync it and rename it over
+    ``path``. Temporaries that killed writers left next to ``path`` are removed first."""
     directory = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
+    _remove_stale_temporaries(directory, base)
     # os.open with O_EXCL and mode 0o666 (rather than tempfile) so the final file gets the
-    # usual umask-derived permissions instead of tempfile's 0o600.
+    # usual umask-derived permissions instead of tempfile's 0o600. The pid in the name tells
+    # a later writer whether the file's writer is still alive.
     for _ in range(100):
-        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
+        tmp = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
                          0o666)
@@ -484,7 +544,7 @@ def _atomic_torch_save(obj: Any, path: str) -> None:
         raise FileExistsError(f"could not create a temporary file next to {path!r}")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -506,6 +566,39 @@ def _atomic_torch_save(obj: Any, path: str) -> None:
             pass
         finally:
             os.close(dfd)
+
+
+def _remove_stale_temporaries(directory: str, base: str) -> None:
+    # Names this module writes (".BASE.PID.HEX.tmp"), and those of earlier versions
+    # (".BASE.HEX.tmp", "BASE.PID.tmp"). A file whose writer is alive is another write in
+    # progress and is left alone.
+    pattern = re.compile(rf"\.?{re.escape(base)}\.(?:(\d+)\.)?(?:[0-9a-f]{{12}}\.)?tmp")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m is None or (m.group(1) is not None and _pid_alive(int(m.group(1)))):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # no safe probe (os.kill would terminate the process): keep the file
+    if pid <= 0:
+        return False  # 0 and negatives address process groups, not a writer
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,10 @@ What ``fit`` writes to ``out_dir``:
   the training history, the RNG states (torch CPU and CUDA, numpy, Python ``random``) and the
   states of the data loader's generators (shuffling and augmentation). It is written to a
   temporary file, fsynced and renamed over the previous one, so a crash at any moment leaves
-  either the previous checkpoint or the new one, never a truncated file.
+  either the previous checkpoint or the new one, never a truncated file (a temporary file that a
+  killed process left is removed by the next write). Reading it back checks the zip checksum of
+  every stored tensor and every field, and raises :class:`CheckpointError` naming the file (and
+  the field) for anything a run cannot continue from.
 * ``log.jsonl`` and ``log.csv``: one row per epoch (lr, train/val/test loss and accuracy, time),
   rewritten from the checkpoint's history so they never disagree with it.
 * ``result.json`` when training ends: the last epoch's row and the best-validation row.
@@ -48,7 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import data as _data
-from .masks import Masks, _atomic_torch_save
+from .masks import Masks, _atomic_torch_save, _atomic_write, _first_line, _load_verified
 from .optim import MaskedAdamW, MaskedSGD
 
 __all__ = ["Recipe", "RECIPES", "FitResult", "CheckpointError", "fit", "evaluate", "get_splits",
@@ -244,21 +247,17 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     """Read and validate a checkpoint written by :func:`fit`.
 
     Raises ``FileNotFoundError`` for a missing file and :class:`CheckpointError` (a
-    ``ValueError``) naming the file for anything else: truncated or corrupt bytes, a mask file, a
-    plain ``state_dict``, another program's checkpoint, a newer format version.
+    ``ValueError``) naming the file for anything else: corrupt bytes (the zip checksums of every
+    stored tensor are verified), a truncated file, a masks file, a plain ``state_dict``, another
+    program's checkpoint, a newer format version, or a field with an impossible value (naming
+    the field, e.g. ``epoch`` or ``rng.numpy``).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path!r} is a directory")
-    try:
-        # weights_only: loading a checkpoint must never run code from the file.
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or ["(no message)"])[0]
-        raise CheckpointError(f"checkpoint {path!r} is unreadable (truncated or corrupt?): "
-                              f"{type(exc).__name__}: {first}") from exc
+    obj = _load_verified(path, map_location, CheckpointError, "sparseforce training checkpoint")
     where = f"{path!r} is not a sparseforce training checkpoint"
     if not isinstance(obj, dict):
         raise CheckpointError(f"{where}: expected a dict, found {type(obj).__name__}")
@@ -266,7 +265,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if tag != CHECKPOINT_FORMAT:
         hint = ""
         if tag == "sparseforce.masks":
-            hint = " (it is a mask file: pass it as masks, not as a checkpoint)"
+            hint = " (it is a masks file: pass it as masks, not as a checkpoint)"
         elif tag is None and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             hint = " (it looks like a bare model state_dict)"
         raise CheckpointError(f"{where}: format tag is {tag!r}, expected {CHECKPOINT_FORMAT!r}{hint}")
@@ -280,16 +279,141 @@ def load_checkpoint(path, map_location="cpu") -> dict:
                if k not in obj]
     if missing:
         raise CheckpointError(f"{path!r} is an incomplete checkpoint: missing {missing}")
+    _check_fields(obj, path)
     return obj
 
 
+def _describe(v) -> str:
+    if isinstance(v, torch.Tensor):
+        return f"a {v.dtype} tensor of shape {tuple(v.shape)}"
+    if isinstance(v, dict):
+        return f"a dict with keys {sorted(map(str, v))}"
+    if isinstance(v, (list, tuple)) and (len(v) > 3 or not all(isinstance(x, (int, float, str)) for x in v)):
+        return f"a {type(v).__name__} of {len(v)} items"
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0  # NaN fails v >= 0
+
+
+def _is_generator_state(v) -> bool:
+    if not (isinstance(v, torch.Tensor) and v.dtype == torch.uint8):
+        return False
+    try:
+        torch.Generator().set_state(v)
+    except RuntimeError:
+        return False
+    return True
+
+
+# What each config field must be, in words and as a test.
+_CONFIG_FIELDS = {
+    "epochs": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "lr": ("a number >= 0", _is_number),
+    "momentum": ("a number >= 0", _is_number),
+    "weight_decay": ("a number >= 0", _is_number),
+    "nesterov": ("True or False", lambda v: isinstance(v, bool)),
+    "milestones": ("a list of integers", lambda v: isinstance(v, list) and all(map(_is_int, v))),
+    "gamma": ("a number >= 0", _is_number),
+    "batch_size": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "optimizer": ("'sgd' or 'adamw'", lambda v: v in ("sgd", "adamw")),
+}
+
+
+def _check_fields(ckpt: dict, path: str) -> None:
+    """Refuse a well-formed file whose fields a run cannot continue from (tampered, or written by
+    something else), naming the field, before anything is restored from it."""
+    def refuse(name, value, expected):
+        raise CheckpointError(f"{path!r} is not a valid checkpoint: {name} is {_describe(value)}, expected "
+                              f"{expected}")
+
+    def need(d, name, keys):
+        if not isinstance(d, dict):
+            refuse(name, d, f"a dict with keys {list(keys)}")
+        lacking = [k for k in keys if k not in d]
+        if lacking:
+            raise CheckpointError(f"{path!r} is not a valid checkpoint: "
+                                  + ", ".join(f"{name}.{k}" for k in lacking) + " missing")
+
+    config = ckpt["config"]
+    need(config, "config", _CONFIG_FIELDS)
+    for k, (expected, ok) in _CONFIG_FIELDS.items():
+        if not ok(config[k]):
+            refuse(f"config.{k}", config[k], expected)
+    epoch = ckpt["epoch"]
+    if not _is_int(epoch) or not 1 <= epoch <= config["epochs"]:
+        refuse("epoch", epoch, f"an integer from 1 to config.epochs ({config['epochs']})")
+    history = ckpt["history"]
+    if not (isinstance(history, list) and len(history) == epoch
+            and all(isinstance(r, dict) and r.get("epoch") == i + 1 for i, r in enumerate(history))):
+        refuse("history", history, f"a list of one row per epoch 1 to {epoch}")
+
+    model = ckpt["model"]
+    if not (isinstance(model, dict) and all(isinstance(k, str) for k in model)):
+        refuse("model", model, "a state_dict (parameter name -> tensor)")
+    for k, v in model.items():
+        if not isinstance(v, torch.Tensor):
+            refuse(f"model[{k!r}]", v, "a tensor")
+    need(ckpt["optimizer"], "optimizer", ("state", "param_groups"))
+    groups = ckpt["optimizer"]["param_groups"]
+    if not (isinstance(groups, list) and groups and all(isinstance(g, dict) for g in groups)):
+        refuse("optimizer.param_groups", groups, "a list of dicts")
+    if not isinstance(ckpt["scheduler"], dict):
+        refuse("scheduler", ckpt["scheduler"], "a state_dict")
+    masks = ckpt.get("masks")
+    if masks is not None:
+        need(masks, "masks", ("masks",))
+        try:
+            Masks(masks["masks"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path!r} is not a valid checkpoint: masks: {exc}") from None
+    if not isinstance(ckpt.get("meta", {}), dict):
+        refuse("meta", ckpt["meta"], "a dict")
+
+    need(ckpt["loader"], "loader", ("generators",))
+    gens = ckpt["loader"]["generators"]
+    if not isinstance(gens, list):
+        refuse("loader.generators", gens, "a list of torch.Generator states")
+    for i, g in enumerate(gens):
+        if not _is_generator_state(g):
+            refuse(f"loader.generators[{i}]", g, "a torch.Generator state")
+    rng = ckpt["rng"]
+    need(rng, "rng", ("torch", "cuda", "numpy", "python"))
+    if not _is_generator_state(rng["torch"]):
+        refuse("rng.torch", rng["torch"], "a torch.Generator state")
+    if not isinstance(rng["cuda"], list):
+        refuse("rng.cuda", rng["cuda"], "a list of CUDA generator states")
+    for i, t in enumerate(rng["cuda"]):
+        if not (isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1):
+            refuse(f"rng.cuda[{i}]", t, "a CUDA generator state (a uint8 tensor)")
+    npst = rng["numpy"]
+    need(npst, "rng.numpy", ("name", "keys", "pos", "has_gauss", "cached_gaussian"))
+    for k, expected, ok in (
+            ("name", "'MT19937'", lambda v: v == "MT19937"),
+            ("keys", "624 integers (an int64 tensor)",
+             lambda v: isinstance(v, torch.Tensor) and v.dtype == torch.int64 and tuple(v.shape) == (624,)),
+            ("pos", "an integer from 0 to 624", lambda v: _is_int(v) and 0 <= v <= 624),
+            ("has_gauss", "0 or 1", lambda v: _is_int(v) and v in (0, 1)),
+            ("cached_gaussian", "a float", lambda v: isinstance(v, float))):
+        if not ok(npst[k]):
+            refuse(f"rng.numpy.{k}", npst[k], expected)
+    # Restored into a throwaway generator, so that a bad state fails here, not half-way through
+    # restoring the global ones.
+    py = rng["python"]
+    try:
+        _random.Random().setstate((py[0], tuple(py[1]), py[2]))
+    except Exception:  # whatever random.setstate raises for a malformed state
+        refuse("rng.python", py, "Python's random state (version, 625 integers, gauss)")
+
+
 def _write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _write_logs(out_dir: str, history: list[dict]) -> None:
@@ -450,8 +574,12 @@ def fit(model: nn.Module, masks, train_data, val_data=None, test_data=None, *, e
             model.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
             raise CheckpointError(f"{where!r} holds weights of another model: {exc}") from None
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
+        for name, obj in (("optimizer", opt), ("scheduler", sched)):
+            try:
+                obj.load_state_dict(ckpt[name])
+            except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+                raise CheckpointError(f"{where!r}: the {name} state does not fit this run: "
+                                      f"{type(exc).__name__}: {_first_line(exc)}") from None
         gens = _loader_generators(train_loader)
         saved_gens = ckpt["loader"]["generators"]
         if len(gens) != len(saved_gens):

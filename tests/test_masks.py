@@ -1,13 +1,20 @@
 import gc
 import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
 import weakref
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
 from sparseforce import masks as masks_mod
-from sparseforce.masks import LayerDensity, LayerTable, MaskHandle, Masks, apply_masks
+from sparseforce.masks import LayerDensity, LayerTable, MaskHandle, Masks, MasksFileError, apply_masks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,18 +222,18 @@ def test_load_missing_file(tmp_path):
 def test_load_garbage_bytes(tmp_path):
     path = tmp_path / "garbage.pt"
     path.write_bytes(os.urandom(257))
-    with pytest.raises(ValueError, match="garbage.pt.*not a readable sparseforce mask file"):
+    with pytest.raises(MasksFileError, match="garbage.pt.*not a sparseforce masks file"):
         Masks.load(path)
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
-    with pytest.raises(ValueError, match="empty.pt"):
+    with pytest.raises(MasksFileError, match="empty.pt.*empty"):
         Masks.load(empty)
 
 
 def test_load_state_dict_is_rejected(tmp_path):
     path = tmp_path / "sd.pt"
     torch.save(SmallNet().state_dict(), path)
-    with pytest.raises(ValueError, match=r"sd\.pt.*not a sparseforce mask file.*state_dict"):
+    with pytest.raises(MasksFileError, match=r"sd\.pt.*not a sparseforce masks file.*state_dict"):
         Masks.load(path)
 
 
@@ -250,8 +257,74 @@ def test_load_bad_payloads(tmp_path, payload, pattern):
 def test_load_refuses_pickled_code(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": "sparseforce.masks", "version": 1, "masks": {}, "x": SmallNet}, path)
-    with pytest.raises(ValueError, match="evil.pt"):
+    with pytest.raises(MasksFileError, match=r"evil\.pt.*is not a sparseforce masks file.*SmallNet") as ei:
         Masks.load(path)
+    assert "weights_only" not in str(ei.value)  # torch's advice to load it unsafely is not ours to give
+
+
+def flip_bit_in_tensor(path, offset=3):
+    """Flip one bit in the stored bytes of the first tensor of a torch.save zip; the zip's structure
+    (headers, directory) stays intact, so only the member's CRC can tell."""
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size > offset)
+    assert info.compress_type == zipfile.ZIP_STORED
+    data = bytearray(Path(path).read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + offset] ^= 0x01
+    Path(path).write_bytes(bytes(data))
+
+
+def test_load_detects_a_flipped_bit_in_a_stored_tensor(tmp_path):
+    path = tmp_path / "m.pt"
+    Masks({"w": torch.ones(64, dtype=torch.bool)}).save(path)
+    flip_bit_in_tensor(path)
+    assert not torch.load(path, weights_only=True)["masks"]["w"].all()  # torch alone loads the damage
+    with pytest.raises(MasksFileError, match=r"m\.pt.*corrupt.*checksum"):
+        Masks.load(path)
+
+
+@pytest.mark.parametrize("bit", [0x01, 0x10])
+def test_any_flipped_bit_is_refused_or_harmless(tmp_path, bit):
+    # Every byte of a small file: headers, padding, pickle, tensor data, zip directory.
+    good = Masks({"w": torch.rand(40, generator=torch.Generator().manual_seed(0)) > 0.5,
+                  "v": torch.ones(3, 5, dtype=torch.bool)})
+    path = tmp_path / "m.pt"
+    good.save(path)
+    data = path.read_bytes()
+    for i in range(len(data)):
+        path.write_bytes(data[:i] + bytes([data[i] ^ bit]) + data[i + 1:])
+        try:
+            back = Masks.load(path)
+        except MasksFileError as exc:
+            assert "m.pt" in str(exc)
+        else:
+            assert back == good, f"a flip at byte {i} of {len(data)} changed the masks unnoticed"
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, -1])
+def test_load_truncated_file(tmp_path, keep):
+    path = tmp_path / "cut.pt"
+    odd_masks().save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)] if keep > 0 else data[:keep])
+    with pytest.raises(MasksFileError, match=r"cut\.pt.*truncated or corrupt"):
+        Masks.load(path)
+
+
+@pytest.mark.parametrize("write, pattern", [
+    (lambda p: p.write_text("name,kept\nfc.weight,3\n"), "not a zip archive"),
+    (lambda p: p.write_bytes(pickle.dumps({"format": "sparseforce.masks", "version": 1, "masks": {}})),
+     "not a zip archive"),
+    (lambda p: torch.save({"weights": [1, 2, 3], "epoch": 4}, p), "missing the 'format' tag"),
+    (lambda p: torch.save(torch.ones(3), p), "expected a dict, found Tensor"),
+    (lambda p: zipfile.ZipFile(p, "w").writestr("readme.txt", "hello"), "torch.load failed"),
+])
+def test_a_file_that_is_not_a_masks_file_says_so(tmp_path, write, pattern):
+    path = tmp_path / "other.pt"
+    write(path)
+    with pytest.raises(MasksFileError, match=r"other\.pt'? is not a sparseforce masks file: .*" + pattern) as ei:
+        Masks.load(path)
+    assert isinstance(ei.value, ValueError) and "weights_only" not in str(ei.value)
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
@@ -274,6 +347,35 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert Masks.load(path) == good
     assert os.listdir(tmp_path) == ["m.pt"]  # no temp file left behind
+
+
+KILLED_SAVE = """
+import os, signal, sys, torch
+import sparseforce as sf
+def save(obj, f, *a, **kw):
+    f.write(b"PK\\x03\\x04 the first bytes of a masks file")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = save
+sf.Masks({"w": torch.ones(3, dtype=torch.bool)}).save(sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+def test_a_temporary_file_left_by_a_killed_save_is_removed_by_the_next(tmp_path):
+    path = tmp_path / "m.pt"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(path)], cwd=root, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    left = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    assert len(left) == 1 and not path.exists()
+    # a write in progress in a live process (this one) and other files are not touched
+    live = tmp_path / f".m.pt.{os.getpid()}.0123456789ab.tmp"
+    live.write_bytes(b"in progress")
+    (tmp_path / "notes.tmp").write_text("mine")
+    hand_masks().save(path)
+    assert sorted(os.listdir(tmp_path)) == sorted(["m.pt", live.name, "notes.tmp"])
+    assert Masks.load(path) == hand_masks()
 
 
 def test_save_overwrites_and_uses_umask_permissions(tmp_path):

@@ -3,6 +3,13 @@ import json
 import os
 import pickle
 import random
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,7 +196,7 @@ def test_truncated_or_foreign_checkpoints_are_clear_errors_and_left_alone(tmp_pa
     assert path.read_bytes() == good[: len(good) // 2]  # not overwritten by a fresh start
 
     masks.save(path)
-    with pytest.raises(CheckpointError, match=r"checkpoint\.pt.*not a sparseforce training checkpoint.*mask file"):
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt.*not a sparseforce training checkpoint.*masks file"):
         attempt()
     torch.save(net.state_dict(), path)
     with pytest.raises(CheckpointError, match=r"checkpoint\.pt.*not a sparseforce training checkpoint"):
@@ -212,6 +219,97 @@ def test_truncated_or_foreign_checkpoints_are_clear_errors_and_left_alone(tmp_pa
     # and resuming with other settings is refused rather than silently mixing them
     with pytest.raises(CheckpointError, match="lr=0.05 there, 0.1 now"):
         fit(make_model()[0], None, train, None, None, out_dir=tmp_path, resume=True, **dict(KW, lr=0.1))
+
+
+def flip_bit_in_tensor(path, offset=3):
+    """Flip one bit in the stored bytes of the first tensor of a torch.save zip; headers and directory
+    stay intact, so only the member's CRC can tell."""
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size > offset)
+    data = bytearray(Path(path).read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + offset] ^= 0x01
+    Path(path).write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def one_epoch_checkpoint(tmp_path_factory):
+    """The bytes of a checkpoint after epoch 1 of 2, and the data to resume it."""
+    out = tmp_path_factory.mktemp("ckpt")
+    torch.set_num_threads(1)
+    train, _, _ = make_data()
+    net, masks = make_model()
+    fit(net, masks, train, out_dir=out, stop_after_epoch=1, **dict(KW, epochs=2))
+    return (out / "checkpoint.pt").read_bytes(), train
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_refused_naming_the_file(tmp_path, one_epoch_checkpoint):
+    good, train = one_epoch_checkpoint
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(good)
+    flip_bit_in_tensor(path)
+    torch.load(path, weights_only=True)  # torch alone loads the damage
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt.*corrupt.*checksum"):
+        fit(make_model(seed=2)[0], None, train, out_dir=tmp_path, resume=True, **dict(KW, epochs=2))
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt.*corrupt.*checksum"):
+        load_checkpoint(path)
+
+
+def _tamper(ckpt, field, value):
+    *parents, last = field.split(".")
+    d = ckpt
+    for k in parents:
+        d = d[k]
+    if value is KeyError:
+        del d[last]
+    else:
+        d[last] = value
+
+
+@pytest.mark.parametrize("field, value", [
+    ("epoch", -5), ("epoch", 0), ("epoch", "1"), ("epoch", True), ("epoch", 3),
+    ("history", "epoch 1"), ("history", []), ("history", [{"epoch": 2}]),
+    ("rng.numpy", KeyError), ("rng.python", KeyError), ("rng.torch", KeyError), ("rng.cuda", KeyError),
+    ("rng.torch", torch.zeros(3)), ("rng.numpy.keys", torch.zeros(5, dtype=torch.int64)),
+    ("rng.numpy.pos", "0"), ("rng.numpy.pos", 700), ("rng.numpy.name", "PCG64"), ("rng.numpy.has_gauss", 2),
+    ("rng.python", (3, (1, 2), None)), ("rng.python", "state"), ("rng.cuda", torch.zeros(3)),
+    ("rng.cuda", [torch.zeros(3)]), ("rng", [1, 2]),
+    ("config.lr", "0.05"), ("config.lr", -1.0), ("config.epochs", KeyError), ("config.milestones", 3),
+    ("config.optimizer", "lion"), ("config.batch_size", 0), ("config.nesterov", 1),
+    ("model", [1]), ("model.conv.weight", 3),
+    ("optimizer", None), ("optimizer.param_groups", {"lr": 1}), ("scheduler", "step"),
+    ("loader.generators", [torch.zeros(2)]), ("loader.generators", None), ("loader", KeyError),
+    ("masks", {"masks": {"conv.weight": torch.ones(3)}}), ("masks", 7),
+    ("meta", 5),
+])
+def test_a_tampered_checkpoint_is_refused_naming_the_file_and_the_field(tmp_path, one_epoch_checkpoint,
+                                                                         field, value):
+    good, train = one_epoch_checkpoint
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(good)
+    ckpt = torch.load(path, weights_only=True)
+    if field == "model.conv.weight":
+        ckpt["model"]["conv.weight"] = value
+    else:
+        _tamper(ckpt, field, value)
+    torch.save(ckpt, path)
+    shown = {"model.conv.weight": "model['conv.weight']"}.get(field, field)
+    with pytest.raises(CheckpointError) as ei:
+        load_checkpoint(path)
+    assert "checkpoint.pt" in str(ei.value) and shown in str(ei.value), str(ei.value)
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt"):
+        fit(make_model(seed=2)[0], None, train, out_dir=tmp_path, resume=True, **dict(KW, epochs=2))
+
+
+def test_an_optimizer_state_that_does_not_fit_is_refused_naming_it(tmp_path, one_epoch_checkpoint):
+    good, train = one_epoch_checkpoint
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(good)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["optimizer"]["param_groups"].append(dict(ckpt["optimizer"]["param_groups"][0], params=[99]))
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt.*optimizer"):
+        fit(make_model(seed=2)[0], None, train, out_dir=tmp_path, resume=True, **dict(KW, epochs=2))
 
 
 def test_masks_that_do_not_fit_the_model_are_refused_with_the_name(tmp_path):
@@ -255,7 +353,7 @@ def test_cli_train_prunes_trains_and_resumes_a_cifar_model(tmp_path, capsys):
     assert "features.0.weight" in out and "epoch 3/3" in out and "test accuracy" in out
 
     assert main(common + ["--out", str(cut), "--stop-after-epoch", "1"]) == 0
-    assert "continue with --resume" in capsys.readouterr().out
+    assert f"continue with `sparseforce train --out {cut} --resume`" in capsys.readouterr().out
     assert main(common + ["--out", str(cut)]) == 2  # would overwrite the run
     assert "--resume" in capsys.readouterr().err
     assert main(common + ["--out", str(cut), "--resume"]) == 0
@@ -288,3 +386,168 @@ def test_cli_train_errors_are_reported(tmp_path, capsys):
     assert main(base + ["--out", str(tmp_path / "w"), "--masks", str(wrong)]) == 2
     err = capsys.readouterr().err
     assert "features.0.weight" in err and "(6, 3, 5, 5)" in err
+
+
+# --------------------------------------------------------------------------------------------
+# sparseforce train --resume, as a command in a fresh process
+# --------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_sparseforce(*args, code=None):
+    """`python -m sparseforce ARGS` (or `python -c CODE ARGS`) in a new process, started in the
+    repository root so that this checkout is the one imported."""
+    cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "sparseforce"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return subprocess.run(cmd + [str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+# `sparseforce train`, killed (SIGKILL) half-way through writing the checkpoint of epoch 2.
+KILLED_IN_EPOCH_2 = """
+import os, signal, sys, torch
+from sparseforce.cli import main
+real = torch.save
+def save(obj, f, *a, **kw):
+    if isinstance(obj, dict) and obj.get("format") == "sparseforce.checkpoint" and obj["epoch"] == 2:
+        f.write(b"PK\\x03\\x04 half a checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(obj, f, *a, **kw)
+torch.save = save
+sys.exit(main(sys.argv[1:]))
+"""
+
+# Every setting away from its default, so that a resume that forgot one would show.
+RUN = ["--model", "lenet5", "--dataset", "cifar10", "--method", "iter_snip", "--sparsity", "0.8",
+       "--iterations", "2", "--schedule", "linear", "--epochs", "3", "--milestones", "1", "--lr", "0.05",
+       "--momentum", "0.8", "--weight-decay", "1e-4", "--batch-size", "8", "--seed", "3", "--no-progress"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+def test_cli_resume_needs_only_the_run_folder_and_ends_as_an_uninterrupted_run(tmp_path):
+    write_cifar10(tmp_path)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    done = run_sparseforce("train", *RUN, "--data-dir", tmp_path, "--out", full)
+    assert done.returncode == 0, done.stderr
+    killed = run_sparseforce("train", *RUN, "--data-dir", tmp_path, "--out", cut, code=KILLED_IN_EPOCH_2)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len([n for n in os.listdir(cut) if n.endswith(".tmp")]) == 1  # what the killed write left
+
+    resumed = run_sparseforce("train", "--out", cut, "--resume")
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr
+    assert "resumed" in resumed.stdout and "after epoch 1" in resumed.stdout and "epoch 3/3" in resumed.stdout
+    a, b = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(cut / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == 3 and a["config"] == b["config"]
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
+    assert strip(a["history"]) == strip(b["history"])
+    assert not [n for n in os.listdir(cut) if n.endswith(".tmp")]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A `sparseforce train` run with RUN's settings, stopped after epoch 1 of 3."""
+    root = tmp_path_factory.mktemp("stopped")
+    write_cifar10(root)
+    out = root / "run"
+    assert main(["train", *RUN, "--data-dir", str(root), "--out", str(out), "--stop-after-epoch", "1"]) == 0
+    other = root / "other.pt"
+    sf.Masks({"features.0.weight": torch.ones(6, 3, 5, 5, dtype=torch.bool)}).save(other)
+    return root, out, other
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dataset", "cifar100"], "--dataset: cifar10 in the checkpoint, cifar100 given"),
+    (["--model", "resnet50"], "--model: lenet5 in the checkpoint, resnet50 given"),
+    (["--method", "force"], "--method: iter_snip in the checkpoint, force given"),
+    (["--sparsity", "0.9"], "--sparsity: 0.8 in the checkpoint, 0.9 given"),
+    (["--iterations", "60"], "--iterations: 2 in the checkpoint, 60 given"),
+    (["--schedule", "exp"], "--schedule: linear in the checkpoint, exp given"),
+    (["--batches-per-iteration", "2"], "--batches-per-iteration: 1 in the checkpoint, 2 given"),
+    (["--seed", "0"], "--seed: 3 in the checkpoint, 0 given"),
+    (["--recipe", "tinyimagenet"], "--recipe: cifar in the checkpoint, tinyimagenet given"),
+    (["--epochs", "350"], "--epochs: 3 in the checkpoint, 350 given"),
+    (["--lr", "0.1"], "--lr: 0.05 in the checkpoint, 0.1 given"),
+    (["--momentum", "0.9"], "--momentum: 0.8 in the checkpoint, 0.9 given"),
+    (["--weight-decay", "5e-4"], "--weight-decay: 0.0001 in the checkpoint, 0.0005 given"),
+    (["--milestones", "1", "2"], "--milestones: 1 in the checkpoint, 1 2 given"),
+    (["--batch-size", "16"], "--batch-size: 8 in the checkpoint, 16 given"),
+    (["--optimizer", "adamw"], "--optimizer: sgd in the checkpoint, adamw given"),
+    (["--masks", "OTHER"], "--masks: OTHER holds other masks than the checkpoint's"),
+    (["--overwrite"], "--resume and --overwrite"),
+])
+def test_cli_resume_refuses_a_flag_that_disagrees_with_the_checkpoint(stopped_run, capsys, flags, message):
+    root, out, other = stopped_run
+    before = (out / "checkpoint.pt").read_bytes()
+    flags = [str(other) if f == "OTHER" else f for f in flags]
+    assert main(["train", "--out", str(out), "--resume", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message.replace("OTHER", str(other)) in err, err
+    assert err.count("\n") == 1
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_cli_resume_accepts_flags_that_agree(stopped_run, tmp_path, capsys):
+    root, out, _ = stopped_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    # the same settings, spelled as given or as resolved, and the run's own masks
+    assert main(["train", "--out", str(run), "--resume", *RUN, "--dataset", "CIFAR-10", "--recipe", "cifar",
+                 "--masks", str(out / "masks.pt"), "--stop-after-epoch", "2"]) == 0
+    assert "epoch 2/3" in capsys.readouterr().out
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 2
+
+
+def test_cli_resume_of_a_run_on_given_masks(stopped_run, tmp_path, capsys):
+    root, out, _ = stopped_run
+    run = tmp_path / "run"
+    given = ["train", "--model", "lenet5", "--data-dir", str(root), "--epochs", "2", "--batch-size", "8",
+             "--masks", str(out / "masks.pt"), "--out", str(run)]
+    assert main(given + ["--stop-after-epoch", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--method", "snip"]) == 2
+    assert f"--method: the run in the checkpoint did not prune (it trained with --masks {out / 'masks.pt'}), " \
+           "snip given" in capsys.readouterr().err
+    (run / ".masks.pt.999999999.0123456789ab.tmp").write_bytes(b"left by a killed save")
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert "epoch 2/2" in capsys.readouterr().out
+    assert sorted(os.listdir(run)) == ["checkpoint.pt", "log.csv", "log.jsonl", "masks.pt", "result.json"]
+
+
+def test_cli_resume_refusal_is_one_line_naming_every_disagreeing_option(stopped_run):
+    _, out, _ = stopped_run
+    r = run_sparseforce("train", "--out", out, "--resume", "--epochs", "350", "--lr", "0.1", "--model", "lenet5")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert "--epochs: 3 in the checkpoint, 350 given" in line and "--lr: 0.05 in the checkpoint, 0.1 given" in line
+    assert "--model:" not in line  # it agrees
+
+
+def test_cli_resume_without_a_checkpoint_is_one_clear_line(tmp_path):
+    for folder in (tmp_path, tmp_path / "missing"):
+        r = run_sparseforce("train", "--out", folder, "--resume")
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        (line,) = r.stderr.strip().splitlines()
+        assert str(folder / "checkpoint.pt") in line and "without --resume" in line
+
+
+def test_cli_names_a_corrupted_checkpoint_or_masks_file(stopped_run, tmp_path):
+    root, out, _ = stopped_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    flip_bit_in_tensor(run / "checkpoint.pt")
+    r = run_sparseforce("train", "--out", run, "--resume")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert str(run / "checkpoint.pt") in line and "corrupt" in line
+
+    masks = tmp_path / "m.pt"
+    shutil.copy(out / "masks.pt", masks)
+    flip_bit_in_tensor(masks)
+    r = run_sparseforce("train", *RUN, "--data-dir", root, "--out", tmp_path / "new", "--masks", masks)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert str(masks) in line and "corrupt" in line
