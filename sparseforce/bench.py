@@ -55,8 +55,8 @@ def layer_set(name: str) -> list[tuple[int, ...]]:
         return transformer_shapes(1e9, 2048)
     if name == "transformer-4B":
         return transformer_shapes(4e9, 4096)
-    if name.startswith(("resnet50/", "vgg19/")):  # a scaled-down copy for quick runs: every layer / factor
-        base, f = name.split("/")
+    if "/" in name:  # a scaled-down copy for quick runs: every layer's output channels / factor
+        base, f = name.rsplit("/", 1)
         return [(max(1, s[0] // int(f)),) + s[1:] for s in layer_set(base)]
     raise ValueError(f"unknown layer set {name!r}")
 
@@ -190,36 +190,58 @@ def _force_official(model, batch, sparsity, iterations):
     return masks
 
 
-def _model_and_batch(model_name: str, batch: int, device):
+def _model_name(model_name: str, scale: int) -> str:
+    return model_name if scale == 1 else f"{model_name}/{scale}"
+
+
+def _build_model(model_name: str, scale: int = 1):
+    """``model_name`` with every layer's output channels divided by ``scale`` (ResNets only)."""
+    from .models import get_model
+    if scale == 1:
+        return get_model(model_name)
+    from .models.resnet import ResNet
+    if model_name not in ("resnet50", "resnet50_imagenet"):
+        raise ValueError(f"scale={scale}: only the ResNet50s scale down, not {model_name!r}")
+    return ResNet((3, 4, 6, 3), imagenet=model_name == "resnet50_imagenet",
+                  num_classes=1000 if model_name == "resnet50_imagenet" else 10, width=max(1, 64 // scale))
+
+
+def _count_prunable(model_name: str, scale: int) -> int:
+    from .models import count_prunable
+    with torch.device("meta"):
+        return count_prunable(_build_model(model_name, scale))
+
+
+def _model_and_batch(model_name: str, batch: int, device, scale: int = 1):
     """The model at seed 0 and one synthetic batch: the same for every implementation timed."""
-    from .models import INPUT_SHAPES, get_model
+    from .models import INPUT_SHAPES
     torch.manual_seed(0)
-    model = get_model(model_name).to(device)
+    model = _build_model(model_name, scale).to(device)
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn((batch, *INPUT_SHAPES[model_name]), generator=gen, device=device)
     y = torch.randint(0, 10, (batch,), generator=gen, device=device)
     return model, x, y
 
 
-def force_run_case(model_name: str, batch: int, iterations: int, backends=()) -> Case:
-    from .models import get_model
-
+def force_run_case(model_name: str, batch: int, iterations: int, backends=(), scale: int = 1) -> Case:
     def make(impl, device):
-        model, x, y = _model_and_batch(model_name, batch, device)
+        model, x, y = _model_and_batch(model_name, batch, device, scale)
         if impl == "baseline":
             return lambda: _force_official(model, (x, y), 0.995, iterations)
         from .pruning import force
         return lambda: force(model, [(x, y)], sparsity=0.995, iterations=iterations, backend=impl)
 
-    from .models import count_prunable
-    with torch.device("meta"):
-        n = count_prunable(get_model(model_name))
-    return Case(f"force-run {model_name} b={batch} T={iterations}", model_name, torch.float32, n,
-                float("nan"), ["baseline", *backends], make, kind="end-to-end")
+    name = _model_name(model_name, scale)
+    return Case(f"force-run {name} b={batch} T={iterations}", name, torch.float32,
+                _count_prunable(model_name, scale), float("nan"), ["baseline", *backends], make, kind="end-to-end")
+
+
+def breakdown_name(model_name: str, batch: int, iterations: int, scale: int = 1) -> str:
+    return f"force-breakdown {_model_name(model_name, scale)} b={batch} T={iterations}"
 
 
 def force_breakdown(device: torch.device, model_name: str = "resnet50", batch: int = 128, iterations: int = 60,
-                    backends=("auto", "reference"), echo=print) -> list[dict]:
+                    backends=("auto", "reference"), echo=print, scale: int = 1) -> list[dict]:
     """End-to-end FORCE on synthetic data, one batch per step, timed per phase.
 
     For each backend, and for the fastest one also with the model and inputs in channels_last:
@@ -232,7 +254,7 @@ def force_breakdown(device: torch.device, model_name: str = "resnet50", batch: i
     from .pruning.progressive import profile
 
     def one(backend, channels_last):
-        model, x, y = _model_and_batch(model_name, batch, device)
+        model, x, y = _model_and_batch(model_name, batch, device, scale)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
@@ -246,15 +268,16 @@ def force_breakdown(device: torch.device, model_name: str = "resnet50", batch: i
         return masks, total, phases
 
     rows, plain = [], None
+    name = breakdown_name(model_name, batch, iterations, scale)
     backends = list(dict.fromkeys(backends))
     variants = [(b, False) for b in backends] + [(backends[0], True)]
     for backend, channels_last in variants:
         label = f"{backend}{' + channels_last' if channels_last else ''}"
-        echo(f"  running force-breakdown {model_name} b={batch} T={iterations} [{label}]")
+        echo(f"  running {name} [{label}]")
         masks, total, ph = one(backend, channels_last)
         plain = masks if plain is None else plain
         other = max(total - ph["gradients"] - ph["selection"], 0.0)
-        rows.append({"case": f"force-breakdown {model_name} b={batch} T={iterations}", "variant": label,
+        rows.append({"case": name, "variant": label,
                      "total_s": total, "step_s": total / iterations,
                      "gradients_share": ph["gradients"] / total, "selection_share": ph["selection"] / total,
                      "other_share": other / total, "selection_s_per_step": ph["selection"] / iterations,
@@ -273,16 +296,15 @@ def format_breakdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def train_step_case(model_name: str, batch: int, density: float = 0.05, backends=()) -> Case:
+def train_step_case(model_name: str, batch: int, density: float = 0.05, backends=(), scale: int = 1) -> Case:
     """One masked training step (zero_grad, forward, backward, optimizer step) on a pruned model:
     ``MaskedSGD`` on ``backend`` against today's practice, ``torch.optim.SGD(foreach=True)``
     followed by re-multiplying the weights with their masks."""
-    from .models import count_prunable
     from .optim import MaskedSGD
     from .pruning import random as random_masks
 
     def make(impl, device):
-        model, x, y = _model_and_batch(model_name, batch, device)
+        model, x, y = _model_and_batch(model_name, batch, device, scale)
         masks = random_masks(model, sparsity=1 - density, seed=0).to(device)
         with torch.no_grad():
             for n, p in model.named_parameters():
@@ -310,39 +332,45 @@ def train_step_case(model_name: str, batch: int, density: float = 0.05, backends
         step.model = model  # for the tests: the baseline and the impls must train alike
         return step
 
-    with torch.device("meta"):
-        from .models import get_model
-        n = count_prunable(get_model(model_name))
-    return Case(f"train-step {model_name} b={batch} density={density:.0%}", model_name, torch.float32, n,
-                float("nan"), ["baseline", *backends], make, kind="end-to-end")
+    name = _model_name(model_name, scale)
+    return Case(f"train-step {name} b={batch} density={density:.0%}", name, torch.float32,
+                _count_prunable(model_name, scale), float("nan"), ["baseline", *backends], make, kind="end-to-end")
+
+
+def end_to_end_size(device: torch.device, full: bool = False) -> tuple[int, int]:
+    """(batch, FORCE iterations) of the end-to-end cases: the paper's on a GPU, less on a CPU."""
+    return (128, 60) if device.type == "cuda" else (8, 10 if full else 3)
 
 
 def default_cases(device: torch.device, full: bool = False, scale: int = 1) -> list[Case]:
-    """The standard set. ``scale`` > 1 divides every ResNet50 layer's output channels (quick runs)."""
+    """The standard set. ``scale`` > 1 divides every layer's output channels, in the layer sets and
+    in the end-to-end ResNet50 (quick runs)."""
     def usable(op):
         # The Triton interpreter on CPU is a test harness, not a speed to report.
         return [b for b in ops.available_backends(device, op) if not (b == "triton" and device.type == "cpu")]
 
+    def scaled(layers):
+        return _model_name(layers, scale)
+
     backends = usable("saliency_topk_masks")
     fast = [b for b in backends if b != "reference"]
     cuda = device.type == "cuda"
-    resnet = "resnet50" if scale == 1 else f"resnet50/{scale}"
-    vgg = "vgg19" if scale == 1 else f"vgg19/{scale}"
+    resnet, vgg = scaled("resnet50"), scaled("vgg19")
     cases = [select_case(resnet, density, backends=backends) for density in (0.005, 0.05)]
     cases.append(select_case(vgg, 0.005, backends=backends))
     cases.append(select_case(resnet, 0.005, resurrect=False, backends=backends))
     cases.append(topk_case(resnet, 0.005, backends=usable("topk_masks")))
     cases.append(masked_sgd_case(resnet, backends=usable("masked_sgd_")))
     if cuda or full:
-        cases.append(select_case("transformer-1B", 0.005, backends=fast))
+        cases.append(select_case(scaled("transformer-1B"), 0.005, backends=fast))
     if cuda:
-        cases.append(select_case("transformer-4B", 0.005, dtype=torch.bfloat16, backends=fast))
-    batch = 128 if cuda else 8
+        cases.append(select_case(scaled("transformer-4B"), 0.005, dtype=torch.bfloat16, backends=fast))
+    batch, iterations = end_to_end_size(device, full)
     first = fast[:1] or ["reference"]
-    cases.append(force_run_case("resnet50", batch, 1, backends=first))  # one full FORCE iteration
-    cases.append(force_run_case("resnet50", batch, 60 if cuda else (10 if full else 3), backends=first))
+    cases.append(force_run_case("resnet50", batch, 1, backends=first, scale=scale))  # one full FORCE iteration
+    cases.append(force_run_case("resnet50", batch, iterations, backends=first, scale=scale))
     fast_sgd = [b for b in usable("masked_sgd_") if b != "reference"][:1] or ["reference"]
-    cases.append(train_step_case("resnet50", batch, backends=fast_sgd))
+    cases.append(train_step_case("resnet50", batch, backends=fast_sgd, scale=scale))
     return cases
 
 
@@ -413,7 +441,9 @@ def measure(fn, device, min_time: float = 1.0, max_reps: int = 50, min_reps: int
             deadline: float | None = None) -> dict:
     """Times ``fn`` after one warm-up call: at least ``min_reps`` runs and ``min_time`` seconds, at
     most ``max_reps`` runs; past ``deadline`` (a ``time.perf_counter()`` value) it stops after the
-    first timed run, and ``time_capped`` says so."""
+    first timed run, and ``time_capped`` says so. The quartiles need 3 runs (from 2, the
+    interpolation reaches past the samples): with fewer, ``q1_s`` and ``q3_s`` are None and
+    ``min_s``-``max_s`` is the spread to show."""
     with _PeakMemory(device) as mem:
         fn()  # warm-up: JIT builds, allocator, caches
         _sync(device)
@@ -428,9 +458,9 @@ def measure(fn, device, min_time: float = 1.0, max_reps: int = 50, min_reps: int
         fn()
         _sync(device)
         times.append(time.perf_counter() - t)
-    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    q = statistics.quantiles(times, n=4) if len(times) >= 3 else [None] * 3
     return {"median_s": statistics.median(times), "q1_s": q[0], "q3_s": q[2], "min_s": min(times),
-            "reps": len(times), "time_capped": capped, "peak_extra_bytes": mem.extra}
+            "max_s": max(times), "reps": len(times), "time_capped": capped, "peak_extra_bytes": mem.extra}
 
 
 def run_case(case: Case, device: torch.device, bandwidth: float, min_time: float,
@@ -488,8 +518,22 @@ def _fmt_time(s):
     return f"{s * 1e3:,.2f} ms" if s < 10 else f"{s:,.1f} s"
 
 
+def _fmt_short(s):
+    """Three significant digits, for the plot's labels."""
+    return f"{s:.3g} s" if s >= 1 else f"{s * 1e3:.3g} ms"
+
+
+def _fmt_spread(r) -> str:
+    """The IQR; the range (min-max) of fewer than 3 runs, which have no quartiles."""
+    if r.get("q1_s") is not None and r["reps"] >= 3:
+        return f"{_fmt_time(r['q1_s'])}-{_fmt_time(r['q3_s'])}"
+    if r["reps"] == 1:
+        return "(1 run)"
+    return f"{_fmt_time(r['min_s'])}-{_fmt_time(r.get('max_s'))} (range of {r['reps']})"
+
+
 def format_table(rows: list[dict]) -> str:
-    header = ["case", "impl", "median", "IQR", "vs baseline", "x floor", "peak extra"]
+    header = ["case", "impl", "median", "IQR (or range)", "vs baseline", "x floor", "peak extra"]
     lines = []
     for r in rows:
         if "error" in r:
@@ -498,7 +542,7 @@ def format_table(rows: list[dict]) -> str:
         mem = r.get("peak_extra_bytes")
         lines.append([
             r["case"], r["impl"], _fmt_time(r["median_s"]),
-            f"{_fmt_time(r['q1_s'])}-{_fmt_time(r['q3_s'])}",
+            _fmt_spread(r),
             f"{r['speedup_vs_baseline']:.2f}x" if r.get("speedup_vs_baseline") else "-",
             f"{r['times_floor']:.2f}" if r.get("times_floor") else "-",
             "-" if mem is None else f"{mem / 2**20:,.0f} MiB",
@@ -510,35 +554,122 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
+# One colour per implementation, the same in every run's plot.
+IMPL_COLORS = {"reference": "tab:gray", "cpp": "tab:blue", "cuda": "tab:green", "triton": "tab:purple",
+               "auto": "tab:cyan"}
+PHASE_COLORS = {"gradients_share": ("forward + backward", "tab:orange"),
+                "selection_share": ("selection", "tab:red"), "other_share": ("other", "tab:olive")}
+
+
+def figure(rows: list[dict], title: str, breakdown: list[dict] | None = None):
+    """Speed-up bars of every implementation over the baseline, and below them the end-to-end
+    breakdown (time per phase): a matplotlib figure, or None when there is nothing to plot."""
     import matplotlib
-    matplotlib.use("Agg")
+    matplotlib.use("Agg", force=True)  # headless: no display needed
     import matplotlib.pyplot as plt
     shown = [r for r in rows if r.get("speedup_vs_baseline") and r["impl"] != "baseline"]
-    if not shown:
-        return
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(shown) + 1.5))
-    labels = [f"{r['case']} [{r['impl']}]" for r in shown]
-    ax.barh(range(len(shown)), [r["speedup_vs_baseline"] for r in shown], color="tab:blue")
-    ax.axvline(1.0, color="k", lw=0.8)
-    ax.set_yticks(range(len(shown)), labels, fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("speed-up over today's practice (baseline = 1)")
-    ax.set_title(title, fontsize=9)
-    ax.invert_yaxis()
+    breakdown = breakdown or []
+    if not shown and not breakdown:
+        return None
+    panels = [n for n in (len(shown), len(breakdown)) if n]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 0.32 * sum(panels) + 1.4 * len(panels) + 0.6),
+                             gridspec_kw={"height_ratios": [n + 2 for n in panels]}, squeeze=False)
+    axes = list(axes[:, 0])
+    fig.suptitle(f"sparseforce bench: {title}", fontsize=10)
+    extra = iter(["tab:brown", "tab:pink", "black"])  # for backends added later, until they get their own
+    colors = dict(IMPL_COLORS)
+
+    if shown:
+        ax = axes.pop(0)
+        for r in shown:
+            colors.setdefault(r["impl"], next(extra, "black"))
+        speedups = [r["speedup_vs_baseline"] for r in shown]
+        ax.barh(range(len(shown)), speedups, color=[colors[r["impl"]] for r in shown])
+        for i, (r, x) in enumerate(zip(shown, speedups)):
+            ax.text(x * 1.04, i, f"{x:.2f}x  ({_fmt_short(r['median_s'])})", va="center", fontsize=7)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_yticks(range(len(shown)), [f"{r['case']} [{r['impl']}]" for r in shown], fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlim(min(min(speedups), 1.0) / 1.5, max(max(speedups), 1.0) * 4)  # room for the labels
+        ax.set_xlabel("speed-up = baseline's median time / this implementation's (log scale; 1 = baseline, "
+                      "right of it = faster); in brackets: median time", fontsize=8)
+        ax.set_title("Speed-up over today's practice (per-layer |w*g|, torch.cat, torch.topk, >=; "
+                     "model copy per FORCE step)", fontsize=9)
+        handles = [plt.Rectangle((0, 0), 1, 1, color=colors[i]) for i in dict.fromkeys(r["impl"] for r in shown)]
+        ax.legend(handles, list(dict.fromkeys(r["impl"] for r in shown)), fontsize=7, loc="lower right")
+        ax.invert_yaxis()
+        ax.grid(alpha=0.3, axis="x")
+
+    if breakdown:
+        ax = axes.pop(0)
+        totals = [r["total_s"] for r in breakdown]
+        left = [0.0] * len(breakdown)
+        for key, (label, color) in PHASE_COLORS.items():
+            widths = [r[key] * t for r, t in zip(breakdown, totals)]
+            ax.barh(range(len(breakdown)), widths, left=left, color=color, label=label)
+            for i, (w, l, r) in enumerate(zip(widths, left, breakdown)):
+                if w >= 0.06 * max(totals):  # the share inside its segment, where it fits
+                    ax.text(l + w / 2, i, f"{r[key]:.0%}", ha="center", va="center", fontsize=7, color="white")
+            left = [a + b for a, b in zip(left, widths)]
+        for i, (r, t) in enumerate(zip(breakdown, totals)):
+            same = "" if r["same_masks_as_plain"] else ", other masks"
+            ax.text(t * 1.01, i, f"{_fmt_short(t)} ({_fmt_short(r['step_s'])} per step{same})", va="center",
+                    fontsize=7)
+        ax.set_yticks(range(len(breakdown)), [r["variant"] for r in breakdown], fontsize=7)
+        ax.set_xlim(0, max(totals) * 1.45)
+        ax.set_xlabel("wall time of the whole FORCE run (s), split by phase", fontsize=8)
+        ax.set_title(f"End to end: {breakdown[0]['case']} (T = FORCE iterations, b = batch), one run per "
+                     "backend", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right", ncol=3)
+        ax.invert_yaxis()
+        ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
+    return fig
+
+
+def plot(rows: list[dict], path: Path, title: str, breakdown: list[dict] | None = None) -> bool:
+    """Writes :func:`figure` to ``path``; False, writing nothing, when there is nothing to plot."""
+    fig = figure(rows, title, breakdown)
+    if fig is None:
+        return False
+    import matplotlib.pyplot as plt
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
-def run(device: str | None = None, full: bool = False, out_dir: str = "benchmarks/results",
-        min_time: float = 1.0, only: str | None = None, echo=print, cases: list[Case] | None = None,
-        scale: int = 1, max_case_s: float | None = None) -> dict:
+QUICK = {"scale": 8, "min_time": 0.0}
+DEFAULTS = {"scale": 1, "min_time": 1.0}
+DEFAULT_OUT = "sparseforce-bench"
+
+
+def run(device: str | None = None, full: bool = False, out_dir: str = DEFAULT_OUT,
+        min_time: float | None = None, only: str | None = None, echo=print, cases: list[Case] | None = None,
+        scale: int | None = None, max_case_s: float | None = None, quick: bool = False) -> dict:
     """Runs the cases and writes ``<device>-<date>.json`` (rewritten after every case, so a run
-    cut short keeps what it measured) and a PNG plot to ``out_dir``."""
+    cut short keeps what it measured) and a PNG plot to ``out_dir``. ``quick`` makes the defaults
+    of ``scale`` and ``min_time`` those of ``QUICK`` (every size / 8, no minimum time)."""
     if max_case_s is not None and not max_case_s > 0:
         raise ValueError(f"max_case_s must be a positive number of seconds or None, got {max_case_s!r}")
+    cfg = QUICK if quick else DEFAULTS
+    scale = cfg["scale"] if scale is None else scale
+    min_time = cfg["min_time"] if min_time is None else min_time
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a whole number >= 1, got {scale!r}")
+    if not (isinstance(min_time, (int, float)) and 0 <= min_time < math.inf):
+        raise ValueError(f"min_time must be a number of seconds >= 0, got {min_time!r}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    chosen = cases if cases is not None else default_cases(dev, full=full, scale=scale)
+    batch, iterations = end_to_end_size(dev, full)
+    breakdown_case = breakdown_name("resnet50", batch, iterations, scale) if cases is None else None
+    if only:
+        names = [c.name for c in chosen] + ([breakdown_case] if breakdown_case else [])
+        chosen = [c for c in chosen if only in c.name]
+        breakdown_case = breakdown_case if breakdown_case and only in breakdown_case else None
+        if not chosen and not breakdown_case:
+            raise ValueError(f"--only {only!r} matches no case; the cases: {'; '.join(names)}")
+
+    started = time.perf_counter()
     env = environment(dev)
     bandwidth = copy_bandwidth(dev)
     echo(f"{env['device']} | torch {env['torch']} | triton {env['triton']} | "
@@ -547,27 +678,30 @@ def run(device: str | None = None, full: bool = False, out_dir: str = "benchmark
     out.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in (env["device"] if dev.type == "cuda" else "cpu")).strip("-")
     stem = out / f"{slug.lower()}-{env['date'][:10]}"
-    header = {**env, "copy_bandwidth_Bps": bandwidth, "full": full, "max_case_s": max_case_s}
+    header = {**env, "copy_bandwidth_Bps": bandwidth, "full": full, "quick": quick, "scale": scale,
+              "min_time": min_time, "only": only, "max_case_s": max_case_s}
     rows = []
-    for case in cases if cases is not None else default_cases(dev, full=full, scale=scale):
-        if only and only not in case.name:
-            continue
+    for case in chosen:
         echo(f"  running {case.name}")
         rows += run_case(case, dev, bandwidth, min_time, max_case_s=max_case_s)
         stem.with_suffix(".json").write_text(json.dumps({**header, "rows": rows, "complete": False}, indent=1,
                                                         default=str))
-    table = format_table(rows)
+    table = format_table(rows) if rows else ""
     breakdown = []
-    if cases is None and (not only or "breakdown" in only):
+    if breakdown_case:
         cuda = dev.type == "cuda"
         fast = [b for b in ops.available_backends(dev, "saliency_topk_masks") if b not in ("reference", "triton")
                 or (b == "triton" and cuda)]
-        breakdown = force_breakdown(dev, batch=128 if cuda else 8, iterations=60 if cuda else (10 if full else 3),
+        breakdown = force_breakdown(dev, batch=batch, iterations=iterations, scale=scale,
                                     backends=(fast[0] if fast else "reference", "reference"), echo=echo)
-        table += "\n\n" + format_breakdown(breakdown)
+        table += ("\n\n" if table else "") + format_breakdown(breakdown)
     echo(table)
-    result = {**header, "rows": rows, "breakdown": breakdown, "table": table, "complete": True}
+    seconds = round(time.perf_counter() - started, 1)
+    result = {**header, "seconds": seconds, "rows": rows, "breakdown": breakdown, "table": table, "complete": True}
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
-    plot(rows, stem.with_suffix(".png"), f"{env['device']} — {env['date'][:10]}")
-    echo(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
+    what = f"{env['device']}, torch {env['torch']}, {env['date'][:10]}" + (f", sizes / {scale}" if scale > 1 else "")
+    written = [stem.with_suffix(".json")]
+    if plot(rows, stem.with_suffix(".png"), what, breakdown):
+        written.append(stem.with_suffix(".png"))
+    echo(f"finished in {seconds:.0f} s; wrote {' and '.join(map(str, written))}")
     return result

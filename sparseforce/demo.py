@@ -20,9 +20,13 @@ Outputs in the output folder: ``results.json`` (every run, with per-layer kept c
 """
 from __future__ import annotations
 
+import datetime as _dt
+import hashlib
 import json
 import os
+import platform
 import statistics
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -52,6 +56,34 @@ class DemoResult:
         """Mean test accuracy (0..1) over seeds of one cell."""
         return statistics.mean(r["test_acc"] for r in self.runs
                                if r["method"] == method and r["sparsity"] == sparsity)
+
+
+def masks_fingerprint(masks) -> str:
+    """A short hash of every layer's name and mask bits: equal fingerprints, equal masks."""
+    h = hashlib.sha256()
+    for name, m in masks.items():
+        h.update(name.encode())
+        h.update(m.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _environment(jobs: int) -> dict:
+    """What a run's numbers depend on: the convolutions' gradients change in their last bits with
+    the CPU, the thread count and the torch version, and FORCE's masks with them."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu,
+            "usable_cpus": _usable_cpus(), "threads_per_run": 1, "jobs": jobs, "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "git_commit": commit}
 
 
 def _run_one(task: dict) -> dict:
@@ -94,6 +126,7 @@ def _run_one(task: dict) -> dict:
                 "test_acc": final["test_acc"], "val_acc": final["val_acc"],
                 "train_acc": final["train_acc"], "train_loss": final["train_loss"],
                 "layers": layers, "empty_layers": [n for n, _, k in layers if k == 0],
+                "masks_sha256": masks_fingerprint(masks) if masks is not None else None,
                 "prune_s": round(t1 - t0, 2), "train_s": round(t2 - t1, 2)}
     finally:
         torch.set_num_threads(old_threads)
@@ -301,7 +334,7 @@ def run_demo(out_dir: str = "sparseforce-demo", *, sparsities=None, methods=METH
     with open(path, "w", encoding="utf-8") as f:
         json.dump({"model": MODEL, "config": {**cfg, "sparsities": list(sparsities), "methods": list(methods),
                                               "batch_size": BATCH_SIZE, "prune_batch_size": PRUNE_BATCH_SIZE},
-                   "seconds": round(elapsed, 1), "runs": runs}, f, indent=1)
+                   "environment": _environment(jobs), "seconds": round(elapsed, 1), "runs": runs}, f, indent=1)
     files.append(path)
     path = os.path.join(out_dir, "table.md")
     with open(path, "w", encoding="utf-8") as f:

@@ -70,7 +70,8 @@ def test_every_default_case_times_equivalent_work():
     cpu = torch.device("cpu")
     names = [c.name for c in bench.default_cases(cpu, scale=64)]
     for wanted in ("force-select resnet50/64", "force-select vgg19/64", "itersnip-select", "topk resnet50/64",
-                   "masked-sgd", "force-run resnet50 b=8 T=1", "force-run resnet50 b=8 T=3", "train-step"):
+                   "masked-sgd", "force-run resnet50/64 b=8 T=1", "force-run resnet50/64 b=8 T=3",
+                   "train-step resnet50/64"):
         assert any(n.startswith(wanted) for n in names), (wanted, names)
 
     topk = bench.topk_case("resnet50/64", 0.05, backends=ops.available_backends("cpu"))
@@ -125,3 +126,79 @@ def test_results_are_written_after_every_case(tmp_path):
     assert saved["complete"] and saved["max_case_s"] == 1.0 and len(saved["rows"]) == len(result["rows"]) == 4
     with pytest.raises(ValueError, match="max_case_s must be a positive number"):
         bench.run(device="cpu", out_dir=str(tmp_path), cases=[], max_case_s=0)
+
+
+def test_fewer_than_three_runs_show_their_range_not_extrapolated_quartiles():
+    times = iter([0.0, 0.01, 0.03])  # the warm-up, then two timed runs of different length
+    m = bench.measure(lambda: time.sleep(next(times)), torch.device("cpu"), min_time=0.0, min_reps=2)
+    assert m["reps"] == 2 and m["q1_s"] is None and m["q3_s"] is None
+    assert m["min_s"] < m["median_s"] < m["max_s"]
+    row = {"case": "c", "impl": "baseline", **m, "speedup_vs_baseline": 1.0, "times_floor": None}
+    line = bench.format_table([row]).splitlines()[-1]
+    assert f"{bench._fmt_time(m['min_s'])}-{bench._fmt_time(m['max_s'])} (range of 2)" in line
+    three = bench.measure(lambda: None, torch.device("cpu"), min_time=0.0, min_reps=3)
+    assert three["q1_s"] is not None and "range" not in bench.format_table([{**row, **three}]).splitlines()[-1]
+
+
+def test_scale_shrinks_every_case_end_to_end_ones_too():
+    from sparseforce.models import count_prunable
+    from sparseforce.models.resnet import ResNet
+    cpu = torch.device("cpu")
+    cases = bench.default_cases(cpu, scale=8)
+    assert all("/8" in c.name for c in cases), [c.name for c in cases]
+    full = {c.name.replace("/8", ""): c.params for c in bench.default_cases(cpu)}
+    for c in cases:
+        assert c.params < full[c.name.replace("/8", "")] / 7, c.name
+    run = next(c for c in cases if c.name.startswith("force-run"))
+    assert run.params == count_prunable(ResNet(width=8))
+    rows = bench.force_breakdown(cpu, model_name="resnet50", batch=2, iterations=2, backends=("reference",),
+                                 echo=lambda *a: None, scale=64)
+    assert {r["case"] for r in rows} == {"force-breakdown resnet50/64 b=2 T=2"}
+    with pytest.raises(ValueError, match="only the ResNet50s scale down"):
+        bench.force_run_case("digits_cnn", 2, 1, scale=2)
+    with pytest.raises(ValueError, match="scale must be a whole number"):
+        bench.run(device="cpu", cases=[], scale=0)
+
+
+def test_only_matching_nothing_is_an_error_naming_the_cases(tmp_path):
+    out = tmp_path / "results"
+    with pytest.raises(ValueError, match=r"--only 'no such case' matches no case; the cases: force-select") as e:
+        bench.run(device="cpu", out_dir=str(out), only="no such case", scale=64, echo=lambda *a: None)
+    assert "force-breakdown resnet50/64" in str(e.value) and "\n" not in str(e.value)
+    assert not out.exists()  # refused before any work
+
+
+def test_quick_shrinks_sizes_and_repetitions(tmp_path):
+    result = bench.run(device="cpu", out_dir=str(tmp_path), quick=True, echo=lambda *a: None,
+                       cases=[_sleep_case(0.001)])
+    assert (result["quick"], result["scale"], result["min_time"]) == (True, 8, 0.0)
+    assert all(r["reps"] == 3 for r in result["rows"]) and result["seconds"] > 0
+    assert bench.run(device="cpu", out_dir=str(tmp_path), quick=True, scale=2, min_time=0.01,
+                     echo=lambda *a: None, cases=[])["scale"] == 2
+
+
+def test_plot_says_what_it_measures_with_numbers_colours_and_the_breakdown():
+    rows = []
+    for case, base in (("select", 1.0), ("topk", 0.5)):
+        rows.append({"case": case, "impl": "baseline", "median_s": base, "speedup_vs_baseline": 1.0})
+        for impl, t in (("reference", base * 4), ("cpp", base / 20)):
+            rows.append({"case": case, "impl": impl, "median_s": t, "speedup_vs_baseline": base / t})
+    breakdown = [{"case": "force-breakdown resnet50 b=8 T=3", "variant": v, "total_s": t, "step_s": t / 3,
+                  "gradients_share": g, "selection_share": 1 - g - 0.01, "other_share": 0.01,
+                  "same_masks_as_plain": v != "cpp + channels_last"}
+                 for v, t, g in (("cpp", 3.0, 0.95), ("reference", 15.0, 0.2), ("cpp + channels_last", 3.5, 0.93))]
+    fig = bench.figure(rows, "x86_64, 2026-12-01", breakdown)
+    speed, phases = fig.axes[:2]
+    assert "Speed-up over today's practice" in speed.get_title() and "speed-up = baseline" in speed.get_xlabel()
+    labels = [t.get_text() for t in speed.texts]
+    assert "20.00x  (50 ms)" in labels and "0.25x  (2 s)" in labels and len(labels) == 4
+    colours = {tick.get_text().split("[")[1][:-1]: tuple(bar.get_facecolor())
+               for tick, bar in zip(speed.get_yticklabels(), speed.patches)}
+    assert len(colours) == 2 and len(set(colours.values())) == 2  # one colour per implementation
+    assert "End to end: force-breakdown resnet50 b=8 T=3" in phases.get_title()
+    texts = [t.get_text() for t in phases.texts]
+    assert "15 s (5 s per step)" in texts and "3.5 s (1.17 s per step, other masks)" in texts and "95%" in texts
+    assert [t.get_text() for t in phases.get_legend().get_texts()] == ["forward + backward", "selection", "other"]
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    assert bench.figure([], "nothing") is None

@@ -69,3 +69,43 @@ def test_bench_command_writes_results(tmp_path, capsys):
 def test_bench_max_case_time_must_be_positive(capsys):
     assert main(["bench", "--device", "cpu", "--max-case-time", "0"]) == 2
     assert "--max-case-time must be a positive number" in capsys.readouterr().err
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd=ROOT, timeout=600):
+    """The real command in a subprocess, importing this checkout's sparseforce whatever the cwd."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "sparseforce", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def test_bench_help_says_how_long_and_where():
+    out = " ".join(run_cli("bench", "--help").stdout.split())
+    assert "The default run takes about 4 minutes on a 2-core CPU, --quick about 2 minutes" in out
+    assert "sparseforce-bench" in out and "relative to the current directory" in out
+
+
+def test_bench_only_matching_nothing_is_one_line_naming_the_cases(tmp_path):
+    proc = run_cli("bench", "--device", "cpu", "--only", "resnet51", "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("sparseforce bench: error: --only 'resnet51' "
+                                                                    "matches no case; the cases: force-select")
+    assert "train-step resnet50 b=8" in proc.stderr and "force-breakdown resnet50 b=8 T=3" in proc.stderr
+    assert not (tmp_path / "r").exists()
+    for bad, word in (("--scale=0", "--scale"), ("--min-time=-1", "--min-time")):
+        proc = run_cli("bench", "--device", "cpu", bad)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"sparseforce bench: error: {word} must be")
+
+
+def test_bench_writes_to_a_folder_in_the_current_directory(tmp_path):
+    proc = run_cli("bench", "--device", "cpu", "--only", "topk", "--scale", "64", "--min-time", "0", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "topk resnet50/64" in proc.stdout and "finished in" in proc.stdout
+    assert [p.suffix for p in sorted((tmp_path / "sparseforce-bench").iterdir())] == [".json", ".png"]

@@ -59,3 +59,45 @@ def test_demo_rejects_bad_settings(tmp_path):
         demo.run_demo(str(tmp_path), sparsities=[1.0], quick=True)
     with pytest.raises(ValueError, match="unknown demo methods"):
         demo.run_demo(str(tmp_path), methods=("grasp",), quick=True)
+
+
+def _markdown_rows(text):
+    """The first markdown table in ``text``, as rows of cells (the |---| rule left out)."""
+    lines = [line.strip() for line in text.splitlines()]
+    first = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[first:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if not all(set(c) <= set("-:") for c in cells):
+            rows.append(cells)
+    return rows
+
+
+def test_readme_demo_table_is_the_committed_run():
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## The demo"):]
+    section = section[:section.index("\n## ", 1)]
+    folder = root / re.search(r"`(benchmarks/results/demo-[\w-]+)/`", section).group(1)
+    saved = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    cfg = saved["config"]
+    table = demo._table(saved["runs"], cfg["sparsities"], cfg["methods"], cfg["seeds"], markdown=True)
+    assert _markdown_rows(section) == _markdown_rows(table)  # every cell, the header and "weights left" too
+    assert _markdown_rows((folder / "table.md").read_text(encoding="utf-8")) == _markdown_rows(table)
+    dense = re.search(r"dense \(unpruned\) network: (\S+ ± \S+)", table).group(1)
+    assert f"over {cfg['seeds']} seeds" in section and f"dense network {dense};" in section
+    env = saved["environment"]
+    assert env["threads_per_run"] == 1 and f"--jobs {env['jobs']}" in section and env["torch"] in section
+    # The README's table is not just any file's: it is this one's, whose masks a rerun reproduces.
+    assert all(r["masks_sha256"] for r in saved["runs"] if r["method"] != "dense")
+
+
+def test_demo_runs_twice_to_the_same_masks(tmp_path):
+    kw = dict(sparsities=[0.99], methods=("force",), seeds=1, epochs=1, iterations=3, dense=False, jobs=1,
+              log=lambda *a: None)
+    one, two = (demo.run_demo(str(tmp_path / name), **kw).runs for name in "ab")
+    assert one[0]["masks_sha256"] == two[0]["masks_sha256"] and one[0]["test_acc"] == two[0]["test_acc"]

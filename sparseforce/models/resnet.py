@@ -65,30 +65,32 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, layers=(3, 4, 6, 3), num_classes: int = 10, imagenet: bool = False):
+    def __init__(self, layers=(3, 4, 6, 3), num_classes: int = 10, imagenet: bool = False, width: int = 64):
         super().__init__()
-        self.in_planes = 64
+        # width: channels of the stem and the first stage (64 in the paper); narrower copies time the
+        # same network shape in less time (`sparseforce bench --scale`).
+        self.in_planes = width
         if imagenet:
             self.stem = nn.Sequential(
-                nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),
-                nn.BatchNorm2d(64),
+                nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False),
+                nn.BatchNorm2d(width),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(3, stride=2, padding=1),
             )
         else:
             self.stem = nn.Sequential(
-                nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False),
-                nn.BatchNorm2d(64),
+                nn.Conv2d(3, width, 3, stride=1, padding=1, bias=False),
+                nn.BatchNorm2d(width),
                 nn.ReLU(inplace=True),
             )
-        self.layer1 = self._make_layer(64, layers[0], 1)
-        self.layer2 = self._make_layer(128, layers[1], 2)
-        self.layer3 = self._make_layer(256, layers[2], 2)
-        self.layer4 = self._make_layer(512, layers[3], 2)
+        self.layer1 = self._make_layer(width, layers[0], 1)
+        self.layer2 = self._make_layer(2 * width, layers[1], 2)
+        self.layer3 = self._make_layer(4 * width, layers[2], 2)
+        self.layer4 = self._make_layer(8 * width, layers[3], 2)
         # Adaptive pooling keeps the model usable at any input resolution
         # (e.g. small images in tests) without changing the parameter count.
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512 * Bottleneck.expansion, num_classes)
+        self.fc = nn.Linear(8 * width * Bottleneck.expansion, num_classes)
         kaiming_init_(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
