@@ -8,25 +8,41 @@ with — with a pure-PyTorch reference and fused kernels behind one API.
     opt = sf.MaskedSGD(model.named_parameters(), masks, lr=0.1, momentum=0.9, weight_decay=5e-4)
     sf.fit(model, masks, train_set, val_set, test_set, recipe="cifar", out_dir="runs/x")  # resume=True
 """
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-from . import ops
-from .masks import LayerCollapseWarning, Masks, MasksFileError, apply_masks
-from .optim import MaskedAdamW, MaskedSGD
-from .pruning import force, grasp, iter_snip, magnitude, prune, random, snip, synflow
+__all__ = ["ops", "Masks", "MasksFileError", "LayerCollapseWarning", "apply_masks", "force", "iter_snip", "snip", "grasp", "synflow", "magnitude",
+           "random", "prune", "MaskedSGD", "MaskedAdamW", "fit", "Recipe", "__version__"]
 
-__all__ = ["ops", "Masks", "MasksFileError", "apply_masks", "LayerCollapseWarning", "force", "iter_snip", "snip", "grasp", "synflow",
-           "magnitude", "random", "prune", "MaskedSGD", "MaskedAdamW", "fit", "Recipe", "__version__"]
+# Every name loads on first use, so that `import sparseforce` (which `sparseforce --help` and
+# `python -m sparseforce` do first) does not import torch; name -> the submodule defining it.
+_LAZY = {"Masks": "masks", "MasksFileError": "masks", "LayerCollapseWarning": "masks", "apply_masks": "masks", "MaskedSGD": "optim", "MaskedAdamW": "optim",
+         "fit": "train", "Recipe": "train",
+         **{name: "pruning" for name in ("force", "iter_snip", "snip", "grasp", "synflow", "magnitude", "random",
+                                         "prune")}}
+_SUBMODULES = ("ops", "distributed")
 
-# The training loop pulls in the data readers (numpy, PIL); load it only when asked for.
-_LAZY = {"fit": "train", "Recipe": "train"}
+if TYPE_CHECKING:
+    from . import distributed, ops
+    from .masks import LayerCollapseWarning, Masks, MasksFileError, apply_masks
+    from .optim import MaskedAdamW, MaskedSGD
+    from .pruning import force, grasp, iter_snip, magnitude, prune, random, snip, synflow
+    from .train import Recipe, fit
 
 
 def __getattr__(name):
-    if name == "distributed":  # sf.distributed: torch.distributed helpers, loaded on first use
-        import importlib
-        return importlib.import_module(".distributed", __name__)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     if name in _LAZY:
-        import importlib
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

@@ -1,8 +1,8 @@
 """Loads the compiled kernels (``torch.ops.sparseforce.*``), building them on first use if needed.
 
-``import sparseforce`` already loads a prebuilt extension (:func:`preload`, cheap), so
-``torch.ops.sparseforce.*`` exist from then on; building waits for first use. Order of attempts,
-once per process, on the first call of :func:`load`:
+``import sparseforce.ops`` (which every sparseforce function imports) already loads a prebuilt
+extension (:func:`preload`, cheap), so ``torch.ops.sparseforce.*`` exist from then on; building
+waits for first use. Order of attempts, once per process, on the first call of :func:`load`:
 
 1. ``import sparseforce._C``: the extension ``setup.py`` built at install time.
 2. A just-in-time build with ninja (``torch.utils.cpp_extension.load``) of the C++ sources
@@ -166,7 +166,7 @@ def _try_load() -> str | None:
 
 def preload() -> None:
     """At import: load the prebuilt extension if there is one, so ``torch.ops.sparseforce.*``
-    exist right after ``import sparseforce``. Never builds and never warns: that waits for
+    exist right after ``import sparseforce.ops``. Never builds and never warns: that waits for
     :func:`load`, on first use of the cpp backend."""
     global _STATE, HOW
     if _STATE is not None or _env("SPARSEFORCE_NO_EXT"):

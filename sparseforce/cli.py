@@ -1,65 +1,315 @@
-"""The ``sparseforce`` command."""
+"""The ``sparseforce`` command.
+
+Building the parser imports nothing heavy, so ``sparseforce --help`` answers without loading torch;
+each subcommand checks all of its arguments (:func:`_check_prune`, ...) before it does any work.
+"""
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import shlex
 import sys
+import tempfile
 import time
+
+from . import __version__
+
+# Spelled out rather than imported so that building the parser does not import torch;
+# tests/test_cli.py checks them against the library.
+METHOD_NAMES = ("force", "grasp", "iter_snip", "magnitude", "random", "snip", "synflow")
+BACKEND_NAMES = ("auto", "reference", "cpp", "cuda", "triton")
+DATASET_NAMES = ("cifar10", "cifar100", "tinyimagenet", "imagenet", "digits")
+MODEL_NAMES = ("resnet50", "vgg19_bn", "resnet50_imagenet", "vgg19_bn_imagenet", "mlp", "lenet5", "digits_cnn")
+
+# The options each method takes; giving one to a method that ignores it is an error.
+_STEPPED = ("force", "iter_snip", "synflow")  # --iterations, --schedule
+_BATCHED = ("force", "iter_snip", "snip", "grasp")  # --batches-per-iteration
+
+# The paper says "VGG19" for its VGG19 with batch norm.
+_MODEL_ALIASES = {"vgg19": "vgg19_bn"}
 
 
 def _default_model(dataset: str) -> str:
     return {"digits": "digits_cnn", "imagenet": "resnet50_imagenet"}.get(dataset, "resnet50")
 
 
-# The paper says "VGG19" for its VGG19 with batch norm.
-_MODEL_ALIASES = {"vgg19": "vgg19_bn"}
+# --------------------------------------------------------------------------------------------
+# parsing: one-line errors, each default shown once, argument types that reject bad values
+# --------------------------------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line: the usage block argparse would print first hides the message.
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` unless the help already says what the default is. None and off
+    flags get nothing appended: their help says what happens when they are not given."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text.lower() or action.required or action.default is None or action.default is False
+                or action.default is argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _checked(kind, want: str, ok):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}")
+        return value
+    parse.__name__ = want  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _checked(int, "an integer >= 1", lambda v: v >= 1)
+non_negative_int = _checked(int, "an integer >= 0", lambda v: v >= 0)
+# numpy's and scikit-learn's generators take seeds below 2**32.
+seed = _checked(int, "an integer in [0, 2**32)", lambda v: 0 <= v < 2**32)
+positive_float = _checked(float, "a finite number > 0", lambda v: math.isfinite(v) and v > 0)
+non_negative_float = _checked(float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
+fraction = _checked(float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+open_fraction = _checked(float, "a number strictly between 0 and 1", lambda v: 0 < v < 1)
+
+
+def dataset_name(text: str) -> str:
+    key = text.lower().replace("-", "").replace("_", "")
+    if key not in DATASET_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown data set {text!r}; choose one of {', '.join(DATASET_NAMES)}")
+    return key
+
+
+def model_name(text: str) -> str:
+    name = _MODEL_ALIASES.get(text, text)
+    if name not in MODEL_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose one of {', '.join(MODEL_NAMES)}")
+    return name
+
+
+def _add_common(p, *, progress: str, backend: str, resumable: bool = False) -> None:
+    # resumable (train): defaults are None so --resume can tell a given option from one left out;
+    # _TRAIN_DEFAULTS fills them in after the checkpoint's settings.
+    p.add_argument("--seed", type=seed, default=None if resumable else 0, metavar="N",
+                   help="seeds the model's initialization, the split, the data order and augmentation"
+                        + (" (default: 0)" if resumable else ""))
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    p.add_argument("--backend", default=None if resumable else "auto", choices=BACKEND_NAMES,
+                   help=f"kernels for {backend}: auto takes the fastest one available, reference is pure PyTorch"
+                        + (" (default: auto)" if resumable else ""))
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"show {progress} (default: when stderr is a terminal)")
+
+
+def _add_pruning(g, *, sparsity: float, resumable: bool = False) -> None:
+    g.add_argument("--method", default=None if resumable else "force", choices=METHOD_NAMES,
+                   help="pruning method" + (" (default: force)" if resumable else ""))
+    g.add_argument("--sparsity", type=fraction, default=None if resumable else sparsity,
+                   help="fraction of prunable weights to remove, in [0, 1]"
+                        + (f" (default: {sparsity})" if resumable else ""))
+    g.add_argument("--iterations", type=positive_int, default=None, metavar="N",
+                   help="pruning steps of force, iter_snip and synflow (default: 60; synflow: 100)")
+    g.add_argument("--schedule", default=None, choices=["exp", "linear"],
+                   help="how the kept fraction shrinks over the steps of force, iter_snip and synflow "
+                        "(default: exp)")
+    g.add_argument("--batches-per-iteration", type=positive_int, default=None, metavar="N",
+                   help="batches whose gradients each scoring step of force, iter_snip, snip and grasp averages "
+                        "(default: 1)")
+
+
+_DATASET_HELP = ("digits (scikit-learn's 8x8 digits, offline, needs no --data-dir), cifar10, cifar100, "
+                 "tinyimagenet or imagenet")
+_DATA_DIR_HELP = ("folder holding the extracted data set, which is never downloaded (layouts: see the README); "
+                  "digits needs none, the others have no default")
+_MODEL_HELP = ("resnet50, vgg19_bn (CIFAR-sized), resnet50_imagenet, vgg19_bn_imagenet, mlp, lenet5, digits_cnn "
+               "(default: digits_cnn for digits, resnet50_imagenet for imagenet, else resnet50)")
+
+
+# --------------------------------------------------------------------------------------------
+# checks run before any work; a ValueError here is the one-line usage error of main()
+# --------------------------------------------------------------------------------------------
+
+def _device(arg):
+    import torch
+
+    if arg is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(arg)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device {arg!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {arg}: torch finds no usable CUDA GPU on this machine; use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {arg}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {arg}: sparseforce runs on cpu or cuda devices")
+    return device
+
+
+def _check_backend(backend: str, device, ops=("topk_masks",)) -> None:
+    if backend == "auto":
+        return
+    from .ops import available_backends
+    from .ops._registry import unavailable_reason
+
+    for op in ops:
+        reason = unavailable_reason(backend, op, device)
+        if reason is not None:
+            have = ", ".join(["auto"] + available_backends(device, op))
+            raise ValueError(f"--backend {backend} is not available on {device.type}: {reason}; "
+                             f"available for {device.type} on this machine: {have}")
+
+
+def _shape(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def _runs_on(model_name: str, dataset: str) -> bool:
+    """Whether the model takes the data set's images: a forward pass on the meta device (no
+    memory, no arithmetic), so a mismatch is found before any data is read."""
+    import torch
+
+    from .data import INPUT_SHAPE, NUM_CLASSES
+
+    with torch.device("meta"):
+        model = _build_model(model_name, dataset, NUM_CLASSES[dataset])
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.empty(2, *INPUT_SHAPE[dataset], device="meta"))
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+def _check_model_fits(model_name: str, dataset: str, data: str | None = None) -> None:
+    if _runs_on(model_name, dataset):
+        return
+    from .data import INPUT_SHAPE
+    from .models import INPUT_SHAPES
+
+    fits = [m for m in MODEL_NAMES if m != model_name and _runs_on(m, dataset)]
+    raise ValueError(f"--model {model_name} is built for {_shape(INPUT_SHAPES[model_name])} inputs and does not "
+                     f"run on {data or f'--dataset {dataset}'}, whose images are {_shape(INPUT_SHAPE[dataset])}; "
+                     f"models that do: {', '.join(fits)}")
+
+
+def _check_data_dir(args) -> None:
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+        what = "is not a folder" if os.path.exists(args.data_dir) else "does not exist"
+        raise ValueError(f"--data-dir {args.data_dir} {what}")
+
+
+def _check_writable(folder: str, option: str, path) -> None:
+    # Trying is the only test that also holds for root, read-only mounts and ACLs.
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".sparseforce-write-test-")
+    except OSError as exc:
+        raise ValueError(f"{option} {path}: cannot write in {folder} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.remove(probe)
+
+
+def _check_out_file(path, option: str = "--out") -> None:
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a directory; give a file name such as "
+                         f"{os.path.join(path, 'masks.pt')}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{option} {path}: the folder {folder} does not exist")
+    _check_writable(folder, option, path)
+
+
+def _check_out_folder(path, option: str = "--out") -> None:
+    """A folder that is created, with its parents, if missing."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{option} {path} exists and is not a folder")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{option} {path}: {existing} is a file, not a folder")
+    _check_writable(existing, option, path)
+
+
+def _pruning_kwargs(args) -> dict:
+    """The chosen method's options; one it does not take is an error rather than ignored."""
+    method = args.method
+    for option, value, takers in (("--iterations", args.iterations, _STEPPED), ("--schedule", args.schedule, _STEPPED),
+                                  ("--batches-per-iteration", args.batches_per_iteration, _BATCHED)):
+        if value is not None and method not in takers:
+            raise ValueError(f"{option} does not apply to --method {method}; only {', '.join(takers)} take it")
+    kw = {}
+    if method in _STEPPED:
+        kw["iterations"] = args.iterations if args.iterations is not None else (100 if method == "synflow" else 60)
+        kw["schedule"] = args.schedule if args.schedule is not None else "exp"
+        kw["progress"] = _progress(args)
+    if method in _BATCHED:
+        kw["batches_per_iteration"] = args.batches_per_iteration if args.batches_per_iteration is not None else 1
+    if method == "random":
+        kw["seed"] = args.seed
+    else:
+        kw["backend"] = args.backend
+    return kw
+
+
+def _progress(args) -> bool:
+    return sys.stderr.isatty() if args.progress is None else args.progress
+
+
+# --------------------------------------------------------------------------------------------
+# prune
+# --------------------------------------------------------------------------------------------
 
 def _add_prune(sub):
-    from .pruning import METHODS
     p = sub.add_parser(
         "prune", help="compute pruning masks for a model and data set, print a per-layer table, save them",
         description="Compute pruning masks at initialization and save them (sparseforce.Masks file). "
                     "Example: sparseforce prune --dataset digits --method force --sparsity 0.99 --out masks.pt",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="digits",
-                   help="digits (scikit-learn's 8x8 digits, no download, no --data-dir), cifar10, cifar100, "
-                        "tinyimagenet or imagenet")
-    p.add_argument("--data-dir", default=None,
-                   help="folder holding the extracted data set (CIFAR python batches, tiny-imagenet-200, "
-                        "ImageNet train/ val/ class folders)")
-    p.add_argument("--model", default=None,
-                   help="resnet50, vgg19_bn (CIFAR variants), resnet50_imagenet, vgg19_bn_imagenet, mlp, lenet5, "
-                        "digits_cnn; default: digits_cnn for digits, resnet50_imagenet for imagenet, else resnet50")
-    p.add_argument("--method", default="force", choices=sorted(METHODS))
-    p.add_argument("--sparsity", type=float, default=0.99, help="fraction of prunable weights to remove")
-    p.add_argument("--iterations", type=int, default=None,
-                   help="steps of the progressive methods (default 60; SynFlow 100)")
-    p.add_argument("--schedule", default="exp", choices=["exp", "linear"])
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--batches-per-iteration", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0, help="seeds the model's initialisation, the split and the data order")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--backend", default="auto", choices=["auto", "reference", "cpp", "cuda", "triton"])
-    p.add_argument("--out", default="masks.pt", help="where to save the masks")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
-                   help="show a progress bar")
+        formatter_class=_HelpFormatter)
+    p.add_argument("--dataset", type=dataset_name, default="digits", metavar="NAME", help=_DATASET_HELP)
+    p.add_argument("--data-dir", default=None, metavar="DIR", help=_DATA_DIR_HELP)
+    p.add_argument("--model", type=model_name, default=None, metavar="NAME", help=_MODEL_HELP)
+    _add_pruning(p, sparsity=0.99)
+    p.add_argument("--batch-size", type=positive_int, default=128, metavar="N", help="batch size of the pruning data")
+    p.add_argument("--out", default="masks.pt", metavar="FILE", help="where to save the masks")
+    _add_common(p, progress="a progress bar", backend="the mask computation")
     p.set_defaults(func=_prune)
 
 
+def _check_prune(args):
+    """Every argument of ``prune``, before any work; returns the device and the model's name."""
+    device = _device(args.device)
+    if args.method == "random" and args.backend != "auto":
+        raise ValueError("--backend does not apply to --method random, which computes no scores")
+    _check_backend(args.backend, device)
+    _pruning_kwargs(args)
+    model_name = args.model if args.model is not None else _default_model(args.dataset)
+    _check_model_fits(model_name, args.dataset)
+    _check_data_dir(args)
+    _check_out_file(args.out)
+    return device, model_name
+
+
 def _prune(args) -> int:
+    device, model_name = _check_prune(args)
     import torch
 
     from . import data as sfdata
     from .masks import format_percent
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model_name = _MODEL_ALIASES.get(args.model, args.model) or _default_model(args.dataset)
     dataset = sfdata.get_dataset(args.dataset, args.data_dir, split="train", seed=args.seed)
-    num_classes = sfdata.NUM_CLASSES[args.dataset.lower().replace("-", "").replace("_", "")]
     torch.manual_seed(args.seed)
-    model = _build_model(model_name, args.dataset, num_classes).to(device)
+    model = _build_model(model_name, args.dataset, sfdata.NUM_CLASSES[args.dataset]).to(device)
     loader = sfdata.make_loader(dataset, batch_size=args.batch_size, shuffle=True, seed=args.seed)
     print(f"{args.method} on {model_name} / {args.dataset}, sparsity {args.sparsity}, device {device}", flush=True)
     start = time.perf_counter()
@@ -93,44 +343,27 @@ def _build_model(model_name: str, dataset: str, num_classes: int):
 def _compute_masks(args, model, loader):
     from .pruning import DATA_FREE, prune
 
-    kw = {}
-    if args.method in ("force", "iter_snip", "synflow"):
-        kw.update(iterations=args.iterations or (100 if args.method == "synflow" else 60), schedule=args.schedule,
-                  progress=args.progress)
-    if args.method in ("force", "iter_snip", "snip", "grasp"):
-        kw["batches_per_iteration"] = args.batches_per_iteration
-    if args.method == "random":
-        kw["seed"] = args.seed
-    else:
-        kw["backend"] = args.backend
     data = loader if args.method not in DATA_FREE or args.method == "synflow" else None
-    return prune(model, data, method=args.method, sparsity=args.sparsity, **kw)
+    return prune(model, data, method=args.method, sparsity=args.sparsity, **_pruning_kwargs(args))
 
 
-class _NoneDefaultFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Leaves out "(default: None)": such options state their default in their help, being None only
-    so that --resume can tell them given from left out."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
-
+# --------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------
 
 def _add_train(sub):
-    from .pruning import METHODS
     p = sub.add_parser(
         "train", help="prune at initialization (or load masks), then train with the paper's recipe; resumable",
         description="Prune a freshly initialized model (unless --masks is given), then train it with pruned weights "
                     "held at exactly 0, evaluating, logging and checkpointing every epoch. Example: sparseforce "
                     "train --model vgg19_bn --dataset cifar10 --data-dir data --method force --sparsity 0.995 "
-                    "--out runs/vgg_force; after a crash: sparseforce train --out runs/vgg_force --resume.",
-        formatter_class=_NoneDefaultFormatter)
-    p.add_argument("--dataset", default=None,
-                   help="cifar10, cifar100, tinyimagenet, imagenet or digits (default: cifar10)")
-    p.add_argument("--data-dir", default=None, help="folder holding the extracted data set (not needed for digits)")
-    p.add_argument("--model", default=None,
-                   help="resnet50, vgg19_bn, resnet50_imagenet, vgg19_bn_imagenet, mlp, lenet5, digits_cnn; "
-                        "default: digits_cnn for digits, resnet50_imagenet for imagenet, else resnet50")
-    p.add_argument("--out", required=True, help="run folder: masks.pt, checkpoint.pt, log.jsonl, log.csv, result.json")
+                    "--out runs/vgg_force; after a crash add --resume.",
+        formatter_class=_HelpFormatter)
+    p.add_argument("--dataset", type=dataset_name, default=None, metavar="NAME", help=_DATASET_HELP + " (default: cifar10)")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help=_DATA_DIR_HELP)
+    p.add_argument("--model", type=model_name, default=None, metavar="NAME", help=_MODEL_HELP)
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="run folder, created if missing: masks.pt, checkpoint.pt, log.jsonl, log.csv, result.json")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, with the settings stored in it: no other "
                         "option is needed; one given with another value than the checkpoint's is refused "
@@ -138,42 +371,45 @@ def _add_train(sub):
                         "may change)")
     p.add_argument("--overwrite", action="store_true", help="start again even if --out holds a checkpoint")
     g = p.add_argument_group("pruning (skipped with --masks or --resume)")
-    g.add_argument("--method", default=None, choices=sorted(METHODS), help="(default: force)")
-    g.add_argument("--sparsity", type=float, default=None, help="fraction of prunable weights to remove "
-                                                                "(default: 0.995)")
-    g.add_argument("--masks", default=None, help="train with these masks (a file from `sparseforce prune`) instead")
-    g.add_argument("--iterations", type=int, default=None,
-                   help="steps of the progressive methods (default 60; SynFlow 100)")
-    g.add_argument("--schedule", default=None, choices=["exp", "linear"], help="(default: exp)")
-    g.add_argument("--batches-per-iteration", type=int, default=None, help="(default: 1)")
+    _add_pruning(g, sparsity=0.995, resumable=True)
+    g.add_argument("--masks", default=None, metavar="FILE",
+                   help="train with these masks (a file from `sparseforce prune`) instead of pruning "
+                        "(default: prune with --method)")
     g = p.add_argument_group("training (defaults: the recipe's)")
     g.add_argument("--recipe", default=None, choices=["cifar", "tinyimagenet"],  # train.RECIPES, not imported here
                    help="cifar: 350 epochs, lr 0.1 /10 at 150 and 250; tinyimagenet: 300 epochs, /10 at 150 and 225 "
                         "(default: tinyimagenet for tinyimagenet, else cifar)")
-    g.add_argument("--epochs", type=int, default=None, help="a different count rescales the milestones")
-    g.add_argument("--lr", type=float, default=None)
-    g.add_argument("--momentum", type=float, default=None)
-    g.add_argument("--weight-decay", type=float, default=None)
-    g.add_argument("--milestones", type=int, nargs="+", default=None, help="epochs after which lr is divided by 10")
-    g.add_argument("--batch-size", type=int, default=None, help="training (and pruning) batch size; recipe: 128")
-    g.add_argument("--optimizer", default=None, choices=["sgd", "adamw"])
-    g.add_argument("--stop-after-epoch", type=int, default=None,
-                   help="stop after this epoch (checkpoint written); continue later with --resume")
-    p.add_argument("--seed", type=int, default=None,
-                   help="seeds initialization, split, data order and augmentation (default: 0)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--backend", default=None, choices=["auto", "reference", "cpp", "cuda", "triton"],
-                   help="(default: auto)")
-    p.add_argument("--num-workers", type=int, default=None, help="data loader worker processes (default: 0)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
-                   help="show progress bars")
+    g.add_argument("--epochs", type=positive_int, default=None, metavar="N",
+                   help="epochs to train; a count other than the recipe's rescales its milestones "
+                        "(default: the recipe's)")
+    g.add_argument("--lr", type=positive_float, default=None,
+                   help="initial learning rate (default: the recipe's 0.1; 1e-3 with --optimizer adamw)")
+    g.add_argument("--momentum", type=non_negative_float, default=None,
+                   help="SGD momentum (default: the recipe's 0.9)")
+    g.add_argument("--weight-decay", type=non_negative_float, default=None,
+                   help="weight decay (default: the recipe's 5e-4; 1e-2 with --optimizer adamw)")
+    g.add_argument("--milestones", type=positive_int, nargs="+", default=None, metavar="EPOCH",
+                   help="increasing epochs after which lr is divided by 10 (default: the recipe's, rescaled to "
+                        "--epochs)")
+    g.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
+                   help="training (and pruning) batch size (default: the recipe's 128)")
+    g.add_argument("--optimizer", default=None, choices=["sgd", "adamw"],
+                   help="sgd is the paper's; adamw uses the masked AdamW (default: the recipe's sgd)")
+    g.add_argument("--stop-after-epoch", type=positive_int, default=None, metavar="N",
+                   help="stop after this epoch (checkpoint written); continue later with --resume "
+                        "(default: train every epoch)")
+    p.add_argument("--num-workers", type=non_negative_int, default=None, metavar="N",
+                   help="data loader worker processes; 0 loads the data in this process (default: 0)")
+    _add_common(p, progress="progress bars", backend="the mask computation and the masked update", resumable=True)
     p.set_defaults(func=_train)
 
 
 # The defaults of the `train` options that --resume takes from the checkpoint; applied after it,
 # so that an option given on the command line can be told from one left out.
-_TRAIN_DEFAULTS = {"dataset": "cifar10", "method": "force", "sparsity": 0.995, "schedule": "exp",
-                   "batches_per_iteration": 1, "seed": 0, "backend": "auto", "num_workers": 0}
+# (--schedule, --batches-per-iteration and --iterations stay None: _pruning_kwargs resolves them
+# per method, and refuses them for a method that does not take them.)
+_TRAIN_DEFAULTS = {"dataset": "cifar10", "method": "force", "sparsity": 0.995, "seed": 0, "backend": "auto",
+                   "num_workers": 0}
 _PRUNING_OPTIONS = ("method", "sparsity", "iterations", "schedule", "batches_per_iteration")
 # What defines a run: taken from the checkpoint on --resume, and refused there with another value.
 # The recipe's numbers come from the checkpoint's config, the rest from the settings stored with it.
@@ -225,12 +461,63 @@ def _show(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def _train(args) -> int:
-    import torch
+def _check_train(args):
+    """Every argument of ``train``, before any work; returns the device and the model's name."""
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
+                             "--overwrite starts it again")
+    if args.milestones is not None and any(b <= a for a, b in zip(args.milestones, args.milestones[1:])):
+        raise ValueError(f"--milestones must be increasing, got {' '.join(map(str, args.milestones))}")
+    if args.optimizer == "adamw" and args.momentum is not None:
+        raise ValueError("--momentum does not apply to --optimizer adamw")
+    device = _device(args.device)
+    _check_backend(args.backend, device, ops=("topk_masks", "masked_sgd_"))
+    if not args.resume and args.masks is None:
+        _pruning_kwargs(args)
+    if args.masks is not None and not args.resume and not os.path.isfile(args.masks):
+        raise ValueError(f"--masks {args.masks} {'is not a file' if os.path.exists(args.masks) else 'does not exist'}")
+    model_name = args.model if args.model is not None else _default_model(args.dataset)
+    _check_model_fits(model_name, args.dataset)
+    _check_data_dir(args)
+    _check_out_folder(args.out)
+    return device, model_name
 
-    from . import data as sfdata
-    from .masks import Masks, _remove_stale_temporaries, format_percent
-    from .train import CHECKPOINT_NAME, RECIPES, fit, get_splits, load_checkpoint
+
+class _Interrupted(Exception):
+    """Ctrl-C, with what survived it and how to go on."""
+
+
+def _checkpoint_epoch(path: str):
+    """The epoch of the checkpoint at ``path``: None if there is none, -1 if it cannot be read."""
+    if not os.path.exists(path):
+        return None
+    try:
+        import torch
+        # mmap: the tensors are not read, only the small pickled dict.
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:
+        return -1
+
+
+def _interrupted_training(out_dir: str, training: bool, resume: bool) -> str:
+    from .train import CHECKPOINT_NAME
+
+    # Only a checkpoint of this run counts: before training, that is the one being resumed.
+    epoch = _checkpoint_epoch(os.path.join(out_dir, CHECKPOINT_NAME)) if training or resume else None
+    again = f"continue with `sparseforce train --out {shlex.quote(os.fspath(out_dir))} --resume`"
+    if epoch is None:
+        if not training:
+            return "interrupted before training began, so there is nothing to continue; run the command again"
+        return "interrupted during epoch 1, before its checkpoint was written; run the command again"
+    if epoch < 0:
+        return f"interrupted; the last checkpoint is kept; {again}"
+    return f"interrupted during epoch {epoch + 1}; the checkpoint of epoch {epoch} is kept; {again}"
+
+
+def _resume_settings(args) -> None:
+    """--resume: the checkpoint's settings for what was left out (a given one must agree); a fresh
+    run must not overwrite a checkpoint unasked. Then the defaults of what is still unset."""
+    from .train import CHECKPOINT_NAME
 
     ckpt_path = os.path.join(args.out, CHECKPOINT_NAME)
     if args.resume:
@@ -240,6 +527,8 @@ def _train(args) -> int:
         if not os.path.exists(ckpt_path):
             raise FileNotFoundError(f"--resume: no checkpoint to continue: {ckpt_path!r} does not exist (start the "
                                     "run without --resume)")
+        from .masks import _remove_stale_temporaries
+        from .train import load_checkpoint
         _take_run_settings(args, load_checkpoint(ckpt_path), ckpt_path)
         # The only file of the run folder that a resumed run does not write again.
         _remove_stale_temporaries(os.path.abspath(args.out), "masks.pt")
@@ -250,20 +539,37 @@ def _train(args) -> int:
         if getattr(args, k) is None:
             setattr(args, k, v)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    key = sfdata._canonical_name(args.dataset)
-    if key not in sfdata.NUM_CLASSES:
-        raise ValueError(f"unknown data set {args.dataset!r}; valid names: {', '.join(sfdata.NUM_CLASSES)}")
-    model_name = _MODEL_ALIASES.get(args.model, args.model) or _default_model(key)
-    recipe_name = args.recipe or ("tinyimagenet" if key == "tinyimagenet" else "cifar")
+
+def _train(args) -> int:
+    _resume_settings(args)
+    device, model_name = _check_train(args)
+    stage = {"training": False}
+    try:
+        return _run_train(args, device, model_name, stage)
+    except KeyboardInterrupt:
+        raise _Interrupted(_interrupted_training(args.out, stage["training"], args.resume)) from None
+
+
+def _run_train(args, device, model_name: str, stage: dict) -> int:
+    import torch
+
+    from . import data as sfdata
+    from .masks import Masks, format_percent
+    from .train import RECIPES, fit, get_splits
+
+    key = args.dataset
+    recipe_name = args.recipe if args.recipe is not None else ("tinyimagenet" if key == "tinyimagenet" else "cifar")
     recipe = RECIPES[recipe_name]
-    if args.iterations is None:
-        args.iterations = 100 if args.method == "synflow" else 60
+    if not args.resume and args.masks is None:
+        # Stored resolved, so that --resume compares what ran.
+        kw = _pruning_kwargs(args)
+        for k in ("iterations", "schedule", "batches_per_iteration"):
+            setattr(args, k, kw.get(k))
     train, val, test = get_splits(key, args.data_dir, seed=args.seed, val_fraction=recipe.val_fraction,
                                   augment=recipe.augment)
     torch.manual_seed(args.seed)
     model = _build_model(model_name, key, sfdata.NUM_CLASSES[key]).to(device)
-    batch_size = args.batch_size or recipe.batch_size
+    batch_size = args.batch_size if args.batch_size is not None else recipe.batch_size
 
     masks = None  # on resume the checkpoint's
     if not args.resume:
@@ -289,11 +595,12 @@ def _train(args) -> int:
                 data_dir=os.path.abspath(args.data_dir) if args.data_dir else None)
     if args.masks:
         meta.update(dict.fromkeys(_PRUNING_OPTIONS))  # nothing was pruned
+    stage["training"] = True
     result = fit(model, masks, train, val, test, recipe=recipe, epochs=args.epochs, lr=args.lr,
                  momentum=args.momentum, weight_decay=args.weight_decay, milestones=args.milestones,
                  batch_size=batch_size, optimizer=args.optimizer, device=device, out_dir=args.out,
                  resume=args.resume, overwrite=args.overwrite, seed=args.seed, num_workers=args.num_workers,
-                 progress=args.progress, verbose=True, backend=args.backend,
+                 progress=_progress(args), verbose=True, backend=args.backend,
                  stop_after_epoch=args.stop_after_epoch, meta=meta)
     final, best = result.final, result.best
     if final is not None:
@@ -306,25 +613,35 @@ def _train(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------
+# demo, bench, ddp
+# --------------------------------------------------------------------------------------------
+
 def _add_demo(sub):
     p = sub.add_parser(
         "demo", help="the paper's claim in a few CPU minutes: FORCE / Iter SNIP vs SNIP / random at extreme sparsity",
         description="Prune a small CNN on scikit-learn's 8x8 digits (offline) with random, SNIP, Iter SNIP and FORCE "
                     "at extreme sparsities, train each briefly, and print a table of test accuracy; writes the table, "
                     "the raw results and two plots to --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="sparseforce-demo", help="output folder")
-    p.add_argument("--sparsities", type=float, nargs="+", default=None,
-                   help="default: 0.9 0.99 0.995 0.998 (--quick: 0.99 0.998)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds averaged per cell (default 2; --quick 1)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs per run (default 10; --quick 2)")
-    p.add_argument("--iterations", type=int, default=None, help="FORCE / Iter SNIP steps (default 30; --quick 5)")
-    p.add_argument("--jobs", type=int, default=None, help="parallel worker processes (default: one per CPU core)")
+        formatter_class=_HelpFormatter)
+    p.add_argument("--out", default="sparseforce-demo", metavar="DIR", help="output folder, created if missing")
+    p.add_argument("--sparsities", type=open_fraction, nargs="+", default=None, metavar="S",
+                   help="sparsities to prune to, each strictly between 0 and 1 "
+                        "(default: 0.9 0.99 0.995 0.998; --quick: 0.99 0.998)")
+    p.add_argument("--seeds", type=positive_int, default=None, metavar="N",
+                   help="seeds averaged per cell (default: 2; --quick: 1)")
+    p.add_argument("--epochs", type=positive_int, default=None, metavar="N",
+                   help="training epochs per run (default: 10; --quick: 2)")
+    p.add_argument("--iterations", type=positive_int, default=None, metavar="N",
+                   help="FORCE / Iter SNIP steps (default: 30; --quick: 5)")
+    p.add_argument("--jobs", type=positive_int, default=None, metavar="N",
+                   help="parallel worker processes (default: one per CPU core)")
     p.add_argument("--quick", action="store_true", help="a reduced run (seconds) that exercises everything")
     p.set_defaults(func=_demo)
 
 
 def _demo(args) -> int:
+    _check_out_folder(args.out)
     from .demo import run_demo
 
     run_demo(args.out, sparsities=args.sparsities, seeds=args.seeds, epochs=args.epochs,
@@ -340,7 +657,7 @@ def _add_bench(sub):
                     "measured in the same run. Prints a table; writes JSON and a PNG plot to --out. Sizes scale "
                     "down on a CPU; --full adds the big cases. The default run takes about 4 minutes on a 2-core CPU, "
                     "--quick about 2 minutes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--quick", action="store_true",
                    help="a short run: every case at 1/8 of its size (--scale 8) and no minimum time (--min-time 0), "
@@ -350,15 +667,16 @@ def _add_bench(sub):
                    help="folder for the JSON and PNG results, relative to the current directory "
                         "(the committed runs are in the repository's benchmarks/results)")
     p.add_argument("--min-time", type=float, default=None, metavar="SECONDS",
-                   help="seconds of repeats per measurement, at least 3 runs (2 end to end); 1 unless --quick")
-    p.add_argument("--only", default=None, help="run only cases whose name contains this text")
+                   help="seconds of repeats per measurement, at least 3 runs (2 end to end) (default: 1; 0 with --quick)")
+    p.add_argument("--only", default=None, metavar="TEXT",
+                   help="run only cases whose name contains this text (default: every case)")
     p.add_argument("--scale", type=int, default=None, metavar="N",
                    help="divide every layer's output channels by N: the layer sets of the kernel cases "
                         "(parameters / N) and the ResNet50 of the end-to-end cases (parameters about / N^2); "
-                        "a quick look, not the reported sizes; 1 unless --quick (8)")
+                        "a quick look, not the reported sizes (default: 1; 8 with --quick)")
     p.add_argument("--max-case-time", type=float, default=None, metavar="SECONDS",
                    help="cap each case's repetitions at about this many seconds, shared by its impls "
-                        "(each still runs once after its warm-up)")
+                        "(each still runs once after its warm-up; default: no cap)")
     p.set_defaults(func=_bench)
 
 
@@ -375,24 +693,81 @@ def _bench(args) -> int:
         return usage(f"--scale must be a whole number >= 1, got {args.scale}")
     if args.min_time is not None and not 0 <= args.min_time < math.inf:
         return usage(f"--min-time must be a number of seconds >= 0, got {args.min_time}")
+    _device(args.device)
+    _check_out_folder(args.out)
     bench.run(device=args.device, full=args.full, out_dir=args.out, min_time=args.min_time, only=args.only,
               scale=args.scale, max_case_s=args.max_case_time, quick=args.quick)
     return 0
 
 
+def _add_ddp(sub):
+    p = sub.add_parser(
+        "ddp", help="FORCE + masked training on N processes (run under torchrun)",
+        description="Data-parallel (or FSDP2-sharded) FORCE on the embedded 8x8 digits, then masked "
+                    "DDP training with MaskedSGD. Launch with torchrun: "
+                    "`torchrun --standalone --nproc_per_node=2 -m sparseforce ddp --device cpu` (gloo) or "
+                    "`torchrun --standalone --nproc_per_node=8 -m sparseforce ddp --device cuda` (NCCL).",
+        formatter_class=_HelpFormatter)
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                   help="cpu (gloo) or cuda (NCCL, rank r on cuda:LOCAL_RANK); default: cuda if available")
+    p.add_argument("--model", type=model_name, default="digits_cnn", metavar="NAME",
+                   help="a model of sparseforce.models taking 1x8x8 inputs")
+    p.add_argument("--method", default="force", choices=["force", "iter_snip", "snip"], help="pruning method")
+    p.add_argument("--sparsity", type=fraction, default=0.9, help="fraction of prunable weights to remove, in [0, 1]")
+    p.add_argument("--iterations", type=positive_int, default=10, metavar="N", help="pruning steps")
+    p.add_argument("--sharded", action="store_true", help="prune the model sharded with FSDP2 (fully_shard)")
+    p.add_argument("--epochs", type=positive_int, default=3, metavar="N", help="training epochs")
+    p.add_argument("--lr", type=positive_float, default=0.05,
+                   help="learning rate of MaskedSGD (momentum 0.9, weight decay 5e-4)")
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N", help="batch size per rank")
+    p.add_argument("--seed", type=seed, default=0, metavar="N",
+                   help="seeds the model's initialization and the data order")
+    p.add_argument("--backend", default="auto", choices=BACKEND_NAMES,
+                   help="kernels for the mask computation and the masked update")
+    p.add_argument("--timeout", type=positive_float, default=300.0, metavar="SECONDS",
+                   help="seconds a collective may wait for a missing rank before every rank fails")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for masks.pt and result.json, written by rank 0 (default: nothing is written)")
+    p.set_defaults(func=_ddp)
+
+
+def _ddp(args) -> int:
+    # Each rank takes cuda:LOCAL_RANK (ddp._setup); checked here: that there is a GPU at all.
+    device = _device(args.device)
+    _check_backend(args.backend, device, ops=("topk_masks", "masked_sgd_"))
+    _check_model_fits(args.model, "digits", data="the 8x8 digits ddp trains on")
+    if args.out is not None:
+        _check_out_folder(args.out)
+    from .ddp import run
+
+    return run(args)
+
+
+# --------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sparseforce",
+    parser = _Parser(
+        prog="sparseforce", formatter_class=_HelpFormatter,
         description="Pruning at initialization: FORCE, Iter SNIP, SNIP, GraSP, SynFlow, magnitude, random. "
                     "Start with `sparseforce demo`.")
+    parser.add_argument("--version", action="version", version=f"sparseforce {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_prune(sub)
     _add_train(sub)
     _add_demo(sub)
     _add_bench(sub)
-    from .ddp import add_parser as _add_ddp  # after bench: the help lists the one-process commands first
-    _add_ddp(sub)
+    _add_ddp(sub)  # after bench: the help lists the one-process commands first
     return parser
+
+
+def _usage_error(exc: BaseException) -> bool:
+    """A mistake in the arguments or the files they name, as opposed to a bug."""
+    if isinstance(exc, (ValueError, TypeError, OSError)):
+        return True
+    registry = sys.modules.get("sparseforce.ops._registry")
+    return registry is not None and isinstance(exc, registry.BackendUnavailableError)
 
 
 def main(argv=None) -> int:
@@ -401,10 +776,19 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    prog = f"sparseforce {args.command}"
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError) as e:
-        print(f"sparseforce {args.command}: error: {e}", file=sys.stderr)
+    except _Interrupted as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if not _usage_error(e):
+            raise
+        print(f"{prog}: error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
         return 2
 
 

@@ -7,7 +7,8 @@ Every rank reads its own share of the embedded 8x8 digits (``DistributedSampler`
 data-parallel FORCE (the model wrapped in DDP, gradients averaged each step) or, with
 ``--sharded``, with the model sharded by FSDP2 (exact global top-k over the shards), checks that
 every rank holds the same masks, then trains the masked model under DDP with ``MaskedSGD``.
-Rank 0 prints, and writes the masks and a JSON summary to ``--out``.
+Rank 0 prints, and writes the masks and a JSON summary to ``--out``. The options are parsed
+and checked in ``sparseforce.cli``, which builds every command's parser without importing torch.
 """
 from __future__ import annotations
 
@@ -163,28 +164,3 @@ def _accuracy(model, dataset, batch_size, device, rank, world) -> float:
         correct[1] += len(ys)
     dist.all_reduce(correct)
     return float(correct[0] / correct[1])
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "ddp", help="FORCE + masked training on N processes (run under torchrun)",
-        description="Data-parallel (or FSDP2-sharded) FORCE on the embedded 8x8 digits, then masked "
-                    "DDP training with MaskedSGD. Launch with torchrun: "
-                    "`torchrun --standalone --nproc_per_node=2 -m sparseforce ddp --device cpu` (gloo) or "
-                    "`torchrun --standalone --nproc_per_node=8 -m sparseforce ddp --device cuda` (NCCL).")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda"],
-                   help="cpu (gloo) or cuda (NCCL, rank r on cuda:LOCAL_RANK); default: cuda if available")
-    p.add_argument("--model", default="digits_cnn", help="a model of sparseforce.models taking 1x8x8 inputs")
-    p.add_argument("--method", default="force", choices=["force", "iter_snip", "snip"])
-    p.add_argument("--sparsity", type=float, default=0.9)
-    p.add_argument("--iterations", type=int, default=10)
-    p.add_argument("--sharded", action="store_true", help="prune the model sharded with FSDP2 (fully_shard)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--batch-size", type=int, default=64, help="per rank")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default="auto", choices=["auto", "reference", "cpp", "cuda", "triton"])
-    p.add_argument("--timeout", type=float, default=300.0,
-                   help="seconds a collective may wait for a missing rank before every rank fails")
-    p.add_argument("--out", default=None, help="folder for masks.pt and result.json (rank 0 writes)")
-    p.set_defaults(func=run)

@@ -185,15 +185,31 @@ def _table(runs: list[dict], sparsities, methods, n_seeds: int, markdown: bool) 
     return "\n".join(lines) + "\n\n" + "\n".join(notes)
 
 
-def _plots(runs, sparsities, methods, out_dir) -> list[str]:
+COLORS = {"random": "tab:gray", "snip": "tab:orange", "iter_snip": "tab:green", "force": "tab:blue"}
+
+
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg", force=True)  # headless: no display needed, works under pytest and ssh
     import matplotlib.pyplot as plt
+    return plt
 
-    colors = {"random": "tab:gray", "snip": "tab:orange", "iter_snip": "tab:green", "force": "tab:blue"}
+
+def _plots(runs, sparsities, methods, out_dir) -> list[str]:
+    plt = _pyplot()
     files = []
+    for name, fig in (("accuracy_vs_sparsity.png", _accuracy_figure(runs, sparsities, methods)),
+                      ("layer_density.png", _density_figure(runs, sparsities, methods))):
+        path = os.path.join(out_dir, name)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        files.append(path)
+    return files
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+
+def _accuracy_figure(runs, sparsities, methods):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.6, 4.2))
     xs = list(range(len(sparsities)))
     for m in methods:
         means, stds = [], []
@@ -202,7 +218,7 @@ def _plots(runs, sparsities, methods, out_dir) -> list[str]:
             mu, sd = _mean_std(accs) if accs else (float("nan"), 0.0)
             means.append(mu)
             stds.append(sd)
-        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=LABELS[m], color=colors.get(m))
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=LABELS[m], color=COLORS.get(m))
     dense = [100 * r["test_acc"] for r in runs if r["method"] == "dense"]
     if dense:
         ax.axhline(statistics.mean(dense), color="black", linestyle="--", linewidth=1, label="dense")
@@ -213,17 +229,18 @@ def _plots(runs, sparsities, methods, out_dir) -> list[str]:
     ax.set_ylim(0, 103)  # room above for the dense line
     ax.set_title(f"{MODEL} on 8x8 digits: accuracy after pruning at init")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    # Beside the axes: inside them, any corner can hold some method's points.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize=8)
     fig.tight_layout()
-    path = os.path.join(out_dir, "accuracy_vs_sparsity.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    files.append(path)
+    return fig
 
-    # Per-layer density of one seed's masks: where each method spends its weights.
+
+def _density_figure(runs, sparsities, methods):
+    """Per-layer density of one seed's masks: where each method spends its weights."""
+    plt = _pyplot()
     shown = [m for m in ("snip", "iter_snip", "force") if m in methods] or list(methods)
     seed0 = min(r["seed"] for r in runs)
-    fig, axes = plt.subplots(1, len(sparsities), figsize=(3.2 * len(sparsities) + 0.8, 3.8), sharey=True,
+    fig, axes = plt.subplots(1, len(sparsities), figsize=(3.2 * len(sparsities) + 0.8, 4.2), sharey=True,
                              squeeze=False)
     floor = 1e-5
     for ax, s in zip(axes[0], sparsities):
@@ -236,7 +253,7 @@ def _plots(runs, sparsities, methods, out_dir) -> list[str]:
             names = [f"{n.replace('.weight', '')}\n{k:,}" for n, k, _ in r["layers"]]
             dens = [k / n for _, n, k in r["layers"]]
             pos = [i + (j - (len(shown) - 1) / 2) * width for i in range(len(dens))]
-            ax.bar(pos, [max(d, floor) for d in dens], width=width, color=colors[m], label=LABELS[m])
+            ax.bar(pos, [max(d, floor) for d in dens], width=width, color=COLORS[m], label=LABELS[m])
             for x, d in zip(pos, dens):
                 if d == 0:
                     ax.text(x, floor * 1.3, "0", ha="center", va="bottom", color="red", fontsize=9, fontweight="bold")
@@ -249,15 +266,12 @@ def _plots(runs, sparsities, methods, out_dir) -> list[str]:
         ax.grid(alpha=0.3, axis="y")
     axes[0][0].set_ylabel("fraction of the layer's weights kept")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", ncol=len(shown), fontsize=8)
+    # Below the plots: the title line above is as wide as the figure.
+    fig.legend(handles, labels, loc="lower center", ncol=len(shown), fontsize=8, frameon=False)
     fig.suptitle(f"Per-layer density of {MODEL} (under each layer: its size; dashed: overall density; "
                  "red 0: layer emptied)", fontsize=9, x=0.02, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
-    path = os.path.join(out_dir, "layer_density.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    files.append(path)
-    return files
+    fig.tight_layout(rect=(0, 0.06, 1, 0.94))
+    return fig
 
 
 def run_demo(out_dir: str = "sparseforce-demo", *, sparsities=None, methods=METHODS, seeds=None, epochs=None,
@@ -282,6 +296,8 @@ def run_demo(out_dir: str = "sparseforce-demo", *, sparsities=None, methods=METH
         raise ValueError(f"unknown demo methods {unknown}; choose from {list(METHODS)}")
     if cfg["seeds"] < 1 or cfg["epochs"] < 1 or cfg["iterations"] < 1:
         raise ValueError("seeds, epochs and iterations must be >= 1")
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise ValueError(f"jobs must be an integer >= 1 (or None: one per CPU core), got {jobs!r}")
     os.makedirs(out_dir, exist_ok=True)
 
     tasks = [{"method": m, "sparsity": s, "seed": seed, "epochs": cfg["epochs"], "iterations": cfg["iterations"]}
@@ -291,7 +307,7 @@ def run_demo(out_dir: str = "sparseforce-demo", *, sparsities=None, methods=METH
                    "iterations": cfg["iterations"]} for seed in range(cfg["seeds"])]
     # The progressive methods take longest; starting them first keeps the workers evenly busy.
     tasks.sort(key=lambda t: t["method"] not in ("force", "iter_snip"))
-    jobs = max(1, min(jobs or _usable_cpus(), len(tasks)))
+    jobs = max(1, min(_usable_cpus() if jobs is None else jobs, len(tasks)))
     for t in tasks:
         t["threads"] = 1  # same arithmetic in every mode, so results do not depend on --jobs
 

@@ -1,11 +1,19 @@
 """The `sparseforce` command, end to end."""
+import argparse
+import os
 import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import sparseforce as sf
-from sparseforce.cli import main
+from sparseforce.cli import build_parser, main
 
 
 def test_help_is_useful(capsys):
@@ -109,3 +117,214 @@ def test_bench_writes_to_a_folder_in_the_current_directory(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "topk resnet50/64" in proc.stdout and "finished in" in proc.stdout
     assert [p.suffix for p in sorted((tmp_path / "sparseforce-bench").iterdir())] == [".json", ".png"]
+
+
+# --------------------------------------------------------------------------------------------
+# The real command in a subprocess: usage errors are one line, exit status 2, no traceback, and
+# are found before any work (nothing printed on stdout, nothing written).
+# --------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_CUDA = {"CUDA_VISIBLE_DEVICES": ""}  # torch.cuda.is_available() is False even on a GPU machine
+
+
+def sparseforce(*args, env=None, timeout=180):
+    """``python -m sparseforce ARGS`` from the checkout's root, so this copy is the one imported."""
+    return subprocess.run([sys.executable, "-m", "sparseforce", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def assert_usage_error(proc, command, *words):
+    err = proc.stderr
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, err)
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"sparseforce {command}: error: "), err
+    for word in words:
+        assert word in lines[0], (word, err)
+    assert proc.stdout == "", proc.stdout  # reported before any work began
+
+
+def _bad_arguments(tmp):
+    """(command, arguments, words the one-line error must contain, environment)."""
+    a_file = tmp / "a_file"
+    missing = tmp / "missing"
+    prune = ["prune", "--dataset", "digits", "--out", tmp / "m.pt"]
+    train = ["train", "--dataset", "digits", "--method", "random", "--epochs", "1", "--out", tmp / "run"]
+    demo = ["demo", "--quick", "--jobs", "1", "--out", tmp / "demo"]
+    bench = ["bench", "--device", "cpu", "--only", "select", "--scale", "64", "--min-time", "0", "--out", tmp / "b"]
+    ddp = ["ddp", "--device", "cpu", "--out", tmp / "ddp"]
+    cases = [
+        (prune, ["--iterations", "0"], ["--iterations"]),  # was: 60 iterations
+        (prune, ["--batch-size", "0"], ["--batch-size"]),
+        (prune, ["--batches-per-iteration", "0"], ["--batches-per-iteration"]),
+        (prune, ["--sparsity", "1.5"], ["--sparsity"]),
+        (prune, ["--sparsity", "nan"], ["--sparsity"]),
+        (prune, ["--seed", "-1"], ["--seed"]),
+        (prune, ["--seed", str(2**32)], ["--seed"]),
+        (prune, ["--method", "snip", "--iterations", "5"], ["--iterations", "snip"]),
+        (prune, ["--method", "random", "--batches-per-iteration", "2"], ["--batches-per-iteration", "random"]),
+        (prune, ["--model", "resnet50"], ["resnet50", "3x32x32", "digits", "1x8x8"]),
+        (prune, ["--model", "nonesuch"], ["--model", "nonesuch"]),
+        (prune, ["--dataset", "mnist"], ["--dataset", "mnist"]),
+        (prune, ["--dataset", "cifar10", "--data-dir", missing], ["--data-dir", "does not exist"]),
+        (prune, ["--device", "cuda"], ["--device cuda", "CUDA"], NO_CUDA),
+        (prune, ["--device", "gpu"], ["--device", "gpu"]),
+        (prune, ["--device", "cpu", "--backend", "cuda"], ["--backend cuda", "reference"]),
+        (prune, ["--out", missing / "m.pt"], ["--out", "does not exist"]),
+        (prune, ["--out", tmp], ["--out", "directory"]),
+        (prune, ["--out", "/proc/m.pt"], ["--out", "cannot write"]),
+        (train, ["--epochs", "0"], ["--epochs"]),
+        (train, ["--lr", "-1"], ["--lr"]),
+        (train, ["--lr", "nan"], ["--lr"]),
+        (train, ["--lr", "0"], ["--lr"]),
+        (train, ["--momentum", "-1"], ["--momentum"]),
+        (train, ["--weight-decay", "-1"], ["--weight-decay"]),
+        (train, ["--num-workers", "-1"], ["--num-workers"]),
+        (train, ["--batch-size", "0"], ["--batch-size"]),  # was: trained with 128
+        (train, ["--milestones", "-5"], ["--milestones"]),
+        (train, ["--milestones", "0"], ["--milestones"]),
+        (train, ["--milestones", "3", "2"], ["--milestones", "increasing"]),
+        (train, ["--stop-after-epoch", "0"], ["--stop-after-epoch"]),  # was: one epoch
+        (train, ["--iterations", "0"], ["--iterations"]),
+        (train, ["--sparsity", "-0.5"], ["--sparsity"]),
+        (train, ["--seed", "-1"], ["--seed"]),
+        (train, ["--optimizer", "adamw", "--momentum", "0.5"], ["--momentum", "adamw"]),
+        (train, ["--resume", "--overwrite"], ["--resume", "--overwrite"]),
+        (train, ["--masks", missing / "m.pt"], ["--masks", "does not exist"]),
+        (train, ["--out", a_file], ["--out", "not a folder"]),
+        (train, ["--device", "cuda"], ["--device cuda", "CUDA"], NO_CUDA),
+        (train, ["--device", "cpu", "--backend", "cuda"], ["--backend cuda", "reference"]),
+        (train, ["--model", "resnet50"], ["resnet50", "3x32x32", "1x8x8"]),
+        (train, ["--model", "vgg19_bn", "--dataset", "tinyimagenet", "--data-dir", tmp],
+         ["vgg19_bn", "3x32x32", "tinyimagenet", "3x64x64"]),
+        (demo, ["--jobs", "0"], ["--jobs"]),  # was: one per CPU core
+        (demo, ["--seeds", "0"], ["--seeds"]),
+        (demo, ["--epochs", "0"], ["--epochs"]),
+        (demo, ["--iterations", "0"], ["--iterations"]),
+        (demo, ["--sparsities", "0.9", "1"], ["--sparsities"]),
+        (demo, ["--out", a_file], ["--out", "not a folder"]),
+        (bench, ["--scale", "0"], ["--scale"]),
+        (bench, ["--min-time", "-1"], ["--min-time"]),
+        (bench, ["--min-time", "nan"], ["--min-time"]),
+        (bench, ["--device", "cuda"], ["--device cuda", "CUDA"], NO_CUDA),
+        (bench, ["--out", a_file], ["--out", "not a folder"]),
+        (ddp, ["--epochs", "0"], ["--epochs"]),
+        (ddp, ["--lr", "0"], ["--lr"]),
+        (ddp, ["--iterations", "0"], ["--iterations"]),
+        (ddp, ["--batch-size", "0"], ["--batch-size"]),
+        (ddp, ["--timeout", "0"], ["--timeout"]),
+        (ddp, ["--sparsity", "2"], ["--sparsity"]),
+        (ddp, ["--seed", "-1"], ["--seed"]),
+        (ddp, ["--model", "resnet50"], ["resnet50", "3x32x32", "1x8x8"]),
+        (ddp, ["--out", a_file], ["--out", "not a folder"]),
+        (ddp, ["--device", "cuda"], ["--device cuda", "CUDA"], NO_CUDA),
+        (ddp, ["--backend", "cuda"], ["--backend cuda", "reference"]),
+    ]
+    return [(base, extra, words, *env) for base, extra, words, *env in cases]
+
+
+_CASES = _bad_arguments(Path("TMP"))
+
+
+@pytest.mark.parametrize("i", range(len(_CASES)),
+                         ids=[f"{c[0][0]} {' '.join(map(str, c[1]))}".replace("TMP", "tmp") for c in _CASES])
+def test_bad_arguments_are_one_line_before_any_work(tmp_path, i):
+    (tmp_path / "a_file").write_text("not a folder")
+    base, extra, words, *env = _bad_arguments(tmp_path)[i]
+    proc = sparseforce(*base, *extra, env=env[0] if env else None)
+    assert_usage_error(proc, base[0], *words)
+    for name in ("m.pt", "run", "demo", "b", "ddp"):
+        assert not (tmp_path / name).exists(), name
+
+
+def test_ctrl_c_in_train_says_which_checkpoint_is_kept_and_how_to_continue(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "sparseforce", "train", "--dataset", "digits", "--method",
+                             "random", "--epochs", "500", "--no-progress", "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job ignores SIGINT, and children inherit that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 300
+        log = out / "log.jsonl"
+        while not (log.exists() and log.read_text().count("\n") >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    m = re.fullmatch(r"sparseforce train: interrupted during epoch (\d+); the checkpoint of epoch (\d+) is kept; "
+                     r"continue with `sparseforce train --out (.+) --resume`", err.strip())
+    assert m, err
+    during, kept = int(m[1]), int(m[2])
+    assert during == kept + 1 and kept >= 2 and m[3] == str(out)
+    from sparseforce.train import load_checkpoint
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == kept
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"]] + [[c, "--help"] for c in
+                                                                ("prune", "train", "demo", "bench", "ddp")])
+def test_help_and_version_answer_without_importing_torch(args):
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "sparseforce", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    imported = {ln.rsplit("|", 1)[-1].strip() for ln in proc.stderr.splitlines() if ln.startswith("import time:")}
+    assert "sparseforce" in imported and "argparse" in imported  # -X importtime did report
+    assert "torch" not in imported and "numpy" not in imported
+    assert ("usage: sparseforce" in proc.stdout) != (args == ["--version"])
+
+
+def test_version_is_the_package_version():
+    proc = sparseforce("--version")
+    assert proc.returncode == 0 and proc.stdout == f"sparseforce {sf.__version__}\n"
+
+
+def _subparsers():
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_option_has_a_description_and_its_default_once():
+    commands = _subparsers()
+    assert set(commands) == {"prune", "train", "demo", "bench", "ddp"}
+    for name, sub in commands.items():
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            where = f"sparseforce {name} {'/'.join(action.option_strings)}"
+            text = formatter._expand_help(action) if action.help else ""
+            assert text.strip(), f"{where} has no description"
+            defaults = text.lower().count("default")
+            if action.required:
+                assert defaults == 0, (where, text)
+            elif action.nargs == 0 and action.default is False:  # an on/off flag, off unless given
+                assert defaults <= 1, (where, text)
+            else:
+                assert defaults == 1, (where, text)
+            if action.default not in (None, False, argparse.SUPPRESS):
+                shown = " ".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) \
+                    else str(action.default)
+                assert shown in text, (where, text)
+        help_text = sub.format_help()
+        assert "(default: None)" not in help_text and "(default: False)" not in help_text, name
+
+
+def test_the_cli_name_lists_match_the_library():
+    # The CLI spells them out so that --help need not import torch.
+    from sparseforce import cli, data, models, ops, pruning
+    assert cli.METHOD_NAMES == tuple(sorted(pruning.METHODS))
+    assert cli.BACKEND_NAMES == ("auto",) + ops.KNOWN_BACKENDS
+    assert cli.DATASET_NAMES == tuple(data.NUM_CLASSES)
+    assert cli.MODEL_NAMES == tuple(models.MODELS)
+
+
+def test_the_demo_output_folder_is_ignored_by_git():
+    folder = _subparsers()["demo"].get_default("out")
+    assert f"/{folder}/" in (ROOT / ".gitignore").read_text().split()

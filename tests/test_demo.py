@@ -1,5 +1,6 @@
 """`sparseforce demo`, end to end in its reduced mode, and the pieces of its report."""
 import json
+import os
 
 import pytest
 
@@ -101,3 +102,67 @@ def test_demo_runs_twice_to_the_same_masks(tmp_path):
               log=lambda *a: None)
     one, two = (demo.run_demo(str(tmp_path / name), **kw).runs for name in "ab")
     assert one[0]["masks_sha256"] == two[0]["masks_sha256"] and one[0]["test_acc"] == two[0]["test_acc"]
+
+
+def test_demo_rejects_zero_jobs(tmp_path):
+    with pytest.raises(ValueError, match="jobs"):  # was: 0 meant one process per CPU core
+        demo.run_demo(str(tmp_path), jobs=0, quick=True)
+
+
+def _quick_demo_runs():
+    """Results shaped like `sparseforce demo --quick`'s, with points in every corner of the plot."""
+    sizes = [("features.0.weight", 288), ("features.3.weight", 18_432), ("features.7.weight", 73_728),
+             ("fc.weight", 1_280)]
+    acc = {("random", 0.99): 0.10, ("random", 0.998): 0.10, ("snip", 0.99): 0.30, ("snip", 0.998): 0.10,
+           ("iter_snip", 0.99): 0.96, ("iter_snip", 0.998): 0.11, ("force", 0.99): 0.97, ("force", 0.998): 0.92}
+    ends = ("features.0.weight", "fc.weight")
+
+    def layers(method, sparsity):
+        kept = round(93_728 * (1 - sparsity))
+        if method == "snip":  # all on the small first and last layers: layer collapse
+            return [(n, size, kept // 2 if n in ends else 0) for n, size in sizes]
+        return [(n, size, round(kept * size / 93_728)) for n, size in sizes]
+
+    runs = [{"method": m, "sparsity": s, "seed": 0, "test_acc": a, "layers": layers(m, s),
+             "empty_layers": [n for n, _, k in layers(m, s) if k == 0]} for (m, s), a in acc.items()]
+    runs.append({"method": "dense", "sparsity": 0.0, "seed": 0, "test_acc": 0.97, "layers": [], "empty_layers": []})
+    return runs
+
+
+def test_demo_plot_legends_hide_neither_titles_nor_points(tmp_path, monkeypatch):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    figures = {}
+    save = Figure.savefig
+
+    def record(fig, path, *args, **kw):
+        figures[os.path.basename(path)] = fig
+        return save(fig, path, *args, **kw)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    demo._plots(_quick_demo_runs(), (0.99, 0.998), demo.METHODS, str(tmp_path))
+    assert set(figures) == {"accuracy_vs_sparsity.png", "layer_density.png"}
+
+    def drawn(fig):  # _plots closed it, which detached its canvas
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        return canvas.get_renderer()
+
+    fig = figures["accuracy_vs_sparsity.png"]
+    renderer = drawn(fig)
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not legend.overlaps(ax.title.get_window_extent(renderer))
+    assert fig.bbox.contains(legend.x0, legend.y0) and fig.bbox.contains(legend.x1, legend.y1)  # not cut off
+    points = [xy for line in ax.lines if line.get_marker() == "o" for xy in ax.transData.transform(line.get_xydata())]
+    assert len(points) == 8
+    grown = legend.padded(6)  # a marker's radius
+    assert not any(grown.contains(x, y) for x, y in points)
+
+    fig = figures["layer_density.png"]
+    renderer = drawn(fig)
+    legend = fig.legends[0].get_window_extent(renderer)
+    assert fig.bbox.contains(legend.x0, legend.y0) and fig.bbox.contains(legend.x1, legend.y1)
+    assert not legend.overlaps(fig._suptitle.get_window_extent(renderer))
+    for ax in fig.axes:  # bars, titles and tick labels
+        assert not legend.overlaps(ax.get_tightbbox(renderer))
