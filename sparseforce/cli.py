@@ -777,6 +777,14 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     prog = f"sparseforce {args.command}"
+    import warnings
+
+    def one_line(message, category, filename, lineno, line=None):
+        # The command's user gets what the library warns about (layer collapse, ...), not where.
+        return f"{prog}: warning: {' '.join(str(message).split())}\n"
+
+    previous = warnings.formatwarning
+    warnings.formatwarning = one_line
     try:
         return args.func(args)
     except _Interrupted as e:
@@ -790,6 +798,8 @@ def main(argv=None) -> int:
             raise
         print(f"{prog}: error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = previous
 
 
 if __name__ == "__main__":

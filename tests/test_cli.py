@@ -328,3 +328,14 @@ def test_the_cli_name_lists_match_the_library():
 def test_the_demo_output_folder_is_ignored_by_git():
     folder = _subparsers()["demo"].get_default("out")
     assert f"/{folder}/" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_library_warnings_are_one_line_on_the_command_line(tmp_path):
+    # Layer collapse at 99.9 % with SNIP on digits_cnn: the warning is one line naming the layers,
+    # not Python's file:line plus source line.
+    proc = sparseforce("prune", "--dataset", "digits", "--method", "snip", "--sparsity", "0.999",
+                       "--out", tmp_path / "m.pt", env=NO_CUDA)
+    assert proc.returncode == 0, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if "LayerCollapse" in l or "layer collapse" in l]
+    assert lines and all(l.startswith("sparseforce prune: warning: ") for l in lines), proc.stderr
+    assert "cli.py" not in proc.stderr
