@@ -463,9 +463,6 @@ def _show(value) -> str:
 
 def _check_train(args):
     """Every argument of ``train``, before any work; returns the device and the model's name."""
-    if args.resume and args.overwrite:
-        raise ValueError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
-                             "--overwrite starts it again")
     if args.milestones is not None and any(b <= a for a, b in zip(args.milestones, args.milestones[1:])):
         raise ValueError(f"--milestones must be increasing, got {' '.join(map(str, args.milestones))}")
     if args.optimizer == "adamw" and args.momentum is not None:

@@ -192,7 +192,6 @@ struct Warp {
 
 struct Block {
   uint3 idx;
-  int order = 0;  // admission number, for reports
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
   int live = 0, exited = 0;
@@ -450,7 +449,6 @@ int tls_cb(struct dl_phdr_info* info, size_t, void* data) {
     if (ph.p_type == PT_TLS) tls_size = ph.p_memsz;
   }
   if (!mine) return 0;
-  if (std::getenv("SFEMU_DEBUG_TLS")) std::fprintf(stderr, "tls %s size %zu data %p\n", info->dlpi_name, tls_size, info->dlpi_tls_data);
   if (info->dlpi_tls_data != nullptr && tls_size > 0) {
     unsigned char* p = static_cast<unsigned char*>(info->dlpi_tls_data);
     for (size_t i = 0; i < tls_size; ++i) p[i] = static_cast<unsigned char>(0xA5 ^ (i * 131));
@@ -521,7 +519,6 @@ void block_main(Launch* Lp, Block* b) {
 
 void setup_block(Launch& L, Block* b, uint3 idx) {
   b->idx = idx;
-  b->order = static_cast<int>(L.all.size());
   const int n = L.nthreads;
   b->fibers.resize(n);
   b->warps.resize((n + kWarpSize - 1) / kWarpSize);

@@ -214,64 +214,37 @@ T load(const char* f, int l, const T* p) {
 // runs at a time, so the read-modify-write after the scheduling point is atomic.
 template <class T> using IsAtomicInt = std::enable_if_t<std::is_integral<T>::value && (sizeof(T) == 4 || sizeof(T) == 8)>;
 
+// The one read-modify-write every atomic is: a scheduling point, then op(old) stored; returns old.
+template <class T, class Op>
+T rmw(const char* f, int l, T* p, Op op) {
+  preempt(f, l, 0);
+  const T old = *p;
+  *p = op(old);
+  return old;
+}
+
 template <class T, class U>
 T atomic_add(const char* f, int l, T* p, U v) {
   static_assert((std::is_integral<T>::value && (sizeof(T) == 4 || sizeof(T) == 8)) || std::is_floating_point<T>::value,
                 "atomicAdd on a type CUDA does not support");
-  preempt(f, l, 0);
-  const T old = *p;
-  *p = T(old + T(v));
-  return old;
+  return rmw(f, l, p, [&](T o) { return T(o + T(v)); });
 }
 template <class T, class U, class = IsAtomicInt<T>>
-T atomic_sub(const char* f, int l, T* p, U v) {
-  preempt(f, l, 0);
-  const T old = *p;
-  *p = T(old - T(v));
-  return old;
-}
+T atomic_sub(const char* f, int l, T* p, U v) { return rmw(f, l, p, [&](T o) { return T(o - T(v)); }); }
 template <class T, class U, class = IsAtomicInt<T>>
-T atomic_min(const char* f, int l, T* p, U v) {
-  preempt(f, l, 0);
-  const T old = *p;
-  if (T(v) < old) *p = T(v);
-  return old;
-}
+T atomic_min(const char* f, int l, T* p, U v) { return rmw(f, l, p, [&](T o) { return T(v) < o ? T(v) : o; }); }
 template <class T, class U, class = IsAtomicInt<T>>
-T atomic_max(const char* f, int l, T* p, U v) {
-  preempt(f, l, 0);
-  const T old = *p;
-  if (T(v) > old) *p = T(v);
-  return old;
-}
+T atomic_max(const char* f, int l, T* p, U v) { return rmw(f, l, p, [&](T o) { return T(v) > o ? T(v) : o; }); }
 template <class T, class U>
-T atomic_exch(const char* f, int l, T* p, U v) {
-  preempt(f, l, 0);
-  const T old = *p;
-  *p = T(v);
-  return old;
-}
+T atomic_exch(const char* f, int l, T* p, U v) { return rmw(f, l, p, [&](T) { return T(v); }); }
 template <class T, class U, class V, class = IsAtomicInt<T>>
 T atomic_cas(const char* f, int l, T* p, U cmp, V v) {
-  preempt(f, l, 0);
-  const T old = *p;
-  if (old == T(cmp)) *p = T(v);
-  return old;
+  return rmw(f, l, p, [&](T o) { return o == T(cmp) ? T(v) : o; });
 }
 template <class T, class U, class = IsAtomicInt<T>>
-T atomic_or(const char* f, int l, T* p, U v) {
-  preempt(f, l, 0);
-  const T old = *p;
-  *p = T(old | T(v));
-  return old;
-}
+T atomic_or(const char* f, int l, T* p, U v) { return rmw(f, l, p, [&](T o) { return T(o | T(v)); }); }
 template <class T, class U, class = IsAtomicInt<T>>
-T atomic_and(const char* f, int l, T* p, U v) {
-  preempt(f, l, 0);
-  const T old = *p;
-  *p = T(old & T(v));
-  return old;
-}
+T atomic_and(const char* f, int l, T* p, U v) { return rmw(f, l, p, [&](T o) { return T(o & T(v)); }); }
 
 }  // namespace detail
 }  // namespace sfemu
