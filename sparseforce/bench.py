@@ -296,6 +296,152 @@ def format_breakdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+# --------------------------------------------------------------- FORCE past 2^31 prunable weights
+
+WIDE_WIDTH, WIDE_DEPTH = 32768, 2  # 2 · 32768² + 10 · 32768 = 2,147,811,328 weights: just past 2^31
+
+
+def wide_mlp(width: int = WIDE_WIDTH, depth: int = WIDE_DEPTH, classes: int = 10, dtype=torch.bfloat16,
+             device="cpu") -> torch.nn.Sequential:
+    """``depth`` square ``width``-wide Linear layers and a classifier: the fewest layers that hold
+    more than 2^31 weights, so the global top-k has to work with 64-bit positions."""
+    layers = []
+    for _ in range(depth):
+        layers += [torch.nn.Linear(width, width, bias=False, dtype=dtype, device=device), torch.nn.ReLU()]
+    layers.append(torch.nn.Linear(width, classes, dtype=dtype, device=device))
+    return torch.nn.Sequential(*layers)
+
+
+def beyond_int32_name(width: int = WIDE_WIDTH, depth: int = WIDE_DEPTH, iterations: int = 3) -> str:
+    n = depth * width * width + 10 * width
+    return f"force-run wide-mlp {n:,} bf16 T={iterations}"
+
+
+def _available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no MemAvailable in /proc/meminfo")
+
+
+def _skip_row(case, variant, need, have):
+    return {"case": case, "variant": variant,
+            "skipped": f"needs about {need / 2**30:.1f} GiB more memory, {have / 2**30:.1f} GiB available"}
+
+
+def force_beyond_int32(device: torch.device, width: int = WIDE_WIDTH, depth: int = WIDE_DEPTH, batch: int = 8,
+                       iterations: int = 3, sparsity: float = 0.995, backend: str = "auto", echo=print,
+                       available=_available_bytes) -> list[dict]:
+    """FORCE end to end on :func:`wide_mlp` in bf16, then the selection of its first step alone,
+    sparseforce's against today's practice (per-layer |w·g|, ``torch.cat``, ``torch.topk``, ``>=``).
+
+    One run each (a step of the 2 B-weight model takes seconds; repeats would say little more).
+    Rows: wall time per step and the share of it spent selecting, the peak memory above the
+    model's own (``peak_extra_bytes``), and for the selections the number of weights kept
+    against k (the baseline keeps every tie at the threshold). A run that would not fit in the
+    memory left (``available(device)``, bytes) is not started; its row says what it needed.
+    """
+    from .pruning import force
+    from .pruning.progressive import profile
+    from .pruning.schedules import keep_counts
+
+    case = beyond_int32_name(width, depth, iterations)
+    n = depth * width * width + 10 * width
+    rows = []
+    # Resident during a step: the model (2N bytes), θ0 ⊙ m (2N), the gradients (2N), the
+    # previous masks (N); then the new masks (N) while the gradients are live.
+    need = 7 * n
+    have = available(device)
+    if need * 1.05 > have:
+        echo(f"  {case}: skipped, needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available")
+        return [_skip_row(case, f"sparseforce FORCE [{backend}]", need, have)]
+    ops.resolve(backend, "saliency_topk_masks", device)  # an unavailable backend: an error before any work
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        model = wide_mlp(width, depth, device=device)
+        gen = torch.Generator(device=device).manual_seed(0)
+        x = torch.randn((batch, width), generator=gen, device=device).to(torch.bfloat16)
+        y = torch.randint(0, 10, (batch,), generator=gen, device=device)
+    resolved = backend if backend != "auto" else next(
+        b for b in ops.AUTO_ORDER.get(device.type, ("reference",))
+        if b in ops.available_backends(device, "saliency_topk_masks"))
+    echo(f"  running {case} [{resolved}]")
+    _sync(device)
+    with _PeakMemory(device) as mem, profile() as phases:
+        start = time.perf_counter()
+        masks = force(model, [(x, y)], sparsity=sparsity, iterations=iterations, backend=backend)
+        _sync(device)
+        total = time.perf_counter() - start
+    kept = sum(int(m.count_nonzero()) for m in masks.values())
+    k_final = keep_counts(n, sparsity, iterations)[-1]
+    rows.append({"case": case, "variant": f"sparseforce FORCE [{resolved}]", "params": n, "total_s": total,
+                 "step_s": total / iterations, "selection_share": phases["selection"] / total,
+                 "selection_s_per_step": phases["selection"] / iterations, "peak_extra_bytes": mem.extra,
+                 "kept": kept, "k": k_final})
+    del masks
+
+    # The first step's selection alone, on its gradients (all weights live), both ways.
+    k = round(n * (1.0 - sparsity))
+    weights = [p for p in model.parameters() if p.dim() == 2]
+    loss = F.cross_entropy(model(x).float(), y)
+    grads = torch.autograd.grad(loss, weights)
+    del loss
+    for variant in ("sparseforce", "baseline"):
+        label = (f"first-step selection, sparseforce [{resolved}]" if variant == "sparseforce"
+                 else "first-step selection, today's practice (cat + topk)")
+        # Extra memory: ours writes the masks (N); the baseline's scores (2N), their cat (2N),
+        # the topk (k values and int64 indices) and its masks (N).
+        need = n if variant == "sparseforce" else 5 * n + 10 * k
+        have = available(device)
+        if need * 1.05 > have:
+            echo(f"  {case} [{label}]: skipped, needs about {need / 2**30:.1f} GiB")
+            rows.append({**_skip_row(case, label, need, have), "params": n, "k": k})
+            continue
+        echo(f"  running {case} [{label}]")
+        row = {"case": case, "variant": label, "params": n, "k": k}
+        try:
+            _sync(device)
+            with _PeakMemory(device) as mem:
+                start = time.perf_counter()
+                if variant == "sparseforce":
+                    out = ops.saliency_topk_masks(weights, grads, k, backend=backend)
+                else:
+                    out = baseline_select(weights, grads, k)
+                _sync(device)
+                row["total_s"] = time.perf_counter() - start
+            row["peak_extra_bytes"] = mem.extra
+            row["kept"] = sum(int(m.count_nonzero()) for m in out)
+            del out
+        except (RuntimeError, MemoryError) as e:  # e.g. a torch op limited to 2^31 elements
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        rows.append(row)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def format_beyond_int32(rows: list[dict]) -> str:
+    header = ["past 2^31 weights", "variant", "time", "per step", "selection", "peak extra memory", "kept / k"]
+    lines = []
+    for r in rows:
+        if "skipped" in r or "error" in r:
+            lines.append([r["case"], r["variant"], "not run" if "skipped" in r else "failed",
+                          "", "", r.get("skipped") or r["error"][:70], ""])
+            continue
+        mem = "-" if r.get("peak_extra_bytes") is None else f"{r['peak_extra_bytes'] / 2**20:,.0f} MiB"
+        lines.append([r["case"], r["variant"], _fmt_time(r["total_s"]),
+                      _fmt_time(r["step_s"]) if "step_s" in r else "",
+                      f"{r['selection_share']:.1%} of a step" if "selection_share" in r else "", mem,
+                      f"{r['kept']:,} / {r['k']:,}"])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    out = [" | ".join(h.ljust(w) for h, w in zip(header, widths)), "-|-".join("-" * w for w in widths)]
+    out += [" | ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in lines]
+    return "\n".join(out)
+
+
 def train_step_case(model_name: str, batch: int, density: float = 0.05, backends=(), scale: int = 1) -> Case:
     """One masked training step (zero_grad, forward, backward, optimizer step) on a pruned model:
     ``MaskedSGD`` on ``backend`` against today's practice, ``torch.optim.SGD(foreach=True)``
@@ -662,11 +808,14 @@ def run(device: str | None = None, full: bool = False, out_dir: str = DEFAULT_OU
     chosen = cases if cases is not None else default_cases(dev, full=full, scale=scale)
     batch, iterations = end_to_end_size(dev, full)
     breakdown_case = breakdown_name("resnet50", batch, iterations, scale) if cases is None else None
+    # FORCE past 2^31 weights: at its real size only (it exists to cross 2^31), with --full.
+    beyond_case = beyond_int32_name() if cases is None and full else None
     if only:
-        names = [c.name for c in chosen] + ([breakdown_case] if breakdown_case else [])
+        names = [c.name for c in chosen] + [x for x in (breakdown_case, beyond_case) if x]
         chosen = [c for c in chosen if only in c.name]
         breakdown_case = breakdown_case if breakdown_case and only in breakdown_case else None
-        if not chosen and not breakdown_case:
+        beyond_case = beyond_case if beyond_case and only in beyond_case else None
+        if not chosen and not breakdown_case and not beyond_case:
             raise ValueError(f"--only {only!r} matches no case; the cases: {'; '.join(names)}")
 
     started = time.perf_counter()
@@ -687,6 +836,12 @@ def run(device: str | None = None, full: bool = False, out_dir: str = DEFAULT_OU
         stem.with_suffix(".json").write_text(json.dumps({**header, "rows": rows, "complete": False}, indent=1,
                                                         default=str))
     table = format_table(rows) if rows else ""
+    beyond = []
+    if beyond_case:
+        beyond = force_beyond_int32(dev, echo=echo)
+        table += ("\n\n" if table else "") + format_beyond_int32(beyond)
+        stem.with_suffix(".json").write_text(json.dumps({**header, "rows": rows, "beyond_int32": beyond,
+                                                        "complete": False}, indent=1, default=str))
     breakdown = []
     if breakdown_case:
         cuda = dev.type == "cuda"
@@ -697,7 +852,8 @@ def run(device: str | None = None, full: bool = False, out_dir: str = DEFAULT_OU
         table += ("\n\n" if table else "") + format_breakdown(breakdown)
     echo(table)
     seconds = round(time.perf_counter() - started, 1)
-    result = {**header, "seconds": seconds, "rows": rows, "breakdown": breakdown, "table": table, "complete": True}
+    result = {**header, "seconds": seconds, "rows": rows, "breakdown": breakdown, "beyond_int32": beyond,
+              "table": table, "complete": True}
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
     what = f"{env['device']}, torch {env['torch']}, {env['date'][:10]}" + (f", sizes / {scale}" if scale > 1 else "")
     written = [stem.with_suffix(".json")]

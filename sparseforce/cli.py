@@ -659,7 +659,8 @@ def _add_bench(sub):
     p.add_argument("--quick", action="store_true",
                    help="a short run: every case at 1/8 of its size (--scale 8) and no minimum time (--min-time 0), "
                         "so 3 timed runs per implementation, 2 for the end-to-end cases")
-    p.add_argument("--full", action="store_true", help="add the 1 B-parameter case on CPU (needs ~16 GB)")
+    p.add_argument("--full", action="store_true", help="add the big cases: on CPU the 1 B-weight selection, and on any device FORCE end to end on a "
+                        "2.15 B-weight bf16 model, past 2^31 (about 15 GiB, 20 GiB for today's practice beside it)")
     p.add_argument("--out", default="sparseforce-bench",
                    help="folder for the JSON and PNG results, relative to the current directory "
                         "(the committed runs are in the repository's benchmarks/results)")

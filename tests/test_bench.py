@@ -202,3 +202,36 @@ def test_plot_says_what_it_measures_with_numbers_colours_and_the_breakdown():
     import matplotlib.pyplot as plt
     plt.close(fig)
     assert bench.figure([], "nothing") is None
+
+
+def test_force_beyond_int32_runs_force_and_both_selections_at_a_small_width():
+    """The 2^31 case's plumbing at a width that runs in a second (the real size is bench --full)."""
+    rows = bench.force_beyond_int32(torch.device("cpu"), width=96, depth=2, iterations=3, echo=lambda *a: None)
+    force_row, ours, theirs = rows
+    n = 2 * 96 * 96 + 10 * 96
+    assert force_row["params"] == n and force_row["kept"] == force_row["k"] == round(n * 0.005)
+    assert 0 < force_row["selection_share"] < 1 and force_row["step_s"] * 3 == pytest.approx(force_row["total_s"])
+    assert ours["kept"] == ours["k"]  # exactly k; the baseline's `>=` may keep ties on top
+    assert theirs["kept"] >= theirs["k"] and "cat + topk" in theirs["variant"]
+    table = bench.format_beyond_int32(rows)
+    assert f"{ours['k']:,} / {ours['k']:,}" in table and "of a step" in table
+
+
+def test_force_beyond_int32_does_not_start_what_would_not_fit():
+    rows = bench.force_beyond_int32(torch.device("cpu"), width=96, depth=2, echo=lambda *a: None,
+                                    available=lambda device: 1000)
+    assert len(rows) == 1 and "GiB available" in rows[0]["skipped"]
+    assert "not run" in bench.format_beyond_int32(rows)
+    # Only the baseline's copies of the scores fail to fit: ours still runs.
+    n = 2 * 96 * 96 + 10 * 96
+    left = iter([8 * n, 8 * n, 2 * n])  # before FORCE, before our selection, before the baseline's
+    rows = bench.force_beyond_int32(torch.device("cpu"), width=96, depth=2, echo=lambda *a: None,
+                                    available=lambda device: next(left))
+    assert "kept" in rows[1] and "skipped" in rows[2]
+
+
+def test_full_run_includes_the_beyond_int32_case_and_only_selects_it():
+    assert bench.beyond_int32_name() == "force-run wide-mlp 2,147,811,328 bf16 T=3"
+    assert 2 * bench.WIDE_WIDTH ** 2 + 10 * bench.WIDE_WIDTH > 2**31
+    with pytest.raises(ValueError, match="wide-mlp"):
+        bench.run(device="cpu", full=True, only="no such case", echo=lambda *a: None)

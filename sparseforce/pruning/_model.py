@@ -233,15 +233,28 @@ def mean_gradients(model, weights: dict[str, torch.Tensor], buffers: dict, batch
     """
     names = list(weights)
     leaves = [weights[n].detach().requires_grad_(True) for n in names]
-    total = [torch.zeros_like(w) for w in leaves]
+    total = None
     loss_sum = 0.0
     for inputs, targets in batches:
         out = forward(model, {**buffers, **dict(zip(names, leaves))}, inputs)
         loss = loss_fn(out, targets)
         grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-        for acc, g in zip(total, grads):
-            if g is not None:
-                acc.add_(g)
+        if total is None:
+            # The first batch's gradients become the sums: a separate zeroed accumulator would cost
+            # one more copy of every weight, the largest allocation of a step on a big model.
+            total = [torch.zeros_like(w) if g is None else _own(g) for w, g in zip(leaves, grads)]
+        else:
+            for acc, g in zip(total, grads):
+                if g is not None:
+                    acc.add_(g)
         loss_sum += float(loss.detach())
     n = len(batches)
     return [g.div_(n) for g in total], loss_sum / n
+
+
+def _own(g: torch.Tensor) -> torch.Tensor:
+    """``g`` if it can be accumulated into in place: autograd may hand back a view or an expanded
+    (stride-0) tensor, e.g. the gradient of ``w.sum()``."""
+    if g._base is not None or not g.is_contiguous():
+        return g.clone(memory_format=torch.contiguous_format)
+    return g
