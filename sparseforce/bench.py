@@ -351,9 +351,10 @@ def force_beyond_int32(device: torch.device, width: int = WIDE_WIDTH, depth: int
     case = beyond_int32_name(width, depth, iterations)
     n = depth * width * width + 10 * width
     rows = []
-    # Resident during a step: the model (2N bytes), θ0 ⊙ m (2N), the gradients (2N), the
-    # previous masks (N); then the new masks (N) while the gradients are live.
-    need = 7 * n
+    # Resident during a step: the model (2N bytes), θ0 ⊙ m (2N; one layer's bool mask widened
+    # to bf16 on the way, 2 bytes a weight of the largest layer), the gradients (2N), the previous
+    # masks (N); then the new masks (N) while the gradients are live.
+    need = 7 * n + 2 * width * width
     have = available(device)
     if need * 1.05 > have:
         echo(f"  {case}: skipped, needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available")
@@ -392,9 +393,10 @@ def force_beyond_int32(device: torch.device, width: int = WIDE_WIDTH, depth: int
     for variant in ("sparseforce", "baseline"):
         label = (f"first-step selection, sparseforce [{resolved}]" if variant == "sparseforce"
                  else "first-step selection, today's practice (cat + topk)")
-        # Extra memory: ours writes the masks (N); the baseline's scores (2N), their cat (2N),
-        # the topk (k values and int64 indices) and its masks (N).
-        need = n if variant == "sparseforce" else 5 * n + 10 * k
+        # Extra memory: ours writes the masks (N bytes). The baseline's is measured on a slice
+        # (scores, their cat, the masks, and whatever torch.topk allocates: on the CPU a
+        # (value, int64 index) buffer of the whole input) and scaled to N.
+        need = n if variant == "sparseforce" else _baseline_bytes_per_weight(weights, grads, device) * n
         have = available(device)
         if need * 1.05 > have:
             echo(f"  {case} [{label}]: skipped, needs about {need / 2**30:.1f} GiB")
@@ -421,6 +423,18 @@ def force_beyond_int32(device: torch.device, width: int = WIDE_WIDTH, depth: int
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
+
+
+def _baseline_bytes_per_weight(weights, grads, device, probe: int = 1 << 24) -> float:
+    """Peak extra memory per weight of :func:`baseline_select`, measured on the first ``probe``
+    weights (at least 1 byte a weight: its masks)."""
+    w = weights[0].flatten()[:probe]
+    g = grads[0].flatten()[:probe]
+    _sync(device)
+    with _PeakMemory(device) as mem:
+        baseline_select([w], [g], max(1, round(w.numel() * 0.005)))
+        _sync(device)
+    return max(1.0, (mem.extra or 0) / max(1, w.numel()))
 
 
 def format_beyond_int32(rows: list[dict]) -> str:

@@ -224,7 +224,7 @@ def test_force_beyond_int32_does_not_start_what_would_not_fit():
     assert "not run" in bench.format_beyond_int32(rows)
     # Only the baseline's copies of the scores fail to fit: ours still runs.
     n = 2 * 96 * 96 + 10 * 96
-    left = iter([8 * n, 8 * n, 2 * n])  # before FORCE, before our selection, before the baseline's
+    left = iter([9 * n, 9 * n, n // 2])  # before FORCE, before our selection, before the baseline's
     rows = bench.force_beyond_int32(torch.device("cpu"), width=96, depth=2, echo=lambda *a: None,
                                     available=lambda device: next(left))
     assert "kept" in rows[1] and "skipped" in rows[2]

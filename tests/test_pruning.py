@@ -604,3 +604,24 @@ def test_meta_and_sparse_weights_are_refused_by_name(method, make, what):
         kw["input_shape"] = (3,)
     with pytest.raises(ValueError, match=rf"'0\.weight'.*{what}"):
         sf.prune(make(), data, method=method, **kw)
+
+
+def test_mean_gradients_accumulate_into_writable_memory_only():
+    """The first batch's gradients become the running sums, except an expanded (stride-0) one,
+    such as the gradient of ``w.sum()``, which must be copied before it is added to."""
+    from sparseforce.pruning import _model
+    w = torch.randn(3, 4)
+    model = torch.nn.Linear(4, 3, bias=False)
+    batches = [(torch.randn(2, 4), None), (torch.randn(2, 4), None), (torch.randn(2, 4), None)]
+
+    grads, _ = _model.mean_gradients(model, {"weight": w}, {}, batches, lambda out, target: out.sum())
+    want = sum(x.sum(0, keepdim=True).expand(3, 4) for x, _ in batches) / 3
+    torch.testing.assert_close(grads[0], want)
+    # A loss whose gradient is expanded: linear in w, so every batch adds the same all-ones.
+    leaf_model = torch.nn.Module()
+    leaf_model.weight = torch.nn.Parameter(torch.zeros(3, 4))
+    leaf_model.forward = lambda x: leaf_model.weight
+    grads, _ = _model.mean_gradients(leaf_model, {"weight": w}, {}, batches, lambda out, t: out.sum())
+    assert grads[0].is_contiguous() and torch.equal(grads[0], torch.ones(3, 4))
+    one, _ = _model.mean_gradients(leaf_model, {"weight": w}, {}, batches[:1], lambda out, t: out.sum())
+    assert torch.equal(one[0], torch.ones(3, 4)) and one[0].stride() == (4, 1)

@@ -242,19 +242,18 @@ def mean_gradients(model, weights: dict[str, torch.Tensor], buffers: dict, batch
         if total is None:
             # The first batch's gradients become the sums: a separate zeroed accumulator would cost
             # one more copy of every weight, the largest allocation of a step on a big model.
-            total = [torch.zeros_like(w) if g is None else _own(g) for w, g in zip(leaves, grads)]
+            total = [torch.zeros_like(w) if g is None else _writable(g) for w, g in zip(leaves, grads)]
         else:
             for acc, g in zip(total, grads):
                 if g is not None:
                     acc.add_(g)
         loss_sum += float(loss.detach())
     n = len(batches)
-    return [g.div_(n) for g in total], loss_sum / n
+    return [g.div_(n) if n > 1 else g for g in total], loss_sum / n
 
 
-def _own(g: torch.Tensor) -> torch.Tensor:
-    """``g`` if it can be accumulated into in place: autograd may hand back a view or an expanded
-    (stride-0) tensor, e.g. the gradient of ``w.sum()``."""
-    if g._base is not None or not g.is_contiguous():
-        return g.clone(memory_format=torch.contiguous_format)
-    return g
+def _writable(g: torch.Tensor) -> torch.Tensor:
+    """``g``, or a copy where it cannot be written in place: autograd may hand back an expanded
+    (stride-0) tensor, e.g. the gradient of ``w.sum()``. (A contiguous view, such as the
+    transposed matmul a Linear's weight gradient is, is its own memory and is kept.)"""
+    return g if g.is_contiguous() else g.clone(memory_format=torch.contiguous_format)
