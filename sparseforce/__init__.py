@@ -24,10 +24,10 @@ _LAZY = {"Masks": "masks", "MasksFileError": "masks", "LayerCollapseWarning": "m
          "fit": "train", "Recipe": "train",
          **{name: "pruning" for name in ("force", "iter_snip", "snip", "grasp", "synflow", "magnitude", "random",
                                          "prune")}}
-_SUBMODULES = ("ops", "distributed")
+_SUBMODULES = ("ops", "distributed", "ablations")
 
 if TYPE_CHECKING:
-    from . import distributed, ops
+    from . import ablations, distributed, ops
     from .masks import LayerCollapseWarning, Masks, MasksFileError, apply_masks
     from .optim import MaskedAdamW, MaskedSGD
     from .pruning import force, grasp, iter_snip, magnitude, prune, random, snip, synflow

@@ -20,11 +20,15 @@ from . import __version__
 METHOD_NAMES = ("force", "grasp", "iter_snip", "magnitude", "random", "snip", "synflow")
 BACKEND_NAMES = ("auto", "reference", "cpp", "cuda", "triton")
 DATASET_NAMES = ("cifar10", "cifar100", "tinyimagenet", "imagenet", "digits")
+DISTRIBUTION_NAMES = ("global", "uniform", "erk")  # sparseforce.pruning.DISTRIBUTIONS
+# The sanity checks of Frankle et al. (2021); reinit only where there is training.
+ABLATION_NAMES = ("shuffle", "reinit", "invert")
 MODEL_NAMES = ("resnet50", "vgg19_bn", "resnet50_imagenet", "vgg19_bn_imagenet", "mlp", "lenet5", "digits_cnn")
 
 # The options each method takes; giving one to a method that ignores it is an error.
 _STEPPED = ("force", "iter_snip", "synflow")  # --iterations, --schedule
 _BATCHED = ("force", "iter_snip", "snip", "grasp")  # --batches-per-iteration
+_SCORED = ("force", "iter_snip", "snip", "grasp", "synflow", "magnitude")  # --ablation invert
 
 # The paper says "VGG19" for its VGG19 with batch norm.
 _MODEL_ALIASES = {"vgg19": "vgg19_bn"}
@@ -121,6 +125,21 @@ def _add_pruning(g, *, sparsity: float, resumable: bool = False) -> None:
     g.add_argument("--batches-per-iteration", type=positive_int, default=None, metavar="N",
                    help="batches whose gradients each scoring step of force, iter_snip, snip and grasp averages "
                         "(default: 1)")
+    g.add_argument("--distribution", default=None, choices=DISTRIBUTION_NAMES,
+                   help="how --method random spreads the kept weights over the layers: global (uniformly over "
+                        "all of them), uniform (every layer at the same density) or erk (Erdos-Renyi-Kernel) "
+                        "(default: global)")
+
+
+def _add_ablation(g, choices) -> None:
+    what = {"shuffle": "shuffle: permute each layer's mask within the layer",
+            "reinit": "reinit: train the masks from a fresh initialization of the model",
+            "invert": "invert: keep the lowest-scoring weights instead of the highest"}
+    drawn = [c for c in choices if c in ("shuffle", "reinit")]
+    g.add_argument("--ablation", default=None, choices=choices,
+                   help="a sanity check of Frankle et al. (2021): " + "; ".join(what[c] for c in choices)
+                        + f". {' and '.join(drawn).capitalize()} draw{'s' if len(drawn) == 1 else ''} from "
+                          "--seed + 2**32 (default: none)")
 
 
 _DATASET_HELP = ("digits (scikit-learn's 8x8 digits, offline, needs no --data-dir), cifar10, cifar100, "
@@ -244,8 +263,11 @@ def _check_out_folder(path, option: str = "--out") -> None:
 def _pruning_kwargs(args) -> dict:
     """The chosen method's options; one it does not take is an error rather than ignored."""
     method = args.method
+    invert = getattr(args, "ablation", None) == "invert"
     for option, value, takers in (("--iterations", args.iterations, _STEPPED), ("--schedule", args.schedule, _STEPPED),
-                                  ("--batches-per-iteration", args.batches_per_iteration, _BATCHED)):
+                                  ("--batches-per-iteration", args.batches_per_iteration, _BATCHED),
+                                  ("--distribution", args.distribution, ("random",)),
+                                  ("--ablation invert", invert or None, _SCORED)):
         if value is not None and method not in takers:
             raise ValueError(f"{option} does not apply to --method {method}; only {', '.join(takers)} take it")
     kw = {}
@@ -257,9 +279,26 @@ def _pruning_kwargs(args) -> dict:
         kw["batches_per_iteration"] = args.batches_per_iteration if args.batches_per_iteration is not None else 1
     if method == "random":
         kw["seed"] = args.seed
+        kw["distribution"] = args.distribution if args.distribution is not None else "global"
     else:
         kw["backend"] = args.backend
+    if invert:
+        kw["invert"] = True
     return kw
+
+
+def _ablation_seed(args) -> int:
+    # Above every --seed, so an ablation never replays the stream of the model's initialization.
+    return args.seed + 2**32
+
+
+def _shuffle_if_asked(args, masks):
+    if args.ablation != "shuffle":
+        return masks
+    from .ablations import shuffle
+
+    print(f"ablation: shuffled each layer's mask within the layer (seed {_ablation_seed(args)})")
+    return shuffle(masks, seed=_ablation_seed(args))
 
 
 def _progress(args) -> bool:
@@ -280,6 +319,7 @@ def _add_prune(sub):
     p.add_argument("--data-dir", default=None, metavar="DIR", help=_DATA_DIR_HELP)
     p.add_argument("--model", type=model_name, default=None, metavar="NAME", help=_MODEL_HELP)
     _add_pruning(p, sparsity=0.99)
+    _add_ablation(p, ("shuffle", "invert"))
     p.add_argument("--batch-size", type=positive_int, default=128, metavar="N", help="batch size of the pruning data")
     p.add_argument("--out", default="masks.pt", metavar="FILE", help="where to save the masks")
     _add_common(p, progress="a progress bar", backend="the mask computation")
@@ -311,12 +351,14 @@ def _prune(args) -> int:
     torch.manual_seed(args.seed)
     model = _build_model(model_name, args.dataset, sfdata.NUM_CLASSES[args.dataset]).to(device)
     loader = sfdata.make_loader(dataset, batch_size=args.batch_size, shuffle=True, seed=args.seed)
-    print(f"{args.method} on {model_name} / {args.dataset}, sparsity {args.sparsity}, device {device}", flush=True)
+    print(f"{args.method} on {model_name} / {args.dataset}, sparsity {args.sparsity}, device {device}"
+          + (f", ablation {args.ablation}" if args.ablation else ""), flush=True)
     start = time.perf_counter()
     masks = _compute_masks(args, model, loader)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
+    masks = _shuffle_if_asked(args, masks)
     print(masks.per_layer())
     print(f"kept {masks.num_kept():,} of {masks.numel():,} prunable weights "
           f"(density {format_percent(masks.num_kept(), masks.numel())}) in {elapsed:.2f} s")
@@ -375,6 +417,7 @@ def _add_train(sub):
     g.add_argument("--masks", default=None, metavar="FILE",
                    help="train with these masks (a file from `sparseforce prune`) instead of pruning "
                         "(default: prune with --method)")
+    _add_ablation(g, ABLATION_NAMES)
     g = p.add_argument_group("training (defaults: the recipe's)")
     g.add_argument("--recipe", default=None, choices=["cifar", "tinyimagenet"],  # train.RECIPES, not imported here
                    help="cifar: 350 epochs, lr 0.1 /10 at 150 and 250; tinyimagenet: 300 epochs, /10 at 150 and 225 "
@@ -410,10 +453,10 @@ def _add_train(sub):
 # per method, and refuses them for a method that does not take them.)
 _TRAIN_DEFAULTS = {"dataset": "cifar10", "method": "force", "sparsity": 0.995, "seed": 0, "backend": "auto",
                    "num_workers": 0}
-_PRUNING_OPTIONS = ("method", "sparsity", "iterations", "schedule", "batches_per_iteration")
+_PRUNING_OPTIONS = ("method", "sparsity", "iterations", "schedule", "batches_per_iteration", "distribution")
 # What defines a run: taken from the checkpoint on --resume, and refused there with another value.
 # The recipe's numbers come from the checkpoint's config, the rest from the settings stored with it.
-_RUN_OPTIONS = ("dataset", "model", "recipe", "seed") + _PRUNING_OPTIONS
+_RUN_OPTIONS = ("dataset", "model", "recipe", "seed", "ablation") + _PRUNING_OPTIONS
 _RECIPE_OPTIONS = ("epochs", "lr", "momentum", "weight_decay", "milestones", "batch_size", "optimizer")
 # Where and how the run is computed: taken from the checkpoint unless given again.
 _PLACE_OPTIONS = ("data_dir", "device", "backend", "num_workers")
@@ -471,6 +514,9 @@ def _check_train(args):
     _check_backend(args.backend, device, ops=("topk_masks", "masked_sgd_"))
     if not args.resume and args.masks is None:
         _pruning_kwargs(args)
+    if args.ablation == "invert" and args.masks is not None and not args.resume:
+        raise ValueError("--ablation invert changes how masks are computed, and --masks computes none; "
+                         "use it without --masks")
     if args.masks is not None and not args.resume and not os.path.isfile(args.masks):
         raise ValueError(f"--masks {args.masks} {'is not a file' if os.path.exists(args.masks) else 'does not exist'}")
     model_name = args.model if args.model is not None else _default_model(args.dataset)
@@ -560,7 +606,7 @@ def _run_train(args, device, model_name: str, stage: dict) -> int:
     if not args.resume and args.masks is None:
         # Stored resolved, so that --resume compares what ran.
         kw = _pruning_kwargs(args)
-        for k in ("iterations", "schedule", "batches_per_iteration"):
+        for k in ("iterations", "schedule", "batches_per_iteration", "distribution"):
             setattr(args, k, kw.get(k))
     train, val, test = get_splits(key, args.data_dir, seed=args.seed, val_fraction=recipe.val_fraction,
                                   augment=recipe.augment)
@@ -576,15 +622,18 @@ def _run_train(args, device, model_name: str, stage: dict) -> int:
             print(f"loaded masks from {args.masks}")
         else:
             loader = sfdata.make_loader(train, batch_size=batch_size, shuffle=True, seed=args.seed)
-            print(f"{args.method} on {model_name} / {args.dataset}, sparsity {args.sparsity}, device {device}",
-                  flush=True)
+            print(f"{args.method} on {model_name} / {args.dataset}, sparsity {args.sparsity}, device {device}"
+                  + (f", ablation {args.ablation}" if args.ablation else ""), flush=True)
             start = time.perf_counter()
             masks = _compute_masks(args, model, loader)
             print(masks.per_layer())
             print(f"pruned in {time.perf_counter() - start:.2f} s")
+        masks = _shuffle_if_asked(args, masks)
         print(f"kept {masks.num_kept():,} of {masks.numel():,} prunable weights "
               f"(density {format_percent(masks.num_kept(), masks.numel())})")
         masks.save(os.path.join(args.out, "masks.pt"))
+        if args.ablation == "reinit":
+            print(f"ablation: training these masks from a fresh initialization (seed {_ablation_seed(args)})")
 
     # What --resume reads back (the recipe's numbers are in the checkpoint's config).
     meta = {k: getattr(args, k) for k in _RUN_OPTIONS + _PLACE_OPTIONS + ("masks",)}
@@ -598,7 +647,8 @@ def _run_train(args, device, model_name: str, stage: dict) -> int:
                  batch_size=batch_size, optimizer=args.optimizer, device=device, out_dir=args.out,
                  resume=args.resume, overwrite=args.overwrite, seed=args.seed, num_workers=args.num_workers,
                  progress=_progress(args), verbose=True, backend=args.backend,
-                 stop_after_epoch=args.stop_after_epoch, meta=meta)
+                 stop_after_epoch=args.stop_after_epoch, meta=meta,
+                 reinit=_ablation_seed(args) if args.ablation == "reinit" else None)
     final, best = result.final, result.best
     if final is not None:
         done = final["epoch"] >= result.recipe.epochs

@@ -50,6 +50,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import _checks
+from . import ablations as _ablations
 from . import data as _data
 from .masks import Masks, _atomic_torch_save, _atomic_write, _first_line, _load_verified
 from .optim import MaskedAdamW, MaskedSGD
@@ -467,7 +469,7 @@ def fit(model: nn.Module, masks, train_data, val_data=None, test_data=None, *, e
         loss_fn: Callable | None = None, device=None, out_dir=None, resume=False, overwrite: bool = False,
         seed: int = 0, num_workers: int = 0, progress: bool | None = None, verbose: bool = False,
         backend: str = "auto", callback: Callable[[dict], Any] | None = None,
-        stop_after_epoch: int | None = None, meta: dict | None = None) -> FitResult:
+        stop_after_epoch: int | None = None, meta: dict | None = None, reinit: int | None = None) -> FitResult:
     """Train ``model`` with pruned weights held at exactly 0; evaluate, log and checkpoint every epoch.
 
     Args:
@@ -495,6 +497,12 @@ def fit(model: nn.Module, masks, train_data, val_data=None, test_data=None, *, e
         stop_after_epoch: return after this epoch (checkpoint written), to continue later with
             ``resume`` — for time-sliced jobs.
         meta: extra JSON-able information stored in the checkpoint (e.g. the command line).
+        reinit: ``None`` trains the model's current weights; a seed (an integer in [0, 2**64))
+            first re-initializes the model in place with :func:`sparseforce.ablations.reinit`
+            (every module's ``reset_parameters()``, children first, seeded, the caller's random
+            state untouched), then applies the masks and trains: the reinit ablation of Frankle
+            et al. (2021), the same masks from a fresh initialization. Not applied when resuming
+            (the checkpoint's weights are restored).
 
     Returns a :class:`FitResult` (``history``, ``final``, ``best``).
     """
@@ -503,6 +511,7 @@ def fit(model: nn.Module, masks, train_data, val_data=None, test_data=None, *, e
                           optimizer=optimizer)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    reinit = None if reinit is None else _checks.seed(reinit, "reinit")
     device = torch.device(device) if device is not None else _model_device(model)
     model.to(device)
     loss_fn = loss_fn or F.cross_entropy
@@ -549,6 +558,9 @@ def fit(model: nn.Module, masks, train_data, val_data=None, test_data=None, *, e
     test_loader = _as_loader(test_data, eval_bs, False, seed, num_workers)
     used_bs = getattr(train_loader, "batch_size", None) or rec.batch_size
     config = _config(rec, used_bs)
+
+    if reinit is not None and ckpt is None:
+        _ablations.reinit(model, reinit)  # once every argument is checked; the optimizer zeroes the pruned
 
     # -- optimizer and schedule
     named = list(model.named_parameters())

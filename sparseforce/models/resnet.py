@@ -93,6 +93,11 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(8 * width * Bottleneck.expansion, num_classes)
         kaiming_init_(self)
 
+    def reset_parameters(self) -> None:
+        """Draw the weights again from this model's initialization (``kaiming_init_``); what
+        :func:`sparseforce.ablations.reinit` calls after the layers' own ``reset_parameters``."""
+        kaiming_init_(self)
+
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         mods = []
         for s in [stride] + [1] * (blocks - 1):

@@ -23,6 +23,11 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
         kaiming_init_(self)
 
+    def reset_parameters(self) -> None:
+        """Draw the weights again from this model's initialization (``kaiming_init_``); what
+        :func:`sparseforce.ablations.reinit` calls after the layers' own ``reset_parameters``."""
+        kaiming_init_(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
@@ -46,6 +51,11 @@ class LeNet5(nn.Module):
         )
         kaiming_init_(self)
 
+    def reset_parameters(self) -> None:
+        """Draw the weights again from this model's initialization (``kaiming_init_``); what
+        :func:`sparseforce.ablations.reinit` calls after the layers' own ``reset_parameters``."""
+        kaiming_init_(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
@@ -64,6 +74,11 @@ class DigitsCNN(nn.Module):
             nn.AdaptiveAvgPool2d(1),
         )
         self.fc = nn.Linear(128, num_classes)
+        kaiming_init_(self)
+
+    def reset_parameters(self) -> None:
+        """Draw the weights again from this model's initialization (``kaiming_init_``); what
+        :func:`sparseforce.ablations.reinit` calls after the layers' own ``reset_parameters``."""
         kaiming_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,11 @@ class VGG(nn.Module):
         self.classifier = classifier
         kaiming_init_(self)
 
+    def reset_parameters(self) -> None:
+        """Draw the weights again from this model's initialization (``kaiming_init_``); what
+        :func:`sparseforce.ablations.reinit` calls after the layers' own ``reset_parameters``."""
+        kaiming_init_(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.features(x))
         return self.classifier(torch.flatten(x, 1))

@@ -1,7 +1,7 @@
 """Pruning methods: FORCE and Iter SNIP (progressive) and the baselines they are compared with."""
 from __future__ import annotations
 
-from .oneshot import grasp, magnitude, random, synflow
+from .oneshot import DISTRIBUTIONS, grasp, layer_counts, magnitude, random, synflow
 from .progressive import force, iter_snip, snip
 from .schedules import SCHEDULES, densities, keep_counts
 
@@ -36,4 +36,4 @@ def prune(model, data=None, method="force", sparsity=None, **kw):
 
 
 __all__ = ["force", "iter_snip", "snip", "grasp", "synflow", "magnitude", "random", "prune", "METHODS",
-           "DATA_FREE", "SCHEDULES", "densities", "keep_counts"]
+           "DATA_FREE", "SCHEDULES", "densities", "keep_counts", "layer_counts", "DISTRIBUTIONS"]
