@@ -450,9 +450,9 @@ def _check_dense(what: str, t: torch.Tensor, meta_ok: bool = False) -> None:
 def _prunable_names(model: nn.Module) -> list:
     """The weights the pruning methods prune by default (Conv/Linear), in model order: what a
     mask name is most likely meant to be; all parameters if the model has none of them."""
-    from .pruning._model import PRUNABLE_TYPES  # the pruning package imports this module
+    from .pruning._model import default_prunable_ids  # the pruning package imports this module
 
-    eligible = {id(m.weight) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)}
+    eligible = default_prunable_ids(model)
     params = list(model.named_parameters())
     return [n for n, p in params if id(p) in eligible] or [n for n, _ in params]
 

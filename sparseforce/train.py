@@ -34,6 +34,7 @@ after the remaining epochs are bit-identical to those of an uninterrupted run.
 """
 from __future__ import annotations
 
+import collections.abc
 import csv
 import dataclasses
 import io
@@ -182,6 +183,15 @@ def _to(x, device):
     return x
 
 
+def _pair(batch, what: str):
+    # A dict batch (a Hugging Face DataCollator's) would unpack into its first two keys.
+    if isinstance(batch, collections.abc.Mapping):
+        raise TypeError(f"{what} yielded a dict batch; fit and evaluate train classifiers on (inputs, targets) "
+                        "pairs. Train a Hugging Face model with transformers.Trainer after sf.apply_masks(model, "
+                        "masks), which keeps the pruned weights at 0")
+    return batch
+
+
 def _forward(model, inputs):
     return model(**inputs) if isinstance(inputs, dict) else model(inputs)
 
@@ -198,7 +208,8 @@ def evaluate(model: nn.Module, data, loss_fn: Callable | None = None, device=Non
     correct = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
     try:
-        for inputs, targets in data:
+        for batch in data:
+            inputs, targets = _pair(batch, "evaluation data")
             inputs, targets = _to(inputs, device), _to(targets, device)
             out = _forward(model, inputs)
             b = targets.shape[0]
@@ -627,7 +638,8 @@ def fit(model: nn.Module, masks, train_data, val_data=None, test_data=None, *, e
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
-        for i, (inputs, targets) in enumerate(batches):
+        for i, batch in enumerate(batches):
+            inputs, targets = _pair(batch, "train_data")
             inputs, targets = _to(inputs, device), _to(targets, device)
             out = _forward(model, inputs)
             loss = loss_fn(out, targets)

@@ -23,20 +23,46 @@ from .. import _checks, ops
 from ..masks import LayerCollapseWarning, Masks
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
+
+
+def is_hf_conv1d(module: nn.Module) -> bool:
+    """True for Hugging Face ``transformers.pytorch_utils.Conv1D`` (GPT-2's attention and MLP
+    layers: a Linear whose weight is stored transposed) or a subclass of it. Recognised by the
+    class's name and module, so that transformers is never imported here (it is optional and
+    slow to import)."""
+    return any(c.__name__ == "Conv1D" and c.__module__.partition(".")[0] == "transformers"
+               for c in type(module).__mro__)
+
+
+def default_prunable_ids(model: nn.Module) -> set[int]:
+    """ids of the weights pruned by default: the ``.weight`` of every Conv1d/2d/3d, Linear and
+    Hugging Face Conv1D, except one that is also the weight of an embedding.
+
+    The exception is for tied LM heads (GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``):
+    pruning that tensor would prune the token embedding too, and embeddings are not pruned by
+    default. (A deviation from the design's "every Linear", made for tied weights only: an
+    untied head, as Llama's, is an ordinary Linear and is pruned.)
+    """
+    embedded = {id(m.weight) for m in model.modules()
+                if isinstance(m, EMBEDDING_TYPES) and isinstance(m.weight, nn.Parameter)}
+    return {id(m.weight) for m in model.modules()
+            if (isinstance(m, PRUNABLE_TYPES) or is_hf_conv1d(m))
+            and isinstance(getattr(m, "weight", None), nn.Parameter) and id(m.weight) not in embedded}
 
 
 def prunable_parameters(model: nn.Module, prunable=None, check_nan: bool = True) -> dict[str, nn.Parameter]:
     """Name -> parameter of the weights to prune, in ``model.named_parameters()`` order.
 
-    Default: the ``.weight`` of every Conv1d/2d/3d and Linear. ``prunable`` may be a list of
-    parameter names or a predicate ``f(name, param) -> bool``.
+    Default: see :func:`default_prunable_ids`. ``prunable`` may be a list of parameter names or
+    a predicate ``f(name, param) -> bool``; a tensor tied under several names is offered once,
+    under the name ``named_parameters()`` gives it (the first).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     params = dict(model.named_parameters())
     if prunable is None:
-        eligible = {id(m.weight) for m in model.modules()
-                    if isinstance(m, PRUNABLE_TYPES) and isinstance(m.weight, nn.Parameter)}
+        eligible = default_prunable_ids(model)
         chosen = {n: p for n, p in params.items() if id(p) in eligible}
     elif callable(prunable):
         chosen = {n: p for n, p in params.items() if prunable(n, p)}
@@ -44,20 +70,40 @@ def prunable_parameters(model: nn.Module, prunable=None, check_nan: bool = True)
         names = list(prunable)
         missing = [n for n in names if n not in params]
         if missing:
-            raise ValueError(f"prunable names {missing} are not parameters of the model "
-                             f"(some valid names: {list(params)[:5]})")
+            raise ValueError(f"prunable names {missing} are not parameters of the model"
+                             + _tied_hint(model, params, missing)
+                             + f" (some valid names: {list(params)[:5]})")
         wanted = set(names)
         chosen = {n: p for n, p in params.items() if n in wanted}
     else:
         raise TypeError("prunable must be None, a list of parameter names or a predicate f(name, param)")
     if not chosen:
-        raise ValueError("the model has no prunable weights (default: the weights of Conv1d/2d/3d and Linear)")
+        raise ValueError("the model has no prunable weights (default: the weights of Conv1d/2d/3d, Linear and "
+                         "Hugging Face Conv1D that are not tied to an embedding)")
     for n, p in chosen.items():
         if not p.is_floating_point():
             raise TypeError(f"prunable parameter {n!r} has dtype {p.dtype}; only float weights can be pruned")
     if check_nan:
         check_no_nan(chosen)
     return chosen
+
+
+def _tied_hint(model: nn.Module, params: Mapping[str, nn.Parameter], missing: Sequence[str]) -> str:
+    # "lm_head.weight" of a tied model exists, but named_parameters() lists it under its first name.
+    first = {id(p): n for n, p in params.items()}
+    tied = {n: first[id(p)] for n, p in model.named_parameters(remove_duplicate=False)
+            if n in missing and id(p) in first}
+    if not tied:
+        return ""
+    return "; " + ", ".join(f"{alias!r} is the same tensor as {name!r}" for alias, name in tied.items()) + \
+        " (a tied weight goes by its first name in named_parameters(): use that)"
+
+
+def prunable_names(model: nn.Module, prunable=None) -> list[str]:
+    """The names of the weights the pruning methods prune for ``prunable`` (default: see
+    :func:`default_prunable_ids`), in ``named_parameters()`` order: a start for a list that leaves
+    some out, e.g. ``[n for n in prunable_names(model) if not n.startswith("lm_head")]``."""
+    return list(prunable_parameters(model, prunable, check_nan=False))
 
 
 def check_no_nan(params: Mapping[str, torch.Tensor]) -> None:
@@ -116,15 +162,22 @@ def forward(model, tensors: dict, inputs):
     return functional_call(model, tensors, (inputs,))
 
 
+_BATCHES = "an iterable of (inputs, targets) batches or of dict batches (keyword arguments of the model)"
+
+
 def check_data(data) -> None:
     if data is None:
-        raise ValueError("this method needs data: an iterable of (inputs, targets) batches")
+        raise ValueError(f"this method needs data: {_BATCHES}")
     if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
-        raise TypeError(f"data must be an iterable of (inputs, targets) batches, got {type(data).__name__}")
+        raise TypeError(f"data must be {_BATCHES}, got {type(data).__name__}")
 
 
 class BatchStream:
     """Hands out batches in order, starting the iterable again when it runs out.
+
+    A batch is an ``(inputs, targets)`` pair, or a dict (what a Hugging Face ``DataCollator``
+    yields, ``labels`` included), which is handed out as ``(batch, batch)``: the model is called
+    with it as keyword arguments and the loss function gets it whole as its target.
 
     A one-shot iterator (a generator) cannot be started again; rather than keep every batch it
     gave in memory to cycle them, running out of it is an error that says so.
@@ -152,8 +205,15 @@ class BatchStream:
                 raise ValueError("data yielded no batches") from None
             self._pass = 0
         self._pass += 1
+        if isinstance(batch, Mapping):
+            keys = [k for k in batch if not isinstance(k, str)]
+            if keys:
+                raise ValueError(f"a dict batch is passed to the model as keyword arguments, so its keys must be "
+                                 f"str; got {keys[:3]!r}")
+            batch = to_device(batch, self.device)
+            return batch, batch
         if not isinstance(batch, Sequence) or isinstance(batch, (str, bytes)) or len(batch) != 2:
-            raise ValueError(f"each batch must be a pair (inputs, targets), got {type(batch).__name__}"
+            raise ValueError(f"each batch must be a pair (inputs, targets) or a dict, got {type(batch).__name__}"
                              + (f" of length {len(batch)}" if isinstance(batch, Sequence) else ""))
         return to_device(batch[0], self.device), to_device(batch[1], self.device)
 
@@ -163,7 +223,8 @@ class BatchStream:
 
 def check_loss_fn(loss_fn):
     if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"loss_fn must be None or a callable loss_fn(output, target), got {_checks.describe(loss_fn)}")
+        raise TypeError("loss_fn must be None or a callable loss_fn(output, target) (target: the dict itself for "
+                        f"dict batches), got {_checks.describe(loss_fn)}")
     return loss_fn or default_loss
 
 
@@ -222,7 +283,31 @@ def warn_if_collapsed(method: str, masks: Masks) -> Masks:
     return masks
 
 
+def output_loss(output):
+    """The loss a model computed itself (``output.loss`` of a Hugging Face ``ModelOutput``, or
+    ``output["loss"]``), or None."""
+    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    return loss if isinstance(loss, torch.Tensor) else None
+
+
 def default_loss(output, target):
+    """Cross-entropy of the output (logits) against the targets of a pair batch; for a dict batch
+    (``target`` is the batch), the loss the model computed itself, as Hugging Face models do
+    when the batch holds ``labels``."""
+    if isinstance(target, Mapping):
+        loss = output_loss(output)
+        if loss is None:
+            raise ValueError(f"the model's output ({type(output).__name__}) has no .loss: with dict batches the "
+                             "default loss is the one the model computes itself (Hugging Face models do when the "
+                             "batch holds 'labels'); add 'labels' to the batches or pass loss_fn(output, batch)")
+        if loss.dim() != 0:
+            raise ValueError(f"the model's .loss has shape {tuple(loss.shape)}, not a scalar; pass "
+                             "loss_fn(output, batch)")
+        return loss
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(f"the default loss is cross-entropy on the model's output, a tensor of logits, but the "
+                        f"model returned {type(output).__name__}; pass loss_fn(output, target), or dict batches "
+                        "with 'labels' to a model that returns its own .loss (Hugging Face)")
     return F.cross_entropy(output, target)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 
 import torch
 
@@ -146,11 +147,18 @@ def layer_counts(shapes, k: int, distribution: str) -> list[int]:
     return counts
 
 
-def grasp(model, data, sparsity, loss_fn=None, batches_per_iteration=1, temperature=200.0, prunable=None,
+GRASP_TEMPERATURE = 200.0  # the GraSP authors' code
+
+
+def grasp(model, data, sparsity, loss_fn=None, batches_per_iteration=1, temperature=None, prunable=None,
           backend="auto", seed=None) -> Masks:
     """GraSP (Wang et al., 2020): keep the top-k of θ ⊙ Hg (signed), H and g of the loss at θ.
 
-    ``temperature`` divides the logits before the loss, as the GraSP authors' code does (200).
+    ``temperature`` (default 200, as the GraSP authors' code) divides the logits before the
+    loss: the output, or the ``.logits`` of a model output that has them (Hugging Face), which
+    ``loss_fn`` then gets in a copy of the output without its ``.loss``. With dict batches and no
+    ``loss_fn`` the loss is the model's own ``.loss``, computed inside the model from unscaled
+    logits: GraSP uses it as it is, and an explicit ``temperature`` is then a ``ValueError``.
     g is the mean gradient over the first ``batches_per_iteration`` batches of ``data``; Hg is
     the mean over the same batches of the Hessian-vector product, by double backward. A one-shot
     iterator (a generator) with fewer batches raises ``ValueError``: pass a list or a DataLoader.
@@ -159,9 +167,13 @@ def grasp(model, data, sparsity, loss_fn=None, batches_per_iteration=1, temperat
     """
     sparsity = check_sparsity(sparsity)
     batches_per_iteration = _checks.integer("batches_per_iteration", batches_per_iteration, 1)
-    temperature = _checks.real("temperature", temperature, "a number > 0")
-    if not 0 < temperature < float("inf"):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    explicit_temperature = temperature is not None
+    if explicit_temperature:
+        temperature = _checks.real("temperature", temperature, "a number > 0")
+        if not 0 < temperature < float("inf"):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    else:
+        temperature = GRASP_TEMPERATURE
     base_loss = _model.check_loss_fn(loss_fn)
     seed = None if seed is None else _checks.seed(seed)
     _model.check_data(data)
@@ -171,7 +183,14 @@ def grasp(model, data, sparsity, loss_fn=None, batches_per_iteration=1, temperat
     theta = [params[n].detach() for n in names]
 
     def loss_t(output, target):
-        return base_loss(output / temperature, target)
+        if loss_fn is None and isinstance(target, Mapping):  # the model's own loss: nothing to scale
+            if explicit_temperature:
+                raise ValueError("grasp: temperature divides the logits before the loss, but with dict batches and "
+                                 "no loss_fn the loss is the model's own .loss, computed from unscaled logits; "
+                                 "leave temperature unset to use that loss as it is, or pass "
+                                 "loss_fn(output, batch), which gets the output with .logits divided by temperature")
+            return base_loss(output, target)
+        return base_loss(_divide_logits(output, temperature), target)
 
     with _model.own_rng(model, seed):
         hg, n_batches = _hessian_gradient(model, data, params, names, theta, batches_per_iteration, loss_t)
@@ -179,6 +198,23 @@ def grasp(model, data, sparsity, loss_fn=None, batches_per_iteration=1, temperat
     k = _k(sum(s.numel() for s in scores), sparsity)
     masks = Masks(dict(zip(names, _select("GraSP", names, ops.topk_masks, scores, k, backend=backend))))
     return _model.warn_if_collapsed("GraSP", masks)
+
+
+def _divide_logits(output, temperature):
+    if isinstance(output, torch.Tensor):
+        return output / temperature
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
+        # A Hugging Face ModelOutput (a dataclass and a dict): rebuilt, as its fields cannot all be
+        # replaced in place; its .loss is dropped, being that of the unscaled logits.
+        fields = {k: v for k, v in output.items() if k != "loss"}
+        fields["logits"] = output["logits"] / temperature
+        try:
+            return type(output)(**fields)
+        except TypeError:  # a mapping type that is not built from keywords
+            return fields
+    raise TypeError(f"grasp divides the logits by temperature, but the model returned {type(output).__name__}, "
+                    "neither a tensor nor an output with .logits; return logits, or pass dict batches to a model "
+                    "that computes its own .loss and no loss_fn")
 
 
 def _hessian_gradient(model, data, params, names, theta, batches_per_iteration, loss_t):
@@ -211,7 +247,10 @@ def synflow(model, data=None, sparsity=0.9, iterations=100, schedule="exp", inpu
     ``input_shape`` or, if not given, that of one sample of the first batch of ``data`` (a
     one-shot iterator loses that batch). Runs on a fork of torch's global random state, so the
     caller's is left as it was; warns with :class:`sparseforce.LayerCollapseWarning` as
-    :func:`sparseforce.force`.
+    :func:`sparseforce.force`. The model is called with the one input positionally; R sums its
+    output, or the ``.logits`` of a Hugging Face output. A model of token ids (GPT-2, BERT,
+    Llama: an embedding lookup) cannot take a float input: its forward fails, and that is a
+    ``ValueError`` saying so. Dict batches carry no input shape: pass ``input_shape``.
     """
     densities(sparsity, iterations, schedule)  # checks all three before any work
     if input_shape is not None:
@@ -244,6 +283,10 @@ def _synflow(model, data, sparsity, iterations, schedule, input_shape, params, b
     device = _model.model_device(params)
     if input_shape is None:
         inputs, _ = _model.BatchStream(data, device).next()
+        if isinstance(inputs, Mapping):
+            raise ValueError("synflow is data-free: it feeds one all-ones float tensor positionally and reads its "
+                             "shape from tensor inputs, not from dict batches; pass input_shape= (one sample's "
+                             "shape, e.g. (3, 224, 224) for a ViT's pixel_values)")
         if not isinstance(inputs, torch.Tensor):
             raise ValueError("synflow reads input_shape from tensor inputs; pass input_shape=")
         input_shape = tuple(inputs.shape[1:])
@@ -262,9 +305,31 @@ def _synflow(model, data, sparsity, iterations, schedule, input_shape, params, b
     with _model.module_mode(model, train=False):
         for t in steps:
             leaves = [(w * m).requires_grad_(True) for w, m in zip(theta, masks)]
-            out = _model.forward(model, {**positive, **dict(zip(names, leaves))}, ones)
+            out = _synflow_forward(model, {**positive, **dict(zip(names, leaves))}, ones)
             grads = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
             grads = [torch.zeros_like(w) if g is None else g for w, g in zip(theta, grads)]
             masks = _select("SynFlow", names, ops.saliency_topk_masks, theta, grads, ks[t], prev_masks=masks,
                             resurrect=False, backend=backend)
     return Masks(dict(zip(names, masks)))
+
+
+def _synflow_forward(model, tensors, ones):
+    try:
+        out = _model.forward(model, tensors, ones)
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        raise ValueError(f"synflow: the model's forward on an all-ones float64 input of shape {tuple(ones.shape)} "
+                         f"failed ({type(exc).__name__}: {_first_line(exc)}); SynFlow is data-free and needs a model "
+                         "taking one float tensor: a model of token ids (an embedding lookup: GPT-2, BERT, Llama) "
+                         "cannot be scored this way; use force or snip with data") from exc
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = out.get("logits") if isinstance(out, Mapping) else getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise TypeError(f"synflow sums the model's output, but it returned {type(out).__name__}, neither a tensor nor "
+                    "an output with .logits")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
