@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import collections.abc
 import difflib
+import json
 import math
 import os
 import pickle
 import re
 import secrets
+import struct
 import threading
 import weakref
 import zipfile
@@ -345,31 +347,52 @@ class Masks(collections.abc.Mapping):
     def save(self, path: PathLike) -> None:
         """Write the masks to ``path`` atomically.
 
+        A path ending in ``.safetensors`` gets the safetensors format (``name -> bool tensor``,
+        readable with ``safetensors.torch.load_file`` alone; the format tag, version, mask order,
+        per-mask CRC32 and the density in its header metadata; needs the ``safetensors``
+        package); any other path gets ``torch.save``'s, loadable with
+        ``torch.load(weights_only=True)``.
+
         The payload goes to a temporary file in the same directory which is fsynced and then
         renamed over ``path``, so readers (and a crash at any point) see either the previous
         file or the complete new one, never a truncated mix.
         """
         self._require_full("save")
+        path = os.fspath(path)
+        if _is_safetensors_path(path):
+            data = _safetensors_bytes(self)
+            _atomic_write(path, lambda f: f.write(data))
+            return
         payload = self.state_dict()
-        _atomic_torch_save(payload, os.fspath(path))
+        _atomic_torch_save(payload, path)
 
     @classmethod
     def load(cls, path: PathLike, model: Optional[nn.Module] = None,
              map_location: Any = "cpu") -> "Masks":
         """Read masks written by :meth:`save`, optionally checking them against ``model``.
 
+        A path ending in ``.safetensors`` is read as the safetensors format :meth:`save` writes
+        (it needs the ``safetensors`` package), any other as ``torch.save``'s.
+
         Raises ``FileNotFoundError`` for a missing file, :class:`MasksFileError` (a ``ValueError``)
         naming the file for one that is not a valid masks file (corrupt bytes, found by the zip
-        checksums of every stored tensor; a truncated file; another kind of file; a wrong format
-        tag or version; non-bool tensors), and ``ValueError`` for masks that do not fit ``model``.
+        checksums of every stored tensor, or the CRC32s of a safetensors file's metadata; a
+        truncated file; another kind of file; a wrong format tag or version; non-bool tensors),
+        and ``ValueError`` for masks that do not fit ``model``.
         """
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"masks file {path!r} does not exist")
         if os.path.isdir(path):
             raise MasksFileError(f"masks file {path!r} is a directory")
-        obj = _load_verified(path, map_location, MasksFileError, "sparseforce masks file")
-        masks = _parse_payload(obj, path)
+        if _is_safetensors_path(path):
+            masks = _load_safetensors(path, map_location)
+        elif _looks_like_safetensors(path):
+            raise MasksFileError(f"{path!r} is a safetensors file, which is read from a path ending in "
+                                 f"{SAFETENSORS_SUFFIX}: rename it")
+        else:
+            obj = _load_verified(path, map_location, MasksFileError, "sparseforce masks file")
+            masks = _parse_payload(obj, path)
         if model is not None:
             try:
                 masks.check(model)
@@ -517,6 +540,170 @@ def _parse_payload(obj: Any, path: str) -> Masks:
         return Masks(raw)
     except (TypeError, ValueError) as exc:
         raise MasksFileError(f"{path!r} contains invalid masks: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# the safetensors format
+# --------------------------------------------------------------------------------------------
+#
+# safetensors has no checksums and keeps tensors in its own order (by dtype, then name), so the
+# header metadata (str -> str) carries what the .pt format gets from the zip container and the
+# dict: the format tag and version, the masks' order ("names", JSON) and a CRC32 of each mask's
+# bytes ("crc32", JSON name -> int); "kept", "numel" and "density" are for people reading it.
+
+SAFETENSORS_SUFFIX = ".safetensors"
+_ST_MAX_HEADER = 100_000_000  # the safetensors library's own limit
+
+
+def _is_safetensors_path(path: str) -> bool:
+    return path.lower().endswith(SAFETENSORS_SUFFIX)
+
+
+def _safetensors_module(action: str):
+    # Imported here: safetensors is an optional dependency (the [hf] extra).
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise ModuleNotFoundError(f"{action} masks as {SAFETENSORS_SUFFIX} needs the safetensors package: "
+                                  "pip install safetensors (or sparseforce[hf]); other file names use "
+                                  "torch.save's format") from None
+    return safetensors.torch
+
+
+def _mask_crc(t: torch.Tensor) -> int:
+    return zlib.crc32(t.contiguous().view(torch.uint8).numpy()) if t.numel() else 0
+
+
+def _safetensors_bytes(masks: "Masks") -> bytes:
+    st = _safetensors_module("saving")
+    tensors, storages = {}, set()
+    for n, m in masks.items():
+        t = _compact_cpu(m)
+        # safetensors refuses tensors that share memory (one mask given under two names).
+        if t.numel() and t.untyped_storage().data_ptr() in storages:
+            t = t.clone()
+        storages.add(t.untyped_storage().data_ptr())
+        tensors[n] = t
+    kept, numel = masks.num_kept(), masks.numel()
+    metadata = {
+        "format": FORMAT,
+        "version": str(FORMAT_VERSION),
+        "names": json.dumps(list(tensors)),
+        "crc32": json.dumps({n: _mask_crc(t) for n, t in tensors.items()}),
+        "kept": str(kept),
+        "numel": str(numel),
+        "density": repr(_safe_density(kept, numel)),
+    }
+    return st.save(tensors, metadata=metadata)
+
+
+def _read_safetensors_header(path: str) -> tuple:
+    """(tensor entries, metadata) of the header, checked against the file's size."""
+    what = "sparseforce masks file in safetensors format"
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            raw = f.read(n) if n is not None and 0 < n <= min(size - 8, _ST_MAX_HEADER) else None
+    except OSError as exc:
+        raise MasksFileError(f"{path!r} cannot be read: {exc.strerror or exc}") from None
+    if n is None:
+        raise MasksFileError(f"{path!r} is not a {what}: " + ("it is empty" if not head else
+                             f"it has {size} bytes, fewer than the 8 of a safetensors header length"))
+    if raw is None:
+        # A header length beyond the file: a truncated safetensors file, or another kind of file.
+        if n <= _ST_MAX_HEADER and head[:1] != b"PK":
+            raise MasksFileError(f"{path!r} is truncated: its safetensors header is {n} bytes long, but the file "
+                                 f"holds {size - 8} bytes after the length")
+        raise MasksFileError(f"{path!r} is not a {what}: its first 8 bytes are no safetensors header length")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        reason = "truncated or not" if len(raw) < n else "not"
+        raise MasksFileError(f"{path!r} is {reason} a {what}: its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise MasksFileError(f"{path!r} is not a {what}: its header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise MasksFileError(f"{path!r} is not a {what}: its __metadata__ is not a JSON object")
+    data_size = size - 8 - n
+    end = 0
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("shape"), list) \
+                or not isinstance(entry.get("data_offsets"), list) or len(entry["data_offsets"]) != 2 \
+                or not all(isinstance(x, int) and x >= 0 for x in entry["shape"] + entry["data_offsets"]):
+            raise MasksFileError(f"{path!r} is corrupt: the header entry of {name!r} is malformed")
+        end = max(end, entry["data_offsets"][1])
+    if end > data_size:
+        raise MasksFileError(f"{path!r} is truncated: its tensors need {end} bytes of data, the file holds "
+                             f"{data_size}")
+    return header, metadata
+
+
+def _looks_like_safetensors(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:] == b"{" and 0 < struct.unpack("<Q", head[:8])[0] <= _ST_MAX_HEADER
+
+
+def _load_safetensors(path: str, map_location: Any) -> "Masks":
+    if map_location is not None and not isinstance(map_location, (str, torch.device)):
+        raise TypeError(f"map_location for a {SAFETENSORS_SUFFIX} file must be a device (str or torch.device), got "
+                        f"{type(map_location).__name__}")
+    st = _safetensors_module("loading")
+    where = f"{path!r} is not a sparseforce masks file"
+    header, metadata = _read_safetensors_header(path)
+    not_bool = [(n, e.get("dtype")) for n, e in header.items() if e.get("dtype") != "BOOL"]
+    if metadata.get("format") != FORMAT:
+        if "format" in metadata:
+            hint = f"format tag is {metadata['format']!r}, expected {FORMAT!r}"
+        elif not_bool:
+            hint = ("it has no sparseforce 'format' tag in its metadata and non-bool tensors (model weights? masks "
+                    "must be written with Masks.save)")
+        else:
+            hint = ("it has no sparseforce 'format' tag in its metadata (bool tensors from another tool can be "
+                    "wrapped as sf.Masks(safetensors.torch.load_file(path)))")
+        raise MasksFileError(f"{where}: {hint}")
+    try:
+        version = int(metadata.get("version", ""))
+    except (TypeError, ValueError):
+        raise MasksFileError(f"{where}: missing or invalid 'version' ({metadata.get('version')!r})") from None
+    if version > FORMAT_VERSION:
+        raise MasksFileError(f"{path!r} uses masks format version {version}, newer than this "
+                             f"sparseforce understands ({FORMAT_VERSION}); upgrade sparseforce")
+    if version < 1:
+        raise MasksFileError(f"{where}: invalid version {version}")
+    if not_bool:
+        shown = ", ".join(f"{n!r} ({d})" for n, d in not_bool[:3])
+        raise MasksFileError(f"{path!r} contains invalid masks: {len(not_bool)} tensor"
+                             f"{'s are' if len(not_bool) != 1 else ' is'} not BOOL: {shown}")
+    try:
+        names = json.loads(metadata["names"])
+        crcs = json.loads(metadata["crc32"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise MasksFileError(f"{path!r} is corrupt: its metadata lacks a valid 'names' or 'crc32' entry") from None
+    if not isinstance(names, list) or sorted(map(str, names)) != sorted(header) or len(names) != len(header) \
+            or not isinstance(crcs, dict) or set(crcs) != set(header):
+        raise MasksFileError(f"{path!r} is corrupt: the masks its metadata lists are not the tensors it holds")
+    try:
+        tensors = st.load_file(path, device="cpu")
+    except Exception as exc:  # SafetensorError, OSError: a file that changed, invalid offsets
+        raise MasksFileError(f"{path!r} is truncated or corrupt: safetensors failed with {type(exc).__name__}: "
+                             f"{_first_line(exc)}") from None
+    for name in names:
+        t = tensors.get(name)
+        if t is None or t.dtype != torch.bool:
+            raise MasksFileError(f"{path!r} changed while it was read (mask {name!r})")
+        if _mask_crc(t) != crcs[name]:
+            raise MasksFileError(f"{path!r} is corrupt: the stored bytes of {name!r} do not match their checksum")
+        if t.numel() and int(t.view(torch.uint8).max()) > 1:  # a bool byte must be 0 or 1
+            raise MasksFileError(f"{path!r} is corrupt: mask {name!r} holds bytes other than 0 and 1")
+    masks = Masks({name: tensors[name] for name in names})
+    return masks if map_location in (None, "cpu") else masks.to(map_location)
 
 
 def _atomic_torch_save(obj: Any, path: str) -> None:
