@@ -109,6 +109,8 @@ class build_py_with_sources(build_py):
 ext_modules, cmdclass = extensions()
 cmdclass["build_py"] = build_py_with_sources
 
+HF = ["transformers>=4.46", "safetensors>=0.4", "accelerate>=1.1"]  # accelerate: transformers.Trainer
+
 setup(
     name="sparseforce",
     version="0.1.0",
@@ -132,7 +134,10 @@ setup(
         "matplotlib>=3.5",     # the demo's and the benchmark runner's plots (Agg, headless)
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6"],
+        # Hugging Face: prune transformers models, save masks as .safetensors. Both are imported
+        # only when used; tests/test_transformers.py needs them, hence also in [test].
+        "hf": HF,
+        "test": ["pytest>=7", "hypothesis>=6", *HF],
     },
     entry_points={"console_scripts": ["sparseforce=sparseforce.cli:main"]},
 )

@@ -16,21 +16,21 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 __all__ = ["ops", "Masks", "MasksFileError", "LayerCollapseWarning", "apply_masks", "force", "iter_snip", "snip", "grasp", "synflow", "magnitude",
-           "random", "prune", "MaskedSGD", "MaskedAdamW", "fit", "Recipe", "__version__"]
+           "random", "prune", "prunable_names", "MaskedSGD", "MaskedAdamW", "fit", "Recipe", "__version__"]
 
 # Every name loads on first use, so that `import sparseforce` (which `sparseforce --help` and
 # `python -m sparseforce` do first) does not import torch; name -> the submodule defining it.
 _LAZY = {"Masks": "masks", "MasksFileError": "masks", "LayerCollapseWarning": "masks", "apply_masks": "masks", "MaskedSGD": "optim", "MaskedAdamW": "optim",
          "fit": "train", "Recipe": "train",
          **{name: "pruning" for name in ("force", "iter_snip", "snip", "grasp", "synflow", "magnitude", "random",
-                                         "prune")}}
+                                         "prune", "prunable_names")}}
 _SUBMODULES = ("ops", "distributed", "ablations")
 
 if TYPE_CHECKING:
     from . import ablations, distributed, ops
     from .masks import LayerCollapseWarning, Masks, MasksFileError, apply_masks
     from .optim import MaskedAdamW, MaskedSGD
-    from .pruning import force, grasp, iter_snip, magnitude, prune, random, snip, synflow
+    from .pruning import force, grasp, iter_snip, magnitude, prunable_names, prune, random, snip, synflow
     from .train import Recipe, fit
 
 

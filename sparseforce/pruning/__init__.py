@@ -1,6 +1,7 @@
 """Pruning methods: FORCE and Iter SNIP (progressive) and the baselines they are compared with."""
 from __future__ import annotations
 
+from ._model import prunable_names
 from .oneshot import DISTRIBUTIONS, grasp, layer_counts, magnitude, random, synflow
 from .progressive import force, iter_snip, snip
 from .schedules import SCHEDULES, densities, keep_counts
@@ -35,5 +36,5 @@ def prune(model, data=None, method="force", sparsity=None, **kw):
     return METHODS[method](model, data, sparsity=sparsity, **kw)
 
 
-__all__ = ["force", "iter_snip", "snip", "grasp", "synflow", "magnitude", "random", "prune", "METHODS",
+__all__ = ["force", "iter_snip", "snip", "grasp", "synflow", "magnitude", "random", "prune", "prunable_names", "METHODS",
            "DATA_FREE", "SCHEDULES", "densities", "keep_counts", "layer_counts", "DISTRIBUTIONS"]
