@@ -7,7 +7,8 @@ Public names:
 
 * :class:`Masks` -- ordered, read-only mapping ``parameter name -> bool tensor`` with summary
   statistics (:meth:`Masks.density`, :meth:`Masks.per_layer`, ...), :meth:`Masks.save` /
-  :meth:`Masks.load` and :meth:`Masks.check` against a model.
+  :meth:`Masks.load` (torch.save's format, or safetensors for a ``.safetensors`` path) and
+  :meth:`Masks.check` against a model.
 * :class:`LayerDensity` / :class:`LayerTable` -- the rows / table returned by ``per_layer()``.
 * :class:`LayerCollapseWarning` -- issued by the pruning functions when a layer is left with no
   weights (:meth:`Masks.collapsed` lists them).

@@ -105,7 +105,9 @@ def force(model, data, sparsity, iterations=60, schedule="exp", loss_fn=None, ba
     ``batches_per_iteration`` of them, starting the iterable again when it runs out (a list, a
     DataLoader). A one-shot iterator (a generator) is not cached in memory: running out of it
     raises ``ValueError``, so pass a list or a DataLoader. ``loss_fn(output, target)`` defaults
-    to cross-entropy. The model is left exactly as it was.
+    to cross-entropy. A batch may be a dict (a Hugging Face ``DataCollator``'s): the model is
+    called with it as keyword arguments, ``loss_fn`` gets the dict as ``target``, and the
+    default loss is the output's ``.loss``. The model is left exactly as it was.
 
     The caller's random state is left as it was too: the passes (dropout) and the iteration of
     ``data`` (a shuffling DataLoader) draw from a fork of torch's global RNG (CPU and the
