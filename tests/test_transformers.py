@@ -203,7 +203,7 @@ def test_snip_scores_the_loss_the_model_computes_or_loss_fn(make, custom):
 
 def test_iter_snip_and_grasp_on_dict_batches():
     model = bert()
-    data = [batch("bert") for _ in range(2)]
+    data = [transformers.BatchEncoding(batch("bert")), batch("bert")]  # a tokenizer's type, a plain dict
     before = snapshot(model)
     a = sf.iter_snip(model, data, sparsity=0.9, iterations=3)
     b = sf.grasp(model, data, sparsity=0.9, batches_per_iteration=2)
@@ -349,6 +349,9 @@ def test_safetensors_edge_cases(tmp_path):
                     "empty": torch.zeros(0, 3, dtype=torch.bool)})
     odd.save(tmp_path / "odd.SafeTensors")  # the suffix in any case
     assert sf.Masks.load(tmp_path / "odd.SafeTensors") == odd
+    with pytest.raises(TypeError, match="map_location for a .safetensors file must be a device"):
+        sf.Masks.load(tmp_path / "odd.SafeTensors", map_location={"cpu": "cpu"})
+    assert sf.Masks.load(tmp_path / "odd.SafeTensors", map_location=torch.device("cpu")) == odd
     sf.Masks().save(tmp_path / "none.safetensors")
     assert len(sf.Masks.load(tmp_path / "none.safetensors")) == 0
 
