@@ -14,7 +14,7 @@ Kept counts, ``k_rounding`` (N prunable weights, density d):
 ``ceil``: ceil(N·d).
 ``synflow``: N - floor((1 - d)·N), what Synaptic-Flow keeps: it prunes ``int((1 - d) * N)``. In
 exact arithmetic that is ceil(N·d), but the two float expressions round differently (N=3,
-d=2/3: ceil gives 2, Synaptic-Flow keeps 3), so it has its own name.
+d=0.6666666666666667: ceil gives 2, Synaptic-Flow keeps 3), so it has its own name.
 A callable ``k_rounding(n, density) -> int``, for any other convention.
 """
 from __future__ import annotations
