@@ -540,3 +540,27 @@ def test_inverted_masks_are_the_same_on_every_backend(backend):
         assert ref == sf.prune(model, data, method=method, sparsity=0.9, iterations=3, invert=True, backend=backend)
     assert sf.magnitude(model, sparsity=0.9, invert=True, backend="reference") == \
         sf.magnitude(model, sparsity=0.9, invert=True, backend=backend)
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_prune_command_takes_k_rounding_and_eval_mode_scores(tmp_path, capsys):
+    from sparseforce.cli import main
+    counts = {}
+    for rounding in ("round", "floor", "ceil", "synflow"):
+        out = tmp_path / f"{rounding}.pt"
+        assert main(["prune", "--dataset", "digits", "--method", "snip", "--sparsity", "0.97", "--k-rounding",
+                     rounding, "--eval-mode-scores", "--out", str(out)]) == 0
+        counts[rounding] = sf.Masks.load(out).num_kept()
+    n = sf.Masks.load(tmp_path / "round.pt").numel()
+    d = 1 - 0.97
+    assert counts == {"round": round(n * d), "floor": math.floor(n * d), "ceil": math.ceil(n * d),
+                      "synflow": n - math.floor((1 - d) * n)}
+    capsys.readouterr()
+    assert main(["prune", "--dataset", "digits", "--method", "magnitude", "--eval-mode-scores",
+                 "--out", str(tmp_path / "x.pt")]) == 2
+    assert "--eval-mode-scores does not apply to --method magnitude" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+    with pytest.raises(SystemExit):
+        main(["prune", "--k-rounding", "nearest"])
+    assert "--k-rounding" in capsys.readouterr().err
