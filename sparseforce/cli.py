@@ -320,6 +320,12 @@ def _add_prune(sub):
     p.add_argument("--model", type=model_name, default=None, metavar="NAME", help=_MODEL_HELP)
     _add_pruning(p, sparsity=0.99)
     _add_ablation(p, ("shuffle", "invert"))
+    p.add_argument("--k-rounding", default="round", choices=["round", "floor", "ceil", "synflow"],
+                   help="how each step's density d becomes the kept count out of N: round(N*d), floor (the official "
+                        "FORCE code), ceil, or synflow (N - floor((1-d)*N), Synaptic-Flow's)")
+    p.add_argument("--eval-mode-scores", action="store_true",
+                   help="take the gradients of force, iter_snip, snip and grasp with the model in eval mode "
+                        "(BatchNorm uses its running statistics; Synaptic-Flow's default) instead of train mode")
     p.add_argument("--batch-size", type=positive_int, default=128, metavar="N", help="batch size of the pruning data")
     p.add_argument("--out", default="masks.pt", metavar="FILE", help="where to save the masks")
     _add_common(p, progress="a progress bar", backend="the mask computation")
@@ -333,6 +339,7 @@ def _check_prune(args):
         raise ValueError("--backend does not apply to --method random, which computes no scores")
     _check_backend(args.backend, device)
     _pruning_kwargs(args)
+    _convention_kwargs(args)
     model_name = args.model if args.model is not None else _default_model(args.dataset)
     _check_model_fits(model_name, args.dataset)
     _check_data_dir(args)
@@ -354,7 +361,7 @@ def _prune(args) -> int:
     print(f"{args.method} on {model_name} / {args.dataset}, sparsity {args.sparsity}, device {device}"
           + (f", ablation {args.ablation}" if args.ablation else ""), flush=True)
     start = time.perf_counter()
-    masks = _compute_masks(args, model, loader)
+    masks = _compute_masks(args, model, loader, **_convention_kwargs(args))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
@@ -382,11 +389,22 @@ def _build_model(model_name: str, dataset: str, num_classes: int):
     return get_model(model_name, num_classes=num_classes, **kw)
 
 
-def _compute_masks(args, model, loader):
+def _convention_kwargs(args) -> dict:
+    """``prune``'s --k-rounding and --eval-mode-scores, refused for a method they do not apply to."""
+    kw = {"k_rounding": args.k_rounding}
+    if args.eval_mode_scores:
+        if args.method not in _BATCHED:
+            raise ValueError(f"--eval-mode-scores does not apply to --method {args.method}; only "
+                             f"{', '.join(_BATCHED)} take it")
+        kw["train_mode"] = False
+    return kw
+
+
+def _compute_masks(args, model, loader, **extra):
     from .pruning import DATA_FREE, prune
 
     data = loader if args.method not in DATA_FREE or args.method == "synflow" else None
-    return prune(model, data, method=args.method, sparsity=args.sparsity, **_pruning_kwargs(args))
+    return prune(model, data, method=args.method, sparsity=args.sparsity, **_pruning_kwargs(args), **extra)
 
 
 # --------------------------------------------------------------------------------------------

@@ -517,3 +517,39 @@ def test_triton_backend_runs_the_histogram_passes_too():
     seed = _fresh_seed()
     for r, failures in enumerate(values(run_ranks(_triton_histogram_worker, 2, seed))):
         assert failures == [], f"seed {seed}, rank {r}: {failures[:5]}"
+
+
+def _tanh_model(seed):
+    # float64 and no ReLU: no saliency is exactly 0, so no ties, and the inverted (bottom-k)
+    # selection is the same whatever order the ranks' shards are laid end to end in (sharded
+    # ties go to the lowest rank first). Only 4.weight is pruned: a collapsed layer would zero
+    # the gradients of every weight before it, and those would tie.
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 6, 3), nn.BatchNorm2d(6), nn.Tanh(), nn.Flatten(),
+                         nn.Linear(6 * 6 * 6, 13), nn.Tanh(), nn.Linear(13, 3)).double()
+
+
+def _fsdp_inverted_worker(rank, world, seed):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh("cpu", (world,))
+    data = [(x.double(), y) for x, y in _batches(seed, 3)]
+    out = {}
+    for method in ("force", "iter_snip"):
+        kw = dict(iterations=3, invert=True, train_mode=False, k_rounding="floor", prunable=["4.weight"])
+        reference = getattr(sf, method)(_tanh_model(seed), data, 0.9, **kw)
+        model = _tanh_model(seed)
+        for layer in model:
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        model.train()
+        full = getattr(sf, method)(model, data, 0.9, **kw).full()
+        out[method] = full == reference and all(m.training for m in model.modules())
+    return out
+
+
+def test_fsdp2_sharded_inverted_eval_mode_pruning_matches_one_process():
+    seed = _fresh_seed()
+    for res in values(run_ranks(_fsdp_inverted_worker, 2, seed)):
+        assert res == {"force": True, "iter_snip": True}, seed

@@ -4,7 +4,8 @@ from __future__ import annotations
 from ._model import prunable_names
 from .oneshot import DISTRIBUTIONS, grasp, layer_counts, magnitude, random, synflow
 from .progressive import force, iter_snip, snip
-from .schedules import SCHEDULES, densities, keep_counts
+from .schedules import (K_ROUNDINGS, SCHEDULES, densities, keep_count, keep_counts, official_force_densities,
+                        synaptic_flow_densities)
 
 METHODS = {
     "force": force,
@@ -23,7 +24,8 @@ def prune(model, data=None, method="force", sparsity=None, **kw):
 
     ``data`` is ignored by the data-free ``magnitude`` and ``random`` (and read for its input
     shape only by ``synflow``); the rest of the keywords go to the method, see its docstring (a
-    one-shot iterator as ``data``, the random state, the collapse warning)."""
+    one-shot iterator as ``data``, the random state, the collapse warning, ``k_rounding``,
+    ``train_mode``, ``invert``)."""
     if not isinstance(method, str):
         raise TypeError(f"method must be the name of a pruning method, one of {sorted(METHODS)}, "
                         f"got {type(method).__name__}")
@@ -37,4 +39,5 @@ def prune(model, data=None, method="force", sparsity=None, **kw):
 
 
 __all__ = ["force", "iter_snip", "snip", "grasp", "synflow", "magnitude", "random", "prune", "prunable_names", "METHODS",
-           "DATA_FREE", "SCHEDULES", "densities", "keep_counts", "layer_counts", "DISTRIBUTIONS"]
+           "DATA_FREE", "SCHEDULES", "K_ROUNDINGS", "densities", "keep_count", "keep_counts", "layer_counts",
+           "DISTRIBUTIONS", "official_force_densities", "synaptic_flow_densities"]

@@ -21,27 +21,27 @@ from torch import nn
 
 from .. import distributed, ops
 from ..masks import Masks, _is_sharded
-from . import _model
+from . import _model, _select
 
 
-def layout(model: nn.Module, prunable, group):
+def layout(model: nn.Module, prunable, group, train_mode: bool = True):
     """Pick the layout for ``model``: FSDP2 parameters -> Sharded, a DDP wrapper or ``group`` ->
-    DataParallel, else Replicated."""
+    DataParallel, else Replicated. ``train_mode``: the modules' mode during the passes."""
     if isinstance(model, nn.parallel.DistributedDataParallel):
         group = group if group is not None else model.process_group
         model = model.module
     params = _model.prunable_parameters(model, prunable, check_nan=False)
     if any(_is_sharded(p) for p in params.values()):
-        return Sharded(model, params, group)
+        return Sharded(model, params, group, train_mode)
     _model.check_no_nan(params)
     if group is not None:
-        return DataParallel(model, params, group)
-    return Replicated(model, params)
+        return DataParallel(model, params, group, train_mode)
+    return Replicated(model, params, train_mode)
 
 
 class Replicated:
-    def __init__(self, model, params):
-        self.model, self.names = model, list(params)
+    def __init__(self, model, params, train_mode=True):
+        self.model, self.names, self.train_mode = model, list(params), train_mode
         self.theta0 = [params[n].detach() for n in self.names]  # never written
         self.numels = [w.numel() for w in self.theta0]
         self.n_total = sum(self.numels)
@@ -55,7 +55,7 @@ class Replicated:
         return [int(m.count_nonzero()) for m in masks]
 
     def __enter__(self):
-        self._mode = _model.module_mode(self.model, train=True)
+        self._mode = _model.module_mode(self.model, train=self.train_mode)
         self._mode.__enter__()
         return self
 
@@ -66,7 +66,10 @@ class Replicated:
         masked = {n: w * m for n, w, m in zip(self.names, self.theta0, masks)}
         return _model.mean_gradients(self.model, masked, self.buffers, batches, loss_fn)
 
-    def select(self, grads, k, prev_masks, resurrect, backend):
+    def select(self, grads, k, prev_masks, resurrect, backend, invert=False):
+        if invert:
+            return _select.inverted_saliency_topk(ops.topk_masks, self.theta0, grads, k, prev_masks, resurrect,
+                                                  backend=backend)
         return ops.saliency_topk_masks(self.theta0, grads, k, prev_masks=prev_masks,
                                        resurrect=resurrect, backend=backend)
 
@@ -75,8 +78,8 @@ class Replicated:
 
 
 class DataParallel(Replicated):
-    def __init__(self, model, params, group):
-        super().__init__(model, params)
+    def __init__(self, model, params, group, train_mode=True):
+        super().__init__(model, params, train_mode)
         self.group = group
         distributed.check_same_on_all_ranks(
             self.theta0, "the prunable weights (θ0)", group,
@@ -95,8 +98,8 @@ class DataParallel(Replicated):
 
 
 class Sharded:
-    def __init__(self, model, params, group):
-        self.model, self.names = model, list(params)
+    def __init__(self, model, params, group, train_mode=True):
+        self.model, self.names, self.train_mode = model, list(params), train_mode
         self.params = [params[n] for n in self.names]
         mesh = None
         for n, p in params.items():
@@ -135,7 +138,7 @@ class Sharded:
 
     def __enter__(self):
         model = self.model
-        self._mode = _model.module_mode(model, train=True)
+        self._mode = _model.module_mode(model, train=self.train_mode)
         self._mode.__enter__()
         self._grads = [(p, p.grad) for p in model.parameters()]
         self._buffers = [(b, b.detach().clone()) for b in model.buffers()]
@@ -168,7 +171,10 @@ class Sharded:
                  for p, w in zip(self.params, self.theta0)]
         return grads, loss_sum / n
 
-    def select(self, grads, k, prev_masks, resurrect, backend):
+    def select(self, grads, k, prev_masks, resurrect, backend, invert=False):
+        if invert:
+            return _select.inverted_saliency_topk(distributed.topk_masks, self.theta0, grads, k, prev_masks,
+                                                  resurrect, group=self.group, backend=backend)
         return distributed.saliency_topk_masks(self.theta0, grads, k, prev_masks=prev_masks,
                                                resurrect=resurrect, group=self.group, backend=backend)
 

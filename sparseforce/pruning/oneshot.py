@@ -13,11 +13,19 @@ import torch
 from .. import _checks, ops
 from ..masks import Masks
 from . import _model
-from .schedules import check_sparsity, densities, keep_counts
+from . import _select as _select_mod
+from .schedules import check_k_rounding, check_sparsity, densities, keep_count, keep_counts
 
 
-def _k(n: int, sparsity: float) -> int:
-    return round(n * (1.0 - sparsity))
+def _k(n: int, sparsity: float, k_rounding) -> int:
+    return keep_count(n, 1.0 - sparsity, k_rounding)
+
+
+def _topk(method, names, scores, k, invert, backend) -> list[torch.Tensor]:
+    # Inverted: the top-k of the negated scores (-0.0 equals +0.0, ties still by position).
+    if invert:
+        scores = [s.neg() for s in scores]
+    return _select(method, names, ops.topk_masks, scores, k, backend=backend)
 
 
 def _select(method, names, fn, *args, **kw) -> list[torch.Tensor]:
@@ -27,21 +35,24 @@ def _select(method, names, fn, *args, **kw) -> list[torch.Tensor]:
         raise ValueError(f"{method}: the score of {names[e.index]!r} is NaN") from e
 
 
-def magnitude(model, sparsity, prunable=None, backend="auto") -> Masks:
-    """Keep the k weights of largest |θ| (ties by global position). Warns with
+def magnitude(model, sparsity, prunable=None, backend="auto", k_rounding="round", invert=False) -> Masks:
+    """Keep the k weights of largest |θ| (ties by global position); ``invert=True`` keeps the k
+    smallest. ``k_rounding`` as :func:`sparseforce.force`. Warns with
     :class:`sparseforce.LayerCollapseWarning` when a layer is left with no weights."""
     sparsity = check_sparsity(sparsity)
+    check_k_rounding(k_rounding)
+    invert = _checks.flag("invert", invert)
     params = _model.prunable_parameters(model, prunable)
     _model.check_backend(backend, "topk_masks", params)
     names = list(params)
+    k = _k(sum(p.numel() for p in params.values()), sparsity, k_rounding)
     with torch.no_grad():
         scores = [p.detach().abs() for p in params.values()]
-    k = _k(sum(s.numel() for s in scores), sparsity)
-    masks = Masks(dict(zip(names, _select("magnitude", names, ops.topk_masks, scores, k, backend=backend))))
+    masks = Masks(dict(zip(names, _topk("magnitude", names, scores, k, invert, backend))))
     return _model.warn_if_collapsed("magnitude", masks)
 
 
-def random(model, sparsity, seed=0, prunable=None, distribution="global") -> Masks:
+def random(model, sparsity, seed=0, prunable=None, distribution="global", k_rounding="round") -> Masks:
     """Keep k weights chosen at random; the same ``seed`` (an integer in [0, 2**64)) gives the
     same masks on any device. Uses its own generator: the global random state is not touched.
 
@@ -56,14 +67,16 @@ def random(model, sparsity, seed=0, prunable=None, distribution="global") -> Mas
       kept dense (see :func:`layer_counts`).
 
     For ``"uniform"`` and ``"erk"`` the per-layer counts sum to exactly k and each layer's kept
-    positions are uniformly random within the layer. Warns with
+    positions are uniformly random within the layer. ``k_rounding`` (how k comes from the
+    density) as :func:`sparseforce.force`. Warns with
     :class:`sparseforce.LayerCollapseWarning` when a layer is left with no weights."""
     sparsity = check_sparsity(sparsity)
+    check_k_rounding(k_rounding)
     seed = _checks.seed(seed)
     distribution = _check_distribution(distribution)
     params = _model.prunable_parameters(model, prunable)
     sizes = [p.numel() for p in params.values()]
-    k = _k(sum(sizes), sparsity)
+    k = _k(sum(sizes), sparsity, k_rounding)
     pieces = _random_keep([tuple(p.shape) for p in params.values()], k, distribution,
                           torch.Generator().manual_seed(seed))
     masks = Masks({name: piece.view(p.shape).to(p.device)
@@ -151,7 +164,7 @@ GRASP_TEMPERATURE = 200.0  # the GraSP authors' code
 
 
 def grasp(model, data, sparsity, loss_fn=None, batches_per_iteration=1, temperature=None, prunable=None,
-          backend="auto", seed=None) -> Masks:
+          backend="auto", seed=None, k_rounding="round", train_mode=True, invert=False) -> Masks:
     """GraSP (Wang et al., 2020): keep the top-k of θ ⊙ Hg (signed), H and g of the loss at θ.
 
     ``temperature`` (default 200, as the GraSP authors' code) divides the logits before the
@@ -162,10 +175,15 @@ def grasp(model, data, sparsity, loss_fn=None, batches_per_iteration=1, temperat
     g is the mean gradient over the first ``batches_per_iteration`` batches of ``data``; Hg is
     the mean over the same batches of the Hessian-vector product, by double backward. A one-shot
     iterator (a generator) with fewer batches raises ``ValueError``: pass a list or a DataLoader.
-    ``seed``, the caller's random state (left as it was) and the
-    :class:`sparseforce.LayerCollapseWarning` as :func:`sparseforce.force`.
+    ``seed``, ``k_rounding``, ``train_mode`` (False: H and g in eval mode, Synaptic-Flow's
+    default), the caller's random state and modes (left as they were) and the
+    :class:`sparseforce.LayerCollapseWarning` as :func:`sparseforce.force`. ``invert=True`` keeps
+    the k lowest θ ⊙ Hg (the top-k of its negation; ties by global position).
     """
     sparsity = check_sparsity(sparsity)
+    check_k_rounding(k_rounding)
+    train_mode = _checks.flag("train_mode", train_mode)
+    invert = _checks.flag("invert", invert)
     batches_per_iteration = _checks.integer("batches_per_iteration", batches_per_iteration, 1)
     explicit_temperature = temperature is not None
     if explicit_temperature:
@@ -181,6 +199,7 @@ def grasp(model, data, sparsity, loss_fn=None, batches_per_iteration=1, temperat
     _model.check_backend(backend, "topk_masks", params)
     names = list(params)
     theta = [params[n].detach() for n in names]
+    k = _k(sum(w.numel() for w in theta), sparsity, k_rounding)
 
     def loss_t(output, target):
         if loss_fn is None and isinstance(target, Mapping):  # the model's own loss: nothing to scale
@@ -193,10 +212,10 @@ def grasp(model, data, sparsity, loss_fn=None, batches_per_iteration=1, temperat
         return base_loss(_divide_logits(output, temperature), target)
 
     with _model.own_rng(model, seed):
-        hg, n_batches = _hessian_gradient(model, data, params, names, theta, batches_per_iteration, loss_t)
+        hg, n_batches = _hessian_gradient(model, data, params, names, theta, batches_per_iteration, loss_t,
+                                          train_mode)
     scores = [w * (h / n_batches) for w, h in zip(theta, hg)]
-    k = _k(sum(s.numel() for s in scores), sparsity)
-    masks = Masks(dict(zip(names, _select("GraSP", names, ops.topk_masks, scores, k, backend=backend))))
+    masks = Masks(dict(zip(names, _topk("GraSP", names, scores, k, invert, backend))))
     return _model.warn_if_collapsed("GraSP", masks)
 
 
@@ -217,11 +236,11 @@ def _divide_logits(output, temperature):
                     "that computes its own .loss and no loss_fn")
 
 
-def _hessian_gradient(model, data, params, names, theta, batches_per_iteration, loss_t):
+def _hessian_gradient(model, data, params, names, theta, batches_per_iteration, loss_t, train_mode):
     """Sum over the batches of H·g (g the mean gradient), and the number of batches."""
     batches = _model.BatchStream(data, _model.model_device(params)).take(batches_per_iteration)
     buffers = _model.buffer_copies(model)
-    with _model.module_mode(model, train=True):
+    with _model.module_mode(model, train=train_mode):
         g, _ = _model.mean_gradients(model, dict(zip(names, theta)), buffers, batches, loss_t)
         leaves = [w.detach().requires_grad_(True) for w in theta]
         hg = [torch.zeros_like(w) for w in theta]
@@ -238,7 +257,7 @@ def _hessian_gradient(model, data, params, names, theta, batches_per_iteration, 
 
 
 def synflow(model, data=None, sparsity=0.9, iterations=100, schedule="exp", input_shape=None, prunable=None,
-            backend="auto", progress=False) -> Masks:
+            backend="auto", progress=False, k_rounding="round", invert=False) -> Masks:
     """SynFlow (Tanaka et al., 2020): data-free, iterative.
 
     Every parameter and float buffer is replaced by its absolute value (in float64, so deep nets
@@ -251,8 +270,13 @@ def synflow(model, data=None, sparsity=0.9, iterations=100, schedule="exp", inpu
     output, or the ``.logits`` of a Hugging Face output. A model of token ids (GPT-2, BERT,
     Llama: an embedding lookup) cannot take a float input: its forward fails, and that is a
     ``ValueError`` saying so. Dict batches carry no input shape: pass ``input_shape``.
+    ``schedule`` and ``k_rounding`` as :func:`sparseforce.force` (kept counts may not grow: the
+    masks are nested); ``invert=True`` keeps, at each step, the k_t lowest scores among the
+    survivors.
     """
     densities(sparsity, iterations, schedule)  # checks all three before any work
+    check_k_rounding(k_rounding)
+    invert = _checks.flag("invert", invert)
     if input_shape is not None:
         input_shape = _check_input_shape(input_shape)
     elif data is None:
@@ -261,9 +285,11 @@ def synflow(model, data=None, sparsity=0.9, iterations=100, schedule="exp", inpu
         _model.check_data(data)
     params = _model.prunable_parameters(model, prunable)
     _model.check_backend(backend, "saliency_topk_masks", params)
+    ks = keep_counts(sum(p.numel() for p in params.values()), sparsity, iterations, schedule, k_rounding,
+                     nested=True)
     with _model.own_rng(model):
-        return _model.warn_if_collapsed("SynFlow", _synflow(model, data, sparsity, iterations, schedule,
-                                                            input_shape, params, backend, progress))
+        return _model.warn_if_collapsed("SynFlow", _synflow(model, data, ks, input_shape, params, backend, progress,
+                                                            invert))
 
 
 def _check_input_shape(shape) -> tuple:
@@ -278,7 +304,7 @@ def _check_input_shape(shape) -> tuple:
     return tuple(int(s) for s in shape)
 
 
-def _synflow(model, data, sparsity, iterations, schedule, input_shape, params, backend, progress):
+def _synflow(model, data, ks, input_shape, params, backend, progress, invert):
     names = list(params)
     device = _model.model_device(params)
     if input_shape is None:
@@ -295,10 +321,8 @@ def _synflow(model, data, sparsity, iterations, schedule, input_shape, params, b
     positive = {n: p.detach().abs().to(torch.float64) for n, p in model.named_parameters()}
     positive.update(_model.buffer_copies(model, lambda b: b.abs().to(torch.float64)))
     theta = [positive[n] for n in names]
-    n_total = sum(w.numel() for w in theta)
     masks = [torch.ones_like(w, dtype=torch.bool) for w in theta]
-    ks = keep_counts(n_total, sparsity, iterations, schedule)
-    steps = range(iterations)
+    steps = range(len(ks))
     if progress:
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc="SynFlow", unit="step")
@@ -308,8 +332,12 @@ def _synflow(model, data, sparsity, iterations, schedule, input_shape, params, b
             out = _synflow_forward(model, {**positive, **dict(zip(names, leaves))}, ones)
             grads = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
             grads = [torch.zeros_like(w) if g is None else g for w, g in zip(theta, grads)]
-            masks = _select("SynFlow", names, ops.saliency_topk_masks, theta, grads, ks[t], prev_masks=masks,
-                            resurrect=False, backend=backend)
+            if invert:
+                masks = _select("SynFlow", names, _select_mod.inverted_saliency_topk, ops.topk_masks, theta, grads,
+                                ks[t], masks, False, backend=backend)
+            else:
+                masks = _select("SynFlow", names, ops.saliency_topk_masks, theta, grads, ks[t], prev_masks=masks,
+                                resurrect=False, backend=backend)
     return Masks(dict(zip(names, masks)))
 
 

@@ -2,12 +2,14 @@
 
     θ0 <- the weights at call time;  m_0 <- 1
     for t = 1..T:
-        k_t <- round(N · d_t)                          (exp or linear schedule)
+        k_t <- round(N · d_t)                          (exp, linear or given schedule; k_rounding)
         g   <- mean over the step's batches of ∂L/∂w at w = θ0 ⊙ m_{t-1}
         FORCE:     m_t <- top-k_t |θ0 ⊙ g|             (every weight competes; pruned ones may return)
         Iter SNIP: m_t <- top-k_t |θ0 ⊙ m_{t-1} ⊙ g|   (only survivors compete; masks nested)
 
-SNIP is the one-step case. Only ``sparseforce.ops`` touches the scores.
+SNIP is the one-step case. Only ``sparseforce.ops`` touches the scores. ``invert=True`` keeps the
+lowest saliencies instead (the top-k of their negation); ``train_mode=False`` takes the
+gradients with the model in eval mode.
 """
 from __future__ import annotations
 
@@ -19,27 +21,31 @@ import torch
 from .. import _checks, ops
 from ..masks import Masks, format_percent
 from . import _model, _parallel
-from .schedules import densities, keep_counts
+from .schedules import check_k_rounding, densities, keep_counts
 
 
 def _progressive(model, data, *, method, sparsity, iterations, schedule, loss_fn, batches_per_iteration,
-                 prunable, backend, progress, resurrect, group, seed) -> Masks:
+                 prunable, backend, progress, resurrect, group, seed, k_rounding, train_mode, invert) -> Masks:
     densities(sparsity, iterations, schedule)  # checks all three before any work
+    check_k_rounding(k_rounding)
+    train_mode = _checks.flag("train_mode", train_mode)
+    invert = _checks.flag("invert", invert)
     batches_per_iteration = _checks.integer("batches_per_iteration", batches_per_iteration, 1)
     loss_fn = _model.check_loss_fn(loss_fn)
     seed = None if seed is None else _checks.seed(seed)
     _model.check_data(data)
-    space = _parallel.layout(model, prunable, group)  # one process, data-parallel or sharded
+    space = _parallel.layout(model, prunable, group, train_mode)  # one process, data-parallel or sharded
     space.check_backend(backend)
-    ks = keep_counts(space.n_total, sparsity, iterations, schedule)
+    ks = keep_counts(space.n_total, sparsity, iterations, schedule, k_rounding, nested=not resurrect)
     with _model.own_rng(model, seed):
-        masks = _steps(space, data, ks, method, loss_fn, batches_per_iteration, backend, progress, resurrect)
+        masks = _steps(space, data, ks, method, loss_fn, batches_per_iteration, backend, progress, resurrect,
+                       invert)
         result = space.result(masks)
     _model.warn_collapsed(method, space.names, space.numels, space.kept(masks))
     return result
 
 
-def _steps(space, data, ks, method, loss_fn, batches_per_iteration, backend, progress, resurrect):
+def _steps(space, data, ks, method, loss_fn, batches_per_iteration, backend, progress, resurrect, invert):
     batches = _model.BatchStream(data, space.device)
     masks = [torch.ones_like(w, dtype=torch.bool) for w in space.theta0]
     steps = range(1, len(ks) + 1)
@@ -54,7 +60,7 @@ def _steps(space, data, ks, method, loss_fn, batches_per_iteration, backend, pro
                 grads, loss = space.gradients(masks, step_batches, loss_fn)
             try:
                 with _phase("selection", space.device):
-                    masks = space.select(grads, ks[t - 1], masks, resurrect, backend)
+                    masks = space.select(grads, ks[t - 1], masks, resurrect, backend, invert)
             except ops.NaNScoreError as e:
                 where = "on another rank" if e.index is None else repr(space.names[e.index])
                 raise ValueError(f"{method} step {t}: the saliency of {where} is NaN "
@@ -98,7 +104,8 @@ def _phase(name, device):
 
 
 def force(model, data, sparsity, iterations=60, schedule="exp", loss_fn=None, batches_per_iteration=1,
-          prunable=None, backend="auto", progress=False, group=None, seed=None) -> Masks:
+          prunable=None, backend="auto", progress=False, group=None, seed=None, k_rounding="round",
+          train_mode=True, invert=False) -> Masks:
     """FORCE: progressive pruning in which pruned weights may come back.
 
     ``data``: an iterable of (inputs, targets) batches; step t uses the next
@@ -108,6 +115,16 @@ def force(model, data, sparsity, iterations=60, schedule="exp", loss_fn=None, ba
     to cross-entropy. A batch may be a dict (a Hugging Face ``DataCollator``'s): the model is
     called with it as keyword arguments, ``loss_fn`` gets the dict as ``target``, and the
     default loss is the output's ``.loss``. The model is left exactly as it was.
+
+    ``schedule``: ``"exp"``, ``"linear"`` or the sequence of per-step densities itself (then
+    ``iterations`` is its length, see :mod:`sparseforce.pruning.schedules`). ``k_rounding``: how a
+    density becomes a kept count, ``"round"`` (default), ``"floor"`` (the official FORCE code),
+    ``"ceil"``, ``"synflow"`` (Synaptic-Flow) or a callable ``k_rounding(n, density) -> int``.
+    ``train_mode=False`` takes the gradients with the model in eval mode (BatchNorm then
+    normalizes with its running statistics, dropout is off); the caller's modes are restored
+    either way. ``invert=True`` keeps the k *lowest* saliencies (the inverted sanity check of
+    Frankle et al., ICLR 2021): the top-k of -|θ0 ⊙ g|, so among equal scores the lowest global
+    position still wins.
 
     The caller's random state is left as it was too: the passes (dropout) and the iteration of
     ``data`` (a shuffling DataLoader) draw from a fork of torch's global RNG (CPU and the
@@ -123,33 +140,38 @@ def force(model, data, sparsity, iterations=60, schedule="exp", loss_fn=None, ba
     """
     return _progressive(model, data, method="FORCE", sparsity=sparsity, iterations=iterations, schedule=schedule,
                         loss_fn=loss_fn, batches_per_iteration=batches_per_iteration, prunable=prunable,
-                        backend=backend, progress=progress, resurrect=True, group=group, seed=seed)
+                        backend=backend, progress=progress, resurrect=True, group=group, seed=seed,
+                        k_rounding=k_rounding, train_mode=train_mode, invert=invert)
 
 
 def iter_snip(model, data, sparsity, iterations=60, schedule="exp", loss_fn=None, batches_per_iteration=1,
-              prunable=None, backend="auto", progress=False, group=None, seed=None) -> Masks:
+              prunable=None, backend="auto", progress=False, group=None, seed=None, k_rounding="round",
+              train_mode=True, invert=False) -> Masks:
     """Iter SNIP: progressive pruning in which a pruned weight stays pruned (nested masks).
 
-    ``data``, ``seed``, the random state, the collapse warning and distributed use as
-    :func:`force`: a one-shot iterator (a generator) is not cached, running out of it raises
-    ``ValueError``; pass a list or a DataLoader to have it started again.
+    ``data``, ``seed``, ``schedule``, ``k_rounding``, ``train_mode``, the random state, the
+    collapse warning and distributed use as :func:`force`: a one-shot iterator (a generator) is
+    not cached, running out of it raises ``ValueError``; pass a list or a DataLoader to have it
+    started again. A schedule whose kept counts grow is refused (the masks are nested).
+    ``invert=True`` keeps, at each step, the k_t lowest saliencies among the survivors (still
+    nested).
     """
     return _progressive(model, data, method="Iter SNIP", sparsity=sparsity, iterations=iterations,
                         schedule=schedule, loss_fn=loss_fn, batches_per_iteration=batches_per_iteration,
                         prunable=prunable, backend=backend, progress=progress, resurrect=False, group=group,
-                        seed=seed)
+                        seed=seed, k_rounding=k_rounding, train_mode=train_mode, invert=invert)
 
 
 def snip(model, data, sparsity, loss_fn=None, batches_per_iteration=1, prunable=None, backend="auto",
-         progress=False, group=None, seed=None) -> Masks:
+         progress=False, group=None, seed=None, k_rounding="round", train_mode=True, invert=False) -> Masks:
     """SNIP (Lee et al., 2019): keep the top-k of |θ0 ⊙ g| after a single gradient evaluation
     (the mean gradient over the first ``batches_per_iteration`` batches of ``data``).
 
-    ``data``, ``seed``, the random state, the collapse warning and distributed use as
-    :func:`force`: a one-shot iterator (a generator) with fewer batches raises ``ValueError``;
-    pass a list or a DataLoader.
+    ``data``, ``seed``, ``k_rounding``, ``train_mode``, ``invert``, the random state, the
+    collapse warning and distributed use as :func:`force`: a one-shot iterator (a generator)
+    with fewer batches raises ``ValueError``; pass a list or a DataLoader.
     """
     return _progressive(model, data, method="SNIP", sparsity=sparsity, iterations=1, schedule="exp", loss_fn=loss_fn,
                         batches_per_iteration=batches_per_iteration, prunable=prunable, backend=backend,
-                        progress=progress, resurrect=True, group=group, seed=seed)
-
+                        progress=progress, resurrect=True, group=group, seed=seed, k_rounding=k_rounding,
+                        train_mode=train_mode, invert=invert)
