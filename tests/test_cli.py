@@ -326,8 +326,11 @@ def test_the_cli_name_lists_match_the_library():
 
 
 def test_the_demo_output_folder_is_ignored_by_git():
-    folder = _subparsers()["demo"].get_default("out")
-    assert f"/{folder}/" in (ROOT / ".gitignore").read_text().split()
+    from sparseforce import cli, demo
+    assert _subparsers()["demo"].get_default("out") is None  # one folder per --dataset
+    for dataset, folder in cli.DEMO_OUT.items():
+        assert folder == demo.SPECS[dataset].out_dir
+        assert f"/{folder}/" in (ROOT / ".gitignore").read_text().split()
 
 
 def test_library_warnings_are_one_line_on_the_command_line(tmp_path):
