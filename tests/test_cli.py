@@ -167,7 +167,7 @@ def _bad_arguments(tmp):
         (prune, ["--method", "random", "--batches-per-iteration", "2"], ["--batches-per-iteration", "random"]),
         (prune, ["--model", "resnet50"], ["resnet50", "3x32x32", "digits", "1x8x8"]),
         (prune, ["--model", "nonesuch"], ["--model", "nonesuch"]),
-        (prune, ["--dataset", "mnist"], ["--dataset", "mnist"]),
+        (prune, ["--dataset", "svhn"], ["--dataset", "svhn"]),
         (prune, ["--dataset", "cifar10", "--data-dir", missing], ["--data-dir", "does not exist"]),
         (prune, ["--device", "cuda"], ["--device cuda", "CUDA"], NO_CUDA),
         (prune, ["--device", "gpu"], ["--device", "gpu"]),
