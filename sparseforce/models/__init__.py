@@ -11,7 +11,7 @@ from typing import Callable, Dict, Tuple
 import torch.nn as nn
 
 from .resnet import Bottleneck, ResNet, kaiming_init_, resnet50, resnet50_imagenet
-from .small import DigitsCNN, LeNet5, MLP, digits_cnn, lenet5, mlp
+from .small import MNISTVGG, DigitsCNN, LeNet5, MLP, digits_cnn, lenet5, mlp, mnist_vgg
 from .vgg import VGG, vgg19_bn, vgg19_bn_imagenet
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -24,6 +24,7 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "lenet5": lenet5,
     "digits_cnn": digits_cnn,
+    "mnist_vgg": mnist_vgg,
 }
 
 # Per-sample input shape (no batch dim) each model is meant for; used by the CLI
@@ -36,6 +37,7 @@ INPUT_SHAPES: Dict[str, Tuple[int, ...]] = {
     "mlp": (64,),
     "lenet5": (1, 28, 28),
     "digits_cnn": (1, 8, 8),
+    "mnist_vgg": (1, 28, 28),
 }
 
 # Default class counts follow each model's target dataset.
@@ -47,6 +49,7 @@ DEFAULT_NUM_CLASSES: Dict[str, int] = {
     "mlp": 10,
     "lenet5": 10,
     "digits_cnn": 10,
+    "mnist_vgg": 10,
 }
 
 
@@ -78,7 +81,7 @@ def count_prunable(model: nn.Module) -> int:
 __all__ = [
     "MODELS", "INPUT_SHAPES", "DEFAULT_NUM_CLASSES", "PRUNABLE_TYPES",
     "get_model", "count_prunable", "prunable_modules", "kaiming_init_",
-    "Bottleneck", "ResNet", "VGG", "MLP", "LeNet5", "DigitsCNN",
+    "Bottleneck", "ResNet", "VGG", "MLP", "LeNet5", "DigitsCNN", "MNISTVGG",
     "resnet50", "resnet50_imagenet", "vgg19_bn", "vgg19_bn_imagenet",
-    "mlp", "lenet5", "digits_cnn",
+    "mlp", "lenet5", "digits_cnn", "mnist_vgg",
 ]

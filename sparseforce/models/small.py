@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from .resnet import kaiming_init_
 
-__all__ = ["MLP", "LeNet5", "DigitsCNN", "mlp", "lenet5", "digits_cnn"]
+__all__ = ["MLP", "LeNet5", "DigitsCNN", "MNISTVGG", "mlp", "lenet5", "digits_cnn", "mnist_vgg"]
 
 
 class MLP(nn.Module):
@@ -85,6 +85,33 @@ class DigitsCNN(nn.Module):
         return self.fc(torch.flatten(self.features(x), 1))
 
 
+class MNISTVGG(nn.Module):
+    """VGG-style CNN for 28x28 MNIST: four 3x3 conv + BatchNorm + ReLU blocks of 16, 32, 64 and 128
+    channels, 2x2 max-pooling after each of the first three (28 -> 14 -> 7 -> 3, so that most of
+    the arithmetic runs on small maps: an epoch of 3,600 images takes about 1.5 s on one core),
+    global average pooling and a linear classifier. 98,192 prunable weights: 144, 4,608, 18,432,
+    73,728 and 1,280, the small-big-small imbalance of VGG/ResNet that makes SNIP and random
+    pruning empty whole layers at extreme sparsity."""
+
+    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (16, 32, 64, 128), in_channels: int = 1):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for i, w in enumerate(widths):
+            # No conv bias: BatchNorm's shift makes it redundant (as in digits_cnn).
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            if i < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+            c = w
+        layers.append(nn.AdaptiveAvgPool2d(1))
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(c, num_classes)
+        kaiming_init_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.features(x), 1))
+
+
 def mlp(in_features: int = 64, hidden: Sequence[int] = (128,), num_classes: int = 10) -> MLP:
     return MLP(in_features, hidden, num_classes)
 
@@ -95,3 +122,7 @@ def lenet5(in_channels: int = 1, num_classes: int = 10) -> LeNet5:
 
 def digits_cnn(num_classes: int = 10) -> DigitsCNN:
     return DigitsCNN(num_classes)
+
+
+def mnist_vgg(num_classes: int = 10) -> MNISTVGG:
+    return MNISTVGG(num_classes)
