@@ -544,3 +544,18 @@ def test_train_distribution_is_stored_resolved(tmp_path, capsys):
     torch.manual_seed(0)
     model = get_model("digits_cnn", num_classes=sfdata.NUM_CLASSES["digits"])
     assert sf.Masks.load(run / "masks.pt") == sf.random(model, sparsity=0.9, distribution="erk", seed=0)
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet5", "digits_cnn", "mnist_vgg", "vgg19_bn", "resnet50"])
+def test_every_packaged_model_reinitializes_as_it_was_built(name):
+    """reinit redraws a packaged model's weights from its own (Kaiming) initialization: after
+    the re-init, every weight tensor has the spread a fresh model of the same class has."""
+    from sparseforce.models import get_model
+    torch.manual_seed(0)
+    model = get_model(name)
+    assert "reset_parameters" in type(model).__dict__, f"{type(model).__name__} has no reset_parameters"
+    fresh = {n: p.detach().std().item() for n, p in model.named_parameters() if p.dim() > 1}
+    sf.ablations.reinit(model, seed=3)
+    for n, p in model.named_parameters():
+        if p.dim() > 1 and p.numel() >= 1000:
+            assert abs(p.detach().std().item() / fresh[n] - 1) < 0.2, n

@@ -108,6 +108,11 @@ class MNISTVGG(nn.Module):
         self.fc = nn.Linear(c, num_classes)
         kaiming_init_(self)
 
+    def reset_parameters(self) -> None:
+        """Draw the weights again from this model's initialization (``kaiming_init_``); what
+        :func:`sparseforce.ablations.reinit` calls after the layers' own ``reset_parameters``."""
+        kaiming_init_(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.features(x), 1))
 
