@@ -152,8 +152,15 @@ done
 step distributed 70 180 "${PYTEST[@]}" tests/test_distributed.py -k "cuda or nccl" \
   --basetemp="$DEST/distributed_tmp" --junitxml="$DEST/distributed.xml"
 
+# The pruning-level tests that have CUDA cases: inverted masks on every backend, shuffle on CUDA.
+step tests_pruning 10 60 "${PYTEST[@]}" tests/test_conventions.py tests/test_ablations.py \
+  -k "every_backend or any_device" --junitxml="$DEST/tests_pruning.xml"
+
 # Every default case, each capped; the JSON is rewritten after every case.
 step bench 170 240 python -m sparseforce bench --device cuda --out "$DEST/bench" --max-case-time "$MAX_CASE_S"
+
+# FORCE end to end past 2^31 weights (2.15 B bf16, ~19 GB), and today's cat + topk at that size.
+step beyond_int32 30 90 python -m sparseforce bench --device cuda --full --only wide-mlp --out "$DEST/beyond_int32"
 
 summary
 tee -a "$LOG" < "$DEST/summary.txt"

@@ -68,7 +68,8 @@ def test_dispatch_check_reports_a_missing_kernel():
 
 # --------------------------------------------------------------------------- scripts/gpu_check.sh
 
-GPU_STEPS = ["env", "build", "backends", "tests_cuda", "tests_cap0", "tests_cap64", "distributed", "bench"]
+GPU_STEPS = ["env", "build", "backends", "tests_cuda", "tests_cap0", "tests_cap64", "distributed", "tests_pruning",
+             "bench", "beyond_int32"]
 
 
 def _gpu_check(tmp_path, **env):
@@ -105,7 +106,7 @@ def test_gpu_check_timeouts_failures_and_the_time_budget(tmp_path):
                             MIN_STEP_S="2")
     assert time.monotonic() - start < 30
     assert proc.returncode == 1
-    assert [rows[s][0] for s in GPU_STEPS] == ["ok", "ok", "FAIL (rc=3)", "TIMEOUT"] + ["skipped (out of time)"] * 4
+    assert [rows[s][0] for s in GPU_STEPS] == ["ok", "ok", "FAIL (rc=3)", "TIMEOUT"] + ["skipped (out of time)"] * 6
     assert "built" in (tmp_path / "build.log").read_text()
     assert int(rows["tests_cuda"][3]) <= 7  # its 200 s timeout cut to the time left
 

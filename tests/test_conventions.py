@@ -18,6 +18,7 @@ from torch import nn
 from torch.func import functional_call
 
 import sparseforce as sf
+from conftest import BACKEND_DEVICE
 from conftest import flat64, flat_bool, oracle_keep
 from sparseforce.pruning import (K_ROUNDINGS, densities, keep_count, keep_counts, official_force_densities,
                                  synaptic_flow_densities)
@@ -529,12 +530,11 @@ def synflow_scores(model, masks):
     return [(state[n] * g).abs() for n, g in zip(names, grads)]
 
 
-@pytest.mark.parametrize("backend", ["cpp", "triton"])
-def test_inverted_masks_are_the_same_on_every_backend(backend):
-    if backend not in sf.ops.available_backends("cpu"):
-        pytest.skip(f"{backend} is not available here")
+@pytest.mark.parametrize("backend, device", [p for p in BACKEND_DEVICE if p.values[0] != "reference"])
+def test_inverted_masks_are_the_same_on_every_backend(backend, device):
     seed = fresh_seed()
-    model, data = net(seed), [batch(seed)]
+    model = net(seed).to(device)
+    data = [tuple(t.to(device) for t in batch(seed))]
     for method in ("force", "iter_snip"):
         ref = sf.prune(model, data, method=method, sparsity=0.9, iterations=3, invert=True, backend="reference")
         assert ref == sf.prune(model, data, method=method, sparsity=0.9, iterations=3, invert=True, backend=backend)
