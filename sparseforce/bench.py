@@ -290,10 +290,7 @@ def format_breakdown(rows: list[dict]) -> str:
     lines = [[r["case"], r["variant"], _fmt_time(r["total_s"]), _fmt_time(r["step_s"]),
               f"{r['gradients_share']:.1%}", f"{r['selection_share']:.1%}", f"{r['other_share']:.1%}",
               "yes" if r["same_masks_as_plain"] else "NO"] for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    out = [" | ".join(h.ljust(w) for h, w in zip(header, widths)), "-|-".join("-" * w for w in widths)]
-    out += [" | ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in lines]
-    return "\n".join(out)
+    return _text_table(header, lines)
 
 
 # --------------------------------------------------------------- FORCE past 2^31 prunable weights
@@ -359,16 +356,13 @@ def force_beyond_int32(device: torch.device, width: int = WIDE_WIDTH, depth: int
     if need * 1.05 > have:
         echo(f"  {case}: skipped, needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available")
         return [_skip_row(case, f"sparseforce FORCE [{backend}]", need, have)]
-    ops.resolve(backend, "saliency_topk_masks", device)  # an unavailable backend: an error before any work
+    resolved = ops.resolve_name(backend, "saliency_topk_masks", device)  # unavailable: an error before any work
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(0)
         model = wide_mlp(width, depth, device=device)
         gen = torch.Generator(device=device).manual_seed(0)
         x = torch.randn((batch, width), generator=gen, device=device).to(torch.bfloat16)
         y = torch.randint(0, 10, (batch,), generator=gen, device=device)
-    resolved = backend if backend != "auto" else next(
-        b for b in ops.AUTO_ORDER.get(device.type, ("reference",))
-        if b in ops.available_backends(device, "saliency_topk_masks"))
     echo(f"  running {case} [{resolved}]")
     _sync(device)
     with _PeakMemory(device) as mem, profile() as phases:
@@ -450,10 +444,7 @@ def format_beyond_int32(rows: list[dict]) -> str:
                       _fmt_time(r["step_s"]) if "step_s" in r else "",
                       f"{r['selection_share']:.1%} of a step" if "selection_share" in r else "", mem,
                       f"{r['kept']:,} / {r['k']:,}"])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    out = [" | ".join(h.ljust(w) for h, w in zip(header, widths)), "-|-".join("-" * w for w in widths)]
-    out += [" | ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in lines]
-    return "\n".join(out)
+    return _text_table(header, lines)
 
 
 def train_step_case(model_name: str, batch: int, density: float = 0.05, backends=(), scale: int = 1) -> Case:
@@ -672,6 +663,14 @@ def environment(device: torch.device) -> dict:
             "git_commit": commit, "host": platform.node()}
 
 
+def _text_table(header: list[str], lines: list[list]) -> str:
+    """Columns padded to their widest cell, ``|``-separated, a dashed rule under the header."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    out = [" | ".join(h.ljust(w) for h, w in zip(header, widths)), "-|-".join("-" * w for w in widths)]
+    out += [" | ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in lines]
+    return "\n".join(out)
+
+
 def _fmt_time(s):
     if s is None:
         return "-"
@@ -707,11 +706,7 @@ def format_table(rows: list[dict]) -> str:
             f"{r['times_floor']:.2f}" if r.get("times_floor") else "-",
             "-" if mem is None else f"{mem / 2**20:,.0f} MiB",
         ])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    out = [" | ".join(h.ljust(w) for h, w in zip(header, widths)),
-           "-|-".join("-" * w for w in widths)]
-    out += [" | ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in lines]
-    return "\n".join(out)
+    return _text_table(header, lines)
 
 
 # One colour per implementation, the same in every run's plot.

@@ -115,6 +115,16 @@ def rng():
     return torch.Generator().manual_seed(seed)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: on tiny tensors threads only add synchronisation, which
+    costs 10-50x on a busy machine. (A module opts in with ``pytestmark``.)"""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def emulator():
     """The CUDA emulator's library (tests/cuda_emu), built once per cache key with g++."""

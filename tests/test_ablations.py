@@ -18,12 +18,7 @@ from sparseforce.train import fit, load_checkpoint
 from test_cli import assert_usage_error, sparseforce
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rng_states():

@@ -235,3 +235,30 @@ def test_full_run_includes_the_beyond_int32_case_and_only_selects_it():
     assert 2 * bench.WIDE_WIDTH ** 2 + 10 * bench.WIDE_WIDTH > 2**31
     with pytest.raises(ValueError, match="wide-mlp"):
         bench.run(device="cpu", full=True, only="no such case", echo=lambda *a: None)
+
+
+def test_readme_beyond_int32_table_is_the_committed_run():
+    """The README's FORCE-past-2^31 numbers are those of the committed JSON, cell by cell."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### FORCE past 2^31 prunable weights"):]
+    section = section[:section.index("\n## ")]
+    path = re.search(r"`(benchmarks/results/beyond-int32-[\w-]+/[\w-]+\.json)`", section).group(1)
+    saved = json.loads((root / path).read_text(encoding="utf-8"))
+    force_row, ours, theirs = saved["beyond_int32"]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("|---")]
+    header, readme_force, readme_ours, readme_theirs = rows
+    assert f"{force_row['params']:,} bf16 weights" == header[0] and "T = 3" in readme_force[0]
+    assert readme_force[1:4] == [f"{force_row['total_s']:.1f} s", f"{force_row['step_s']:.1f} s",
+                                 f"{force_row['selection_share']:.1%} of a step".replace("%", " %")]
+    assert readme_force[4] == f"{force_row['peak_extra_bytes'] / 2**30:.1f} GiB"
+    assert readme_ours[1] == f"{ours['total_s']:.2f} s"
+    assert readme_ours[4].startswith(f"{ours['peak_extra_bytes'] / 2**30:.1f} GiB")
+    for row, r in ((readme_force, force_row), (readme_ours, ours)):
+        assert row[5] == f"{r['kept']:,} / {r['k']:,}" and r["kept"] == r["k"]
+    need = float(re.search(r"needs about ([\d.]+) GiB", theirs["skipped"]).group(1))
+    assert readme_theirs[1] == "not run" and f"needs about {need:.0f} GiB" in readme_theirs[4]
+    assert f"{saved['torch']}" in section

@@ -13,13 +13,7 @@ from sparseforce.optim import MaskedAdamW, MaskedSGD
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: threads only add synchronisation, which costs 10-50x on a busy machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # The backends MaskedSGD can end up on for CPU tensors (backend="auto" picks the first).

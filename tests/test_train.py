@@ -24,13 +24,7 @@ from sparseforce.cli import main
 from sparseforce.train import RECIPES, CheckpointError, fit, load_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: threads only add synchronisation, which costs 10-50x on a busy machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Net(nn.Module):

@@ -27,7 +27,7 @@ import torch
 
 from . import _schema
 from ._registry import (AUTO_ORDER, KNOWN_BACKENDS, BackendUnavailableError, available_backends,
-                        resolve)
+                        resolve, resolve_name)
 from ._schema import NaNScoreError
 from . import reference as _reference  # noqa: F401  (registers the reference kernels)
 from . import triton as _triton  # noqa: F401  (registers the Triton kernels; imports triton on first use)
@@ -35,7 +35,7 @@ from . import cpp as _cpp  # noqa: F401  (registers the C++ kernels; loads them 
 from . import cuda as _cuda  # noqa: F401  (registers the CUDA kernels; loads them on first use)
 
 __all__ = ["topk_masks", "saliency_topk_masks", "kth_largest", "masked_sgd_", "key_histogram",
-           "saliency_key_histogram", "available_backends",
+           "saliency_key_histogram", "available_backends", "resolve_name",
            "BackendUnavailableError", "NaNScoreError", "KNOWN_BACKENDS", "AUTO_ORDER"]
 
 

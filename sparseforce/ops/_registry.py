@@ -80,18 +80,24 @@ def available_backends(device: torch.device | str = "cpu", op: str = "topk_masks
     return [b for b in KNOWN_BACKENDS if unavailable_reason(b, op, device) is None]
 
 
-def resolve(backend: str, op: str, device: torch.device) -> Callable:
+def resolve_name(backend: str, op: str, device: torch.device) -> str:
+    """The backend that ``backend`` (``"auto"`` or a name) runs ``op`` on for ``device``'s tensors;
+    an unknown name is a ValueError, an unavailable one a BackendUnavailableError saying why."""
     if not isinstance(backend, str) or (backend != "auto" and backend not in KNOWN_BACKENDS
                                         and backend not in _EXTRA_BACKENDS):
         raise ValueError(f"backend must be 'auto' or one of {KNOWN_BACKENDS}, got {backend!r}")
     if backend == "auto":
         for name in AUTO_ORDER.get(device.type, ("reference",)):
             if unavailable_reason(name, op, device) is None:
-                return _KERNELS[op][name]
+                return name
         raise BackendUnavailableError(f"no backend can run {op} on device {device}")
     reason = unavailable_reason(backend, op, device)
     if reason is not None:
         raise BackendUnavailableError(
             f"backend {backend!r} is not available for {op} on {device.type} tensors: {reason}"
         )
-    return _KERNELS[op][backend]
+    return backend
+
+
+def resolve(backend: str, op: str, device: torch.device) -> Callable:
+    return _KERNELS[op][resolve_name(backend, op, device)]
