@@ -32,6 +32,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../common/radix_args.h"
 #include "float_keys.h"
 
 namespace sparseforce {
@@ -712,15 +713,7 @@ std::pair<std::vector<int64_t>, int64_t> histogram_pass(const std::vector<Seg>& 
 at::Tensor radix_histogram(at::TensorList a, at::TensorList b, at::TensorList prev_masks, at::ScalarType rank,
                            int64_t shift, int64_t prefix) {
   const bool saliency = !b.empty();
-  TORCH_CHECK(!saliency || a.size() == b.size(), "sparseforce: weights has ", a.size(), " tensors but grads has ",
-              b.size());
-  TORCH_CHECK(prev_masks.empty() || prev_masks.size() == a.size(), "sparseforce: prev_masks has ",
-              prev_masks.size(), " tensors but there are ", a.size(), " inputs");
-  TORCH_CHECK(rank == at::kHalf || rank == at::kBFloat16 || rank == at::kFloat || rank == at::kDouble,
-              "sparseforce: rank_dtype must be a float dtype, got ", rank);
-  const int key_bits = static_cast<int>(at::elementSize(rank) * 8);
-  TORCH_CHECK(shift >= 0 && shift % kDigit == 0 && shift + kDigit <= key_bits, "sparseforce: shift=", shift,
-              " is not a digit position of a ", key_bits, "-bit key");
+  check_radix_histogram_args(a, b, prev_masks, rank, shift, kDigit);
   Prepared p;
   for (size_t i = 0; i < a.size(); ++i) {
     check_float(a[i], saliency ? "weights" : "scores", i);

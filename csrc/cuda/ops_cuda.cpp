@@ -19,6 +19,7 @@
 #include <cuda_runtime_api.h>
 #include <torch/library.h>
 
+#include "../common/radix_args.h"
 #include "host.h"
 #include "launch.h"
 
@@ -280,15 +281,7 @@ void saliency_topk_masks_out(at::TensorList weights, at::TensorList grads, int64
 at::Tensor radix_histogram(at::TensorList a, at::TensorList b, at::TensorList prev_masks, at::ScalarType rank,
                            int64_t shift, int64_t prefix) {
   const bool saliency = !b.empty();
-  TORCH_CHECK(!saliency || a.size() == b.size(), "sparseforce: weights has ", a.size(), " tensors but grads has ",
-              b.size());
-  TORCH_CHECK(prev_masks.empty() || prev_masks.size() == a.size(), "sparseforce: prev_masks has ",
-              prev_masks.size(), " tensors but there are ", a.size(), " inputs");
-  TORCH_CHECK(rank == at::kHalf || rank == at::kBFloat16 || rank == at::kFloat || rank == at::kDouble,
-              "sparseforce: rank_dtype must be a float dtype, got ", rank);
-  const int key_bits = static_cast<int>(at::elementSize(rank) * 8);
-  TORCH_CHECK(shift >= 0 && shift % kHistDigitBits == 0 && shift + kHistDigitBits <= key_bits, "sparseforce: shift=",
-              shift, " is not a digit position of a ", key_bits, "-bit key");
+  check_radix_histogram_args(a, b, prev_masks, rank, shift, kHistDigitBits);
   TORCH_CHECK(!a.empty(), "sparseforce (cuda): no scores");
   const at::Device dev = a[0].device();
   const c10::cuda::CUDAGuard guard(dev);
