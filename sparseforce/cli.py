@@ -856,12 +856,28 @@ def _usage_error(exc: BaseException) -> bool:
     return registry is not None and isinstance(exc, registry.BackendUnavailableError)
 
 
+def _passive_openmp_waits() -> None:
+    """Threads that wait at the end of a parallel region sleep instead of spinning, unless the user
+    chose (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` set) or torch is already loaded (its OpenMP
+    runtime read the environment when it loaded: too late).
+
+    Why: OpenMP's default spins for a while at every barrier. With another process busy on a core,
+    the spinning thread takes the core its peer needs, and the many small parallel regions of a
+    pruning or training step each wait for a descheduled peer: ``prune --dataset digits`` took
+    5-10x longer on a busy 2-core machine. Passive waits cost nothing measurable on a quiet one
+    (the committed measurement: benchmarks/results/cli-threads-*.json)."""
+    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "passive"
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    _passive_openmp_waits()
     prog = f"sparseforce {args.command}"
     import warnings
 
