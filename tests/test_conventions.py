@@ -731,3 +731,19 @@ def test_snip_schedules_are_checked_first():
         call("snip", schedule="cosine")
     with pytest.raises(TypeError, match="schedule"):
         call("snip", schedule=0.5)
+
+
+def test_readme_tie_frequencies_are_the_committed_measurement():
+    """The README's tie counts are those of benchmarks/ties_at_threshold.py's committed output."""
+    import json
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    path = re.search(r"`(benchmarks/results/ties-at-threshold-[\d-]+\.json)`", readme).group(1)
+    summary = json.loads((root / path).read_text(encoding="utf-8"))["summary"]
+    assert (f"a zero threshold at some step in {summary['with_a_zero_threshold_at_some_step']} of the "
+            f"{summary['settings']} settings ({summary['of_those_with_a_zero_threshold_at_some_step']} of the "
+            f"{summary['settings_at_sparsity_ge_0.99']} at ≥ 99 %), and a dense final mask in "
+            f"{summary['with_a_dense_final_mask']}") in readme
+    assert (root / path).with_suffix(".txt").exists()  # the run's printout, next to it
