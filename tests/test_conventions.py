@@ -34,12 +34,12 @@ def fresh_seed() -> int:
     return seed
 
 
-def net(seed, bn=True):
+def net(seed, bn=True, act=nn.ReLU):
     torch.manual_seed(seed)
     layers = [nn.Conv2d(1, 4, 3, padding=1)]
     if bn:
         layers.append(nn.BatchNorm2d(4))
-    layers += [nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10)]
+    layers += [act(), nn.Conv2d(4, 4, 3, padding=1), act(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10)]
     model = nn.Sequential(*layers).double()
     if bn:  # running statistics that are not the identity, so eval mode differs from train mode
         with torch.no_grad():
@@ -68,9 +68,11 @@ def split_like(flat, like):
 
 # ---------------------------------------------------------------- the official FORCE code, written out
 
-def official_iterative_pruning(model, x, y, pruning_factor, num_steps, mode, prune_method):
-    """naver/force ``iterative_pruning`` with num_batches=1 (its loader's first batch is (x, y)):
-    prune_method 3 = FORCE, 1 = Iter SNIP. nll_loss on the raw outputs, as the official code."""
+def official_iterative_pruning(model, loader, pruning_factor, num_steps, mode, prune_method, num_batches=1):
+    """naver/force ``iterative_pruning``: prune_method 3 = FORCE, 1 = Iter SNIP. As the official
+    ``get_average_gradients``, every batch is ``next(iter(loader))`` (the first batch of a fresh
+    pass: a new shuffle per batch with a shuffling DataLoader), ``num_batches`` of them per step,
+    their gradients summed from 0 and divided by their count; nll_loss on the raw outputs."""
     net_ = copy.deepcopy(model)
     original = [m.weight.detach().clone() for m in prunable_layers(net_)]
     if mode == "exp":
@@ -79,11 +81,19 @@ def official_iterative_pruning(model, x, y, pruning_factor, num_steps, mode, pru
         steps = [1 - ((x_ + 1) * (1 - pruning_factor) / num_steps) for x_ in range(num_steps)]
     mask, hooks = None, []
     for perc in steps:
-        net_.zero_grad()
-        F.nll_loss(net_(x), y).backward()
         layers = prunable_layers(net_)
+        gradients, count = [0 for _ in layers], 0
+        for batch_idx in range(len(loader)):
+            x, y = next(iter(loader))
+            net_.zero_grad()
+            F.nll_loss(net_(x), y).backward()
+            gradients = [acc + m.weight.grad for acc, m in zip(gradients, layers)]
+            count += 1
+            if batch_idx == num_batches - 1:
+                break
+        gradients = [g / count for g in gradients]
         weights = original if prune_method == 3 else [m.weight for m in layers]
-        saliency = [torch.abs(w * m.weight.grad) for w, m in zip(weights, layers)]
+        saliency = [torch.abs(w * g) for w, g in zip(weights, gradients)]
         if mask is not None and prune_method < 3:
             lowest = torch.cat([s.flatten() for s in saliency]).min()
             for s, m in zip(saliency, mask):
@@ -115,12 +125,105 @@ def test_official_force_code_masks_are_reproduced_exactly(method, prune_method, 
     model, (x, y) = net(seed), batch(seed)
     pf = float(10 ** -np.random.default_rng(seed).uniform(0.5, 2.0))  # the official --pruning_factor
     T = 6
-    want = official_iterative_pruning(model, x, y, pf, T, mode, prune_method)
+    want = official_iterative_pruning(model, [(x, y)], pf, T, mode, prune_method)
     got = getattr(sf, method)(model, [(x, y)], sparsity=1 - pf, iterations=T,
                               schedule=official_force_densities(pf, T, mode), k_rounding="floor",
                               loss_fn=nll_on_logits, backend="reference")
     assert np.array_equal(as_flat(got), flat_bool(want)), PEERS_EXACT
     assert got.num_kept() == int(got.numel() * official_force_densities(pf, T, mode)[-1])
+
+
+def shuffled_loader(seed, n=64, batch_size=16, classes=2):
+    g = torch.Generator().manual_seed(seed + 2)
+    xs = torch.randn(n, 1, 8, 8, generator=g, dtype=torch.float64)
+    ys = torch.arange(n) % classes  # balanced, so a shuffled batch of 16 all but surely holds every class
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xs, ys), batch_size=batch_size, shuffle=True)
+
+
+def tie_free_net(seed, classes=2):
+    """No exact zero among the official code's scores: Tanh, not ReLU (a unit dead on a batch
+    gives its weights a zero score), and as few classes as the batches always hold (nll_loss on
+    raw logits has a zero gradient for the output rows of classes absent from the batch). At a
+    zero threshold the official ``>=`` keeps every tie (see the test after this one), which with
+    other batches at the next step changes its final masks, not only the tie rule's."""
+    model = net(seed, act=nn.Tanh)
+    torch.manual_seed(seed)
+    model[-1] = nn.Linear(4 * 8 * 8, classes).double()
+    return model
+
+
+@pytest.mark.parametrize("num_batches", [1, 2])
+@pytest.mark.parametrize("method, prune_method", [("force", 3), ("iter_snip", 1)])
+def test_official_force_code_with_a_shuffling_loader_is_reproduced_by_the_readme_recipe(method, prune_method,
+                                                                                         num_batches):
+    """The official training script's loader shuffles, and its loop takes every batch as
+    next(iter(loader)): a new shuffle each time. The README's recipe draws the same batches from
+    the same RNG state up front: ``[next(iter(loader)) for _ in range(T * num_batches)]``."""
+    seed = fresh_seed()
+    model, loader = tie_free_net(seed), shuffled_loader(seed)
+    pf, T = float(10 ** -np.random.default_rng(seed).uniform(0.5, 2.0)), 5
+    torch.manual_seed(seed)
+    want = official_iterative_pruning(model, loader, pf, T, "exp", prune_method, num_batches)
+    n = sum(m.weight.numel() for m in prunable_layers(model))
+    assert flat_bool(want).sum() == int(n * official_force_densities(pf, T)[-1]), "a tie at the threshold"
+    after_official = torch.get_rng_state()
+    torch.manual_seed(seed)
+    batches = [next(iter(loader)) for _ in range(T * num_batches)]  # the README's recipe
+    got = getattr(sf, method)(model, batches, sparsity=1 - pf, iterations=T, batches_per_iteration=num_batches,
+                              schedule=official_force_densities(pf, T, "exp"), k_rounding="floor",
+                              loss_fn=nll_on_logits)
+    assert np.array_equal(as_flat(got), flat_bool(want)), PEERS_EXACT
+    assert torch.equal(torch.get_rng_state(), after_official)  # the same draws, and sf.force drew none
+    # the batches did change from step to step (else this is the non-shuffling case again)
+    assert not all(torch.equal(b[1], batches[0][1]) for b in batches[1:])
+    # and the one-batch recipe of a non-shuffling loader does not reproduce this run
+    torch.manual_seed(seed)
+    first = [next(iter(loader))]
+    assert got != getattr(sf, method)(model, first, sparsity=1 - pf, iterations=T,
+                                      schedule=official_force_densities(pf, T, "exp"), k_rounding="floor",
+                                      loss_fn=nll_on_logits)
+
+
+def test_readme_gives_the_recipe_for_a_shuffling_loader_and_snip():
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Reproducing other implementations"):]
+    section = section[:section.index("\n### ", 5)]
+    assert "[next(iter(loader)) for _ in range(T" in section
+    assert "schedule=official_force_densities(d, 1)" in section  # their one-step SNIP
+    assert "torch.set_default_dtype(torch.float64)" in section  # their SynFlow on a float64 model
+
+
+def dead_channel_net():
+    """Three of the last conv's four channels dead (bias -100 before a ReLU): the Linear weights
+    reading them and the conv weights writing them have gradient 0, so over 2000 of the 2740
+    scores are exactly 0, as whole dead units give at extreme sparsity."""
+    model = net(11, bn=False)
+    with torch.no_grad():
+        model[2].bias[:3] = -100.0
+    return model
+
+
+@pytest.mark.parametrize("method, prune_method, T", [("snip", 3, 1), ("force", 3, 3), ("iter_snip", 1, 3)])
+def test_at_a_zero_threshold_the_official_rule_keeps_every_weight_and_we_keep_k(method, prune_method, T):
+    model, (x, y) = dead_channel_net(), batch(11)
+    layers = prunable_layers(model)
+    n = sum(m.weight.numel() for m in layers)
+    pf = 0.3  # k = 822 of 2740, more than the scores that are not 0
+    net_ = copy.deepcopy(model)
+    F.nll_loss(net_(x), y).backward()
+    nonzero = int(sum(((m.weight * m.weight.grad) != 0).sum() for m in prunable_layers(net_)))
+    k = int(n * official_force_densities(pf, T)[-1])
+    assert nonzero < k  # so the k-th largest score, their threshold, is 0
+    want = official_iterative_pruning(model, [(x, y)], pf, T, "exp", prune_method)
+    assert flat_bool(want).all()  # `>= 0` keeps every weight: a dense "pruned" net
+    kw = {} if method == "snip" else {"iterations": T}
+    got = getattr(sf, method)(model, [(x, y)], sparsity=1 - pf, schedule=official_force_densities(pf, T),
+                              k_rounding="floor", loss_fn=nll_on_logits, **kw)
+    assert got.num_kept() == k  # exactly k: every nonzero score, then zeros by global position
+    scores = flat64([(m.weight * m.weight.grad).abs() for m in prunable_layers(net_)])
+    if T == 1:
+        assert np.array_equal(as_flat(got), oracle_keep(scores, k))
 
 
 def test_official_force_schedule_uses_the_official_float_expressions():
@@ -194,8 +297,10 @@ def peer_synflow(model, input_shape, density, epochs, schedule):
     masks = [torch.ones_like(state[n]) for n in names]
     for epoch in range(epochs):
         leaves = [state[n].clone().requires_grad_(True) for n in names]
+        # theirs: torch.ones([1] + input_dim), in the default dtype, so a float64 model needs
+        # torch.set_default_dtype(torch.float64) around the call
         out = functional_call(model, {**state, **{n: w * m for n, w, m in zip(names, leaves, masks)}},
-                              (torch.ones([1] + list(input_shape), dtype=torch.float64),))
+                              (torch.ones([1] + list(input_shape)),))
         grads = torch.autograd.grad(torch.sum(out), leaves)
         scores = [(g * w).detach().abs() for g, w in zip(grads, leaves)]
         if schedule == "exponential":
@@ -233,7 +338,14 @@ def test_synaptic_flow_synflow_masks_are_reproduced_exactly(schedule):
     seed = fresh_seed()
     model = net(seed)
     p, T = compression_density(seed), 5
-    want = peer_synflow(model, (1, 8, 8), p, T, schedule)
+    with pytest.raises(RuntimeError):  # their all-ones input is float32 by default: it needs ...
+        peer_synflow(model, (1, 8, 8), p, T, schedule)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # ... this, as the README's recipe says
+    try:
+        want = peer_synflow(model, (1, 8, 8), p, T, schedule)
+    finally:
+        torch.set_default_dtype(default)
     got = sf.synflow(model, input_shape=(1, 8, 8), sparsity=1 - p, iterations=T,
                      schedule=synaptic_flow_densities(p, T, schedule), k_rounding="synflow")
     assert np.array_equal(as_flat(got), flat_bool(want)), PEERS_EXACT
@@ -564,3 +676,74 @@ def test_prune_command_takes_k_rounding_and_eval_mode_scores(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["prune", "--k-rounding", "nearest"])
     assert "--k-rounding" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- snip(schedule=): their one-step SNIP
+
+def test_snip_takes_a_one_step_schedule_and_reproduces_the_official_one_step_count():
+    """The official FORCE code's SNIP (num_steps=1) keeps int(N * exp(-log(1/d))), a float that
+    need not be d: N = 1000, d = 0.1 keeps 100 where floor(N·(1 - 0.9)) is 99."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(100, 10, bias=False)).double()  # N = 1000
+    torch.manual_seed(0)
+    data = [(torch.randn(8, 100, dtype=torch.float64), torch.randint(0, 10, (8,)))]
+    steps = official_force_densities(0.1, 1)
+    assert int(1000 * steps[0]) == 100 and math.floor(1000 * (1 - 0.9)) == 99  # the case, as it stands
+    assert sf.snip(model, data, sparsity=1 - 0.1, k_rounding="floor").num_kept() == 99
+    got = sf.snip(model, data, sparsity=1 - 0.1, schedule=steps, k_rounding="floor", loss_fn=nll_on_logits)
+    assert got.num_kept() == 100
+    assert got == sf.force(model, data, sparsity=1 - 0.1, iterations=1, schedule=steps, k_rounding="floor",
+                           loss_fn=nll_on_logits)
+    assert got == sf.prune(model, data, method="snip", sparsity=1 - 0.1, schedule=steps, k_rounding="floor",
+                           loss_fn=nll_on_logits)
+    # the official loop itself, one step
+    x, y = data[0]
+    want = official_iterative_pruning(model, [(x, y)], 0.1, 1, "exp", 3)
+    assert np.array_equal(as_flat(got), flat_bool(want)), PEERS_EXACT
+
+
+def test_snip_schedule_names_and_sequence_forms():
+    model, data = net(4, bn=False), [batch(4)]
+    plain = sf.snip(model, data, sparsity=0.9)
+    for schedule in ("exp", "linear", [0.1], (0.1,), np.array([0.1]), torch.tensor([0.1], dtype=torch.float64)):
+        assert sf.snip(model, data, sparsity=0.9, schedule=schedule) == plain, schedule
+
+
+@pytest.mark.parametrize("via_prune", [False, True])
+def test_snip_refuses_a_schedule_of_several_steps_pointing_to_force_and_iter_snip(via_prune):
+    kw = dict(sparsity=0.5, schedule=[0.8, 0.5])
+    with pytest.raises(ValueError, match=r"snip is one step, but schedule gives 2 densities.*force / iter_snip"):
+        if via_prune:
+            sf.prune(net(0), Untouchable(), method="snip", **kw)
+        else:
+            call("snip", **kw)
+
+
+def test_snip_schedules_are_checked_first():
+    with pytest.raises(ValueError, match="sparsity=0.5"):
+        call("snip", schedule=[0.4])
+    with pytest.raises(ValueError, match=r"schedule\[0\]"):
+        call("snip", schedule=[1.5])
+    with pytest.raises(TypeError, match=r"schedule\[0\]"):
+        call("snip", schedule=["a"])
+    with pytest.raises(ValueError, match="empty"):
+        call("snip", schedule=[])
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        call("snip", schedule="cosine")
+    with pytest.raises(TypeError, match="schedule"):
+        call("snip", schedule=0.5)
+
+
+def test_readme_tie_frequencies_are_the_committed_measurement():
+    """The README's tie counts are those of benchmarks/ties_at_threshold.py's committed output."""
+    import json
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    path = re.search(r"`(benchmarks/results/ties-at-threshold-[\d-]+\.json)`", readme).group(1)
+    summary = json.loads((root / path).read_text(encoding="utf-8"))["summary"]
+    assert (f"a zero threshold at some step in {summary['with_a_zero_threshold_at_some_step']} of the "
+            f"{summary['settings']} settings ({summary['of_those_with_a_zero_threshold_at_some_step']} of the "
+            f"{summary['settings_at_sparsity_ge_0.99']} at ≥ 99 %), and a dense final mask in "
+            f"{summary['with_a_dense_final_mask']}") in readme
+    assert (root / path).with_suffix(".txt").exists()  # the run's printout, next to it

@@ -21,7 +21,7 @@ import torch
 from .. import _checks, ops
 from ..masks import Masks, format_percent
 from . import _model, _parallel
-from .schedules import check_k_rounding, densities, keep_counts
+from .schedules import check_k_rounding, densities, keep_counts, one_step_schedule
 
 
 def _progressive(model, data, *, method, sparsity, iterations, schedule, loss_fn, batches_per_iteration,
@@ -163,15 +163,26 @@ def iter_snip(model, data, sparsity, iterations=60, schedule="exp", loss_fn=None
 
 
 def snip(model, data, sparsity, loss_fn=None, batches_per_iteration=1, prunable=None, backend="auto",
-         progress=False, group=None, seed=None, k_rounding="round", train_mode=True, invert=False) -> Masks:
+         progress=False, group=None, seed=None, k_rounding="round", train_mode=True, invert=False,
+         schedule="exp") -> Masks:
     """SNIP (Lee et al., 2019): keep the top-k of |θ0 ⊙ g| after a single gradient evaluation
     (the mean gradient over the first ``batches_per_iteration`` batches of ``data``).
 
     ``data``, ``seed``, ``k_rounding``, ``train_mode``, ``invert``, the random state, the
     collapse warning and distributed use as :func:`force`: a one-shot iterator (a generator)
     with fewer batches raises ``ValueError``; pass a list or a DataLoader.
+
+    ``schedule``: the one step's density. A name (``"exp"``, ``"linear"``: both are the final
+    density 1 - ``sparsity`` for one step) or a sequence of **one** density, used as given (it
+    must agree with 1 - ``sparsity`` to 1e-9). That reproduces another implementation's kept
+    count exactly: the official FORCE code's SNIP (``--num_steps 1``) keeps
+    ``int(N * exp(-log(1/d)))``, and that float is not always d (N = 1000, d = 0.1 keeps 100
+    where ``k_rounding="floor"`` of 1 - 0.9 keeps 99), so pass
+    ``schedule=official_force_densities(d, 1), k_rounding="floor"``. A sequence of more than one
+    density is a ``ValueError``: that is :func:`force` or :func:`iter_snip` with ``iterations=``.
     """
-    return _progressive(model, data, method="SNIP", sparsity=sparsity, iterations=1, schedule="exp", loss_fn=loss_fn,
-                        batches_per_iteration=batches_per_iteration, prunable=prunable, backend=backend,
-                        progress=progress, resurrect=True, group=group, seed=seed, k_rounding=k_rounding,
-                        train_mode=train_mode, invert=invert)
+    schedule = one_step_schedule(schedule, "snip")
+    return _progressive(model, data, method="SNIP", sparsity=sparsity, iterations=1, schedule=schedule,
+                        loss_fn=loss_fn, batches_per_iteration=batches_per_iteration, prunable=prunable,
+                        backend=backend, progress=progress, resurrect=True, group=group, seed=seed,
+                        k_rounding=k_rounding, train_mode=train_mode, invert=invert)

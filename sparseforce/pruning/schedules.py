@@ -89,6 +89,23 @@ def _explicit(schedule) -> list[float] | None:
     return out
 
 
+def one_step_schedule(schedule, method: str = "snip"):
+    """``schedule`` checked as the schedule of a one-step method (SNIP): a schedule name, whose
+    single density is the final one, or a sequence of exactly one density (such as
+    ``official_force_densities(d, 1)``, whose float need not be exactly ``1 - sparsity``).
+
+    A longer sequence is a ``ValueError`` pointing to the progressive methods. Returns the
+    schedule to pass on with ``iterations=1`` (a sequence as a list of floats)."""
+    explicit = _explicit(schedule)
+    if explicit is None:
+        return schedule
+    if len(explicit) != 1:
+        raise ValueError(f"{method} is one step, but schedule gives {len(explicit)} densities; pass one density "
+                         f"(e.g. official_force_densities(d, 1)), or use force / iter_snip with iterations="
+                         f"{len(explicit)} for a schedule of several steps")
+    return explicit
+
+
 def densities(sparsity: float, iterations: int, schedule="exp") -> list[float]:
     """[d_1, ..., d_T] for the final ``sparsity``.
 
