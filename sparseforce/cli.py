@@ -76,7 +76,7 @@ def _checked(kind, want: str, ok):
 
 positive_int = _checked(int, "an integer >= 1", lambda v: v >= 1)
 non_negative_int = _checked(int, "an integer >= 0", lambda v: v >= 0)
-# numpy's and scikit-learn's generators take seeds below 2**32.
+# Seeds are 32-bit throughout (sparseforce._checks.seed): torch's CPU generator keeps only the low 32 bits.
 seed = _checked(int, "an integer in [0, 2**32)", lambda v: 0 <= v < 2**32)
 positive_float = _checked(float, "a finite number > 0", lambda v: math.isfinite(v) and v > 0)
 non_negative_float = _checked(float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
@@ -140,7 +140,7 @@ def _add_ablation(g, choices) -> None:
     g.add_argument("--ablation", default=None, choices=choices,
                    help="a sanity check of Frankle et al. (2021): " + "; ".join(what[c] for c in choices)
                         + f". {' and '.join(drawn).capitalize()} draw{'s' if len(drawn) == 1 else ''} from "
-                          "--seed + 2**32 (default: none)")
+                          "(--seed + 0x9E3779B9) mod 2**32, never a seed of the run itself (default: none)")
 
 
 _DATASET_HELP = ("digits (scikit-learn's 8x8 digits, offline, needs no --data-dir), mnist (without --data-dir: "
@@ -290,9 +290,15 @@ def _pruning_kwargs(args) -> dict:
     return kw
 
 
-def _ablation_seed(args) -> int:
-    # Above every --seed, so an ablation never replays the stream of the model's initialization.
-    return args.seed + 2**32
+def _ablation_seed(seed: int) -> int:
+    """The seed an ablation (shuffle, reinit) draws from: (--seed + 0x9E3779B9) mod 2**32.
+
+    Seeds are 32-bit everywhere (torch's CPU generator keeps only the low 32 bits, so the old
+    --seed + 2**32 drew exactly what --seed draws). The run itself seeds with --seed (model,
+    split, data order) and --seed + 1 (augmentation); an offset of neither 0 nor 1 never lands on
+    them, and distinct --seed values give distinct ablation seeds. (2**32 / golden ratio: the
+    usual constant for spreading consecutive seeds apart; any other than 0 and 1 would do.)"""
+    return (seed + 0x9E3779B9) % 2**32
 
 
 def _shuffle_if_asked(args, masks):
@@ -300,8 +306,8 @@ def _shuffle_if_asked(args, masks):
         return masks
     from .ablations import shuffle
 
-    print(f"ablation: shuffled each layer's mask within the layer (seed {_ablation_seed(args)})")
-    return shuffle(masks, seed=_ablation_seed(args))
+    print(f"ablation: shuffled each layer's mask within the layer (seed {_ablation_seed(args.seed)})")
+    return shuffle(masks, seed=_ablation_seed(args.seed))
 
 
 def _progress(args) -> bool:
@@ -654,7 +660,7 @@ def _run_train(args, device, model_name: str, stage: dict) -> int:
               f"(density {format_percent(masks.num_kept(), masks.numel())})")
         masks.save(os.path.join(args.out, "masks.pt"))
         if args.ablation == "reinit":
-            print(f"ablation: training these masks from a fresh initialization (seed {_ablation_seed(args)})")
+            print(f"ablation: training these masks from a fresh initialization (seed {_ablation_seed(args.seed)})")
 
     # What --resume reads back (the recipe's numbers are in the checkpoint's config).
     meta = {k: getattr(args, k) for k in _RUN_OPTIONS + _PLACE_OPTIONS + ("masks",)}
@@ -669,7 +675,7 @@ def _run_train(args, device, model_name: str, stage: dict) -> int:
                  resume=args.resume, overwrite=args.overwrite, seed=args.seed, num_workers=args.num_workers,
                  progress=_progress(args), verbose=True, backend=args.backend,
                  stop_after_epoch=args.stop_after_epoch, meta=meta,
-                 reinit=_ablation_seed(args) if args.ablation == "reinit" else None)
+                 reinit=_ablation_seed(args.seed) if args.ablation == "reinit" else None)
     final, best = result.final, result.best
     if final is not None:
         done = final["epoch"] >= result.recipe.epochs

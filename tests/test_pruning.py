@@ -513,7 +513,7 @@ def test_iterations_are_checked_first(method, value, error):
 
 
 @pytest.mark.parametrize("value, error", [(1.5, TypeError), (None, TypeError), ("x", TypeError), (True, TypeError),
-                                          (-1, ValueError), (2**64, ValueError)])
+                                          (-1, ValueError), (2**32, ValueError), (2**64, ValueError)])
 def test_random_seed_is_checked(value, error):
     with pytest.raises(error, match="seed"):
         sf.random(tiny_cnn(), sparsity=0.5, seed=value)
