@@ -82,6 +82,17 @@ positive_float = _checked(float, "a finite number > 0", lambda v: math.isfinite(
 non_negative_float = _checked(float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
 fraction = _checked(float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 open_fraction = _checked(float, "a number strictly between 0 and 1", lambda v: 0 < v < 1)
+momentum = _checked(float, "a number in [0, 1)", lambda v: 0 <= v < 1)  # 1 and above: no decay, diverges
+
+
+def sparsity_value(text: str) -> float:
+    """A sparsity below 1: at 1 every method returns the same all-empty masks, a network that
+    computes nothing, so the value is a slip rather than a request."""
+    value = fraction(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError(f"must be below 1, got {text!r}: 1 removes every prunable weight, "
+                                         "whatever the method")
+    return value
 
 
 def dataset_name(text: str) -> str:
@@ -115,8 +126,8 @@ def _add_common(p, *, progress: str, backend: str, resumable: bool = False) -> N
 def _add_pruning(g, *, sparsity: float, resumable: bool = False) -> None:
     g.add_argument("--method", default=None if resumable else "force", choices=METHOD_NAMES,
                    help="pruning method" + (" (default: force)" if resumable else ""))
-    g.add_argument("--sparsity", type=fraction, default=None if resumable else sparsity,
-                   help="fraction of prunable weights to remove, in [0, 1]"
+    g.add_argument("--sparsity", type=sparsity_value, default=None if resumable else sparsity,
+                   help="fraction of prunable weights to remove, in [0, 1)"
                         + (f" (default: {sparsity})" if resumable else ""))
     g.add_argument("--iterations", type=positive_int, default=None, metavar="N",
                    help="pruning steps of force, iter_snip and synflow (default: 60; synflow: 100)")
@@ -454,8 +465,8 @@ def _add_train(sub):
                         "(default: the recipe's)")
     g.add_argument("--lr", type=positive_float, default=None,
                    help="initial learning rate (default: the recipe's 0.1; 1e-3 with --optimizer adamw)")
-    g.add_argument("--momentum", type=non_negative_float, default=None,
-                   help="SGD momentum (default: the recipe's 0.9)")
+    g.add_argument("--momentum", type=momentum, default=None,
+                   help="SGD momentum, in [0, 1) (default: the recipe's 0.9)")
     g.add_argument("--weight-decay", type=non_negative_float, default=None,
                    help="weight decay (default: the recipe's 5e-4; 1e-2 with --optimizer adamw)")
     g.add_argument("--milestones", type=positive_int, nargs="+", default=None, metavar="EPOCH",
@@ -523,6 +534,10 @@ def _take_run_settings(args, ckpt: dict, path: str) -> None:
                            "another --out)")
 
 
+def _recipe_name(args) -> str:
+    return args.recipe if args.recipe is not None else ("tinyimagenet" if args.dataset == "tinyimagenet" else "cifar")
+
+
 def _flag(option: str) -> str:
     return "--" + option.replace("_", "-")
 
@@ -537,6 +552,16 @@ def _check_train(args):
         raise ValueError(f"--milestones must be increasing, got {' '.join(map(str, args.milestones))}")
     if args.optimizer == "adamw" and args.momentum is not None:
         raise ValueError("--momentum does not apply to --optimizer adamw")
+    if args.milestones is not None and not args.resume:
+        # --resume cannot change --epochs, so a milestone at or past the last epoch stays dead.
+        from .train import RECIPES
+        epochs = args.epochs if args.epochs is not None else RECIPES[_recipe_name(args)].epochs
+        late = [m for m in args.milestones if m >= epochs]
+        if late:
+            whose = "" if args.epochs is not None else ", the recipe's"
+            raise ValueError(f"--milestones {_show(late)}: lr is divided after a milestone epoch, so one at or "
+                             f"after the last epoch (--epochs {epochs}{whose}) never takes effect; "
+                             + (f"give milestones below {epochs}" if epochs > 1 else "leave --milestones out"))
     device = _device(args.device)
     _check_backend(args.backend, device, ops=("topk_masks", "masked_sgd_"))
     if not args.resume and args.masks is None:
@@ -610,7 +635,18 @@ def _resume_settings(args) -> None:
             setattr(args, k, v)
 
 
+def _check_nothing_to_prune(args) -> None:
+    """A fresh run on --masks prunes nothing: a pruning option given with it would be ignored."""
+    given = [f"{_flag(k)} {_show(getattr(args, k))}" for k in _PRUNING_OPTIONS if getattr(args, k) is not None]
+    if given:
+        raise ValueError(f"--masks trains the masks it loads and prunes nothing, so {', '.join(given)} "
+                         f"{'does' if len(given) == 1 else 'do'} not apply; leave {'it' if len(given) == 1 else 'them'} "
+                         "out, or prune instead of --masks")
+
+
 def _train(args) -> int:
+    if args.masks is not None and not args.resume:
+        _check_nothing_to_prune(args)
     _resume_settings(args)
     device, model_name = _check_train(args)
     stage = {"training": False}
@@ -628,7 +664,7 @@ def _run_train(args, device, model_name: str, stage: dict) -> int:
     from .train import RECIPES, fit, get_splits
 
     key = args.dataset
-    recipe_name = args.recipe if args.recipe is not None else ("tinyimagenet" if key == "tinyimagenet" else "cifar")
+    recipe_name = _recipe_name(args)
     recipe = RECIPES[recipe_name]
     if not args.resume and args.masks is None:
         # Stored resolved, so that --resume compares what ran.
@@ -805,7 +841,7 @@ def _add_ddp(sub):
     p.add_argument("--model", type=model_name, default="digits_cnn", metavar="NAME",
                    help="a model of sparseforce.models taking 1x8x8 inputs")
     p.add_argument("--method", default="force", choices=["force", "iter_snip", "snip"], help="pruning method")
-    p.add_argument("--sparsity", type=fraction, default=0.9, help="fraction of prunable weights to remove, in [0, 1]")
+    p.add_argument("--sparsity", type=sparsity_value, default=0.9, help="fraction of prunable weights to remove, in [0, 1)")
     p.add_argument("--iterations", type=positive_int, default=10, metavar="N", help="pruning steps")
     p.add_argument("--sharded", action="store_true", help="prune the model sharded with FSDP2 (fully_shard)")
     p.add_argument("--epochs", type=positive_int, default=3, metavar="N", help="training epochs")

@@ -152,6 +152,7 @@ def _bad_arguments(tmp):
     missing = tmp / "missing"
     prune = ["prune", "--dataset", "digits", "--out", tmp / "m.pt"]
     train = ["train", "--dataset", "digits", "--method", "random", "--epochs", "1", "--out", tmp / "run"]
+    train_on_masks = ["train", "--dataset", "digits", "--epochs", "1", "--out", tmp / "run"]
     demo = ["demo", "--quick", "--jobs", "1", "--out", tmp / "demo"]
     bench = ["bench", "--device", "cpu", "--only", "select", "--scale", "64", "--min-time", "0", "--out", tmp / "b"]
     ddp = ["ddp", "--device", "cpu", "--out", tmp / "ddp"]
@@ -192,7 +193,20 @@ def _bad_arguments(tmp):
         (train, ["--seed", "-1"], ["--seed"]),
         (train, ["--optimizer", "adamw", "--momentum", "0.5"], ["--momentum", "adamw"]),
         (train, ["--resume", "--overwrite"], ["--resume", "--overwrite"]),
-        (train, ["--masks", missing / "m.pt"], ["--masks", "does not exist"]),
+        (train_on_masks, ["--masks", missing / "m.pt"], ["--masks", "does not exist"]),
+        # was: --method and --sparsity silently ignored, the loaded masks trained
+        (train_on_masks, ["--masks", a_file, "--method", "snip"], ["--masks", "--method snip"]),
+        (train_on_masks, ["--masks", a_file, "--sparsity", "0.5", "--iterations", "3"],
+         ["--masks", "--sparsity", "--iterations"]),
+        (train, ["--momentum", "1.5"], ["--momentum", "[0, 1)"]),  # was: trained, diverging
+        (train, ["--momentum", "1"], ["--momentum", "[0, 1)"]),
+        # was: lr never divided, without a word (a milestone m divides lr from epoch m + 1 on)
+        (train, ["--epochs", "10", "--milestones", "5", "10"], ["--milestones", "10", "--epochs 10"]),
+        (["train", "--dataset", "digits", "--out", tmp / "run"], ["--milestones", "400"],
+         ["--milestones 400", "--epochs 350, the recipe's"]),
+        (train, ["--milestones", "1"], ["--milestones 1", "--epochs 1", "leave --milestones out"]),
+        (prune, ["--sparsity", "1"], ["--sparsity", "every prunable weight"]),  # was: all-empty masks, exit 0
+        (train, ["--sparsity", "1"], ["--sparsity", "every prunable weight"]),
         (train, ["--out", a_file], ["--out", "not a folder"]),
         (train, ["--device", "cuda"], ["--device cuda", "CUDA"], NO_CUDA),
         (train, ["--device", "cpu", "--backend", "cuda"], ["--backend cuda", "reference"]),
@@ -216,6 +230,7 @@ def _bad_arguments(tmp):
         (ddp, ["--batch-size", "0"], ["--batch-size"]),
         (ddp, ["--timeout", "0"], ["--timeout"]),
         (ddp, ["--sparsity", "2"], ["--sparsity"]),
+        (ddp, ["--sparsity", "1"], ["--sparsity", "every prunable weight"]),
         (ddp, ["--seed", "-1"], ["--seed"]),
         (ddp, ["--model", "resnet50"], ["resnet50", "3x32x32", "1x8x8"]),
         (ddp, ["--out", a_file], ["--out", "not a folder"]),

@@ -365,7 +365,9 @@ def test_cli_train_prunes_trains_and_resumes_a_cifar_model(tmp_path, capsys):
     assert len((cut / "log.jsonl").read_text().splitlines()) == 3
 
     # training with given masks skips pruning
-    assert main(common + ["--out", str(tmp_path / "given"), "--masks", str(full / "masks.pt"), "--epochs", "1"]) == 0
+    given = [a for i, a in enumerate(common)  # without the pruning options, which --masks refuses
+             if not {a, common[i - 1]} & {"--method", "--sparsity", "--iterations"}]
+    assert main(given + ["--out", str(tmp_path / "given"), "--masks", str(full / "masks.pt"), "--epochs", "1"]) == 0
     assert "loaded masks" in capsys.readouterr().out
     assert sf.Masks.load(tmp_path / "given" / "masks.pt") == masks
 
@@ -417,6 +419,9 @@ sys.exit(main(sys.argv[1:]))
 RUN = ["--model", "lenet5", "--dataset", "cifar10", "--method", "iter_snip", "--sparsity", "0.8",
        "--iterations", "2", "--schedule", "linear", "--epochs", "3", "--milestones", "1", "--lr", "0.05",
        "--momentum", "0.8", "--weight-decay", "1e-4", "--batch-size", "8", "--seed", "3", "--no-progress"]
+# RUN without its pruning options, which --masks refuses (it prunes nothing).
+RUN_ON_MASKS = [a for i, a in enumerate(RUN) if not {a, RUN[i - 1]} & {"--method", "--sparsity", "--iterations",
+                                                                    "--schedule"}]
 
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
@@ -541,7 +546,7 @@ def test_cli_names_a_corrupted_checkpoint_or_masks_file(stopped_run, tmp_path):
     masks = tmp_path / "m.pt"
     shutil.copy(out / "masks.pt", masks)
     flip_bit_in_tensor(masks)
-    r = run_sparseforce("train", *RUN, "--data-dir", root, "--out", tmp_path / "new", "--masks", masks)
+    r = run_sparseforce("train", *RUN_ON_MASKS, "--data-dir", root, "--out", tmp_path / "new", "--masks", masks)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     (line,) = r.stderr.strip().splitlines()
     assert str(masks) in line and "corrupt" in line
