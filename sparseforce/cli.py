@@ -679,7 +679,6 @@ def _run_train(args, device, model_name: str, stage: dict) -> int:
 
     masks = None  # on resume the checkpoint's
     if not args.resume:
-        os.makedirs(args.out, exist_ok=True)
         if args.masks:
             masks = Masks.load(args.masks, model=model)
             print(f"loaded masks from {args.masks}")
@@ -694,6 +693,9 @@ def _run_train(args, device, model_name: str, stage: dict) -> int:
         masks = _shuffle_if_asked(args, masks)
         print(f"kept {masks.num_kept():,} of {masks.numel():,} prunable weights "
               f"(density {format_percent(masks.num_kept(), masks.numel())})")
+        # Only now: a run that fails on its inputs (a corrupt --masks, masks that do not fit)
+        # leaves no empty run folder behind.
+        os.makedirs(args.out, exist_ok=True)
         masks.save(os.path.join(args.out, "masks.pt"))
         if args.ablation == "reinit":
             print(f"ablation: training these masks from a fresh initialization (seed {_ablation_seed(args.seed)})")

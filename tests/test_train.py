@@ -382,6 +382,7 @@ def test_cli_train_errors_are_reported(tmp_path, capsys):
     assert main(base + ["--out", str(tmp_path / "w"), "--masks", str(wrong)]) == 2
     err = capsys.readouterr().err
     assert "features.0.weight" in err and "(6, 3, 5, 5)" in err
+    assert not (tmp_path / "w").exists()  # was: left behind, empty
 
 
 # --------------------------------------------------------------------------------------------
@@ -550,3 +551,4 @@ def test_cli_names_a_corrupted_checkpoint_or_masks_file(stopped_run, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     (line,) = r.stderr.strip().splitlines()
     assert str(masks) in line and "corrupt" in line
+    assert not (tmp_path / "new").exists()  # was: left behind, empty
