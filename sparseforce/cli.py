@@ -639,9 +639,10 @@ def _check_nothing_to_prune(args) -> None:
     """A fresh run on --masks prunes nothing: a pruning option given with it would be ignored."""
     given = [f"{_flag(k)} {_show(getattr(args, k))}" for k in _PRUNING_OPTIONS if getattr(args, k) is not None]
     if given:
+        one = len(given) == 1
         raise ValueError(f"--masks trains the masks it loads and prunes nothing, so {', '.join(given)} "
-                         f"{'does' if len(given) == 1 else 'do'} not apply; leave {'it' if len(given) == 1 else 'them'} "
-                         "out, or prune instead of --masks")
+                         f"{'does' if one else 'do'} not apply; leave {'it' if one else 'them'} out, or prune "
+                         "instead of --masks")
 
 
 def _train(args) -> int:
