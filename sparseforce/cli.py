@@ -237,6 +237,10 @@ def _check_model_fits(model_name: str, dataset: str, data: str | None = None) ->
 
 
 def _check_data_dir(args) -> None:
+    if args.data_dir is None and args.dataset not in ("digits", "mnist"):
+        # Here rather than from sparseforce.data, whose message names its Python argument data_dir.
+        raise ValueError(f"--dataset {args.dataset} needs --data-dir pointing at the extracted files (nothing is "
+                         "downloaded; layouts: see the README); only digits and mnist work without one")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         what = "is not a folder" if os.path.exists(args.data_dir) else "does not exist"
         raise ValueError(f"--data-dir {args.data_dir} {what}")
@@ -439,7 +443,7 @@ def _add_train(sub):
                     "train --model vgg19_bn --dataset cifar10 --data-dir data --method force --sparsity 0.995 "
                     "--out runs/vgg_force; after a crash add --resume.",
         formatter_class=_HelpFormatter)
-    p.add_argument("--dataset", type=dataset_name, default=None, metavar="NAME", help=_DATASET_HELP + " (default: cifar10)")
+    p.add_argument("--dataset", type=dataset_name, default=None, metavar="NAME", help=_DATASET_HELP + " (default: digits)")
     p.add_argument("--data-dir", default=None, metavar="DIR", help=_DATA_DIR_HELP)
     p.add_argument("--model", type=model_name, default=None, metavar="NAME", help=_MODEL_HELP)
     p.add_argument("--out", required=True, metavar="DIR",
@@ -489,7 +493,7 @@ def _add_train(sub):
 # so that an option given on the command line can be told from one left out.
 # (--schedule, --batches-per-iteration and --iterations stay None: _pruning_kwargs resolves them
 # per method, and refuses them for a method that does not take them.)
-_TRAIN_DEFAULTS = {"dataset": "cifar10", "method": "force", "sparsity": 0.995, "seed": 0, "backend": "auto",
+_TRAIN_DEFAULTS = {"dataset": "digits", "method": "force", "sparsity": 0.995, "seed": 0, "backend": "auto",
                    "num_workers": 0}
 _PRUNING_OPTIONS = ("method", "sparsity", "iterations", "schedule", "batches_per_iteration", "distribution")
 # What defines a run: taken from the checkpoint on --resume, and refused there with another value.

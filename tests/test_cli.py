@@ -60,10 +60,26 @@ def test_prune_cifar10_from_the_standard_format(tmp_path, capsys):
 
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert main(["prune", "--dataset", "cifar10", "--out", str(tmp_path / "m.pt")]) == 2
-    assert "data_dir" in capsys.readouterr().err
+    # was: "needs data_dir", the Python argument's name
+    assert "--dataset cifar10 needs --data-dir" in capsys.readouterr().err
+    assert main(["train", "--dataset", "cifar10", "--out", str(tmp_path / "run")]) == 2
+    assert "--dataset cifar10 needs --data-dir" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
     assert main(["prune", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere")]) == 2
     assert "error" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_defaults_to_the_embedded_digits_as_prune_does(tmp_path, capsys):
+    # was: cifar10, which needs --data-dir, while prune took digits
+    commands = _subparsers()
+    assert "(default: digits)" in " ".join(commands["train"].format_help().split())
+    assert commands["prune"].get_default("dataset") == "digits"
+    assert main(["train", "--method", "random", "--epochs", "1", "--batch-size", "256", "--no-progress",
+                 "--out", str(tmp_path / "run")]) == 0
+    from sparseforce.train import load_checkpoint
+    meta = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["meta"]
+    assert meta["dataset"] == "digits" and meta["model"] == "digits_cnn"
 
 
 def test_bench_command_writes_results(tmp_path, capsys):
