@@ -113,7 +113,8 @@ def _add_common(p, *, progress: str, backend: str, resumable: bool = False) -> N
     # resumable (train): defaults are None so --resume can tell a given option from one left out;
     # _TRAIN_DEFAULTS fills them in after the checkpoint's settings.
     p.add_argument("--seed", type=seed, default=None if resumable else 0, metavar="N",
-                   help="seeds the model's initialization, the split, the data order and augmentation"
+                   help="seeds the model's initialization, the split, the data order and augmentation; "
+                        "an integer in [0, 2**32)"
                         + (" (default: 0)" if resumable else ""))
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     p.add_argument("--backend", default=None if resumable else "auto", choices=BACKEND_NAMES,
