@@ -504,8 +504,8 @@ def test_cli_resume_accepts_flags_that_agree(stopped_run, tmp_path, capsys):
 def test_cli_resume_of_a_run_on_given_masks(stopped_run, tmp_path, capsys):
     root, out, _ = stopped_run
     run = tmp_path / "run"
-    given = ["train", "--model", "lenet5", "--data-dir", str(root), "--epochs", "2", "--batch-size", "8",
-             "--masks", str(out / "masks.pt"), "--out", str(run)]
+    given = ["train", "--model", "lenet5", "--dataset", "cifar10", "--data-dir", str(root), "--epochs", "2",
+             "--batch-size", "8", "--masks", str(out / "masks.pt"), "--out", str(run)]
     assert main(given + ["--stop-after-epoch", "1"]) == 0
     capsys.readouterr()
     assert main(["train", "--out", str(run), "--resume", "--method", "snip"]) == 2
