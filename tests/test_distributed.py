@@ -439,7 +439,10 @@ def test_torchrun_ddp_command(tmp_path):
     import json
     import subprocess
     import sys
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    from pathlib import Path
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's sparseforce, whatever is installed
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([root] + ([os.environ["PYTHONPATH"]] if "PYTHONPATH" in os.environ else []))}
     if os.path.exists("/sys/class/net/lo"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sparseforce",
