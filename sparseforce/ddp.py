@@ -75,6 +75,18 @@ def _shard(model: nn.Module, prunable_types=(nn.Conv2d, nn.Linear)):
     return model
 
 
+def traffic_summary(sent: dict, steps: int) -> str:
+    """What sparseforce.distributed.traffic() counted over a pruning run of ``steps`` steps. The
+    calls are a total: the steps need not all make as many (the checks before the first one add
+    some), so a per-step average of them would read as a fraction of a call."""
+    def plural(n: int, word: str) -> str:
+        return f"{n:,} {word}{'s' if n != 1 else ''}"
+
+    total = (f"all-reduced {sent['bytes'] / 2**10:,.1f} KiB in {plural(sent['calls'], 'call')} "
+             f"over {plural(steps, 'step')}")
+    return total + (f" ({sent['bytes'] / steps / 2**10:,.1f} KiB per step)" if steps > 1 else "")
+
+
 def run(args) -> int:
     device, backend = _setup(args.device, args.timeout)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -103,8 +115,7 @@ def run(args) -> int:
         sent = distributed.traffic()
         distributed.check_same_on_all_ranks(list(masks.values()), "the masks")
         say(f"pruned in {prune_s:.1f} s: {masks.num_kept():,} of {masks.numel():,} weights kept; "
-            f"masks identical on all {world} ranks; sparseforce all-reduced "
-            f"{sent['bytes'] / args.iterations / 2**10:,.1f} KiB per step in {sent['calls'] / args.iterations:.1f} calls")
+            f"masks identical on all {world} ranks; sparseforce {traffic_summary(sent, args.iterations)}")
 
         # 2. Train the masked model under DDP.
         model = _model(args.model, args.seed, device)

@@ -308,12 +308,16 @@ def claim_verdict(runs: list[dict], sparsity: float = CLAIM_SPARSITY, margin: fl
     seeds = sorted({seed for _, seed in acc})
     where = f"at {_fmt_sparsity(sparsity)}"
     base = {"sparsity": sparsity, "margin_points": margin, "smallest": None, "broken": []}
-    missing = [LABELS[m] for m in names if not any((m, s) in acc for s in seeds)] if seeds else [LABELS[m] for m in names]
+    needs = f"the claim was not checked: it needs FORCE, Iter SNIP, SNIP and random {where} in every seed, and "
+    if not seeds:  # no run at the claim's sparsity: the column is missing, not the methods
+        ran = sorted({r["sparsity"] for r in runs if r["method"] != "dense"})
+        return {**base, "status": "not checked",
+                "text": needs + f"this run has no {_fmt_sparsity(sparsity)} column"
+                        + (f" (its sparsities: {', '.join(map(_fmt_sparsity, ran))})" if ran else "")}
+    missing = [LABELS[m] for m in names if not any((m, s) in acc for s in seeds)]
     incomplete = [f"{LABELS[m]} seed {s}" for s in seeds for m in names if (m, s) not in acc]
     if missing or incomplete:
-        return {**base, "status": "not checked",
-                "text": f"the claim was not checked: it needs FORCE, Iter SNIP, SNIP and random {where} in every "
-                        f"seed, and this run lacks {', '.join(missing or incomplete)}"}
+        return {**base, "status": "not checked", "text": needs + f"this run lacks {', '.join(missing or incomplete)}"}
     gaps = [(acc[(w, s)] - acc[(l, s)], s, w, l) for s in seeds for w in CLAIM_WINNERS for l in CLAIM_LOSERS]
     smallest = min(gaps, key=lambda g: (g[0], g[1]))
     broken = sorted((g for g in gaps if g[0] < margin), key=lambda g: (g[1], g[0]))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections.abc
 import difflib
+import errno
 import json
 import math
 import os
@@ -175,9 +176,21 @@ class Masks(collections.abc.Mapping):
     __slots__ = ("_masks",)
 
     def __init__(self, mapping: Union[Mapping[str, torch.Tensor], Iterable] = ()):
-        items = mapping.items() if isinstance(mapping, collections.abc.Mapping) else mapping
+        takes = "Masks() takes a mapping name -> bool tensor or an iterable of (name, tensor) pairs, got "
+        if isinstance(mapping, collections.abc.Mapping):
+            items = mapping.items()
+        elif isinstance(mapping, (str, bytes, torch.Tensor)) or not isinstance(mapping, collections.abc.Iterable):
+            # A string or tensor iterates, but into characters or rows, not pairs.
+            raise TypeError(takes + (f"{type(mapping).__name__} {mapping!r}" if isinstance(mapping, (str, bytes))
+                                     else type(mapping).__name__))
+        else:
+            items = mapping
         masks: dict = {}
-        for name, mask in items:
+        for entry in items:
+            if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+                raise TypeError(takes + f"an entry that is not a (name, tensor) pair: {type(entry).__name__}"
+                                + (f" of length {len(entry)}" if isinstance(entry, (tuple, list)) else ""))
+            name, mask = entry
             if not isinstance(name, str):
                 raise TypeError(f"mask names must be str, got {type(name).__name__}: {name!r}")
             if not isinstance(mask, torch.Tensor):
@@ -317,15 +330,21 @@ class Masks(collections.abc.Mapping):
         """Raise ``ValueError`` unless every mask names a parameter of ``model`` of equal shape.
 
         All problems are counted at once, the first few of each kind named: masks whose names
-        are no parameter (with the model's prunable weights of similar names) and masks of
-        another shape than their parameter. Returns ``self`` so it can be chained.
+        are no parameter (with the model's prunable weights of similar names), masks of another
+        shape than their parameter, and among those the ones whose parameter is not a prunable
+        weight (a norm layer's, a bias), named as such. Returns ``self`` so it can be chained.
         """
         _check_model(model)
         params = dict(model.named_parameters(remove_duplicate=False))
         unknown = [n for n in self._masks if n not in params]
-        wrong = [(n, m) for n, m in self._masks.items()
-                 if n in params and tuple(params[n].shape) != tuple(m.shape)]
-        if unknown or wrong:
+        mismatched = [(n, m) for n, m in self._masks.items()
+                      if n in params and tuple(params[n].shape) != tuple(m.shape)]
+        # A misshapen mask on a norm layer or a bias was most likely never meant for it: say
+        # that, rather than only that its shape differs.
+        eligible = _default_prunable_ids(model) if mismatched else set()
+        wrong = [(n, m) for n, m in mismatched if id(params[n]) in eligible]
+        foreign = [(n, m) for n, m in mismatched if id(params[n]) not in eligible]
+        if unknown or wrong or foreign:
             lines = []
             if unknown:
                 lines.append("  " + _unknown_names(unknown, _prunable_names(model), "of the model"))
@@ -336,9 +355,15 @@ class Masks(collections.abc.Mapping):
                 lines.append(f"  {len(wrong)} mask{'s have' if many else ' has'} another shape than "
                              f"{'their parameters' if many else 'its parameter'} (mask for parameter): "
                              f"{shown}{', ...' if len(wrong) > 3 else ''}")
-            count = len(unknown) + len(wrong)
+            if foreign:
+                shown = ", ".join(f"{n!r} is not a prunable weight (the {_owner(model, n)}, not pruned by default: "
+                                  f"shape {_shape_str(params[n].shape)}, mask {_shape_str(m.shape)})"
+                                  for n, m in foreign[:3])
+                lines.append(f"  {shown}{', ...' if len(foreign) > 3 else ''}")
+            count = len(unknown) + len(wrong) + len(foreign)
+            # ";" as well as the newline: the command line prints the message as one line.
             raise ValueError(f"masks do not fit {type(model).__name__} ({count} problem"
-                             f"{'s' if count != 1 else ''}):\n" + "\n".join(lines))
+                             f"{'s' if count != 1 else ''}):\n" + ";\n".join(lines))
         return self
 
     validate_for = check
@@ -471,12 +496,26 @@ def _check_dense(what: str, t: torch.Tensor, meta_ok: bool = False) -> None:
                          "(convert with .to_dense())")
 
 
+def _default_prunable_ids(model: nn.Module) -> set:
+    from .pruning._model import default_prunable_ids  # the pruning package imports this module
+
+    return default_prunable_ids(model)
+
+
+def _owner(model: nn.Module, name: str) -> str:
+    """'weight of a BatchNorm2d' for 'bn.weight'."""
+    module, _, leaf = name.rpartition(".")
+    try:
+        owner = model.get_submodule(module) if module else model
+    except AttributeError:
+        return leaf
+    return f"{leaf} of a {type(owner).__name__}"
+
+
 def _prunable_names(model: nn.Module) -> list:
     """The weights the pruning methods prune by default (Conv/Linear), in model order: what a
     mask name is most likely meant to be; all parameters if the model has none of them."""
-    from .pruning._model import default_prunable_ids  # the pruning package imports this module
-
-    eligible = default_prunable_ids(model)
+    eligible = _default_prunable_ids(model)
     params = list(model.named_parameters())
     return [n for n, p in params if id(p) in eligible] or [n for n, _ in params]
 
@@ -716,6 +755,10 @@ def _atomic_write(path: str, write) -> None:
     ``path``. Temporaries that killed writers left next to ``path`` are removed first."""
     directory = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
+    # Checked here: os.open's error would name the temporary file, which the caller never chose.
+    if not os.path.isdir(directory):
+        what = "is not a folder" if os.path.exists(directory) else "does not exist"
+        raise FileNotFoundError(errno.ENOENT, f"cannot write {path!r}: the folder {directory!r} {what}")
     _remove_stale_temporaries(directory, base)
     # os.open with O_EXCL and mode 0o666 (rather than tempfile) so the final file gets the
     # usual umask-derived permissions instead of tempfile's 0o600. The pid in the name tells
@@ -728,6 +771,8 @@ def _atomic_write(path: str, write) -> None:
             break
         except FileExistsError:
             continue
+        except OSError as exc:  # no permission, read-only file system, ...
+            raise type(exc)(exc.errno, f"cannot write {path!r}: {exc.strerror or exc}") from None
     else:  # pragma: no cover - 100 collisions of 48 random bits
         raise FileExistsError(f"could not create a temporary file next to {path!r}")
     try:

@@ -165,6 +165,9 @@ class MaskedSGD(_MaskedOptimizer):
     group at once, on ``backend`` ("auto": the fastest compiled kernel for the parameters'
     device, else the pure-PyTorch reference).
 
+    Creating it zeroes the pruned weights in place: the model is the masked network from then
+    on, before any ``step()``; copy its ``state_dict()`` first if the dense weights are needed.
+
     Args:
         named_params: ``model.named_parameters()``, or a list of param-group dicts whose
             ``"params"`` are ``(name, tensor)`` pairs.
@@ -209,7 +212,8 @@ class MaskedSGD(_MaskedOptimizer):
 class MaskedAdamW(_MaskedOptimizer):
     """AdamW (``torch.optim.AdamW`` semantics, decoupled weight decay) on masked gradients.
 
-    Same contract as :class:`MaskedSGD`; state keys are torch's (``step``, ``exp_avg``,
+    Same contract as :class:`MaskedSGD`; as there, creating it zeroes the pruned weights in
+    place. State keys are torch's (``step``, ``exp_avg``,
     ``exp_avg_sq``, ``max_exp_avg_sq``), so state dicts move between this and ``torch.optim.AdamW``.
     Pruned weights and both moments stay exactly 0. Pure PyTorch (one tensor at a time, as torch's
     own CPU path).

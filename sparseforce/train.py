@@ -133,8 +133,10 @@ class FitResult:
 def get_splits(dataset: str, data_dir=None, *, seed: int = 0, val_fraction: float = 0.1, augment: bool = True):
     """(train, val, test) data sets as in the paper: ``val_fraction`` of the official training set
     held out (seeded), standard augmentation on train only. The augmentation draws from its own
-    generator seeded by ``seed``, which :func:`fit` checkpoints with everything else."""
-    gen = torch.Generator().manual_seed(int(seed) + 1)
+    generator seeded by ``seed`` + 1 (mod 2**32), which :func:`fit` checkpoints with everything
+    else. ``seed``: an integer in [0, 2**32)."""
+    seed = _checks.seed(seed)
+    gen = torch.Generator().manual_seed((seed + 1) % 2**32)
     train = _data.get_dataset(dataset, data_dir, split="train", augment=augment, val_fraction=val_fraction,
                               seed=seed, generator=gen)
     val = (_data.get_dataset(dataset, data_dir, split="val", val_fraction=val_fraction, seed=seed)
@@ -488,9 +490,9 @@ def fit(model: nn.Module, masks, train_data, val_data=None, test_data=None, *, e
         masks: :class:`sparseforce.Masks` (or mapping name -> bool tensor) checked against the
             model (a misnamed or misshapen mask is a ``ValueError`` naming it); ``None`` trains
             densely, or on resume takes the checkpoint's masks.
-        train_data: a ``Dataset`` (batched and shuffled here, seeded by ``seed``), a
-            ``DataLoader``, or any iterable of (inputs, targets) batches. Resuming reproduces the
-            batch order only for the first two (their generators are checkpointed).
+        train_data: a ``Dataset`` (batched and shuffled here, seeded by ``seed``, an integer in
+            [0, 2**32)), a ``DataLoader``, or any iterable of (inputs, targets) batches. Resuming
+            reproduces the batch order only for the first two (their generators are checkpointed).
         val_data, test_data: optional; evaluated after every epoch.
         epochs, lr, momentum, weight_decay, nesterov, milestones, gamma, batch_size, optimizer
             ("sgd" | "adamw"): override the ``recipe`` ("cifar", "tinyimagenet" or a
@@ -508,7 +510,7 @@ def fit(model: nn.Module, masks, train_data, val_data=None, test_data=None, *, e
         stop_after_epoch: return after this epoch (checkpoint written), to continue later with
             ``resume`` — for time-sliced jobs.
         meta: extra JSON-able information stored in the checkpoint (e.g. the command line).
-        reinit: ``None`` trains the model's current weights; a seed (an integer in [0, 2**64))
+        reinit: ``None`` trains the model's current weights; a seed (an integer in [0, 2**32))
             first re-initializes the model in place with :func:`sparseforce.ablations.reinit`
             (every module's ``reset_parameters()``, children first, seeded, the caller's random
             state untouched), then applies the masks and trains: the reinit ablation of Frankle
@@ -522,6 +524,7 @@ def fit(model: nn.Module, masks, train_data, val_data=None, test_data=None, *, e
                           optimizer=optimizer)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    seed = _checks.seed(seed)
     reinit = None if reinit is None else _checks.seed(reinit, "reinit")
     device = torch.device(device) if device is not None else _model_device(model)
     model.to(device)

@@ -92,6 +92,7 @@ def test_shuffle_gives_the_same_masks_on_any_device():
     (({"w": torch.ones(3)},), TypeError, "torch.bool"),
     ((random_masks(0), -1), ValueError, "seed"),
     ((random_masks(0), 1.5), TypeError, "seed"),
+    ((random_masks(0), 2**32), ValueError, "seed"),  # torch's CPU generator would draw what seed 0 draws
     ((sf.Masks({"w": torch.ones(3, dtype=torch.bool, device="meta")}), 0), ValueError, "meta"),
 ])
 def test_shuffle_arguments_are_checked(args, error, words):
@@ -173,6 +174,7 @@ def test_reinit_warns_about_parameters_it_cannot_reset():
 
 
 @pytest.mark.parametrize("kw, error", [(dict(reinit=-1), ValueError), (dict(reinit=2.0), TypeError),
+                                       (dict(reinit=2**32), ValueError),
                                        (dict(reinit=True), TypeError)])
 def test_fit_checks_reinit_before_any_work(tmp_path, kw, error):
     net, masks = make_net()
@@ -321,7 +323,7 @@ def test_uniform_gives_every_layer_the_overall_density(sparsity):
 @pytest.mark.filterwarnings("ignore::sparseforce.LayerCollapseWarning")
 def test_global_is_unchanged():
     model = ConvLinear()
-    for sparsity, seed in ((0.5, 0), (0.9, 7), (0.99, 2**40)):
+    for sparsity, seed in ((0.5, 0), (0.9, 7), (0.99, 2**32 - 1)):
         expected = global_random_reference(model, sparsity, seed)
         for dist in ({}, {"distribution": "global"}):
             masks = sf.random(model, sparsity=sparsity, seed=seed, **dist)
@@ -501,7 +503,7 @@ def test_prune_ablation_shuffle_keeps_the_layer_counts_of_the_method(tmp_path, c
     a, b = sf.Masks.load(plain), sf.Masks.load(shuffled)
     assert a != b
     assert [r.kept for r in a.per_layer()] == [r.kept for r in b.per_layer()]
-    assert b == sf.ablations.shuffle(a, seed=2**32)  # --seed 0 + 2**32
+    assert b == sf.ablations.shuffle(a, seed=0x9E3779B9)  # --seed 0 + 0x9E3779B9
     assert "ablation: shuffled" in capsys.readouterr().out
 
 
@@ -519,13 +521,77 @@ def test_train_ablation_reinit_reaches_fit_and_is_kept_for_resume(tmp_path, monk
     base = ["train", "--dataset", "digits", "--method", "random", "--sparsity", "0.9", "--epochs", "2",
             "--stop-after-epoch", "1", "--batch-size", "256", "--seed", "3", "--out", str(run)]
     assert main([*base, "--ablation", "reinit"]) == 0
-    assert seen == [3 + 2**32]
+    assert seen == [3 + 0x9E3779B9]
     assert load_checkpoint(run / "checkpoint.pt")["meta"]["ablation"] == "reinit"
     capsys.readouterr()
     assert main(["train", "--out", str(run), "--resume", "--ablation", "shuffle"]) == 2
     assert "--ablation: reinit in the checkpoint, shuffle given" in capsys.readouterr().err
     assert main(["train", "--out", str(run), "--resume"]) == 0
-    assert seen[-1] == 3 + 2**32  # passed again, and ignored by fit: the checkpoint's weights are restored
+    assert seen[-1] == 3 + 0x9E3779B9  # passed again, and ignored by fit: the checkpoint's weights are restored
+
+
+def test_train_ablation_reinit_changes_every_layers_weights(tmp_path):
+    # Was: --seed + 2**32 seeded the re-initialization, which torch's CPU generator (32-bit seeds)
+    # drew exactly as the model's own seed 0, so both runs ended bit-identical.
+    base = ["train", "--dataset", "digits", "--method", "force", "--sparsity", "0.99", "--epochs", "1",
+            "--iterations", "10", "--batch-size", "256", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--ablation", "reinit"]) == 0
+    a, b = (load_checkpoint(tmp_path / run / "checkpoint.pt")["model"] for run in "ab")
+    assert sf.Masks.load(tmp_path / "a" / "masks.pt") == sf.Masks.load(tmp_path / "b" / "masks.pt")
+    for name in a:
+        if a[name].is_floating_point() and not name.endswith(("running_mean", "running_var")):
+            assert not torch.equal(a[name], b[name]), name
+
+
+def test_ablation_seeds_are_in_range_distinct_and_never_a_seed_of_the_run():
+    from sparseforce.cli import _ablation_seed
+    seeds = [0, 1, 2, 3, 2**31, 2**32 - 0x9E3779B9 - 1, 2**32 - 0x9E3779B9, 2**32 - 2, 2**32 - 1]
+    derived = [_ablation_seed(s) for s in seeds]
+    assert len(set(derived)) == len(seeds)
+    for s, d in zip(seeds, derived):
+        assert 0 <= d < 2**32
+        assert d not in (s, (s + 1) % 2**32), s  # the run's: model, split, order; augmentation
+
+
+def _seed_takers():
+    from sparseforce import data as sfdata
+    from sparseforce.train import get_splits
+    net, masks = make_net()
+    loader = [(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))]
+    return {
+        "shuffle": lambda s: sf.ablations.shuffle(masks, seed=s),
+        "reinit": lambda s: sf.ablations.reinit(net, seed=s),
+        "random": lambda s: sf.random(net, sparsity=0.5, seed=s),
+        "force": lambda s: sf.force(net, loader, sparsity=0.5, iterations=1, seed=s),
+        "fit seed": lambda s: fit(net, masks, make_data(), epochs=1, progress=False, seed=s),
+        "fit reinit": lambda s: fit(net, masks, make_data(), epochs=1, progress=False, reinit=s),
+        "get_splits": lambda s: get_splits("digits", seed=s),
+        "get_dataset": lambda s: sfdata.get_dataset("digits", seed=s),
+        "make_loader": lambda s: sfdata.make_loader(make_data(), seed=s),
+        "train_val_split": lambda s: sfdata.train_val_split(make_data(), seed=s),
+        "Digits": lambda s: sfdata.Digits(seed=s),
+    }
+
+
+@pytest.mark.parametrize("taker", sorted(_seed_takers()))
+@pytest.mark.parametrize("value, error", [(2**32, ValueError), (2**64 + 3, ValueError), (-1, ValueError),
+                                          (1.0, TypeError)])
+def test_every_seed_is_an_integer_below_2_32(taker, value, error):
+    # torch's CPU generator keeps only a seed's low 32 bits: 2**32 would draw what 0 draws.
+    with pytest.raises(error, match=r"seed|reinit"):
+        _seed_takers()[taker](value)
+    _seed_takers()[taker](2**32 - 1)  # the largest seed is accepted
+
+
+@pytest.mark.parametrize("a, b", [(0, 1), (0, 2**32 - 1), (5, 2**31 + 5)])
+def test_distinct_seeds_draw_distinct_shuffles_and_reinits(a, b):
+    masks = random_masks(0)
+    assert sf.ablations.shuffle(masks, seed=a) != sf.ablations.shuffle(masks, seed=b)
+    net, _ = make_net()
+    x, y = (params(sf.ablations.reinit(copy.deepcopy(net), seed=s)) for s in (a, b))
+    for name in ("conv.weight", "conv.bias", "fc.weight", "fc.bias"):
+        assert not torch.equal(x[name], y[name]), name
 
 
 def test_train_distribution_is_stored_resolved(tmp_path, capsys):

@@ -60,10 +60,26 @@ def test_prune_cifar10_from_the_standard_format(tmp_path, capsys):
 
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert main(["prune", "--dataset", "cifar10", "--out", str(tmp_path / "m.pt")]) == 2
-    assert "data_dir" in capsys.readouterr().err
+    # was: "needs data_dir", the Python argument's name
+    assert "--dataset cifar10 needs --data-dir" in capsys.readouterr().err
+    assert main(["train", "--dataset", "cifar10", "--out", str(tmp_path / "run")]) == 2
+    assert "--dataset cifar10 needs --data-dir" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
     assert main(["prune", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere")]) == 2
     assert "error" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_defaults_to_the_embedded_digits_as_prune_does(tmp_path, capsys):
+    # was: cifar10, which needs --data-dir, while prune took digits
+    commands = _subparsers()
+    assert "(default: digits)" in " ".join(commands["train"].format_help().split())
+    assert commands["prune"].get_default("dataset") == "digits"
+    assert main(["train", "--method", "random", "--epochs", "1", "--batch-size", "256", "--no-progress",
+                 "--out", str(tmp_path / "run")]) == 0
+    from sparseforce.train import load_checkpoint
+    meta = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["meta"]
+    assert meta["dataset"] == "digits" and meta["model"] == "digits_cnn"
 
 
 def test_bench_command_writes_results(tmp_path, capsys):
@@ -152,6 +168,7 @@ def _bad_arguments(tmp):
     missing = tmp / "missing"
     prune = ["prune", "--dataset", "digits", "--out", tmp / "m.pt"]
     train = ["train", "--dataset", "digits", "--method", "random", "--epochs", "1", "--out", tmp / "run"]
+    train_on_masks = ["train", "--dataset", "digits", "--epochs", "1", "--out", tmp / "run"]
     demo = ["demo", "--quick", "--jobs", "1", "--out", tmp / "demo"]
     bench = ["bench", "--device", "cpu", "--only", "select", "--scale", "64", "--min-time", "0", "--out", tmp / "b"]
     ddp = ["ddp", "--device", "cpu", "--out", tmp / "ddp"]
@@ -192,7 +209,20 @@ def _bad_arguments(tmp):
         (train, ["--seed", "-1"], ["--seed"]),
         (train, ["--optimizer", "adamw", "--momentum", "0.5"], ["--momentum", "adamw"]),
         (train, ["--resume", "--overwrite"], ["--resume", "--overwrite"]),
-        (train, ["--masks", missing / "m.pt"], ["--masks", "does not exist"]),
+        (train_on_masks, ["--masks", missing / "m.pt"], ["--masks", "does not exist"]),
+        # was: --method and --sparsity silently ignored, the loaded masks trained
+        (train_on_masks, ["--masks", a_file, "--method", "snip"], ["--masks", "--method snip"]),
+        (train_on_masks, ["--masks", a_file, "--sparsity", "0.5", "--iterations", "3"],
+         ["--masks", "--sparsity", "--iterations"]),
+        (train, ["--momentum", "1.5"], ["--momentum", "[0, 1)"]),  # was: trained, diverging
+        (train, ["--momentum", "1"], ["--momentum", "[0, 1)"]),
+        # was: lr never divided, without a word (a milestone m divides lr from epoch m + 1 on)
+        (train, ["--epochs", "10", "--milestones", "5", "10"], ["--milestones", "10", "--epochs 10"]),
+        (["train", "--dataset", "digits", "--out", tmp / "run"], ["--milestones", "400"],
+         ["--milestones 400", "--epochs 350, the recipe's"]),
+        (train, ["--milestones", "1"], ["--milestones 1", "--epochs 1", "leave --milestones out"]),
+        (prune, ["--sparsity", "1"], ["--sparsity", "every prunable weight"]),  # was: all-empty masks, exit 0
+        (train, ["--sparsity", "1"], ["--sparsity", "every prunable weight"]),
         (train, ["--out", a_file], ["--out", "not a folder"]),
         (train, ["--device", "cuda"], ["--device cuda", "CUDA"], NO_CUDA),
         (train, ["--device", "cpu", "--backend", "cuda"], ["--backend cuda", "reference"]),
@@ -216,6 +246,7 @@ def _bad_arguments(tmp):
         (ddp, ["--batch-size", "0"], ["--batch-size"]),
         (ddp, ["--timeout", "0"], ["--timeout"]),
         (ddp, ["--sparsity", "2"], ["--sparsity"]),
+        (ddp, ["--sparsity", "1"], ["--sparsity", "every prunable weight"]),
         (ddp, ["--seed", "-1"], ["--seed"]),
         (ddp, ["--model", "resnet50"], ["resnet50", "3x32x32", "1x8x8"]),
         (ddp, ["--out", a_file], ["--out", "not a folder"]),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 
 import numpy as np
 import pytest
@@ -438,7 +439,10 @@ def test_torchrun_ddp_command(tmp_path):
     import json
     import subprocess
     import sys
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    from pathlib import Path
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's sparseforce, whatever is installed
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([root] + ([os.environ["PYTHONPATH"]] if "PYTHONPATH" in os.environ else []))}
     if os.path.exists("/sys/class/net/lo"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sparseforce",
@@ -446,11 +450,21 @@ def test_torchrun_ddp_command(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "masks identical on all 2 ranks" in proc.stdout
+    assert re.search(r"all-reduced [\d,.]+ KiB in \d+ calls over 3 steps \([\d,.]+ KiB per step\)", proc.stdout), \
+        proc.stdout
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["world_size"] == 2 and result["pruned_weights_zero"]
     assert result["kept"] == round(result["numel"] * 0.1)
     masks = sf.Masks.load(tmp_path / "masks.pt")
     assert masks.num_kept() == result["kept"]
+
+
+def test_ddp_reports_whole_all_reduce_calls():
+    # was: "... KiB per step in 1.2 calls": a count of calls averaged over the steps
+    from sparseforce.ddp import traffic_summary
+    text = traffic_summary({"calls": 12, "bytes": 10 * 2**10 * 3}, steps=10)
+    assert text == "all-reduced 30.0 KiB in 12 calls over 10 steps (3.0 KiB per step)"
+    assert traffic_summary({"calls": 1, "bytes": 2**10}, steps=1) == "all-reduced 1.0 KiB in 1 call over 1 step"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the NCCL command needs a GPU")

@@ -46,3 +46,14 @@ def test_pruning_reaches_kernels_only_through_ops():
             assert not name.startswith("sparseforce._ext"), f"{path.relative_to(PKG)} imports the extension"
             if name.startswith("sparseforce.ops"):
                 assert name.split(".")[1] in {n.split(".")[1] for n in allowed_kernel_paths}
+
+
+def test_the_readme_names_only_kernel_sources_that_exist():
+    # was: a `histogram.cu` in the code layout; radix_histogram's kernels live in select.cu
+    import re
+    root = PKG.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    ours = {p.name for p in (root / "csrc").rglob("*") if p.is_file()}
+    cuda_headers = {"cuda_bf16.h", "cuda_fp16.h", "cuda_runtime.h"}
+    named = set(re.findall(r"`([A-Za-z0-9_]+\.(?:cu|cuh|cpp|h))`", readme)) - cuda_headers
+    assert named and named <= ours, sorted(named - ours)

@@ -96,6 +96,44 @@ def test_validation_errors():
         Masks([("w", torch.ones(1, dtype=torch.bool)), ("w", torch.ones(1, dtype=torch.bool))])
 
 
+@pytest.mark.parametrize("value", [None, 3, torch.ones(3, dtype=torch.bool), "w", [("w",)], [1, 2]])
+def test_masks_of_something_not_a_mapping_is_one_clear_type_error(value):
+    # was: "'NoneType' object is not iterable", "cannot unpack non-iterable int object", ...
+    with pytest.raises(TypeError, match=r"^Masks\(\) takes a mapping name -> bool tensor or an iterable of "
+                                        r"\(name, tensor\) pairs, got "):
+        Masks(value)
+
+
+def test_save_into_a_missing_folder_names_the_path_given(tmp_path):
+    # was: FileNotFoundError naming the temporary file, '.../.m.pt.PID.HEX.tmp'
+    target = tmp_path / "missing" / "m.pt"
+    with pytest.raises(FileNotFoundError) as ei:
+        random_masks(SmallNet()).save(target)
+    assert str(target) in str(ei.value) and ".tmp" not in str(ei.value)
+    assert str(tmp_path / "missing") in str(ei.value) and not (tmp_path / "missing").exists()
+
+
+def test_check_puts_a_separator_between_problems_and_names_a_non_prunable_weight():
+    class WithNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.bn = nn.BatchNorm2d(4)
+
+    model = WithNorm()
+    m = {"conv.wieght": torch.ones(4, 3, 3, 3, dtype=torch.bool), "bn.weight": torch.ones(3, dtype=torch.bool),
+         "conv.weight": torch.ones(4, 3, 1, 1, dtype=torch.bool)}
+    with pytest.raises(ValueError) as ei:
+        Masks(m).check(model)
+    msg = str(ei.value)
+    one_line = " ".join(msg.split())  # as the command line prints it
+    # was: "... similar names: 'conv.weight' 1 mask has another shape ..." and bn.weight as a shape mismatch
+    assert "similar names: 'conv.weight'; 1 mask has another shape" in one_line, one_line
+    assert "'bn.weight' is not a prunable weight (the weight of a BatchNorm2d" in one_line, one_line
+    assert "(4, 3, 1, 1) for (4, 3, 3, 3)" in one_line and "'bn.weight' (3)" not in one_line
+    assert "3 problems" in one_line
+
+
 # ---------------------------------------------------------------------------------------------
 # statistics
 # ---------------------------------------------------------------------------------------------

@@ -118,8 +118,10 @@ def test_k_bounds(backend, device):
         with pytest.raises(TypeError, match="k must be an integer"):
             ops.topk_masks(scores, bad, backend=backend)
     assert flat_bool(ops.topk_masks(scores, torch.tensor(3), backend=backend)).sum() == 3
-    with pytest.raises(ValueError, match="k=0"):
-        ops.kth_largest(scores, 0, backend=backend)
+    # was: "[0, 11]" for k=12, and "k must be in [1, N]" with N unfilled for k=0
+    for bad in (0, -1, 12):
+        with pytest.raises(ValueError, match=rf"^k={bad} is outside \[1, 11\]: scores hold 11 elements in all$"):
+            ops.kth_largest(scores, bad, backend=backend)
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
@@ -543,3 +545,54 @@ def test_non_list_arguments_are_refused():
         ops.topk_masks(torch.ones(3), 1)
     with pytest.raises(TypeError, match=r"scores\[0\] has dtype torch.int32"):
         ops.topk_masks([torch.ones(3, dtype=torch.int32)], 1)
+
+
+def _every_op_on(make, device="cpu"):
+    """Each op with the tensor ``make(dense)`` in each of its tensor arguments in turn, the
+    others on ``device``."""
+    w, g = torch.randn(2, 3, device=device), torch.randn(2, 3, device=device)
+    m = torch.ones(2, 3, dtype=torch.bool, device=device)
+    buf = torch.zeros(2, 3, device=device)
+    return {
+        "topk_masks scores": (lambda b: ops.topk_masks([make(w)], 1, backend=b), "scores[0]"),
+        "topk_masks out": (lambda b: ops.topk_masks([w], 1, out=[make(m)], backend=b), "out[0]"),
+        "kth_largest scores": (lambda b: ops.kth_largest([make(w)], 1, backend=b), "scores[0]"),
+        "saliency weights": (lambda b: ops.saliency_topk_masks([make(w)], [g], 1, backend=b), "weights[0]"),
+        "saliency grads": (lambda b: ops.saliency_topk_masks([w], [make(g)], 1, backend=b), "grads[0]"),
+        "saliency prev_masks": (lambda b: ops.saliency_topk_masks([w], [g], 1, prev_masks=[make(m)], resurrect=False,
+                                                                   backend=b), "prev_masks[0]"),
+        "key_histogram": (lambda b: ops.key_histogram([make(w)], rank_dtype=torch.float32, shift=16, backend=b),
+                          "scores[0]"),
+        "saliency_key_histogram": (lambda b: ops.saliency_key_histogram([w], [make(g)], rank_dtype=torch.float32,
+                                                                        shift=16, backend=b), "grads[0]"),
+        "masked_sgd_ params": (lambda b: ops.masked_sgd_([make(w)], [g], None, None, lr=0.1, backend=b), "params[0]"),
+        "masked_sgd_ grads": (lambda b: ops.masked_sgd_([w.clone()], [make(g)], None, None, lr=0.1, backend=b),
+                              "grads[0]"),
+        "masked_sgd_ momentum_buffers": (lambda b: ops.masked_sgd_([w.clone()], [g], [make(buf)], None, lr=0.1,
+                                                                   momentum=0.9, backend=b), "momentum_buffers[0]"),
+        "masked_sgd_ masks": (lambda b: ops.masked_sgd_([w.clone()], [g], None, [make(m)], lr=0.1, backend=b),
+                              "masks[0]"),
+    }
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)  # the CPU tensors are refused before any kernel runs
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+@pytest.mark.parametrize("case", sorted(_every_op_on(lambda t: t)))
+def test_sparse_tensors_are_refused_with_one_clear_message(backend, device, layout, case):
+    # Was: torch's internal messages ("reshape is not implemented for sparse tensors", "Could not
+    # run 'sparseforce::topk_masks' with arguments from the 'SparseCPU' backend", ...).
+    call, name = _every_op_on(lambda t: t.to_sparse() if layout == "coo" else t.to_sparse_csr())[case]
+    with pytest.raises(ValueError, match=rf"^{re.escape(name)} is a sparse tensor \(torch\.sparse_(coo|csr)\); "
+                                         r".*dense.*\.to_dense\(\)"):
+        call(backend)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+@pytest.mark.parametrize("case", sorted(c for c in _every_op_on(lambda t: t) if not c.startswith("masked_sgd_")))
+def test_meta_tensors_are_refused_by_the_selections_with_one_clear_message(backend, device, case):
+    # A selection needs the values, which a meta tensor has not; was: "Tensor.item() cannot be
+    # called on meta tensors" from reference, "not available ... on meta tensors" from cpp.
+    call, _ = _every_op_on(lambda t: t, device="meta")[case]
+    with pytest.raises(ValueError, match=r"is on the meta device.*has no values"):
+        call(backend)

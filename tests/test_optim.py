@@ -337,3 +337,14 @@ def test_masked_meta_and_sparse_parameters_are_refused(cls):
         cls(net.named_parameters(), masks, lr=0.1)
     with pytest.raises(ValueError, match=r"mask 'conv.weight'.*meta device"):
         cls(make()[0].named_parameters(), masks.to("meta"), lr=0.1)
+
+
+@pytest.mark.parametrize("cls", [MaskedSGD, MaskedAdamW])
+def test_creating_the_optimizer_zeroes_pruned_weights_in_place_and_its_docstring_says_so(cls):
+    lin = torch.nn.Linear(4, 3)
+    weight, before = lin.weight, lin.weight.detach().clone()
+    mask = torch.tensor([[True, False, True, False]] * 3)
+    cls(lin.named_parameters(), {"weight": mask}, lr=0.1)
+    assert lin.weight is weight and torch.equal(weight.detach(), before * mask)
+    # was: said only in the module's docstring, not where help(MaskedSGD) looks
+    assert "creating it zeroes the pruned weights in place" in " ".join(cls.__doc__.split()).lower()

@@ -513,7 +513,7 @@ def test_iterations_are_checked_first(method, value, error):
 
 
 @pytest.mark.parametrize("value, error", [(1.5, TypeError), (None, TypeError), ("x", TypeError), (True, TypeError),
-                                          (-1, ValueError), (2**64, ValueError)])
+                                          (-1, ValueError), (2**32, ValueError), (2**64, ValueError)])
 def test_random_seed_is_checked(value, error):
     with pytest.raises(error, match="seed"):
         sf.random(tiny_cnn(), sparsity=0.5, seed=value)
@@ -525,7 +525,8 @@ def test_random_accepts_numpy_integer_seeds():
 
 
 @pytest.mark.parametrize("method", ["force", "iter_snip", "snip", "grasp"])
-@pytest.mark.parametrize("value, error", [(1.5, TypeError), ("x", TypeError), (True, TypeError), (-1, ValueError)])
+@pytest.mark.parametrize("value, error", [(1.5, TypeError), ("x", TypeError), (True, TypeError), (-1, ValueError),
+                                          (2**32, ValueError)])
 def test_the_seed_of_data_methods_is_checked_first(method, value, error):
     with pytest.raises(error, match="seed"):
         call(method, seed=value)

@@ -365,7 +365,9 @@ def test_cli_train_prunes_trains_and_resumes_a_cifar_model(tmp_path, capsys):
     assert len((cut / "log.jsonl").read_text().splitlines()) == 3
 
     # training with given masks skips pruning
-    assert main(common + ["--out", str(tmp_path / "given"), "--masks", str(full / "masks.pt"), "--epochs", "1"]) == 0
+    given = [a for i, a in enumerate(common)  # without the pruning options, which --masks refuses
+             if not {a, common[i - 1]} & {"--method", "--sparsity", "--iterations"}]
+    assert main(given + ["--out", str(tmp_path / "given"), "--masks", str(full / "masks.pt"), "--epochs", "1"]) == 0
     assert "loaded masks" in capsys.readouterr().out
     assert sf.Masks.load(tmp_path / "given" / "masks.pt") == masks
 
@@ -380,6 +382,7 @@ def test_cli_train_errors_are_reported(tmp_path, capsys):
     assert main(base + ["--out", str(tmp_path / "w"), "--masks", str(wrong)]) == 2
     err = capsys.readouterr().err
     assert "features.0.weight" in err and "(6, 3, 5, 5)" in err
+    assert not (tmp_path / "w").exists()  # was: left behind, empty
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,6 +420,9 @@ sys.exit(main(sys.argv[1:]))
 RUN = ["--model", "lenet5", "--dataset", "cifar10", "--method", "iter_snip", "--sparsity", "0.8",
        "--iterations", "2", "--schedule", "linear", "--epochs", "3", "--milestones", "1", "--lr", "0.05",
        "--momentum", "0.8", "--weight-decay", "1e-4", "--batch-size", "8", "--seed", "3", "--no-progress"]
+# RUN without its pruning options, which --masks refuses (it prunes nothing).
+RUN_ON_MASKS = [a for i, a in enumerate(RUN) if not {a, RUN[i - 1]} & {"--method", "--sparsity", "--iterations",
+                                                                    "--schedule"}]
 
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
@@ -498,8 +504,8 @@ def test_cli_resume_accepts_flags_that_agree(stopped_run, tmp_path, capsys):
 def test_cli_resume_of_a_run_on_given_masks(stopped_run, tmp_path, capsys):
     root, out, _ = stopped_run
     run = tmp_path / "run"
-    given = ["train", "--model", "lenet5", "--data-dir", str(root), "--epochs", "2", "--batch-size", "8",
-             "--masks", str(out / "masks.pt"), "--out", str(run)]
+    given = ["train", "--model", "lenet5", "--dataset", "cifar10", "--data-dir", str(root), "--epochs", "2",
+             "--batch-size", "8", "--masks", str(out / "masks.pt"), "--out", str(run)]
     assert main(given + ["--stop-after-epoch", "1"]) == 0
     capsys.readouterr()
     assert main(["train", "--out", str(run), "--resume", "--method", "snip"]) == 2
@@ -541,7 +547,8 @@ def test_cli_names_a_corrupted_checkpoint_or_masks_file(stopped_run, tmp_path):
     masks = tmp_path / "m.pt"
     shutil.copy(out / "masks.pt", masks)
     flip_bit_in_tensor(masks)
-    r = run_sparseforce("train", *RUN, "--data-dir", root, "--out", tmp_path / "new", "--masks", masks)
+    r = run_sparseforce("train", *RUN_ON_MASKS, "--data-dir", root, "--out", tmp_path / "new", "--masks", masks)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     (line,) = r.stderr.strip().splitlines()
     assert str(masks) in line and "corrupt" in line
+    assert not (tmp_path / "new").exists()  # was: left behind, empty

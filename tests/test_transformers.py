@@ -490,3 +490,26 @@ def test_without_safetensors_installed_the_error_says_how_to_get_it(tmp_path, mo
         sf.Masks.load(tmp_path / "ok.safetensors")
     masks.save(tmp_path / "m.pt")  # the torch.save format needs nothing else
     assert sf.Masks.load(tmp_path / "m.pt") == masks
+
+
+def test_the_readme_llama_example_says_why_it_warns_of_layer_collapse():
+    # was: the example printed a LayerCollapseWarning that nothing in the README explained
+    import re
+    import warnings
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "LlamaForCausalLM" in b)
+    lines = block.splitlines()
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("llama = "))
+    last = max(i for i, ln in enumerate(lines) if ln.startswith("masks_l = ")) + 1
+    code = "\n".join(lines[first:last])
+    while not code.rstrip().endswith(")"):  # the last statement's continuation lines
+        last += 1
+        code = "\n".join(lines[first:last])
+    torch.manual_seed(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(code, {"torch": torch, "transformers": transformers, "sf": sf})
+    if any(issubclass(w.category, sf.LayerCollapseWarning) for w in caught):
+        assert "LayerCollapseWarning" in "\n".join(lines[max(0, first - 6):last + 3]), \
+            "the README's Llama example warns of layer collapse without a word about it"

@@ -30,7 +30,27 @@ def _tensor_list(name: str, tensors) -> list[torch.Tensor]:
     for i, t in enumerate(out):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}[{i}] must be a tensor, got {type(t).__name__}")
+        check_dense(f"{name}[{i}]", t)
     return out
+
+
+def check_dense(name: str, t: torch.Tensor) -> None:
+    """Here rather than in each backend: reference would fail deep inside torch ("reshape is not
+    implemented for sparse tensors") and the compiled ops at dispatch ("Could not run ... with
+    arguments from the 'SparseCPU' backend")."""
+    if t.layout != torch.strided:
+        raise ValueError(f"{name} is a sparse tensor ({t.layout}); the ops take dense (strided) tensors: "
+                         "convert it with .to_dense()")
+
+
+def check_has_values(*named_lists) -> None:
+    """A selection ranks values, which a meta tensor has not: refused on every backend alike
+    (after common_device, so a meta tensor is either all of them or a device mismatch)."""
+    for name, tensors in named_lists:
+        for i, t in enumerate(tensors):
+            if t is not None and t.is_meta:
+                raise ValueError(f"{name}[{i}] is on the meta device, so it has no values to rank; materialize it "
+                                 "first (e.g. module.to_empty(device=...) and initialize it)")
 
 
 def _float_list(name: str, tensors) -> list[torch.Tensor]:
@@ -57,7 +77,7 @@ def common_device(*named_lists) -> torch.device:
     return device if device is not None else torch.device("cpu")
 
 
-def check_k(k, n: int, what: str = "scores") -> int:
+def check_k(k, n: int, what: str = "scores", lowest: int = 0) -> int:
     if isinstance(k, bool):
         raise TypeError(f"k must be an integer, got bool {k}")
     if isinstance(k, torch.Tensor):
@@ -68,8 +88,8 @@ def check_k(k, n: int, what: str = "scores") -> int:
         k = operator.index(k)
     except TypeError:
         raise TypeError(f"k must be an integer, got {type(k).__name__} {k!r}") from None
-    if not 0 <= k <= n:
-        raise ValueError(f"k={k} is outside [0, {n}]: {what} hold {n} elements in all")
+    if not lowest <= k <= n:
+        raise ValueError(f"k={k} is outside [{lowest}, {n}]: {what} hold {n} elements in all")
     return k
 
 
@@ -168,6 +188,7 @@ def _named(name: str, tensors) -> list[tuple[str, torch.Tensor]]:
 def topk_masks_args(scores, k, out):
     scores = _float_list("scores", scores)
     device = common_device(("scores", scores))
+    check_has_values(("scores", scores))
     k = check_k(k, sum(s.numel() for s in scores))
     out = check_out(out, scores)
     if out is not None:
@@ -178,10 +199,9 @@ def topk_masks_args(scores, k, out):
 def kth_largest_args(scores, k):
     scores = _float_list("scores", scores)
     device = common_device(("scores", scores))
+    check_has_values(("scores", scores))
     n = sum(s.numel() for s in scores)
-    k = check_k(k, n)
-    if k == 0:
-        raise ValueError("k=0 has no k-th largest value; k must be in [1, N]")
+    k = check_k(k, n, lowest=1)  # k=0 has no k-th largest value
     return scores, k, device
 
 
@@ -216,6 +236,7 @@ def saliency_args(weights, grads, k, prev_masks, resurrect, out):
         raise TypeError(f"resurrect must be a bool, got {type(resurrect).__name__}")
     prev_masks = _prev_masks(prev_masks, weights, "weights")
     device = common_device(("weights", weights), ("grads", grads), ("prev_masks", prev_masks or []))
+    check_has_values(("weights", weights), ("grads", grads), ("prev_masks", prev_masks or []))
     n = sum(w.numel() for w in weights)
     k = check_k(k, n, "weights")
     out = check_out(out, weights)
@@ -272,6 +293,7 @@ def radix_histogram_args(a, grads, prev_masks, rank_dtype, shift, prefix):
     if not 0 <= prefix < 1 << (width - shift - HISTOGRAM_BITS):
         raise ValueError(f"prefix={prefix} does not fit the {width - shift - HISTOGRAM_BITS} key bits above shift={shift}")
     device = common_device((name, a), ("grads", grads or []), ("prev_masks", prev_masks or []))
+    check_has_values((name, a), ("grads", grads or []), ("prev_masks", prev_masks or []))
     return a, grads, prev_masks, rank_dtype, shift, prefix, device
 
 
@@ -290,6 +312,9 @@ def masked_sgd_args(params, grads, momentum_buffers, masks, lr, momentum, dampen
         if grads[i].shape != p.shape:
             raise ValueError(f"grads[{i}] has shape {tuple(grads[i].shape)} but params[{i}] has {tuple(p.shape)}")
         b, m = momentum_buffers[i], masks[i]
+        for what, t in ((f"momentum_buffers[{i}]", b), (f"masks[{i}]", m)):
+            if isinstance(t, torch.Tensor):
+                check_dense(what, t)
         if b is not None:
             if not isinstance(b, torch.Tensor) or b.shape != p.shape or b.dtype != p.dtype:
                 raise ValueError(f"momentum_buffers[{i}] must be None or a tensor of shape {tuple(p.shape)} "

@@ -53,7 +53,7 @@ def magnitude(model, sparsity, prunable=None, backend="auto", k_rounding="round"
 
 
 def random(model, sparsity, seed=0, prunable=None, distribution="global", k_rounding="round") -> Masks:
-    """Keep k weights chosen at random; the same ``seed`` (an integer in [0, 2**64)) gives the
+    """Keep k weights chosen at random; the same ``seed`` (an integer in [0, 2**32)) gives the
     same masks on any device. Uses its own generator: the global random state is not touched.
 
     ``distribution`` says how the k kept weights are spread over the layers:

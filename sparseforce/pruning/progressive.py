@@ -128,7 +128,8 @@ def force(model, data, sparsity, iterations=60, schedule="exp", loss_fn=None, ba
 
     The caller's random state is left as it was too: the passes (dropout) and the iteration of
     ``data`` (a shuffling DataLoader) draw from a fork of torch's global RNG (CPU and the
-    model's CUDA devices), seeded with ``seed``, or with None continuing from the caller's state
+    model's CUDA devices), seeded with ``seed`` (an integer in [0, 2**32)), or with None continuing
+    from the caller's state
     (the same state, the same masks). Warns with :class:`sparseforce.LayerCollapseWarning`
     when a layer is left with no weights while others keep some.
 
