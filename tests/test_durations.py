@@ -1,0 +1,85 @@
+"""The README's figures that drift: how long things take, the test count, the threads table."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparseforce import durations
+from sparseforce.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def block(name):
+    m = re.search(rf"<!-- {name} -->\n(.*?)<!-- /{name} -->", README, re.S)
+    assert m, f"README has no <!-- {name} --> block"
+    return m.group(1)
+
+
+def durations_table():
+    rows = [f"| `{cmd}` | {fig} |" for cmd, fig in durations.DURATIONS.items()]
+    return "\n".join(["### How long things take", "", f"| command | on {durations.MACHINE} |", "|---|---|", *rows]) + "\n"
+
+
+def test_readme_durations_table_is_the_one_in_durations_py():
+    assert block("durations") == durations_table()
+
+
+def test_no_other_duration_figure_for_a_command_in_the_readme():
+    # One place: a figure elsewhere is how "about 9", "about 10" and "10-15 minutes" came to be.
+    outside = README.replace(block("durations"), "")
+    allowed = {"registers (about 2 minutes"}  # the CUDA CI build, not a user's command
+    for m in re.finditer(r".{0,12}about [0-9][0-9.,–-]* ?(minutes|min|s)\b", outside):
+        assert any(a in outside[m.start() - 40:m.end() + 5] for a in allowed), m.group(0)
+
+
+@pytest.mark.parametrize("command", sorted(durations.RECORDED))
+def test_full_demo_figures_are_their_committed_wall_time(command):
+    seconds = json.loads((ROOT / durations.RECORDED[command]).read_text())["seconds"]
+    m = re.fullmatch(r"about (\d+) minutes", durations.DURATIONS[command])
+    assert m and int(m.group(1)) == round(seconds / 60), (command, seconds)
+
+
+def _help(command):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return " ".join(sub.choices[command].format_help().split())
+
+
+def test_help_texts_quote_the_same_figures():
+    demo, bench = _help("demo"), _help("bench")
+    for cmd in ("sparseforce demo", "sparseforce demo --quick", "sparseforce demo --dataset mnist",
+                "sparseforce demo --dataset mnist --quick"):
+        assert durations.DURATIONS[cmd] in demo
+    assert durations.took("sparseforce bench") in bench and durations.DURATIONS["sparseforce bench --quick"] in bench
+
+
+def test_readme_test_count_is_what_a_run_collects():
+    """Rounded to the hundred so that a test more or less keeps it true; collected here, with no
+    GPU in CI (a GPU adds the CUDA parametrizations)."""
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("the README states the count on a machine without a GPU")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "tests"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    m = re.search(r"^(\d+) tests? collected", proc.stdout, re.M)
+    assert m, proc.stdout[-2000:] + proc.stderr[-2000:]
+    stated = int(re.fullmatch(r"about ([\d,]+)", block("test-count")).group(1).replace(",", ""))
+    assert stated == round(int(m.group(1)), -2), f"README says about {stated:,}; {int(m.group(1)):,} collected"
+
+
+def test_readme_threads_table_is_the_committed_measurement():
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.cli_threads import table
+    finally:
+        sys.path.remove(str(ROOT))
+    files = sorted((ROOT / "benchmarks" / "results").glob("cli-threads-*.json"))
+    assert files, "no committed measurement"
+    rows = json.loads(files[-1].read_text())["rows"]
+    assert block("threads").strip() == table(rows)
+    assert f"benchmarks/results/{files[-1].name}" in README
