@@ -916,9 +916,9 @@ def _passive_openmp_waits() -> None:
 
     Why: OpenMP's default spins for a while at every barrier. With another process busy on a core,
     the spinning thread takes the core its peer needs, and the many small parallel regions of a
-    pruning or training step each wait for a descheduled peer: ``prune --dataset digits`` took
-    5-10x longer on a busy 2-core machine. Passive waits cost nothing measurable on a quiet one
-    (the committed measurement: benchmarks/results/cli-threads-*.json)."""
+    pruning or training step each wait for a descheduled peer: a digits training epoch took almost
+    3x longer with one of 2 cores busy. On a quiet machine the whole command takes the same time
+    (benchmarks/results/cli-threads-*.json; README, "Threads")."""
     if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         return
     os.environ["OMP_WAIT_POLICY"] = "passive"
