@@ -14,9 +14,9 @@ MACHINE = "a quiet 2-core x86_64 VM"
 DURATIONS: dict[str, str] = {
     "pip install --no-build-isolation -e .": "about 3 minutes",  # the C++ extension's build
     "sparseforce demo": "about 4 minutes",
-    "sparseforce demo --quick": "about 20 s",
+    "sparseforce demo --quick": "about 10 s",
     "sparseforce demo --dataset mnist": "about 9 minutes",
-    "sparseforce demo --dataset mnist --quick": "about 45 s",
+    "sparseforce demo --dataset mnist --quick": "about 10 s",
     "sparseforce bench": "about 4 minutes",
     "sparseforce bench --quick": "about 2 minutes",
     "python -m pytest -q": "about 10 minutes",
