@@ -24,7 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # csrc/cuda/launch.h: SelectMode, the final ones
 CAND_DONE, KNOWN, ALL, NONE, ERR_NAN, ERR_K = 3, 4, 5, 6, 7, 8
-EMU = ["cuda_emu", "cuda_emu_inorder"]
+
+def _emulated_backends():
+    if not EMULATED_CUDA:
+        return []
+    from cuda_emu import register
+    return EMULATED_CUDA + register.install.weak  # the weak-memory schedule where the build has it
+
+
+EMU = _emulated_backends()
 
 
 def last_mode():
