@@ -40,6 +40,10 @@ class Emulator:
         self.lib.sfemu_diagnostic.restype = ctypes.c_char_p
         self.lib.sfemu_launches.restype = ctypes.c_ulonglong
         self.lib.sfemu_switches.restype = ctypes.c_ulonglong
+        self.lib.sfemu_guard_add.argtypes = [ctypes.c_void_p, ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.c_char_p]
+        self.lib.sfemu_guard_add.restype = None
+        self.lib.sfemu_guard_remove.argtypes = [ctypes.c_void_p]
+        self.lib.sfemu_guard_remove.restype = ctypes.c_char_p
         self.lib.sfemu_configure.argtypes = [ctypes.c_ulonglong] + [ctypes.c_int] * 6
         self.weak_supported = bool(self.lib.sfemu_weak_supported())
 
