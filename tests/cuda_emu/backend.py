@@ -119,7 +119,7 @@ class Backend:
     def _empty(self, shape, dtype) -> torch.Tensor:
         # What torch's caching allocator serves ops_cuda.cpp on a GPU: here inside a larger buffer
         # whose ends are guards, registered until the op returns (the tensor outlives them).
-        size = torch.Size(shape)
+        size = torch.empty(shape, device="meta").shape  # an int or a sequence, as torch.empty takes
         nbytes = size.numel() * torch.empty((), dtype=dtype).element_size()
         buf = torch.empty(nbytes + 2 * GUARD_BYTES, dtype=torch.uint8)
         t = buf[GUARD_BYTES:GUARD_BYTES + nbytes].view(dtype).view(size)
