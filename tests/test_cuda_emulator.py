@@ -225,7 +225,8 @@ def test_write_outside_an_allocation_is_reported(emulator, shift, pattern, sched
     try:
         assert emulator.lib.sfemu_test_shifted_write(base, 32, shift) != 0
         d = emulator.diagnostic()
-        assert re.search(r"out-of-bounds write to device memory: " + pattern + r" \[kernel launched at selftest\.cu:\d+", d), d
+        where = r" \[kernel launched at selftest\.cu:\d+"
+        assert re.search(r"out-of-bounds write to device memory: " + pattern + where, d), d
     finally:
         assert emulator.lib.sfemu_guard_remove(base) == b"", "the report restores the guard"
     emulator.clear()

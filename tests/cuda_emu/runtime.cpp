@@ -12,13 +12,16 @@
 // block only through a fence (or at the kernel's end); relaxed atomics are coherent per location
 // but not ordered with other locations. The kernels are compiled with GCC's ThreadSanitizer
 // instrumentation, whose __tsan_write* hooks this file defines: every store to memory that is
-// neither the fiber's stack nor its block's shared memory makes the block a pending writer of
-// those bytes. Memory holds the view of the block that runs: its own pending bytes, and for
+// neither the running fiber's stack nor its block's shared memory makes the block a pending
+// writer of those bytes. Memory holds the view of the block that runs: its own pending bytes, and for
 // bytes other blocks wrote since their last __threadfence, the value before those writes (the
 // "published" value). Views are swapped when the baton changes blocks; a fence publishes the
 // block's bytes; an atomic first sees the latest value (coherence); the kernel's end publishes
 // everything. So a reader that relies on another block's writes without the fence/atomic
-// handshake reads stale data deterministically, as a GPU may.
+// handshake reads stale data deterministically, as a GPU may. Not modelled: a fence publishes
+// the whole block's writes, not only its thread's (right after a __syncthreads, as in the
+// kernels, the PTX model's cumulativity agrees); stale cached loads of a block's own earlier
+// reads; stores made through library calls (memcpy), which the kernels do not make.
 //
 // Guard bytes: device allocations registered by the host side (sfemu_guard_add) are surrounded
 // by a known pattern, checked after every launch, so a kernel writing past an allocation fails
@@ -537,10 +540,12 @@ inline uint64_t word_at(uintptr_t w) {
   std::memcpy(&v, reinterpret_cast<const void*>(w), 8);
   return v;
 }
+// Byte by byte: the word's other bytes may belong to memory outside any kernel's reach.
 inline void merge_into(uintptr_t w, uint64_t value, uint64_t mask) {
-  if (mask == 0) return;
-  const uint64_t v = (word_at(w) & ~mask) | (value & mask);
-  std::memcpy(reinterpret_cast<void*>(w), &v, 8);
+  auto* p = reinterpret_cast<unsigned char*>(w);
+  for (int i = 0; i < 8; ++i) {
+    if ((mask >> (8 * i)) & 0xff) p[i] = static_cast<unsigned char>(value >> (8 * i));
+  }
 }
 
 // Memory as block b sees word w: its own bytes at their latest value, other writers' bytes as
@@ -690,7 +695,8 @@ std::string check_guard(uintptr_t base, const Guarded& g) {
     if (first < 0) return;
     if (!o.str().empty()) o << "; ";
     if (after) {
-      o << "bytes " << first << ".." << last << " past the end of " << g.name << " (" << g.bytes << " bytes) were written";
+      o << "bytes " << first << ".." << last << " past the end of " << g.name << " (" << g.bytes
+        << " bytes) were written";
     } else {
       const long n = static_cast<long>(hi - lo);
       o << "bytes " << (n - last) << ".." << (n - first) << " before the start of " << g.name << " (" << g.bytes
