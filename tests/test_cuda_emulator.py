@@ -1,6 +1,7 @@
 """The CUDA emulator itself (tests/cuda_emu): its intrinsics, its schedules, the misuse it reports
 and its fp16/bf16 conversions, checked against numpy and torch. The kernel tests that run
 csrc/cuda under it (test_cuda_emulated.py) are only as good as this."""
+import contextlib
 import ctypes
 import re
 
@@ -165,17 +166,33 @@ def test_float_to_bfloat16_rounds_as_torch(emulator):
 # ---- weak global memory across blocks
 
 
+@contextlib.contextmanager
+def device_array(emulator, n, dtype, guard=64):
+    """A zeroed numpy array registered with the emulator as a device allocation between guard
+    bytes (weak memory tracks only such allocations, as it does the workspace and outputs)."""
+    nbytes = n * np.dtype(dtype).itemsize
+    buf = np.zeros(nbytes + 2 * guard, dtype=np.uint8)
+    base = buf.ctypes.data + guard
+    emulator.lib.sfemu_guard_add(ctypes.c_void_p(base), nbytes, guard, b"the test's buffer")
+    try:
+        yield buf[guard:guard + nbytes].view(dtype), ctypes.c_void_p(base), buf
+    finally:
+        report = emulator.lib.sfemu_guard_remove(ctypes.c_void_p(base))
+    assert report == b"", report
+
+
 def _weak_parts(emulator, schedule, seed, fence, blocks=6):
     emulator.configure(schedule, seed=seed)
     emulator.clear()
-    parts = np.zeros(blocks, dtype=np.uint32)
-    word = np.zeros(8, dtype=np.uint8)  # the blocks' bytes share one 8-byte word
     total = np.zeros(1, dtype=np.uint32)
-    assert emulator.lib.sfemu_test_weak_parts(ptr(parts), ptr(word), blocks, fence, ptr(total)) == 0, \
-        emulator.diagnostic()
-    # Whatever the last block saw, the kernel's end makes every store visible, byte by byte.
-    np.testing.assert_array_equal(parts, np.arange(1, blocks + 1))
-    np.testing.assert_array_equal(word[:blocks], 0x10 + np.arange(blocks))
+    # The blocks' bytes share one 8-byte word.
+    with device_array(emulator, blocks, np.uint32) as (parts, parts_p, _), \
+            device_array(emulator, 8, np.uint8) as (word, word_p, _):
+        assert emulator.lib.sfemu_test_weak_parts(parts_p, word_p, blocks, fence, ptr(total)) == 0, \
+            emulator.diagnostic()
+        # Whatever the last block saw, the kernel's end makes every store visible, byte by byte.
+        np.testing.assert_array_equal(parts, np.arange(1, blocks + 1))
+        np.testing.assert_array_equal(word[:blocks], 0x10 + np.arange(blocks))
     return int(total[0])
 
 
@@ -206,13 +223,6 @@ def test_weak_memory_needs_the_instrumented_build(emulator):
 # ---- guard bytes around device allocations
 
 
-def _guarded(emulator, n, guard=64):
-    buf = np.zeros(n + 2 * guard // 4, dtype=np.int32)
-    base = buf.ctypes.data + guard
-    emulator.lib.sfemu_guard_add(ctypes.c_void_p(base), n * 4, guard, b"the test's buffer")
-    return buf, ctypes.c_void_p(base)
-
-
 @pytest.mark.parametrize("shift,pattern", [
     (1, r"bytes 0\.\.3 past the end of the test's buffer \(128 bytes\) were written"),
     (-1, r"bytes 1\.\.4 before the start of the test's buffer \(128 bytes\) were written"),
@@ -221,25 +231,22 @@ def _guarded(emulator, n, guard=64):
 def test_write_outside_an_allocation_is_reported(emulator, shift, pattern, schedule):
     emulator.configure(SCHEDULES[schedule], seed=2)
     emulator.clear()
-    buf, base = _guarded(emulator, 32)
-    try:
+    with device_array(emulator, 32, np.int32) as (_, base, _):
         assert emulator.lib.sfemu_test_shifted_write(base, 32, shift) != 0
         d = emulator.diagnostic()
         where = r" \[kernel launched at selftest\.cu:\d+"
         assert re.search(r"out-of-bounds write to device memory: " + pattern + where, d), d
-    finally:
-        assert emulator.lib.sfemu_guard_remove(base) == b"", "the report restores the guard"
+    # (device_array checks the report restored the guards.) Inside the allocation: no report.
     emulator.clear()
-    buf, base = _guarded(emulator, 32)
-    try:
+    with device_array(emulator, 32, np.int32) as (a, base, _):
         assert emulator.lib.sfemu_test_shifted_write(base, 32, 0) == 0, emulator.diagnostic()
-        assert (buf[16:48] == 7).all()
-    finally:
-        assert emulator.lib.sfemu_guard_remove(base) == b""
+        assert (a == 7).all()
 
 
 def test_guard_removal_reports_a_write_since_the_last_launch(emulator):
-    buf, base = _guarded(emulator, 8)
-    buf[16 + 8] = 1  # the first int past the end, written by the host
+    buf = np.zeros(32 + 2 * 64, dtype=np.uint8)
+    base = ctypes.c_void_p(buf.ctypes.data + 64)
+    emulator.lib.sfemu_guard_add(base, 32, 64, b"the test's buffer")
+    buf[64 + 32 + 2] ^= 0xFF  # written by the host, after any launch checked it
     report = emulator.lib.sfemu_guard_remove(base).decode()
-    assert "past the end of the test's buffer (32 bytes)" in report, report
+    assert report == "bytes 2..2 past the end of the test's buffer (32 bytes) were written", report

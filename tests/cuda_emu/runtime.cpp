@@ -11,8 +11,8 @@
 // Weak global memory (config `weak`): a GPU makes one block's global writes visible to another
 // block only through a fence (or at the kernel's end); relaxed atomics are coherent per location
 // but not ordered with other locations. The kernels are compiled with GCC's ThreadSanitizer
-// instrumentation, whose __tsan_write* hooks this file defines: every store to memory that is
-// neither the running fiber's stack nor its block's shared memory makes the block a pending
+// instrumentation, whose __tsan_write* hooks this file defines: every store to a registered
+// device allocation (sfemu_guard_add: the workspace, the outputs) makes the block a pending
 // writer of those bytes. Memory holds the view of the block that runs: its own pending bytes, and for
 // bytes other blocks wrote since their last __threadfence, the value before those writes (the
 // "published" value). Views are swapped when the baton changes blocks; a fence publishes the
@@ -233,8 +233,7 @@ struct Block {
   size_t sched_stack_size = 0;
   std::thread os;
   bool finished = false;
-  uintptr_t shared_lo = 0, shared_hi = 0;  // its shared memory (the module's TLS block)
-  std::vector<uintptr_t> weak_words;       // words it may be a pending writer of
+  std::vector<uintptr_t> weak_words;  // words it may be a pending writer of
 };
 
 struct Launch {
@@ -467,7 +466,6 @@ void fiber_entry(void* arg) {
 
 // ---- shared memory: the block's thread_local storage, filled with garbage
 
-// data: in, an address of this module; out, [0] and [1] its TLS block (shared memory) in this thread.
 int tls_cb(struct dl_phdr_info* info, size_t, void* data) {
   auto* addr = static_cast<uintptr_t*>(data);
   bool mine = false;
@@ -484,22 +482,33 @@ int tls_cb(struct dl_phdr_info* info, size_t, void* data) {
   if (info->dlpi_tls_data != nullptr && tls_size > 0) {
     unsigned char* p = static_cast<unsigned char*>(info->dlpi_tls_data);
     for (size_t i = 0; i < tls_size; ++i) p[i] = static_cast<unsigned char>(0xA5 ^ (i * 131));
-    addr[0] = reinterpret_cast<uintptr_t>(p);
-    addr[1] = addr[0] + tls_size;
-  } else {
-    addr[0] = addr[1] = 0;
   }
   return 1;
 }
 
 thread_local volatile unsigned char tls_anchor;  // makes this module's TLS exist in the thread
 
-void fill_shared_with_garbage(Block* b) {
+void fill_shared_with_garbage() {
   tls_anchor = 1;
-  uintptr_t addr[2] = {reinterpret_cast<uintptr_t>(&fill_shared_with_garbage), 0};
-  dl_iterate_phdr(tls_cb, addr);
-  b->shared_lo = addr[0];
-  b->shared_hi = addr[1];
+  uintptr_t addr = reinterpret_cast<uintptr_t>(&fill_shared_with_garbage);
+  dl_iterate_phdr(tls_cb, &addr);
+}
+
+// ---- device allocations the host side registered (sfemu_guard_add): guarded, and the memory
+// weak mode tracks
+
+struct Guarded {
+  size_t bytes, guard;
+  std::string name;
+};
+std::map<uintptr_t, Guarded> g_guarded;  // by the allocation's first byte
+
+// Whether address a lies inside a registered allocation.
+bool in_device_allocation(uintptr_t a) {
+  auto it = g_guarded.upper_bound(a);
+  if (it == g_guarded.begin()) return false;
+  --it;
+  return a < it->first + it->second.bytes;
 }
 
 // ---- weak global memory (see the top of this file). Bytes are tracked per aligned 8-byte word;
@@ -583,17 +592,16 @@ void weak_enter(Block* b) {
   g_weak.view = b;
 }
 
-// Whether address p, touched by the running fiber, is global memory.
+// The block of the running fiber if p is device memory weak mode tracks. Only registered
+// allocations: a kernel's stray write elsewhere must not make the emulator's own memory (stacks,
+// blocks, this map) subject to view swaps; the guards report it. Unregistered memory (the inputs,
+// the tensors masked SGD updates in place) stays sequentially consistent.
 inline Block* weak_global_writer(const void* p) {
   if (!g_weak.active) return nullptr;
   Launch* L = g_launch;
   if (L == nullptr || L->running == nullptr) return nullptr;
-  const Fiber* f = L->running;
-  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  const uintptr_t stack = reinterpret_cast<uintptr_t>(f->stack);
-  if (a >= stack && a < stack + kStackBytes) return nullptr;
-  if (a >= f->block->shared_lo && a < f->block->shared_hi) return nullptr;
-  return f->block;
+  if (!in_device_allocation(reinterpret_cast<uintptr_t>(p))) return nullptr;
+  return L->running->block;
 }
 
 // Makes b a pending writer of [p, p + n). `atomic`: the bytes it did not write yet first take
@@ -650,11 +658,6 @@ void weak_finish() {
 
 // ---- guard bytes around device allocations
 
-struct Guarded {
-  size_t bytes, guard;
-  std::string name;
-};
-std::map<uintptr_t, Guarded> g_guarded;  // by the allocation's first byte
 
 // Varies with the address, so a kernel storing any one constant past the end still changes some.
 inline unsigned char guard_byte(uintptr_t addr) { return static_cast<unsigned char>(0xC5u ^ (addr * 0x3Bu)); }
@@ -724,7 +727,7 @@ void admit(Launch& L);
 
 void block_main(Launch* Lp, Block* b) {
   Launch& L = *Lp;
-  fill_shared_with_garbage(b);
+  fill_shared_with_garbage();
   pthread_attr_t attr;
   if (pthread_getattr_np(pthread_self(), &attr) == 0) {
     void* addr = nullptr;
