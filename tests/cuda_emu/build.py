@@ -88,11 +88,13 @@ def build(variant: str = "default", *, csrc: Path | None = None, out_dir: Path |
 
     def compile_one(src: Path) -> Path:
         obj = tmp / (src.name + ".o")
-        lang = ["-x", "c++", *kernel_flags] if src.suffix == ".cu" else []
-        # The runtime must know whether the kernels call its store hooks.
-        if src.name == "runtime.cpp":
-            lang = [f for f in kernel_flags if f.startswith("-D")]
-        cmd = [cxx, *flags, *lang, "-c", str(src), "-o", str(obj)]
+        if src.suffix == ".cu":
+            extra = ["-x", "c++", *kernel_flags]
+        elif src.name == "runtime.cpp":  # it must know whether the kernels call its store hooks
+            extra = [f for f in kernel_flags if f.startswith("-D")]
+        else:
+            extra = []
+        cmd = [cxx, *flags, *extra, "-c", str(src), "-o", str(obj)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise BuildError(f"compiling {src.name} for the CUDA emulator failed:\n{' '.join(cmd)}\n{r.stderr[-8000:]}")

@@ -16,9 +16,10 @@
 // (cudaErrorLaunchFailure from cudaGetLastError); sfemu_diagnostic() returns the text.
 //
 // Global memory is sequentially consistent unless a schedule asks for weak memory: then a
-// block's global writes (plain stores and atomics alike) stay invisible to other blocks until it
-// executes __threadfence() or the kernel ends (runtime.cpp; the default build instruments the
-// kernels' stores for it). Device allocations carry guard bytes checked after every launch.
+// block's writes to device allocations (plain stores and atomics alike) stay invisible to other
+// blocks until it executes __threadfence() or the kernel ends (runtime.cpp; the default build
+// instruments the kernels' stores for it). Device allocations carry guard bytes checked after
+// every launch.
 #pragma once
 
 #include <cmath>
