@@ -4,7 +4,8 @@
 The shared kernel tests (test_ops.py, test_ops_properties.py, test_radix_histogram.py) already
 run the emulated backends against the reference on random inputs of every awkward kind; this file
 makes sure each path of the select is actually taken (the host reports the select's final mode),
-with inputs built to reach it, under both scheduler settings.
+with inputs built to reach it, under both scheduler settings and (``cuda_emu_weak``) over weak
+global memory across blocks, where a missing __threadfence shows as stale reads.
 """
 import os
 import subprocess
@@ -24,7 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # csrc/cuda/launch.h: SelectMode, the final ones
 CAND_DONE, KNOWN, ALL, NONE, ERR_NAN, ERR_K = 3, 4, 5, 6, 7, 8
-EMU = ["cuda_emu", "cuda_emu_inorder"]
+
+
+def _emulated_backends():
+    if not EMULATED_CUDA:
+        return []
+    from cuda_emu import register
+    return EMULATED_CUDA + register.install.weak  # the weak-memory schedule where the build has it
+
+
+EMU = _emulated_backends()
 
 
 def last_mode():

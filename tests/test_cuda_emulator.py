@@ -1,6 +1,8 @@
 """The CUDA emulator itself (tests/cuda_emu): its intrinsics, its schedules, the misuse it reports
 and its fp16/bf16 conversions, checked against numpy and torch. The kernel tests that run
 csrc/cuda under it (test_cuda_emulated.py) are only as good as this."""
+import contextlib
+import ctypes
 import re
 
 import numpy as np
@@ -159,3 +161,92 @@ def test_float_to_bfloat16_rounds_as_torch(emulator):
     out = torch.empty(f.numel(), dtype=torch.int16)
     emulator.lib.sfemu_float_to_bf16_n(ptr(f), ptr(out), f.numel())
     assert torch.equal(out, f.bfloat16().view(torch.int16))
+
+
+# ---- weak global memory across blocks
+
+
+@contextlib.contextmanager
+def device_array(emulator, n, dtype, guard=64):
+    """A zeroed numpy array registered with the emulator as a device allocation between guard
+    bytes (weak memory tracks only such allocations, as it does the workspace and outputs)."""
+    nbytes = n * np.dtype(dtype).itemsize
+    buf = np.zeros(nbytes + 2 * guard, dtype=np.uint8)
+    base = buf.ctypes.data + guard
+    emulator.lib.sfemu_guard_add(ctypes.c_void_p(base), nbytes, guard, b"the test's buffer")
+    try:
+        yield buf[guard:guard + nbytes].view(dtype), ctypes.c_void_p(base), buf
+    finally:
+        report = emulator.lib.sfemu_guard_remove(ctypes.c_void_p(base))
+    assert report == b"", report
+
+
+def _weak_parts(emulator, schedule, seed, fence, blocks=6):
+    emulator.configure(schedule, seed=seed)
+    emulator.clear()
+    total = np.zeros(1, dtype=np.uint32)
+    # The blocks' bytes share one 8-byte word.
+    with device_array(emulator, blocks, np.uint32) as (parts, parts_p, _), \
+            device_array(emulator, 8, np.uint8) as (word, word_p, _):
+        assert emulator.lib.sfemu_test_weak_parts(parts_p, word_p, blocks, fence, ptr(total)) == 0, \
+            emulator.diagnostic()
+        # Whatever the last block saw, the kernel's end makes every store visible, byte by byte.
+        np.testing.assert_array_equal(parts, np.arange(1, blocks + 1))
+        np.testing.assert_array_equal(word[:blocks], 0x10 + np.arange(blocks))
+    return int(total[0])
+
+
+@pytest.mark.parametrize("schedule", ["inorder", "random", "weak"])
+def test_fenced_handshake_sees_every_part(emulator, schedule):
+    for seed in range(6):
+        assert _weak_parts(emulator, SCHEDULES[schedule], seed, fence=1) == sum(range(1, 7))
+
+
+def test_missing_fence_is_seen_only_under_weak_memory(emulator):
+    full = sum(range(1, 7))
+    for seed in range(6):
+        # Sequentially consistent memory cannot tell the fence is missing ...
+        assert _weak_parts(emulator, SCHEDULES["random"], seed, fence=0) == full
+        # ... weak memory hides every other block's unfenced stores from the last block: it
+        # sums its own part alone (the others read as the 0 they were before the kernel).
+        got = _weak_parts(emulator, SCHEDULES["weak"], seed, fence=0)
+        assert 1 <= got <= 6, got
+        # Even one block at a time, in order: the stores are unpublished, not just not yet made.
+        inorder_weak = Schedule("inorder_weak", order=0, block_order=0, resident=1, preempt=0, weak=True)
+        assert _weak_parts(emulator, inorder_weak, seed, fence=0) == 6  # block 5 is last
+
+
+def test_weak_memory_needs_the_instrumented_build(emulator):
+    assert emulator.weak_supported, "the default build instruments the kernels' stores"
+
+
+# ---- guard bytes around device allocations
+
+
+@pytest.mark.parametrize("shift,pattern", [
+    (1, r"bytes 0\.\.3 past the end of the test's buffer \(128 bytes\) were written"),
+    (-1, r"bytes 1\.\.4 before the start of the test's buffer \(128 bytes\) were written"),
+])
+@pytest.mark.parametrize("schedule", ["inorder", "weak"])
+def test_write_outside_an_allocation_is_reported(emulator, shift, pattern, schedule):
+    emulator.configure(SCHEDULES[schedule], seed=2)
+    emulator.clear()
+    with device_array(emulator, 32, np.int32) as (_, base, _):
+        assert emulator.lib.sfemu_test_shifted_write(base, 32, shift) != 0
+        d = emulator.diagnostic()
+        where = r" \[kernel launched at selftest\.cu:\d+"
+        assert re.search(r"out-of-bounds write to device memory: " + pattern + where, d), d
+    # (device_array checks the report restored the guards.) Inside the allocation: no report.
+    emulator.clear()
+    with device_array(emulator, 32, np.int32) as (a, base, _):
+        assert emulator.lib.sfemu_test_shifted_write(base, 32, 0) == 0, emulator.diagnostic()
+        assert (a == 7).all()
+
+
+def test_guard_removal_reports_a_write_since_the_last_launch(emulator):
+    buf = np.zeros(32 + 2 * 64, dtype=np.uint8)
+    base = ctypes.c_void_p(buf.ctypes.data + 64)
+    emulator.lib.sfemu_guard_add(base, 32, 64, b"the test's buffer")
+    buf[64 + 32 + 2] ^= 0xFF  # written by the host, after any launch checked it
+    report = emulator.lib.sfemu_guard_remove(base).decode()
+    assert report == "bytes 2..2 past the end of the test's buffer (32 bytes) were written", report

@@ -3,7 +3,9 @@
 // runtime) run on CPU tensors. backend.py calls these through ctypes.
 //
 // Device memory is filled with garbage when allocated, so bytes a kernel should have written but
-// did not show up; every call checks that it gave back all it allocated. Exceptions (from the
+// did not show up; every call checks that it gave back all it allocated. Each allocation sits
+// between guard bytes the runtime checks after every launch (and here when it is freed), so a
+// kernel writing past it fails in the plain build too, naming the allocation. Exceptions (from the
 // emulator or an allocation) never cross into ctypes: the call returns -1 and
 // sfemu_last_error() says what happened.
 #include <cstdint>
@@ -15,6 +17,7 @@
 #include <vector>
 
 #include "../../csrc/cuda/host.h"
+#include "sfemu.h"
 
 namespace {
 
@@ -25,6 +28,7 @@ using sparseforce::cuda::host::SgdHyper;
 using sparseforce::cuda::host::SgdInput;
 
 constexpr std::align_val_t kAlign{256};  // cudaMalloc's alignment
+constexpr size_t kGuard = 256;            // guard bytes each side; a multiple of kAlign keeps it
 
 uint64_t initial_seed() {
   const char* s = std::getenv("SFEMU_GARBAGE_SEED");
@@ -54,16 +58,21 @@ void fill_garbage(void* p, size_t bytes) {
 
 class EmuDevice final : public Device {
  public:
-  // Exactly the bytes asked for (no rounding up to cudaMalloc's granule), so the AddressSanitizer
-  // build catches a kernel reading or writing past its workspace.
+  // Exactly the bytes asked for (no rounding up to cudaMalloc's granule) between guards, so a
+  // kernel writing one byte past its workspace is caught (reads too, in the AddressSanitizer
+  // build, which poisons the guards).
   void* alloc(size_t bytes) override {
-    void* p = ::operator new(bytes == 0 ? 1 : bytes, kAlign);
+    char* p = static_cast<char*>(::operator new(bytes + 2 * kGuard, kAlign)) + kGuard;
     fill_garbage(p, bytes);
     ++live_;
+    const std::string name = "device allocation #" + std::to_string(++count_) + " of this call (cudaMalloc)";
+    sfemu_guard_add(p, bytes, kGuard, name.c_str());
     return p;
   }
   void free(void* p) override {
-    ::operator delete(p, kAlign);
+    const std::string report = sfemu_guard_remove(p);
+    if (!report.empty() && corrupt_.empty()) corrupt_ = "out-of-bounds write to device memory: " + report;
+    ::operator delete(static_cast<char*>(p) - kGuard, kAlign);
     --live_;
   }
   void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
@@ -75,9 +84,12 @@ class EmuDevice final : public Device {
   }
   cudaStream_t stream() override { return nullptr; }
   long live() const { return live_; }
+  const std::string& corrupt() const { return corrupt_; }
 
  private:
   long live_ = 0;
+  long count_ = 0;
+  std::string corrupt_;  // a guard found changed when its allocation was freed
 };
 
 std::vector<Input> inputs_of(int32_t count, const void* const* a, const void* const* b, const uint8_t* const* prev,
@@ -99,6 +111,10 @@ int32_t guarded(Result* res, F&& f) {
     *res = f(dev);
     if (dev.live() != 0) {
       g_error = "sfemu: the call left " + std::to_string(dev.live()) + " device allocation(s) unfreed";
+      return -1;
+    }
+    if (!dev.corrupt().empty()) {
+      g_error = "sfemu: " + dev.corrupt();
       return -1;
     }
     return res->status;

@@ -4,8 +4,9 @@ A shared library built from ``csrc/cuda/*.cu`` + ``csrc/cuda/host.cpp`` + ``test
 + the emulator runtime (compiled as host C++ with g++) is loaded through ctypes. The functions
 here have the signatures of the registered kernels (``sparseforce/ops/cpp/__init__.py``), and do in
 Python what the torch layer ``csrc/cuda/ops_cuda.cpp`` does in C++: contiguous copies, dtype
-promotion, output allocation (filled with the emulator's garbage, so unwritten bytes show up),
-the stand-ins for non-contiguous ``out``, and the same errors as the ``cpp`` backend.
+promotion, output allocation (filled with the emulator's garbage, so unwritten bytes show up, and
+between guard bytes checked after every launch of the op, as the workspace is), the stand-ins for
+non-contiguous ``out``, and the same errors as the ``cpp`` backend.
 
 Use ``Backend(path)`` or ``load(path=None)`` (path from ``$SFEMU_LIB``); ``Backend.kernels()``
 maps op names to the bound functions.
@@ -19,6 +20,10 @@ import torch
 
 from sparseforce.ops import reference as _reference
 from sparseforce.ops._schema import NaNScoreError
+
+# Guard bytes each side of an output this backend allocates (a multiple of 16 keeps the
+# alignment the kernels' vector stores test for).
+GUARD_BYTES = 64
 
 # csrc/cuda/launch.h: DType
 DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
@@ -78,6 +83,10 @@ class Backend:
         lib.sfemu_set_garbage_seed.restype = None
         lib.sfemu_fill_garbage.argtypes = [_P, ctypes.c_uint64]
         lib.sfemu_fill_garbage.restype = None
+        lib.sfemu_guard_add.argtypes = [_P, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_char_p]
+        lib.sfemu_guard_add.restype = None
+        lib.sfemu_guard_remove.argtypes = [_P]
+        lib.sfemu_guard_remove.restype = ctypes.c_char_p
         lib.sfemu_result_size.restype = ctypes.c_int32
         lib.sfemu_select.argtypes = [ctypes.c_int32, _PP, _PP, _PP, _PP, _I64P, _I32P, ctypes.c_int64,
                                      ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _P, ctypes.POINTER(Result)]
@@ -94,6 +103,7 @@ class Backend:
             raise EmulatorError(f"{self.path}: Result is {lib.sfemu_result_size()} bytes in C, "
                                 f"{ctypes.sizeof(Result)} here")
         self.lib = lib
+        self._guarded = []  # outputs allocated by the op that runs, between guard bytes
 
     # ---- plumbing
 
@@ -107,7 +117,29 @@ class Backend:
         return t
 
     def _empty(self, shape, dtype) -> torch.Tensor:
-        return self._garbage(torch.empty(shape, dtype=dtype))
+        # What torch's caching allocator serves ops_cuda.cpp on a GPU: here inside a larger buffer
+        # whose ends are guards, registered until the op returns (the tensor outlives them).
+        size = torch.empty(shape, device="meta").shape  # an int or a sequence, as torch.empty takes
+        nbytes = size.numel() * torch.empty((), dtype=dtype).element_size()
+        buf = torch.empty(nbytes + 2 * GUARD_BYTES, dtype=torch.uint8)
+        t = buf[GUARD_BYTES:GUARD_BYTES + nbytes].view(dtype).view(size)
+        name = f"output #{len(self._guarded) + 1} of this call ({dtype}, shape {tuple(size)})"
+        self.lib.sfemu_guard_add(buf.data_ptr() + GUARD_BYTES, nbytes, GUARD_BYTES, name.encode())
+        self._guarded.append(buf)
+        return self._garbage(t)
+
+    def _guarded_op(self, fn):
+        def run(*args, **kwargs):
+            self._guarded = []
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                reports = [self.lib.sfemu_guard_remove(b.data_ptr() + GUARD_BYTES).decode() for b in self._guarded]
+                self._guarded = []
+                bad = [r for r in reports if r]
+                if bad:  # written by host code after the last launch's check
+                    raise EmulatorError("sfemu: out-of-bounds write to an output: " + "; ".join(bad))
+        return run
 
     def _call(self, fn, *args):
         res = Result()
@@ -294,9 +326,10 @@ class Backend:
 
     def kernels(self) -> dict:
         """Op name -> kernel, as ``sparseforce.ops._registry`` keys them."""
-        return {"topk_masks": self.topk_masks, "kth_largest": self.kth_largest,
-                "saliency_topk_masks": self.saliency_topk_masks, "radix_histogram": self.radix_histogram,
-                "masked_sgd_": self.masked_sgd_}
+        ops = {"topk_masks": self.topk_masks, "kth_largest": self.kth_largest,
+               "saliency_topk_masks": self.saliency_topk_masks, "radix_histogram": self.radix_histogram,
+               "masked_sgd_": self.masked_sgd_}
+        return {name: self._guarded_op(fn) for name, fn in ops.items()}
 
 
 _LOADED: dict[str, Backend] = {}

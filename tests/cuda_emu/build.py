@@ -3,7 +3,9 @@ host C++ against the emulator (tests/cuda_emu/include), plus its runtime and sel
 
 Cached by the content of every source and the flags, under ``$SFEMU_BUILD_DIR`` (default
 ``~/.cache/sparseforce-emu``), so a second test session reuses it. Two variants: ``"default"``
-(-O2) and ``"asan"`` (AddressSanitizer + UBSan, loaded in a process that preloads libasan).
+(-O2; the kernels' stores instrumented for the weak-memory schedules) and ``"asan"``
+(AddressSanitizer + UBSan, loaded in a process that preloads libasan; sequentially consistent
+memory only, as the two instrumentations cannot be combined).
 """
 from __future__ import annotations
 
@@ -24,6 +26,12 @@ COMMON = ["-std=c++17", "-fPIC", "-g", "-pthread", "-DSPARSEFORCE_CUDA_EMULATION
 VARIANTS = {
     "default": ["-O2"],
     "asan": ["-O1", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"],
+}
+# For the .cu files only (kernels): GCC's ThreadSanitizer instrumentation calls a hook before every
+# memory access; runtime.cpp defines the hooks (no libtsan), which feed the weak memory model.
+KERNEL_FLAGS = {
+    "default": ["-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0", "-DSFEMU_INSTRUMENTED=1"],
+    "asan": [],
 }
 
 
@@ -67,7 +75,8 @@ def build(variant: str = "default", *, csrc: Path | None = None, out_dir: Path |
     csrc = Path(csrc) if csrc is not None else CSRC
     srcs = sources(csrc)
     flags = COMMON + ["-I", str(csrc), "-I", str(csrc / "cuda")] + VARIANTS[variant]
-    dest = (out_dir or cache_dir()) / f"{variant}-{_key(COMMON + VARIANTS[variant], srcs, csrc)}"
+    kernel_flags = KERNEL_FLAGS[variant]
+    dest = (out_dir or cache_dir()) / f"{variant}-{_key(COMMON + VARIANTS[variant] + kernel_flags, srcs, csrc)}"
     lib = dest / "libsfemu.so"
     if lib.is_file():
         return lib
@@ -79,8 +88,13 @@ def build(variant: str = "default", *, csrc: Path | None = None, out_dir: Path |
 
     def compile_one(src: Path) -> Path:
         obj = tmp / (src.name + ".o")
-        lang = ["-x", "c++"] if src.suffix == ".cu" else []
-        cmd = [cxx, *flags, *lang, "-c", str(src), "-o", str(obj)]
+        if src.suffix == ".cu":
+            extra = ["-x", "c++", *kernel_flags]
+        elif src.name == "runtime.cpp":  # it must know whether the kernels call its store hooks
+            extra = [f for f in kernel_flags if f.startswith("-D")]
+        else:
+            extra = []
+        cmd = [cxx, *flags, *extra, "-c", str(src), "-o", str(obj)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise BuildError(f"compiling {src.name} for the CUDA emulator failed:\n{' '.join(cmd)}\n{r.stderr[-8000:]}")

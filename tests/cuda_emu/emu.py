@@ -16,6 +16,7 @@ class Schedule:
     resident: int       # blocks interleaved at once
     preempt: int        # per mille: chance that an atomic / fence / __ld* load switches threads
     occupancy: int = 2  # blocks per SM the occupancy query answers; <= 0: the query fails
+    weak: bool = False  # a block's global writes reach other blocks only at __threadfence / kernel end
 
 
 SCHEDULES = {
@@ -25,6 +26,10 @@ SCHEDULES = {
     "random": Schedule("random", order=1, block_order=2, resident=3, preempt=150),
     # Reversed block order (the first block finishes last), random threads, heavy preemption.
     "reversed": Schedule("reversed", order=1, block_order=1, resident=2, preempt=400),
+    # Random interleaving over weak global memory: a block reads another block's writes only once
+    # that block has fenced (or the previous kernel ended). Lighter preemption: each change of
+    # block swaps the blocks' views of the memory they wrote.
+    "weak": Schedule("weak", order=1, block_order=2, resident=3, preempt=50, weak=True),
 }
 
 
@@ -35,13 +40,20 @@ class Emulator:
         self.lib.sfemu_diagnostic.restype = ctypes.c_char_p
         self.lib.sfemu_launches.restype = ctypes.c_ulonglong
         self.lib.sfemu_switches.restype = ctypes.c_ulonglong
-        self.lib.sfemu_configure.argtypes = [ctypes.c_ulonglong] + [ctypes.c_int] * 5
+        self.lib.sfemu_guard_add.argtypes = [ctypes.c_void_p, ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.c_char_p]
+        self.lib.sfemu_guard_add.restype = None
+        self.lib.sfemu_guard_remove.argtypes = [ctypes.c_void_p]
+        self.lib.sfemu_guard_remove.restype = ctypes.c_char_p
+        self.lib.sfemu_configure.argtypes = [ctypes.c_ulonglong] + [ctypes.c_int] * 6
+        self.weak_supported = bool(self.lib.sfemu_weak_supported())
 
     def configure(self, schedule: Schedule, seed: int) -> None:
         s = schedule
         # SFEMU_OCCUPANCY=0 makes every occupancy query fail (the launcher's fallback is tested so).
         occupancy = int(os.environ.get("SFEMU_OCCUPANCY", s.occupancy))
-        self.lib.sfemu_configure(seed, s.order, s.block_order, s.resident, s.preempt, occupancy)
+        if s.weak and not self.weak_supported:
+            raise RuntimeError(f"{self.path}: built without the store instrumentation weak memory needs")
+        self.lib.sfemu_configure(seed, s.order, s.block_order, s.resident, s.preempt, occupancy, int(s.weak))
 
     def diagnostic(self) -> str:
         return self.lib.sfemu_diagnostic().decode()

@@ -51,6 +51,11 @@ MUTANTS = {
     "histogram_warp_sum": ("cuda/select.cu", "for (int d = 16; d >= 1; d >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, d);",
                            "for (int d = 16; d >= 2; d >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, d);",
                            "key_histogram's warp-uniform sum misses half the lanes"),
+    "missing_threadfence": ("cuda/common.cuh", "  __threadfence();\n  __syncthreads();\n  if (threadIdx.x == 0) last = atomicAdd(",
+                            "  __syncthreads();\n  if (threadIdx.x == 0) last = atomicAdd(",
+                            "no fence before the last-block-done counter: the last block may read stale histograms"),
+    "candidate_overrun": ("cuda/select.cu", "} else if (s.count <= p.cap) {", "} else if (s.count <= p.cap + 1) {",
+                          "a bin one larger than the candidate buffer is appended anyway: one write past its end"),
 }
 
 TESTS = ["tests/test_cuda_emulated.py", "tests/test_ops.py", "tests/test_radix_histogram.py", "-k", "cuda_emu"]

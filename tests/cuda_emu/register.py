@@ -1,7 +1,10 @@
 """Registers the emulated CUDA backend with sparseforce.ops, under one extra backend name per
 scheduler setting, so the shared kernel tests (conftest.BACKEND_DEVICE) run the CUDA kernels and
 host orchestration on CPU tensors: ``cuda_emu`` (random threads, interleaved shuffled blocks,
-preemption) and ``cuda_emu_inorder`` (one block at a time, threads in order).
+preemption) and ``cuda_emu_inorder`` (one block at a time, threads in order). ``cuda_emu_weak``
+(random interleaving over weak global memory across blocks) is registered too where the build
+supports it, for test_cuda_emulated.py's path tests, but is not one of the shared tests' backends
+(that would double their emulated time for little: the inter-block protocols are what it checks).
 
 Every call reconfigures the scheduler with a fresh seed (``$SFEMU_SEED`` fixes the base); a
 failure names the schedule and seed so it can be replayed.
@@ -20,6 +23,7 @@ from . import backend as _backend
 from . import build, emu
 
 BACKENDS = {"cuda_emu": "random", "cuda_emu_inorder": "inorder"}
+WEAK_BACKENDS = {"cuda_emu_weak": "weak"}
 
 _state = {"seed": None, "calls": 0}
 
@@ -56,10 +60,12 @@ def install(variant: str = "default") -> list[str]:
     path = build.build(variant, csrc=csrc)
     emulator = emu.Emulator(path)
     be = _backend.load(path)
-    for name, schedule in BACKENDS.items():
+    extra = WEAK_BACKENDS if emulator.weak_supported else {}
+    for name, schedule in {**BACKENDS, **extra}.items():
         register_backend(name, _available, extra=True)
         for op, fn in be.kernels().items():
             register_kernel(op, name)(_scheduled(emulator, emu.SCHEDULES[schedule], fn))
     install.backend = be
     install.emulator = emulator
+    install.weak = list(extra)
     return list(BACKENDS)

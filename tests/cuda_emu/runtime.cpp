@@ -7,6 +7,25 @@
 // condition variable. Handing the baton over goes through the mutex, which orders every memory
 // access of one fiber before those of the next, so the kernels see sequentially consistent
 // memory and the emulator itself needs no atomics.
+//
+// Weak global memory (config `weak`): a GPU makes one block's global writes visible to another
+// block only through a fence (or at the kernel's end); relaxed atomics are coherent per location
+// but not ordered with other locations. The kernels are compiled with GCC's ThreadSanitizer
+// instrumentation, whose __tsan_write* hooks this file defines: every store to a registered
+// device allocation (sfemu_guard_add: the workspace, the outputs) makes the block a pending
+// writer of those bytes. Memory holds the view of the block that runs: its own pending bytes, and for
+// bytes other blocks wrote since their last __threadfence, the value before those writes (the
+// "published" value). Views are swapped when the baton changes blocks; a fence publishes the
+// block's bytes; an atomic first sees the latest value (coherence); the kernel's end publishes
+// everything. So a reader that relies on another block's writes without the fence/atomic
+// handshake reads stale data deterministically, as a GPU may. Not modelled: a fence publishes
+// the whole block's writes, not only its thread's (right after a __syncthreads, as in the
+// kernels, the PTX model's cumulativity agrees); stale cached loads of a block's own earlier
+// reads; stores made through library calls (memcpy), which the kernels do not make.
+//
+// Guard bytes: device allocations registered by the host side (sfemu_guard_add) are surrounded
+// by a known pattern, checked after every launch, so a kernel writing past an allocation fails
+// the launch in every build (AddressSanitizer also poisons them).
 #include <dlfcn.h>
 #include <link.h>
 #include <pthread.h>
@@ -23,6 +42,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "sfemu.h"
@@ -50,6 +70,7 @@ struct Config {
   int resident = 2;     // blocks interleaved at once
   int preempt = 50;     // per mille
   int occupancy = 2;    // answer of the occupancy query; <= 0: the query fails
+  int weak = 0;         // 1: weak global memory across blocks (needs instrumented kernels)
 };
 
 long env_long(const char* name, long dflt) {
@@ -69,6 +90,7 @@ Config& config() {
     d.resident = static_cast<int>(env_long("SFEMU_RESIDENT", d.resident));
     d.preempt = static_cast<int>(env_long("SFEMU_PREEMPT", d.preempt));
     d.occupancy = static_cast<int>(env_long("SFEMU_OCCUPANCY", d.occupancy));
+    d.weak = static_cast<int>(env_long("SFEMU_WEAK", d.weak));
     return d;
   }();
   return c;
@@ -79,6 +101,13 @@ std::string g_diag;
 unsigned long long g_launches = 0;
 unsigned long long g_switches = 0;
 std::mutex g_launch_mutex;  // one launch at a time (ctypes releases the GIL)
+
+// The kernels were compiled with the store instrumentation weak memory needs (build.py).
+#if defined(SFEMU_INSTRUMENTED)
+constexpr bool kInstrumented = true;
+#else
+constexpr bool kInstrumented = false;
+#endif
 
 constexpr size_t kStackBytes = SFEMU_ASAN ? (512u << 10) : (128u << 10);
 
@@ -204,6 +233,7 @@ struct Block {
   size_t sched_stack_size = 0;
   std::thread os;
   bool finished = false;
+  std::vector<uintptr_t> weak_words;  // words it may be a pending writer of
 };
 
 struct Launch {
@@ -464,6 +494,233 @@ void fill_shared_with_garbage() {
   dl_iterate_phdr(tls_cb, &addr);
 }
 
+// ---- device allocations the host side registered (sfemu_guard_add): guarded, and the memory
+// weak mode tracks
+
+struct Guarded {
+  size_t bytes, guard;
+  std::string name;
+};
+std::map<uintptr_t, Guarded> g_guarded;  // by the allocation's first byte
+
+// Whether address a lies inside a registered allocation.
+bool in_device_allocation(uintptr_t a) {
+  auto it = g_guarded.upper_bound(a);
+  if (it == g_guarded.begin()) return false;
+  --it;
+  return a < it->first + it->second.bytes;
+}
+
+// ---- weak global memory (see the top of this file). Bytes are tracked per aligned 8-byte word;
+// a writer's mask says which of its bytes it wrote, so blocks writing neighbouring bytes of one
+// word do not publish each other's bytes.
+
+struct WeakWriter {
+  Block* block;
+  uint64_t mask;  // 0xff per byte written
+};
+
+struct WeakWord {
+  uint64_t published = 0;  // what blocks that did not write a byte see of it
+  uint64_t latest = 0;     // the last value written (in coherence order), as of the last switch
+  std::vector<WeakWriter> writers;
+  uint64_t any() const {
+    uint64_t m = 0;
+    for (const WeakWriter& w : writers) m |= w.mask;
+    return m;
+  }
+  WeakWriter* find(const Block* b) {
+    for (WeakWriter& w : writers) {
+      if (w.block == b) return &w;
+    }
+    return nullptr;
+  }
+};
+
+struct WeakMemory {
+  bool active = false;  // a weak launch runs
+  std::unordered_map<uintptr_t, WeakWord> words;
+  Block* view = nullptr;  // whose view memory holds
+};
+WeakMemory g_weak;
+
+inline uint64_t word_at(uintptr_t w) {
+  uint64_t v;
+  std::memcpy(&v, reinterpret_cast<const void*>(w), 8);
+  return v;
+}
+// Byte by byte: the word's other bytes may belong to memory outside any kernel's reach.
+inline void merge_into(uintptr_t w, uint64_t value, uint64_t mask) {
+  auto* p = reinterpret_cast<unsigned char*>(w);
+  for (int i = 0; i < 8; ++i) {
+    if ((mask >> (8 * i)) & 0xff) p[i] = static_cast<unsigned char>(value >> (8 * i));
+  }
+}
+
+// Memory as block b sees word w: its own bytes at their latest value, other writers' bytes as
+// published, untracked bytes untouched.
+void weak_show(uintptr_t w, WeakWord& e, const Block* b) {
+  const WeakWriter* mine = e.find(b);
+  const uint64_t m = mine != nullptr ? mine->mask : 0;
+  merge_into(w, e.published, e.any() & ~m);
+  merge_into(w, e.latest, m);
+}
+
+// The running block's writes since its view was shown, into `latest`.
+void weak_capture(Block* b) {
+  for (uintptr_t w : b->weak_words) {
+    auto it = g_weak.words.find(w);
+    if (it == g_weak.words.end()) continue;
+    if (const WeakWriter* mine = it->second.find(b)) {
+      it->second.latest = (it->second.latest & ~mine->mask) | (word_at(w) & mine->mask);
+    }
+  }
+}
+
+// Called on a block's OS thread before one of its fibers runs.
+void weak_enter(Block* b) {
+  if (!g_weak.active || g_weak.view == b) return;
+  Block* old = g_weak.view;
+  if (old != nullptr) weak_capture(old);
+  for (Block* x : {old, b}) {
+    if (x == nullptr) continue;
+    for (uintptr_t w : x->weak_words) {
+      auto it = g_weak.words.find(w);
+      if (it != g_weak.words.end()) weak_show(w, it->second, b);
+    }
+  }
+  g_weak.view = b;
+}
+
+// The block of the running fiber if p is device memory weak mode tracks. Only registered
+// allocations: a kernel's stray write elsewhere must not make the emulator's own memory (stacks,
+// blocks, this map) subject to view swaps; the guards report it. Unregistered memory (the inputs,
+// the tensors masked SGD updates in place) stays sequentially consistent.
+inline Block* weak_global_writer(const void* p) {
+  if (!g_weak.active) return nullptr;
+  Launch* L = g_launch;
+  if (L == nullptr || L->running == nullptr) return nullptr;
+  if (!in_device_allocation(reinterpret_cast<uintptr_t>(p))) return nullptr;
+  return L->running->block;
+}
+
+// Makes b a pending writer of [p, p + n). `atomic`: the bytes it did not write yet first take
+// their latest value, which a read-modify-write must see.
+void weak_write(Block* b, const void* p, size_t n, bool atomic) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  for (uintptr_t w = a & ~uintptr_t(7); w < a + n; w += 8) {
+    const uintptr_t lo = std::max(a, w), hi = std::min(a + n, w + 8);
+    uint64_t mask = 0;
+    for (uintptr_t i = lo; i < hi; ++i) mask |= uint64_t(0xff) << (8 * (i - w));
+    auto [it, fresh] = g_weak.words.try_emplace(w);
+    WeakWord& e = it->second;
+    if (fresh) e.published = e.latest = word_at(w);
+    WeakWriter* mine = e.find(b);
+    if (atomic) merge_into(w, e.latest, mask & e.any() & ~(mine != nullptr ? mine->mask : 0));
+    if (mine == nullptr) {
+      e.writers.push_back(WeakWriter{b, mask});
+      b->weak_words.push_back(w);
+    } else {
+      mine->mask |= mask;
+    }
+  }
+}
+
+// __threadfence: the running block's pending bytes become visible to every block. (Per block,
+// not per thread: a fence after __syncthreads publishes what the whole block wrote before the
+// barrier, as the PTX model's cumulativity does; a fence without the barrier is given that too.)
+void weak_fence(Block* b) {
+  for (uintptr_t w : b->weak_words) {
+    auto it = g_weak.words.find(w);
+    if (it == g_weak.words.end()) continue;
+    WeakWord& e = it->second;
+    WeakWriter* mine = e.find(b);
+    if (mine == nullptr) continue;
+    const uint64_t m = mine->mask;
+    e.latest = (e.latest & ~m) | (word_at(w) & m);
+    // Later writes of other blocks to these bytes get published too: one legal outcome.
+    e.published = (e.published & ~m) | (e.latest & m);
+    e.writers.erase(e.writers.begin() + (mine - e.writers.data()));
+    if (e.writers.empty()) g_weak.words.erase(it);
+  }
+  b->weak_words.clear();
+}
+
+// The kernel's end: every write visible, memory the latest value of every byte.
+void weak_finish() {
+  if (!g_weak.active) return;
+  if (g_weak.view != nullptr) weak_capture(g_weak.view);
+  for (auto& [w, e] : g_weak.words) merge_into(w, e.latest, e.any());
+  g_weak.words.clear();
+  g_weak.view = nullptr;
+  g_weak.active = false;
+}
+
+// ---- guard bytes around device allocations
+
+
+// Varies with the address, so a kernel storing any one constant past the end still changes some.
+inline unsigned char guard_byte(uintptr_t addr) { return static_cast<unsigned char>(0xC5u ^ (addr * 0x3Bu)); }
+
+void poison_guards(uintptr_t base, const Guarded& g, bool poison) {
+#if SFEMU_ASAN
+  void* before = reinterpret_cast<void*>(base - g.guard);
+  void* after = reinterpret_cast<void*>(base + g.bytes);
+  if (poison) {
+    __asan_poison_memory_region(before, g.guard);
+    __asan_poison_memory_region(after, g.guard);
+  } else {
+    __asan_unpoison_memory_region(before, g.guard);
+    __asan_unpoison_memory_region(after, g.guard);
+  }
+#else
+  (void)base;
+  (void)g;
+  (void)poison;
+#endif
+}
+
+// The first changed guard byte of each side of allocation `base`, as a report ("" if intact);
+// restores the pattern so one overrun is reported once.
+std::string check_guard(uintptr_t base, const Guarded& g) {
+  poison_guards(base, g, false);
+  std::ostringstream o;
+  auto scan = [&](uintptr_t lo, uintptr_t hi, bool after) {
+    long first = -1, last = -1;
+    for (uintptr_t a = lo; a < hi; ++a) {
+      auto* p = reinterpret_cast<unsigned char*>(a);
+      if (*p != guard_byte(a)) {
+        if (first < 0) first = static_cast<long>(a - lo);
+        last = static_cast<long>(a - lo);
+        *p = guard_byte(a);
+      }
+    }
+    if (first < 0) return;
+    if (!o.str().empty()) o << "; ";
+    if (after) {
+      o << "bytes " << first << ".." << last << " past the end of " << g.name << " (" << g.bytes
+        << " bytes) were written";
+    } else {
+      const long n = static_cast<long>(hi - lo);
+      o << "bytes " << (n - last) << ".." << (n - first) << " before the start of " << g.name << " (" << g.bytes
+        << " bytes) were written";
+    }
+  };
+  scan(base - g.guard, base, false);
+  scan(base + g.bytes, base + g.bytes + g.guard, true);
+  poison_guards(base, g, true);
+  return o.str();
+}
+
+std::string check_guards() {
+  std::string all;
+  for (auto& [base, g] : g_guarded) {
+    const std::string r = check_guard(base, g);
+    if (!r.empty()) all += (all.empty() ? "" : "; ") + r;
+  }
+  return all.empty() ? all : "out-of-bounds write to device memory: " + all;
+}
+
 // ---- a block's OS thread
 
 void admit(Launch& L);
@@ -486,6 +743,7 @@ void block_main(Launch* Lp, Block* b) {
     if (L.failed || L.done) break;
     Fiber* f = L.next;
     lk.unlock();
+    weak_enter(b);
     L.running = f;
     current = &f->tc;
     swap_to(&b->sched, &f->ctx, f->stack, kStackBytes, false);
@@ -550,7 +808,21 @@ void admit(Launch& L) {
 
 }  // namespace
 
-// ---- scheduling points
+// ---- scheduling points and memory hooks
+
+void fence(const char* file, int line) {
+  Launch* L = g_launch;
+  if (g_weak.active && L != nullptr && L->running != nullptr) weak_fence(L->running->block);
+  preempt(file, line, 1);
+}
+
+void atomic_access(const void* p, size_t bytes) {
+  if (Block* b = weak_global_writer(p)) weak_write(b, p, bytes, true);
+}
+
+void store_access(const void* p, size_t bytes) {
+  if (Block* b = weak_global_writer(p)) weak_write(b, p, bytes, false);
+}
 
 void preempt(const char* file, int line, int) {
   Launch* L = g_launch;
@@ -762,6 +1034,7 @@ void launch_grid(const char* file, int line, dim3 grid, dim3 block, size_t smem,
   if (config().block_order == 1) std::reverse(L.pending.begin(), L.pending.end());
   if (config().block_order == 2) std::shuffle(L.pending.begin(), L.pending.end(), L.rng);
   g_launch = &L;
+  g_weak.active = config().weak != 0 && kInstrumented;
   const int resident = std::max(1, config().resident);
   {
     std::unique_lock<std::mutex> lk(L.m);
@@ -775,6 +1048,11 @@ void launch_grid(const char* file, int line, dim3 grid, dim3 block, size_t smem,
   }
   for (Block* b : L.all) {
     if (b->os.joinable()) b->os.join();
+  }
+  weak_finish();
+  if (!L.failed) {
+    const std::string bad = check_guards();
+    if (!bad.empty()) fail(L, bad);
   }
   for (Block* b : L.all) {
     for (Fiber& f : b->fibers) stack_pool().push_back(f.stack);
@@ -874,8 +1152,9 @@ cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 
 extern "C" {
 void sfemu_configure(unsigned long long seed, int order, int block_order, int resident, int preempt_permille,
-                     int occupancy) {
+                     int occupancy, int weak) {
   auto& c = sfemu::config();
+  c.weak = weak;
   c.seed = seed;
   c.order = order;
   c.block_order = block_order;
@@ -884,6 +1163,28 @@ void sfemu_configure(unsigned long long seed, int order, int block_order, int re
   c.occupancy = occupancy;
 }
 const char* sfemu_diagnostic() { return sfemu::g_diag.c_str(); }
+int sfemu_weak_supported() { return sfemu::kInstrumented ? 1 : 0; }
+void sfemu_guard_add(void* p, unsigned long long bytes, unsigned long long guard, const char* name) {
+  const uintptr_t base = reinterpret_cast<uintptr_t>(p);
+  sfemu::Guarded g{static_cast<size_t>(bytes), static_cast<size_t>(guard), name};
+  for (uintptr_t a = base - g.guard; a < base; ++a) *reinterpret_cast<unsigned char*>(a) = sfemu::guard_byte(a);
+  for (uintptr_t a = base + g.bytes; a < base + g.bytes + g.guard; ++a) {
+    *reinterpret_cast<unsigned char*>(a) = sfemu::guard_byte(a);
+  }
+  sfemu::poison_guards(base, g, true);
+  sfemu::g_guarded[base] = std::move(g);
+}
+// Unregisters allocation p; returns a report if its guards were overwritten since the last check.
+const char* sfemu_guard_remove(void* p) {
+  static std::string report;
+  report.clear();
+  auto it = sfemu::g_guarded.find(reinterpret_cast<uintptr_t>(p));
+  if (it == sfemu::g_guarded.end()) return report.c_str();
+  report = sfemu::check_guard(it->first, it->second);
+  sfemu::poison_guards(it->first, it->second, false);
+  sfemu::g_guarded.erase(it);
+  return report.c_str();
+}
 void sfemu_clear_diagnostic() {
   sfemu::g_diag.clear();
   sfemu::g_last_error = cudaSuccess;
@@ -900,4 +1201,35 @@ void sfemu_float_to_half_n(const float* in, unsigned short* out, long long n) {
 void sfemu_float_to_bf16_n(const float* in, unsigned short* out, long long n) {
   for (long long i = 0; i < n; ++i) out[i] = sfemu::float_to_bf16_bits_rn(in[i]);
 }
+}
+
+// ---- GCC's ThreadSanitizer instrumentation of the kernels calls these (instead of libtsan's):
+// stores feed the weak memory model; loads need nothing, since memory holds the running block's
+// view; the module constructor and the rare atomic builtins (static-local guards) are plain.
+extern "C" {
+void __tsan_init() {}
+void __tsan_func_entry(void*) {}
+void __tsan_func_exit() {}
+void __tsan_read1(void*) {}
+void __tsan_read2(void*) {}
+void __tsan_read4(void*) {}
+void __tsan_read8(void*) {}
+void __tsan_read16(void*) {}
+void __tsan_unaligned_read2(void*) {}
+void __tsan_unaligned_read4(void*) {}
+void __tsan_unaligned_read8(void*) {}
+void __tsan_unaligned_read16(void*) {}
+void __tsan_read_range(void*, unsigned long) {}
+void __tsan_write1(void* p) { sfemu::store_access(p, 1); }
+void __tsan_write2(void* p) { sfemu::store_access(p, 2); }
+void __tsan_write4(void* p) { sfemu::store_access(p, 4); }
+void __tsan_write8(void* p) { sfemu::store_access(p, 8); }
+void __tsan_write16(void* p) { sfemu::store_access(p, 16); }
+void __tsan_unaligned_write2(void* p) { sfemu::store_access(p, 2); }
+void __tsan_unaligned_write4(void* p) { sfemu::store_access(p, 4); }
+void __tsan_unaligned_write8(void* p) { sfemu::store_access(p, 8); }
+void __tsan_unaligned_write16(void* p) { sfemu::store_access(p, 16); }
+void __tsan_write_range(void* p, unsigned long n) { sfemu::store_access(p, n); }
+unsigned char __tsan_atomic8_load(const volatile unsigned char* a, int) { return __atomic_load_n(a, __ATOMIC_SEQ_CST); }
+void __tsan_atomic8_store(volatile unsigned char* a, unsigned char v, int) { __atomic_store_n(a, v, __ATOMIC_SEQ_CST); }
 }

@@ -71,6 +71,34 @@ __global__ void last_block_kernel(const unsigned long long* parts_in, unsigned l
   }
 }
 
+// Each block stores its part (and one byte of a shared word) with plain stores, then the
+// last-block-done handshake; with `fence` 0 the __threadfence() of the protocol is missing, and
+// under weak memory the last block must read the other blocks' parts stale (still 0).
+__global__ void weak_parts_kernel(unsigned* parts, unsigned char* bytes, unsigned* counter, unsigned* total, int fence) {
+  __shared__ bool last;
+  if (threadIdx.x == 0) {
+    parts[blockIdx.x] = blockIdx.x + 1;
+    bytes[blockIdx.x] = static_cast<unsigned char>(0x10 + blockIdx.x);
+  }
+  if (fence) __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  if (fence) __threadfence();
+  if (threadIdx.x == 0) {
+    unsigned sum = 0;
+    for (unsigned b = 0; b < gridDim.x; ++b) sum += __ldcg(parts + b);
+    *total = sum;
+    *counter = 0;
+  }
+}
+
+// Thread t writes p[t + shift] for t < n: shift 1 writes one element past the end, -1 one before.
+__global__ void shifted_write_kernel(int* p, int n, int shift) {
+  if (int(threadIdx.x) < n) p[int(threadIdx.x) + shift] = 7;
+}
+
 // Reads shared memory nobody wrote: the emulator fills it with garbage, so this must not be 0.
 __global__ void unwritten_shared_kernel(unsigned* out) {
   __shared__ unsigned never_written[4];
@@ -131,6 +159,18 @@ int sfemu_test_last_block(const unsigned long long* parts, int blocks, unsigned 
   SF_LAUNCH_EMU(last_block_kernel, blocks, 64, parts, total, &counter, &acc, lasts);
   const int e = cudaGetLastError();
   return e != 0 ? e : (counter == 0 ? 0 : -1);
+}
+
+int sfemu_test_weak_parts(unsigned* parts, unsigned char* bytes, int blocks, int fence, unsigned* total) {
+  unsigned counter = 0;
+  SF_LAUNCH_EMU(weak_parts_kernel, blocks, 64, parts, bytes, &counter, total, fence);
+  const int e = cudaGetLastError();
+  return e != 0 ? e : (counter == 0 ? 0 : -1);
+}
+
+int sfemu_test_shifted_write(int* p, int n, int shift) {
+  SF_LAUNCH_EMU(shifted_write_kernel, 1, n, p, n, shift);
+  return cudaGetLastError();
 }
 
 int sfemu_test_unwritten_shared(unsigned* out, int blocks) {

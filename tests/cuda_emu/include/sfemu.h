@@ -14,6 +14,12 @@
 // another fiber (of this or another resident block), so inter-block protocols run in many
 // orders. Problems are reported with the kernel's file and line and fail the launch
 // (cudaErrorLaunchFailure from cudaGetLastError); sfemu_diagnostic() returns the text.
+//
+// Global memory is sequentially consistent unless a schedule asks for weak memory: then a
+// block's writes to device allocations (plain stores and atomics alike) stay invisible to other
+// blocks until it executes __threadfence() or the kernel ends (runtime.cpp; the default build
+// instruments the kernels' stores for it). Device allocations carry guard bytes checked after
+// every launch.
 #pragma once
 
 #include <cmath>
@@ -96,6 +102,9 @@ extern ThreadCtx* current;
 // Scheduling points. `file`/`line` name the kernel's call site, for reports.
 void sync_block(const char* file, int line, int kind, int pred, int* result);  // kind: 0 plain, 1 count, 2 and, 3 or
 void preempt(const char* file, int line, int what);                             // what: 0 atomic, 1 fence, 2 load
+void fence(const char* file, int line);  // __threadfence: publishes the block's writes (weak memory), then preempt
+void atomic_access(const void* p, size_t bytes);  // before an atomic's read-modify-write (weak memory)
+void store_access(const void* p, size_t bytes);   // before a plain store (from the instrumentation)
 // A warp collective: every lane of `mask` arrives with 8 bytes of value; `op` says what each
 // lane gets back (see runtime.cpp). Returns the lane's result bits.
 uint64_t warp_op(const char* file, int line, int op, unsigned mask, uint64_t value, int arg, int width);
@@ -174,9 +183,9 @@ T from_bits(uint64_t b) {
 #define atomicCAS(...) ::sfemu::detail::atomic_cas(__FILE__, __LINE__, __VA_ARGS__)
 #define atomicOr(...) ::sfemu::detail::atomic_or(__FILE__, __LINE__, __VA_ARGS__)
 #define atomicAnd(...) ::sfemu::detail::atomic_and(__FILE__, __LINE__, __VA_ARGS__)
-#define __threadfence() ::sfemu::preempt(__FILE__, __LINE__, 1)
-#define __threadfence_block() ::sfemu::preempt(__FILE__, __LINE__, 1)
-#define __threadfence_system() ::sfemu::preempt(__FILE__, __LINE__, 1)
+#define __threadfence() ::sfemu::fence(__FILE__, __LINE__)
+#define __threadfence_block() ::sfemu::preempt(__FILE__, __LINE__, 1)  // orders nothing across blocks
+#define __threadfence_system() ::sfemu::fence(__FILE__, __LINE__)
 #define __ldg(p) ::sfemu::detail::load(__FILE__, __LINE__, (p))
 #define __ldcs(p) ::sfemu::detail::load(__FILE__, __LINE__, (p))
 #define __ldcg(p) ::sfemu::detail::load(__FILE__, __LINE__, (p))
@@ -218,6 +227,7 @@ template <class T> using IsAtomicInt = std::enable_if_t<std::is_integral<T>::val
 template <class T, class Op>
 T rmw(const char* f, int l, T* p, Op op) {
   preempt(f, l, 0);
+  atomic_access(p, sizeof(T));
   const T old = *p;
   *p = op(old);
   return old;
@@ -332,9 +342,14 @@ extern "C" {
 // order: 0 = CUDA threads in order at every switch, 1 = random; block_order: 0 in order,
 // 1 reversed, 2 shuffled; resident: blocks interleaved at once; preempt_permille: chance that
 // an atomic / fence / load hands the baton on; occupancy: blocks per SM the occupancy query
-// answers, or <= 0 to make it fail.
+// answers, or <= 0 to make it fail; weak: 1 for weak global memory across blocks.
 void sfemu_configure(unsigned long long seed, int order, int block_order, int resident, int preempt_permille,
-                     int occupancy);
+                     int occupancy, int weak);
+int sfemu_weak_supported();  // whether this build instruments the kernels' stores (weak memory)
+// Guard bytes: [p - guard, p) and [p + bytes, p + bytes + guard) get a pattern, checked after
+// every launch (a changed byte fails it, naming `name`); remove returns a report, "" if intact.
+void sfemu_guard_add(void* p, unsigned long long bytes, unsigned long long guard, const char* name);
+const char* sfemu_guard_remove(void* p);
 const char* sfemu_diagnostic();      // the last launch problem, "" if none
 void sfemu_clear_diagnostic();
 unsigned long long sfemu_launches();  // launches so far, for tests
