@@ -28,6 +28,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -171,6 +175,202 @@ struct SaliencyPolicy {
   }
 };
 
+// ---- fp32 sources read four values at a time (SSE2, part of every x86-64 CPU): the band pass
+// and the mask passes then compare keys in registers and turn the compares into bit masks
+// (movemask), where the portable loops would store, reload and pack them. Each fp32 value comes
+// out exactly as Src::keys forms it: the same float ops (w*g, then |.|), then the same key.
+
+template <typename Src>
+struct F32 {
+  static constexpr bool ok = false;
+};
+
+#if defined(__SSE2__) && defined(__GNUC__)
+template <>
+struct F32<ScoreSrc<float, float>> {
+  static constexpr bool ok = true;
+  static __m128 load(const ScoreSrc<float, float>& s, int64_t i) { return _mm_loadu_ps(s.x + i); }
+  static float at(const ScoreSrc<float, float>& s, int64_t i) { return s.x[i]; }
+};
+
+template <bool Prev>
+struct F32<SaliencySrc<float, float, Prev>> {
+  static constexpr bool ok = true;
+  static __m128 load(const SaliencySrc<float, float, Prev>& s, int64_t i) {
+    const __m128 prod = _mm_mul_ps(_mm_loadu_ps(s.w + i), _mm_loadu_ps(s.g + i));
+    return _mm_andnot_ps(_mm_set1_ps(-0.0f), prod);  // |w*g|: clear the sign bit, as std::abs
+  }
+  static float at(const SaliencySrc<float, float, Prev>& s, int64_t i) { return std::abs(s.w[i] * s.g[i]); }
+};
+
+// The keys of four floats as signed integers (key ^ 0x80000000, so SSE2's signed compares order
+// them as the keys): v + 0 (as float_key: -0 becomes +0), then the positive bit patterns as they
+// are and the negative ones with all but the sign bit flipped.
+inline __m128i signed_keys(__m128 v) {
+  const __m128i b = _mm_castps_si128(_mm_add_ps(v, _mm_setzero_ps()));
+  return _mm_xor_si128(b, _mm_srli_epi32(_mm_srai_epi32(b, 31), 1));
+}
+
+inline int32_t signed_key(uint32_t key) { return static_cast<int32_t>(key ^ 0x80000000u); }
+
+// The live flags of 16 prev bytes (nonzero: competing) as bits.
+inline unsigned live_bits(const uint8_t* p) {
+  const __m128i dead = _mm_cmpeq_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), _mm_setzero_si128());
+  return ~static_cast<unsigned>(_mm_movemask_epi8(dead)) & 0xffffu;
+}
+
+// pass_histogram_band for fp32 sources, 16 elements per step.
+template <typename Src>
+bool band_f32(const Src& src, int64_t a, int64_t b, int shift, uint32_t lo, uint32_t width,
+              uint32_t* __restrict h, int64_t& above, int64_t& live) {
+  using L = F32<Src>;
+  const uint32_t hi = lo + width;
+  const __m128i vlo = _mm_set1_epi32(signed_key(lo)), vhi = _mm_set1_epi32(signed_key(hi));
+  int64_t up = 0, lv = 0;
+  unsigned bad = 0;
+  int64_t i = a;
+  __m128i up_acc = _mm_setzero_si128();  // lanes count down (a true compare is -1): 4 per 16 elements
+  for (; i + 16 <= b; i += 16) {
+    unsigned out = 0, abv = 0, nan = 0;
+    for (int q = 0; q < 4; ++q) {
+      const __m128 v = L::load(src, i + 4 * q);
+      const __m128i sk = signed_keys(v);
+      const __m128i gt = _mm_cmpgt_epi32(sk, vhi);
+      out |= static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_or_si128(_mm_cmpgt_epi32(vlo, sk), gt)))) << (4 * q);
+      nan |= static_cast<unsigned>(_mm_movemask_ps(_mm_cmpunord_ps(v, v))) << (4 * q);
+      if constexpr (Src::kPrev) {
+        abv |= static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(gt))) << (4 * q);
+      } else {
+        up_acc = _mm_add_epi32(up_acc, gt);
+      }
+    }
+    unsigned in = ~out & 0xffffu;
+    if constexpr (Src::kPrev) {
+      const unsigned l = live_bits(src.prev + i);
+      in &= l;
+      nan &= l;
+      up += __builtin_popcount(abv & l);
+      lv += __builtin_popcount(l);
+    }
+    bad |= nan;
+    while (in != 0) {
+      ++h[float_key(L::at(src, i + __builtin_ctz(in))) >> shift];
+      in &= in - 1;
+    }
+  }
+  alignas(16) int32_t lanes[4];
+  _mm_store_si128(reinterpret_cast<__m128i*>(lanes), up_acc);
+  up -= int64_t(lanes[0]) + lanes[1] + lanes[2] + lanes[3];
+  if constexpr (!Src::kPrev) lv += i - a;
+  for (; i < b; ++i) {
+    if (Src::kPrev && !src.prev[i]) continue;
+    const float v = L::at(src, i);
+    const uint32_t key = float_key(v);
+    bad |= unsigned(v != v);
+    up += key > hi;
+    if (static_cast<uint32_t>(key - lo) <= width) ++h[key >> shift];
+    ++lv;
+  }
+  above += up;
+  live += lv;
+  return bad != 0;
+}
+
+// 16 mask bytes (0 or 1) from the compares (-1 or 0) of four groups of four keys.
+inline __m128i mask_bytes(__m128i c0, __m128i c1, __m128i c2, __m128i c3) {
+  const __m128i bytes = _mm_packs_epi16(_mm_packs_epi32(c0, c1), _mm_packs_epi32(c2, c3));
+  return _mm_and_si128(bytes, _mm_set1_epi8(1));
+}
+
+// pass_mask_candidates for fp32 sources: keys in [blo, bhi] (the k-th key's bin) are the
+// candidates. Each step reads its 16 prev bytes before it writes the same 16 mask bytes, and then
+// only the copy in a register: `out` may be `prev` (the in-place Iter SNIP update).
+template <typename Src>
+int64_t mask_candidates_f32(const Src& src, int64_t a, int64_t b, uint32_t blo, uint32_t bhi, uint8_t* out,
+                            uint32_t* __restrict keys, uint8_t** __restrict dst, int64_t m) {
+  using L = F32<Src>;
+  const __m128i vlo = _mm_set1_epi32(signed_key(blo)), vhi = _mm_set1_epi32(signed_key(bhi));
+  int64_t i = a;
+  for (; i + 16 <= b; i += 16) {
+    __m128i gt[4];
+    unsigned off = 0;
+    for (int q = 0; q < 4; ++q) {
+      const __m128i sk = signed_keys(L::load(src, i + 4 * q));
+      gt[q] = _mm_cmpgt_epi32(sk, vhi);
+      off |= static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_or_si128(_mm_cmpgt_epi32(vlo, sk), gt[q]))))
+             << (4 * q);
+    }
+    __m128i o = mask_bytes(gt[0], gt[1], gt[2], gt[3]);
+    unsigned cand = ~off & 0xffffu;
+    if constexpr (Src::kPrev) {
+      const __m128i dead = _mm_cmpeq_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src.prev + i)),
+                                          _mm_setzero_si128());
+      o = _mm_andnot_si128(dead, o);
+      cand &= ~static_cast<unsigned>(_mm_movemask_epi8(dead));
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), o);
+    while (cand != 0) {
+      const int t = __builtin_ctz(cand);
+      keys[m] = float_key(L::at(src, i + t));
+      dst[m] = out + i + t;
+      ++m;
+      cand &= cand - 1;
+    }
+  }
+  for (; i < b; ++i) {
+    const bool l = !Src::kPrev || src.prev[i];
+    const uint32_t key = float_key(L::at(src, i));
+    out[i] = uint8_t(l && key > bhi);
+    if (l && key >= blo && key <= bhi) {
+      keys[m] = key;
+      dst[m] = out + i;
+      ++m;
+    }
+  }
+  return m;
+}
+
+// pass_mask_exact for fp32 sources (the same in-place care as mask_candidates_f32).
+template <typename Src>
+void mask_exact_f32(const Src& src, int64_t a, int64_t b, uint32_t kth, uint8_t* out, int64_t& quota) {
+  using L = F32<Src>;
+  const __m128i vk = _mm_set1_epi32(signed_key(kth));
+  int64_t q = quota;
+  int64_t i = a;
+  for (; i + 16 <= b; i += 16) {
+    __m128i gt[4];
+    unsigned eq = 0;
+    for (int r = 0; r < 4; ++r) {
+      const __m128i sk = signed_keys(L::load(src, i + 4 * r));
+      gt[r] = _mm_cmpgt_epi32(sk, vk);
+      eq |= static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(sk, vk)))) << (4 * r);
+    }
+    __m128i o = mask_bytes(gt[0], gt[1], gt[2], gt[3]);
+    if constexpr (Src::kPrev) {
+      const __m128i dead = _mm_cmpeq_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src.prev + i)),
+                                          _mm_setzero_si128());
+      o = _mm_andnot_si128(dead, o);
+      eq &= ~static_cast<unsigned>(_mm_movemask_epi8(dead));
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), o);
+    for (; eq != 0 && q > 0; eq &= eq - 1) {
+      out[i + __builtin_ctz(eq)] = 1;
+      --q;
+    }
+  }
+  for (; i < b; ++i) {
+    const bool l = !Src::kPrev || src.prev[i];
+    const uint32_t key = float_key(L::at(src, i));
+    out[i] = uint8_t(l && key > kth);
+    if (l && key == kth && q > 0) {
+      out[i] = 1;
+      --q;
+    }
+  }
+  quota = q;
+}
+#endif
+
 // ---- the passes over one piece [a, b) of a segment. Loop-invariant values arrive as locals and
 // the outputs through restrict pointers: the mask stores are bytes, which may alias anything, and
 // would otherwise force reloads that stop the compare loops from vectorising.
@@ -204,6 +404,77 @@ bool pass_histogram_top(const Src& src, int64_t a, int64_t b, int shift, uint32_
   return bad != 0;
 }
 
+// First pass restricted to a band of top digits that a sample says holds the k-th largest key:
+// keys in [lo, lo + width] are histogrammed (their top digits), those above are only counted
+// (`above`), those below only checked for NaN. The compare loops vectorise; only the few keys in
+// the band are scattered into the histogram, found eight at a time from their flag bytes, so the
+// pass streams its input instead of waiting on a histogram increment per element. `live` counts
+// the competing elements.
+template <typename Src>
+bool pass_histogram_band(const Src& src, int64_t a, int64_t b, int shift, typename Src::Key lo,
+                         typename Src::Key width, uint32_t* __restrict h, int64_t& above, int64_t& live) {
+  using Key = typename Src::Key;
+  using Rank = typename Src::Rank;
+#if defined(__SSE2__) && defined(__GNUC__)
+  if constexpr (F32<Src>::ok) return band_f32(src, a, b, shift, lo, width, h, above, live);
+#endif
+  alignas(64) Key kb[kBlock];
+  alignas(64) uint8_t fl[kBlock];
+  const Key hi = static_cast<Key>(lo + width);
+  unsigned bad = 0;
+  int64_t up_all = 0, live_all = 0;
+  for (int64_t i0 = a; i0 < b; i0 += kBlock) {
+    const int64_t m = std::min(kBlock, b - i0);
+    src.keys(i0, m, kb);
+    uint32_t up = 0;
+    if constexpr (Src::kPrev) {
+      const uint8_t* __restrict p = src.prev + i0;
+      uint32_t lv = 0;
+      for (int64_t j = 0; j < m; ++j) {
+        const Key key = kb[j];
+        const unsigned l = unsigned(p[j] != 0);
+        bad |= l & unsigned(is_nan_key<Rank>(key));
+        up += l & unsigned(key > hi);
+        fl[j] = uint8_t(l & unsigned(static_cast<Key>(key - lo) <= width));
+        lv += l;
+      }
+      live_all += lv;
+    } else {
+      for (int64_t j = 0; j < m; ++j) {
+        const Key key = kb[j];
+        bad |= unsigned(is_nan_key<Rank>(key));
+        up += unsigned(key > hi);
+        fl[j] = uint8_t(static_cast<Key>(key - lo) <= width);
+      }
+      live_all += m;
+    }
+    up_all += up;
+    const int64_t m8 = (m + 7) & ~int64_t(7);
+    for (int64_t j = m; j < m8; ++j) fl[j] = 0;
+    for (int64_t j = 0; j < m8; j += 8) {
+      uint64_t f;
+      std::memcpy(&f, fl + j, sizeof f);
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+      while (f != 0) {
+        // Flag bytes are 0 or 1, byte t in bits 8t..8t+7: the lowest set bit is bit 0 of the
+        // first flagged byte.
+        ++h[kb[j + (__builtin_ctzll(f) >> 3)] >> shift];
+        f &= f - 1;
+      }
+#else
+      if (f != 0) {
+        for (int64_t t = 0; t < 8; ++t) {
+          if (fl[j + t]) ++h[kb[j + t] >> shift];
+        }
+      }
+#endif
+    }
+  }
+  above += up_all;
+  live += live_all;
+  return bad != 0;
+}
+
 // Later passes: histogram of the digit at `shift` of the keys whose higher bits are `prefix`.
 template <typename Src>
 void pass_histogram(const Src& src, int64_t a, int64_t b, int shift, typename Src::Key prefix,
@@ -230,6 +501,12 @@ int64_t pass_mask_candidates(const Src& src, int64_t a, int64_t b, int shift, ty
                              uint8_t* out, typename Src::Key* __restrict keys,
                              uint8_t** __restrict dst, int64_t m) {
   using Key = typename Src::Key;
+#if defined(__SSE2__) && defined(__GNUC__)
+  if constexpr (F32<Src>::ok) {
+    const Key blo = static_cast<Key>(high << shift);
+    return mask_candidates_f32(src, a, b, blo, static_cast<Key>(blo | ((Key(1) << shift) - 1)), out, keys, dst, m);
+  }
+#endif
   alignas(64) Key kb[kBlock];
   alignas(64) uint8_t live[Src::kPrev ? kBlock : 1];
   for (int64_t i0 = a; i0 < b; i0 += kBlock) {
@@ -290,6 +567,9 @@ template <typename Src>
 void pass_mask_exact(const Src& src, int64_t a, int64_t b, typename Src::Key kth, uint8_t* out,
                      int64_t& quota) {
   using Key = typename Src::Key;
+#if defined(__SSE2__) && defined(__GNUC__)
+  if constexpr (F32<Src>::ok) return mask_exact_f32(src, a, b, kth, out, quota);
+#endif
   alignas(64) Key kb[kBlock];
   alignas(64) uint8_t live[Src::kPrev ? kBlock : 1];
   int64_t q = quota;
@@ -313,6 +593,70 @@ void pass_mask_exact(const Src& src, int64_t a, int64_t b, typename Src::Key kth
     }
   }
   quota = q;
+}
+
+// ---- the band of the first pass, from a sample
+
+constexpr int64_t kRun = 16;  // consecutive elements per sampled run: a cache line of fp32
+
+// Elements sampled to place the first pass's band (0: no band, every pass histograms all keys).
+int64_t sample_size() { return env_int("SPARSEFORCE_CPU_SAMPLE", 16384); }
+
+// Narrows [lo_bin, hi_bin] (top digits at `shift`) to a band that holds the k-th largest
+// competing key but for a sampling miss of more than six standard deviations, judged from the
+// keys of about sample_size() elements: runs of kRun consecutive ones spread evenly over the
+// global positions (every element when there are no more than that). A miss costs speed, not
+// exactness: radix_select then histograms the whole range.
+template <typename P, typename Policy>
+void sample_band(const std::vector<Seg>& segs, int64_t n, int64_t k, int shift, int64_t& lo_bin, int64_t& hi_bin) {
+  using Key = key_t<P>;
+  const int64_t want = sample_size();
+  if (want <= 0 || segs.empty()) return;
+  const int64_t run_len = n <= want ? n : kRun;
+  const int64_t runs = n <= want ? 1 : std::max<int64_t>(1, want / kRun);
+  const int64_t span = n - run_len;  // the last run starts here
+  std::vector<Key> keys;
+  keys.reserve(static_cast<size_t>(runs * run_len));
+  alignas(64) Key kb[kBlock];
+  int64_t drawn = 0;  // positions sampled, competing or not
+  size_t j = 0;
+  for (int64_t r = 0; r < runs; ++r) {
+    int64_t pos = runs == 1 ? 0 : (span / (runs - 1)) * r + (span % (runs - 1)) * r / (runs - 1);
+    const int64_t end = pos + run_len;
+    while (pos < end) {
+      while (segs[j].offset + segs[j].n <= pos) ++j;
+      const Seg& s = segs[j];
+      const int64_t a = pos - s.offset;
+      const int64_t m = std::min({end - pos, s.n - a, kBlock});
+      Policy::visit(s, [&](const auto& src) {
+        using Src = std::decay_t<decltype(src)>;
+        src.keys(a, m, kb);
+        for (int64_t t = 0; t < m; ++t) {
+          if (!Src::kPrev || src.prev[a + t]) keys.push_back(kb[t]);
+        }
+      });
+      drawn += m;
+      pos += m;
+    }
+  }
+  // The k-th largest key ranks about e-th among the sampled keys (1-based, from the top).
+  const int64_t sc = static_cast<int64_t>(keys.size());
+  const double p = static_cast<double>(k) / static_cast<double>(n);
+  const double e = p * static_cast<double>(drawn);
+  const double margin = 6.0 * std::sqrt(e * (1.0 - p)) + 16.0;
+  const int64_t r_lo = static_cast<int64_t>(std::ceil(e + margin));   // surely at or below the k-th key
+  const int64_t r_hi = static_cast<int64_t>(std::floor(e - margin));  // surely above it
+  auto desc = std::greater<Key>();
+  int64_t top = sc;  // keys[0, top) hold the largest, unordered
+  if (r_lo <= sc) {
+    std::nth_element(keys.begin(), keys.begin() + (r_lo - 1), keys.end(), desc);
+    lo_bin = static_cast<int64_t>(keys[r_lo - 1] >> shift);
+    top = r_lo - 1;
+  }
+  if (r_hi >= 1 && r_hi <= top) {
+    std::nth_element(keys.begin(), keys.begin() + (r_hi - 1), keys.begin() + top, desc);
+    hi_bin = static_cast<int64_t>(keys[r_hi - 1] >> shift);
+  }
 }
 
 struct Result {
@@ -370,21 +714,50 @@ Result radix_select(const std::vector<Seg>& segs, int64_t n, int64_t k, bool wri
   };
 
   int shift = kKeyBits - kDigit;
-  for_each_chunk([&](int64_t c) {
-    uint32_t* h = hist.data() + c * kBins;
-    std::fill(h, h + kBins, 0u);
-    for_each_piece(c, [&](const Seg& s, int64_t a, int64_t b) {
-      Policy::visit(s, [&](const auto& src) {
-        if (pass_histogram_top(src, a, b, shift, h) && nan_at[c] < 0) nan_at[c] = s.index;
+  int64_t start_bin = kBins - 1, start_above = 0;  // where the first scan starts
+  // The top pass: over the whole key range, or over the band [band_lo, band_hi] of top digits
+  // that a sample puts the k-th key in (then the first scan starts at the band's top, with the
+  // keys above it counted).
+  auto top_pass = [&](int64_t band_lo, int64_t band_hi) {
+    const bool whole = band_lo == 0 && band_hi == kBins - 1;
+    const Key lo = static_cast<Key>(static_cast<Key>(band_lo) << shift);
+    const Key width = static_cast<Key>((static_cast<Key>(band_hi - band_lo) << shift) | ((Key(1) << shift) - 1));
+    std::vector<int64_t> above(chunks, 0), live(chunks, 0);
+    for_each_chunk([&](int64_t c) {
+      uint32_t* h = hist.data() + c * kBins;
+      std::fill(h, h + kBins, 0u);
+      nan_at[c] = -1;
+      for_each_piece(c, [&](const Seg& s, int64_t a, int64_t b) {
+        Policy::visit(s, [&](const auto& src) {
+          const bool bad = whole ? pass_histogram_top(src, a, b, shift, h)
+                                 : pass_histogram_band(src, a, b, shift, lo, width, h, above[c], live[c]);
+          if (bad && nan_at[c] < 0) nan_at[c] = s.index;
+        });
       });
     });
-  });
-  for (int64_t c = 0; c < chunks; ++c) {
-    if (nan_at[c] >= 0 && (res.nan_index < 0 || nan_at[c] < res.nan_index)) res.nan_index = nan_at[c];
-  }
+    res.nan_index = -1;
+    for (int64_t c = 0; c < chunks; ++c) {
+      if (nan_at[c] >= 0 && (res.nan_index < 0 || nan_at[c] < res.nan_index)) res.nan_index = nan_at[c];
+    }
+    if (res.nan_index >= 0) return;
+    sum_histograms();
+    start_bin = band_hi;
+    start_above = 0;
+    res.competing = 0;
+    if (whole) {
+      for (int64_t bin = 0; bin < kBins; ++bin) res.competing += total[bin];
+    } else {
+      for (int64_t c = 0; c < chunks; ++c) {
+        start_above += above[c];
+        res.competing += live[c];
+      }
+    }
+  };
+  int64_t lo_bin = 0, hi_bin = kBins - 1;
+  if (k >= 1) sample_band<P, Policy>(segs, n, k, shift, lo_bin, hi_bin);
+  const bool banded = lo_bin != 0 || hi_bin != kBins - 1;
+  top_pass(lo_bin, hi_bin);
   if (res.nan_index >= 0) return res;
-  sum_histograms();
-  for (int64_t bin = 0; bin < kBins; ++bin) res.competing += total[bin];
   if (k > res.competing) return res;
 
   if (write_masks && (k == 0 || k == res.competing)) {
@@ -403,11 +776,23 @@ Result radix_select(const std::vector<Seg>& segs, int64_t n, int64_t k, bool wri
   }
   TORCH_INTERNAL_ASSERT(k >= 1);
 
+  if (banded) {
+    // The sample was off: the k-th key lies outside the band. Histogram the whole range.
+    int64_t in_band = 0;
+    for (int64_t bin = lo_bin; bin <= hi_bin; ++bin) in_band += total[bin];
+    if (start_above >= k || start_above + in_band < k) {
+      top_pass(0, kBins - 1);
+      TORCH_INTERNAL_ASSERT(res.nan_index < 0, "sparseforce: a NaN the band pass missed");
+    }
+  }
+
   const int64_t cap = candidate_cap(n);
   uint64_t prefix = 0;  // the known high bits of the k-th key
   int64_t need = k;     // its rank among the keys sharing those bits
   while (true) {
-    int64_t bin = kBins - 1, above = 0;
+    int64_t bin = start_bin, above = start_above;
+    start_bin = kBins - 1;
+    start_above = 0;
     for (; bin > 0; --bin) {
       if (above + total[bin] >= need) break;
       above += total[bin];
