@@ -213,10 +213,33 @@ inline __m128i signed_keys(__m128 v) {
 
 inline int32_t signed_key(uint32_t key) { return static_cast<int32_t>(key ^ 0x80000000u); }
 
-// The live flags of 16 prev bytes (nonzero: competing) as bits.
-inline unsigned live_bits(const uint8_t* p) {
-  const __m128i dead = _mm_cmpeq_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), _mm_setzero_si128());
-  return ~static_cast<unsigned>(_mm_movemask_epi8(dead)) & 0xffffu;
+// Keys outside [lo, lo + width] are those whose signed key minus lo (wrapping) exceeds
+// width ^ 0x80000000, signed: one subtract and one compare. (sk - lo = (key - lo) ^ 0x80000000.)
+struct Range {
+  __m128i lo, top;
+  Range(uint32_t lo_key, uint32_t width)
+      : lo(_mm_set1_epi32(static_cast<int32_t>(lo_key))), top(_mm_set1_epi32(signed_key(width))) {}
+  __m128i outside(__m128i sk) const { return _mm_cmpgt_epi32(_mm_sub_epi32(sk, lo), top); }
+};
+
+// 16 compares (four groups of four lanes, -1 or 0) as 16 bits / as 16 bytes of 0 or 1.
+inline unsigned bits16(__m128i c0, __m128i c1, __m128i c2, __m128i c3) {
+  return static_cast<unsigned>(_mm_movemask_epi8(_mm_packs_epi16(_mm_packs_epi32(c0, c1), _mm_packs_epi32(c2, c3))));
+}
+inline __m128i bytes16(__m128i c0, __m128i c1, __m128i c2, __m128i c3) {
+  return _mm_and_si128(_mm_packs_epi16(_mm_packs_epi32(c0, c1), _mm_packs_epi32(c2, c3)), _mm_set1_epi8(1));
+}
+
+// The prev bytes of 16 elements that are zero (pruned), 0xff each.
+inline __m128i dead16(const uint8_t* p) {
+  return _mm_cmpeq_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), _mm_setzero_si128());
+}
+
+inline int popcount16(unsigned x) {
+  x = x - ((x >> 1) & 0x5555u);
+  x = (x & 0x3333u) + ((x >> 2) & 0x3333u);
+  x = (x + (x >> 4)) & 0x0f0fu;
+  return static_cast<int>((x + (x >> 8)) & 0x1fu);
 }
 
 // pass_histogram_band for fp32 sources, 16 elements per step.
@@ -225,43 +248,51 @@ bool band_f32(const Src& src, int64_t a, int64_t b, int shift, uint32_t lo, uint
               uint32_t* __restrict h, int64_t& above, int64_t& live) {
   using L = F32<Src>;
   const uint32_t hi = lo + width;
-  const __m128i vlo = _mm_set1_epi32(signed_key(lo)), vhi = _mm_set1_epi32(signed_key(hi));
+  const Range band(lo, width);
+  const __m128i vhi = _mm_set1_epi32(signed_key(hi));
   int64_t up = 0, lv = 0;
   unsigned bad = 0;
   int64_t i = a;
   __m128i up_acc = _mm_setzero_si128();  // lanes count down (a true compare is -1): 4 per 16 elements
+  __m128 nan_acc = _mm_setzero_ps();
+  uint32_t sink = 0;
   for (; i + 16 <= b; i += 16) {
-    unsigned out = 0, abv = 0, nan = 0;
+    __m128i gt[4], off[4];
+    __m128 nan[4];
     for (int q = 0; q < 4; ++q) {
       const __m128 v = L::load(src, i + 4 * q);
       const __m128i sk = signed_keys(v);
-      const __m128i gt = _mm_cmpgt_epi32(sk, vhi);
-      out |= static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_or_si128(_mm_cmpgt_epi32(vlo, sk), gt)))) << (4 * q);
-      nan |= static_cast<unsigned>(_mm_movemask_ps(_mm_cmpunord_ps(v, v))) << (4 * q);
-      if constexpr (Src::kPrev) {
-        abv |= static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(gt))) << (4 * q);
-      } else {
-        up_acc = _mm_add_epi32(up_acc, gt);
-      }
+      gt[q] = _mm_cmpgt_epi32(sk, vhi);
+      off[q] = band.outside(sk);
+      nan[q] = _mm_cmpunord_ps(v, v);
     }
-    unsigned in = ~out & 0xffffu;
+    unsigned in = ~bits16(off[0], off[1], off[2], off[3]) & 0xffffu;
     if constexpr (Src::kPrev) {
-      const unsigned l = live_bits(src.prev + i);
+      const unsigned l = ~static_cast<unsigned>(_mm_movemask_epi8(dead16(src.prev + i))) & 0xffffu;
       in &= l;
-      nan &= l;
-      up += __builtin_popcount(abv & l);
-      lv += __builtin_popcount(l);
+      bad |= l & bits16(_mm_castps_si128(nan[0]), _mm_castps_si128(nan[1]), _mm_castps_si128(nan[2]),
+                        _mm_castps_si128(nan[3]));
+      up += popcount16(l & bits16(gt[0], gt[1], gt[2], gt[3]));
+      lv += popcount16(l);
+    } else {
+      nan_acc = _mm_or_ps(_mm_or_ps(nan_acc, _mm_or_ps(nan[0], nan[1])), _mm_or_ps(nan[2], nan[3]));
+      up_acc = _mm_add_epi32(up_acc, _mm_add_epi32(_mm_add_epi32(gt[0], gt[1]), _mm_add_epi32(gt[2], gt[3])));
     }
-    bad |= nan;
-    while (in != 0) {
-      ++h[float_key(L::at(src, i + __builtin_ctz(in))) >> shift];
-      in &= in - 1;
-    }
+    // The first key in the band without a branch (a step without one counts into `sink`): the
+    // band holds a few percent of the keys, so a branch per step would mispredict often, while
+    // two in one step are rare.
+    const int t = __builtin_ctz(in | 0x8000u);
+    uint32_t* const slot = in != 0 ? &h[float_key(L::at(src, i + t)) >> shift] : &sink;
+    ++*slot;
+    for (in &= in - 1; in != 0; in &= in - 1) ++h[float_key(L::at(src, i + __builtin_ctz(in))) >> shift];
   }
-  alignas(16) int32_t lanes[4];
-  _mm_store_si128(reinterpret_cast<__m128i*>(lanes), up_acc);
-  up -= int64_t(lanes[0]) + lanes[1] + lanes[2] + lanes[3];
-  if constexpr (!Src::kPrev) lv += i - a;
+  if constexpr (!Src::kPrev) {
+    alignas(16) int32_t lanes[4];
+    _mm_store_si128(reinterpret_cast<__m128i*>(lanes), up_acc);
+    up -= int64_t(lanes[0]) + lanes[1] + lanes[2] + lanes[3];
+    bad |= static_cast<unsigned>(_mm_movemask_ps(nan_acc));
+    lv += i - a;
+  }
   for (; i < b; ++i) {
     if (Src::kPrev && !src.prev[i]) continue;
     const float v = L::at(src, i);
@@ -276,35 +307,28 @@ bool band_f32(const Src& src, int64_t a, int64_t b, int shift, uint32_t lo, uint
   return bad != 0;
 }
 
-// 16 mask bytes (0 or 1) from the compares (-1 or 0) of four groups of four keys.
-inline __m128i mask_bytes(__m128i c0, __m128i c1, __m128i c2, __m128i c3) {
-  const __m128i bytes = _mm_packs_epi16(_mm_packs_epi32(c0, c1), _mm_packs_epi32(c2, c3));
-  return _mm_and_si128(bytes, _mm_set1_epi8(1));
-}
-
-// pass_mask_candidates for fp32 sources: keys in [blo, bhi] (the k-th key's bin) are the
+// pass_mask_candidates for fp32 sources: keys in [blo, blo + bw] (the k-th key's bin) are the
 // candidates. Each step reads its 16 prev bytes before it writes the same 16 mask bytes, and then
 // only the copy in a register: `out` may be `prev` (the in-place Iter SNIP update).
 template <typename Src>
-int64_t mask_candidates_f32(const Src& src, int64_t a, int64_t b, uint32_t blo, uint32_t bhi, uint8_t* out,
+int64_t mask_candidates_f32(const Src& src, int64_t a, int64_t b, uint32_t blo, uint32_t bw, uint8_t* out,
                             uint32_t* __restrict keys, uint8_t** __restrict dst, int64_t m) {
   using L = F32<Src>;
-  const __m128i vlo = _mm_set1_epi32(signed_key(blo)), vhi = _mm_set1_epi32(signed_key(bhi));
+  const uint32_t bhi = blo + bw;
+  const Range bin(blo, bw);
+  const __m128i vhi = _mm_set1_epi32(signed_key(bhi));
   int64_t i = a;
   for (; i + 16 <= b; i += 16) {
-    __m128i gt[4];
-    unsigned off = 0;
+    __m128i gt[4], off[4];
     for (int q = 0; q < 4; ++q) {
       const __m128i sk = signed_keys(L::load(src, i + 4 * q));
       gt[q] = _mm_cmpgt_epi32(sk, vhi);
-      off |= static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_or_si128(_mm_cmpgt_epi32(vlo, sk), gt[q]))))
-             << (4 * q);
+      off[q] = bin.outside(sk);
     }
-    __m128i o = mask_bytes(gt[0], gt[1], gt[2], gt[3]);
-    unsigned cand = ~off & 0xffffu;
+    __m128i o = bytes16(gt[0], gt[1], gt[2], gt[3]);
+    unsigned cand = ~bits16(off[0], off[1], off[2], off[3]) & 0xffffu;
     if constexpr (Src::kPrev) {
-      const __m128i dead = _mm_cmpeq_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src.prev + i)),
-                                          _mm_setzero_si128());
+      const __m128i dead = dead16(src.prev + i);
       o = _mm_andnot_si128(dead, o);
       cand &= ~static_cast<unsigned>(_mm_movemask_epi8(dead));
     }
@@ -321,7 +345,7 @@ int64_t mask_candidates_f32(const Src& src, int64_t a, int64_t b, uint32_t blo, 
     const bool l = !Src::kPrev || src.prev[i];
     const uint32_t key = float_key(L::at(src, i));
     out[i] = uint8_t(l && key > bhi);
-    if (l && key >= blo && key <= bhi) {
+    if (l && static_cast<uint32_t>(key - blo) <= bw) {
       keys[m] = key;
       dst[m] = out + i;
       ++m;
@@ -338,23 +362,22 @@ void mask_exact_f32(const Src& src, int64_t a, int64_t b, uint32_t kth, uint8_t*
   int64_t q = quota;
   int64_t i = a;
   for (; i + 16 <= b; i += 16) {
-    __m128i gt[4];
-    unsigned eq = 0;
+    __m128i gt[4], eq[4];
     for (int r = 0; r < 4; ++r) {
       const __m128i sk = signed_keys(L::load(src, i + 4 * r));
       gt[r] = _mm_cmpgt_epi32(sk, vk);
-      eq |= static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(sk, vk)))) << (4 * r);
+      eq[r] = _mm_cmpeq_epi32(sk, vk);
     }
-    __m128i o = mask_bytes(gt[0], gt[1], gt[2], gt[3]);
+    __m128i o = bytes16(gt[0], gt[1], gt[2], gt[3]);
+    unsigned ties = bits16(eq[0], eq[1], eq[2], eq[3]);
     if constexpr (Src::kPrev) {
-      const __m128i dead = _mm_cmpeq_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src.prev + i)),
-                                          _mm_setzero_si128());
+      const __m128i dead = dead16(src.prev + i);
       o = _mm_andnot_si128(dead, o);
-      eq &= ~static_cast<unsigned>(_mm_movemask_epi8(dead));
+      ties &= ~static_cast<unsigned>(_mm_movemask_epi8(dead));
     }
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), o);
-    for (; eq != 0 && q > 0; eq &= eq - 1) {
-      out[i + __builtin_ctz(eq)] = 1;
+    for (; ties != 0 && q > 0; ties &= ties - 1) {
+      out[i + __builtin_ctz(ties)] = 1;
       --q;
     }
   }
@@ -503,8 +526,8 @@ int64_t pass_mask_candidates(const Src& src, int64_t a, int64_t b, int shift, ty
   using Key = typename Src::Key;
 #if defined(__SSE2__) && defined(__GNUC__)
   if constexpr (F32<Src>::ok) {
-    const Key blo = static_cast<Key>(high << shift);
-    return mask_candidates_f32(src, a, b, blo, static_cast<Key>(blo | ((Key(1) << shift) - 1)), out, keys, dst, m);
+    return mask_candidates_f32(src, a, b, static_cast<Key>(high << shift), static_cast<Key>((Key(1) << shift) - 1),
+                               out, keys, dst, m);
   }
 #endif
   alignas(64) Key kb[kBlock];
@@ -600,7 +623,7 @@ void pass_mask_exact(const Src& src, int64_t a, int64_t b, typename Src::Key kth
 constexpr int64_t kRun = 16;  // consecutive elements per sampled run: a cache line of fp32
 
 // Elements sampled to place the first pass's band (0: no band, every pass histograms all keys).
-int64_t sample_size() { return env_int("SPARSEFORCE_CPU_SAMPLE", 16384); }
+int64_t sample_size() { return env_int("SPARSEFORCE_CPU_SAMPLE", 65536); }
 
 // Narrows [lo_bin, hi_bin] (top digits at `shift`) to a band that holds the k-th largest
 // competing key but for a sampling miss of more than six standard deviations, judged from the
