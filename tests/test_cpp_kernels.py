@@ -129,6 +129,34 @@ def test_sampled_band_and_its_misses(sample, rng, monkeypatch):
         assert equal_lists(inplace, want)
 
 
+@pytest.mark.parametrize("sampled", ["low", "high"])
+def test_band_missed_by_an_unrepresentative_sample(sampled, rng, monkeypatch):
+    """Keys at exactly the positions the kernel samples (SPARSEFORCE_CPU_SAMPLE=1024: 64 runs of
+    16, evenly spread) that are unlike all others: the band lies below the k-th key ("low") or
+    above it ("high"), the first pass must notice and redo the whole range."""
+    monkeypatch.setenv("SPARSEFORCE_CPU_SAMPLE", "1024")
+    monkeypatch.setenv("SPARSEFORCE_CPU_CHUNKS", "2")
+    sizes = [60_000, 37, 40_000]
+    n = sum(sizes)
+    runs, span = 64, n - 16
+    sampled_at = torch.zeros(n, dtype=torch.bool)
+    for r in range(runs):
+        start = (span // (runs - 1)) * r + (span % (runs - 1)) * r // (runs - 1)
+        sampled_at[start:start + 16] = True
+    flat = torch.rand(n, generator=rng) + 4.0 if sampled == "low" else torch.rand(n, generator=rng)
+    flat[sampled_at] = 0.0 if sampled == "low" else 9.0
+    scores = list(flat.split(sizes))
+    grads = [torch.ones(m) for m in sizes]
+    prev = [torch.ones(m, dtype=torch.bool) for m in sizes]
+    for k in (n // 2, n // 3, 2 * n // 3):
+        want = ops.topk_masks(scores, k, backend="reference")
+        assert equal_lists(ops.topk_masks(scores, k, backend="cpp"), want)
+        assert torch.equal(ops.kth_largest(scores, k, backend="cpp"), ops.kth_largest(scores, k, backend="reference"))
+        assert equal_lists(ops.saliency_topk_masks(scores, grads, k, backend="cpp"), want)
+        assert equal_lists(ops.saliency_topk_masks(scores, grads, k, prev_masks=prev, resurrect=False,
+                                                   backend="cpp"), want)
+
+
 @pytest.mark.parametrize("where", [0, 15, 16, 4103, 24_995])
 def test_nan_found_anywhere_in_the_vector_loops(where, rng):
     """A NaN at a 16-element step's edge, inside one, or in a tail: found, its tensor named; a
