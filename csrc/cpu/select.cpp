@@ -20,6 +20,7 @@
 // Indices and counts are 64-bit; the per-chunk histograms are 32-bit because a chunk never
 // exceeds 2^31 elements.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <cstdint>
@@ -49,6 +50,7 @@ constexpr int64_t kMaxChunk = int64_t(1) << 31;
 // Below this many elements per chunk, zeroing and summing a 256 KiB histogram costs more than
 // the extra thread saves.
 constexpr int64_t kMinChunk = int64_t(1) << 16;
+constexpr int64_t kChunksPerThread = 4;
 
 // Tuning/testing knobs, read per call: SPARSEFORCE_CPU_CHUNKS forces the number of chunks,
 // SPARSEFORCE_CPU_CANDIDATE_CAP the largest bin resolved from a candidate list (0: always run
@@ -64,7 +66,11 @@ int64_t env_int(const char* name, int64_t fallback) {
 int64_t num_chunks(int64_t n) {
   const int64_t needed = (n + kMaxChunk - 1) / kMaxChunk;
   int64_t p = env_int("SPARSEFORCE_CPU_CHUNKS", 0);
-  if (p <= 0) p = std::min<int64_t>(at::get_num_threads(), (n + kMinChunk - 1) / kMinChunk);
+  if (p <= 0) {
+    // A few chunks per thread (handed out dynamically) balance the load when a core is busy.
+    const int64_t threads = at::get_num_threads();
+    p = std::min<int64_t>(threads == 1 ? 1 : kChunksPerThread * threads, (n + kMinChunk - 1) / kMinChunk);
+  }
   return std::max<int64_t>({p, needed, int64_t(1)});
 }
 
@@ -743,9 +749,14 @@ Result radix_select(const std::vector<Seg>& segs, int64_t n, int64_t k, bool wri
       if (a < b) f(s, a, b);
     }
   };
+  // The chunks are handed out one at a time, so a thread slowed down (a core shared with other
+  // work) takes fewer of them. Each chunk has its own histogram and counts, whichever thread ran
+  // it: the result does not depend on the scheduling.
+  const int64_t workers = std::min<int64_t>(chunks, at::get_num_threads());
   auto for_each_chunk = [&](auto&& work) {
-    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-      for (int64_t c = b; c < e; ++c) work(c);
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+      for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) work(c);
     });
   };
 
