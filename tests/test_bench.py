@@ -276,3 +276,36 @@ def test_end_to_end_cases_do_not_warn_of_the_layer_collapse_they_expect(tmp_path
     assert not [w for w in recwarn if issubclass(w.category, sf.LayerCollapseWarning)]
     with pytest.warns(sf.LayerCollapseWarning):  # the filter is bench's own, not left behind
         warnings.warn("collapse", sf.LayerCollapseWarning)
+
+
+def test_readme_cpu_results_are_the_committed_run():
+    """The README's CPU results (table, bandwidth, speed-ups, x-floor range, plot) are those of the
+    committed JSON it names."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    start = readme.index("Latest CPU results")
+    section = readme[start:readme.index("### `cuda`", start)]
+    path = re.search(r"`(benchmarks/results/cpu-[\d-]+\.json)`", section).group(1)
+    saved = json.loads((root / path).read_text(encoding="utf-8"))
+    assert saved["complete"] and not saved["full"] and saved["scale"] == 1
+    block = section[section.index("```\n") + 4:]
+    block = block[:block.index("```")]
+    assert [line.rstrip() for line in block.strip("\n").splitlines()] == \
+        [line.rstrip() for line in saved["table"].splitlines()]
+    prose = " ".join(section.split())
+    assert f"`sparseforce bench`, {saved['date'][:10]}," in prose
+    assert f"copy bandwidth {saved['copy_bandwidth_Bps'] / 1e9:.1f} GB/s measured in this run" in prose
+    assert f"![CPU benchmark]({path[:-len('.json')]}.png)" in section
+    assert (root / path).with_suffix(".png").is_file()
+    cpp = {r["case"]: r for r in saved["rows"] if r["impl"] == "cpp"}
+
+    def speedup(prefix):
+        return f"{next(r for c, r in cpp.items() if c.startswith(prefix))['speedup_vs_baseline']:.1f}×"
+    assert (f"FORCE selection **{speedup('force-select resnet50 float32 k=0.5%')} / "
+            f"{speedup('force-select resnet50 float32 k=5.0%')}**") in prose
+    assert f"(**{speedup('force-select vgg19')}** on VGG19), Iter SNIP **{speedup('itersnip-select')}**" in prose
+    assert f"plain `topk_masks` **{speedup('topk ')}**" in prose
+    floors = [r["times_floor"] for c, r in cpp.items() if r["kind"] == "kernel" and not c.startswith("masked-sgd")]
+    assert f"Selection runs at {min(floors):.2f}–{max(floors):.2f}× the memory floor" in prose

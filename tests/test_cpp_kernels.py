@@ -99,6 +99,99 @@ def test_radix_passes_and_candidates_agree(dtype, cap, rng, monkeypatch):
         assert torch.equal(ops.kth_largest(scores, k, backend="cpp"), ops.kth_largest(scores, k, backend="reference"))
 
 
+@pytest.mark.parametrize("sample", ["0", "16", "64", "100000"])
+def test_sampled_band_and_its_misses(sample, rng, monkeypatch):
+    """The first pass histograms only a band of top digits that a sample of the keys places
+    around the k-th key. A sample of 16 or 64 keys (one or four runs) misplaces it often, above
+    and below: the kernel must notice and histogram the whole range. 0: no band at all."""
+    monkeypatch.setenv("SPARSEFORCE_CPU_SAMPLE", sample)
+    monkeypatch.setenv("SPARSEFORCE_CPU_CHUNKS", "3")
+    shapes = [(300, 170), (1,), (4099,), (64, 3, 3), (20000,), (333,)]
+    # Layers on scales far apart, negatives too: a sample from a few of them is no guide.
+    scores = [torch.randn(s, generator=rng) * 10.0 ** (i - 2) for i, s in enumerate(shapes)]
+    scores[2][::5] = scores[4][7]  # ties across tensors
+    grads = [torch.randn(s, generator=rng) for s in shapes]
+    grads[3][:20] = 0.0
+    prev = [torch.rand(s, generator=rng) < 0.5 for s in shapes]
+    n = sum(t.numel() for t in scores)
+    alive = int(sum(int(m.sum()) for m in prev))
+    for k in (1, 17, n // 200, n // 3, n - 2):
+        assert equal_lists(ops.topk_masks(scores, k, backend="cpp"), ops.topk_masks(scores, k, backend="reference"))
+        assert torch.equal(ops.kth_largest(scores, k, backend="cpp"), ops.kth_largest(scores, k, backend="reference"))
+        assert equal_lists(ops.saliency_topk_masks(scores, grads, k, backend="cpp"),
+                           ops.saliency_topk_masks(scores, grads, k, backend="reference"))
+        kk = min(k, alive)
+        want = ops.saliency_topk_masks(scores, grads, kk, prev_masks=prev, resurrect=False, backend="reference")
+        assert equal_lists(ops.saliency_topk_masks(scores, grads, kk, prev_masks=prev, resurrect=False,
+                                                   backend="cpp"), want)
+        inplace = [m.clone() for m in prev]
+        ops.saliency_topk_masks(scores, grads, kk, prev_masks=inplace, resurrect=False, out=inplace, backend="cpp")
+        assert equal_lists(inplace, want)
+
+
+@pytest.mark.parametrize("sampled", ["low", "high"])
+def test_band_missed_by_an_unrepresentative_sample(sampled, rng, monkeypatch):
+    """Keys at exactly the positions the kernel samples (SPARSEFORCE_CPU_SAMPLE=1024: 64 runs of
+    16, evenly spread) that are unlike all others: the band lies below the k-th key ("low") or
+    above it ("high"), the first pass must notice and redo the whole range."""
+    monkeypatch.setenv("SPARSEFORCE_CPU_SAMPLE", "1024")
+    monkeypatch.setenv("SPARSEFORCE_CPU_CHUNKS", "2")
+    sizes = [60_000, 37, 40_000]
+    n = sum(sizes)
+    runs, span = 64, n - 16
+    sampled_at = torch.zeros(n, dtype=torch.bool)
+    for r in range(runs):
+        start = (span // (runs - 1)) * r + (span % (runs - 1)) * r // (runs - 1)
+        sampled_at[start:start + 16] = True
+    flat = torch.rand(n, generator=rng) + 4.0 if sampled == "low" else torch.rand(n, generator=rng)
+    flat[sampled_at] = 0.0 if sampled == "low" else 9.0
+    scores = list(flat.split(sizes))
+    grads = [torch.ones(m) for m in sizes]
+    prev = [torch.ones(m, dtype=torch.bool) for m in sizes]
+    for k in (n // 2, n // 3, 2 * n // 3):
+        want = ops.topk_masks(scores, k, backend="reference")
+        assert equal_lists(ops.topk_masks(scores, k, backend="cpp"), want)
+        assert torch.equal(ops.kth_largest(scores, k, backend="cpp"), ops.kth_largest(scores, k, backend="reference"))
+        assert equal_lists(ops.saliency_topk_masks(scores, grads, k, backend="cpp"), want)
+        assert equal_lists(ops.saliency_topk_masks(scores, grads, k, prev_masks=prev, resurrect=False,
+                                                   backend="cpp"), want)
+
+
+@pytest.mark.parametrize("where", [0, 15, 16, 4103, 24_995])
+def test_nan_found_anywhere_in_the_vector_loops(where, rng):
+    """A NaN at a 16-element step's edge, inside one, or in a tail: found, its tensor named; a
+    pruned NaN is ignored. Also ±0 and ±inf among many keys."""
+    shapes = [(4100,), (20_000,), (901,)]
+    w = [torch.randn(s, generator=rng) for s in shapes]
+    g = [torch.randn(s, generator=rng) for s in shapes]
+    flat_w = torch.cat([t.view(-1) for t in w])
+    flat_w[where] = float("nan")
+    w = list(flat_w.split([4100, 20_000, 901]))
+    index = 0 if where < 4100 else 1 if where < 24_100 else 2
+    with pytest.raises(ops.NaNScoreError, match=rf"scores\[{index}\]"):
+        ops.topk_masks(w, 100, backend="cpp")
+    with pytest.raises(ops.NaNScoreError, match=rf"weights\[{index}\]"):
+        ops.saliency_topk_masks(w, g, 100, backend="cpp")
+    prev = [torch.ones(s, dtype=torch.bool) for s in shapes]
+    with pytest.raises(ops.NaNScoreError, match=rf"weights\[{index}\]"):
+        ops.saliency_topk_masks(w, g, 100, prev_masks=prev, resurrect=False, backend="cpp")
+    prev_flat = torch.cat([m.view(-1) for m in prev])
+    prev_flat[where] = False
+    prev = list(prev_flat.split([4100, 20_000, 901]))
+    for k in (100, 5000):
+        want = ops.saliency_topk_masks(w, g, k, prev_masks=prev, resurrect=False, backend="reference")
+        assert equal_lists(ops.saliency_topk_masks(w, g, k, prev_masks=prev, resurrect=False, backend="cpp"), want)
+    special = torch.tensor([0.0, -0.0, float("inf"), float("-inf")])
+    scores = [t.clone() for t in w]
+    for t in scores:
+        t[torch.isnan(t)] = 0.0
+        t[torch.randint(0, t.numel(), (t.numel() // 3,), generator=rng)] = special[
+            torch.randint(0, 4, (t.numel() // 3,), generator=rng)]
+    n = sum(t.numel() for t in scores)
+    for k in (1, 50, n // 3, n // 2, n - 1):
+        assert equal_lists(ops.topk_masks(scores, k, backend="cpp"), ops.topk_masks(scores, k, backend="reference"))
+
+
 @pytest.mark.slow
 def test_ties_longer_than_a_radix_bin(rng, monkeypatch):
     """3 M scores of three values: the k-th value's bin holds far more than the candidate cap, so
