@@ -112,7 +112,8 @@ def run_cli(*args, cwd=ROOT, timeout=600):
 
 def test_bench_help_says_how_long_and_where():
     out = " ".join(run_cli("bench", "--help").stdout.split())
-    assert "The default run takes about 4 minutes on a 2-core CPU, --quick about 2 minutes" in out
+    from sparseforce.durations import DURATIONS, took
+    assert f"The default run takes {took('sparseforce bench')}, --quick {DURATIONS['sparseforce bench --quick']}" in out
     assert "sparseforce-bench" in out and "relative to the current directory" in out
 
 

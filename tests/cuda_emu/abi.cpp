@@ -17,7 +17,11 @@
 #include <vector>
 
 #include "../../csrc/cuda/host.h"
-#include "sfemu.h"
+
+// The emulator's guard registry (include/sfemu.h), declared here rather than included so that
+// this file also compiles against the real CUDA headers (tests/test_cuda_compile.py).
+extern "C" void sfemu_guard_add(void* p, unsigned long long bytes, unsigned long long guard, const char* name);
+extern "C" const char* sfemu_guard_remove(void* p);
 
 namespace {
 
