@@ -13,6 +13,7 @@ and checked in ``sparseforce.cli``, which builds every command's parser without 
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import os
 import time
@@ -89,77 +90,90 @@ def traffic_summary(sent: dict, steps: int) -> str:
 
 def run(args) -> int:
     device, backend = _setup(args.device, args.timeout)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    say = print if rank == 0 else (lambda *a, **k: None)
     try:
-        from .data import Digits
-        train, test = Digits(train=True), Digits(train=False)
-        loader, sampler = _loader(train, args.batch_size, args.seed, rank, world)
-        say(f"sparseforce ddp: {world} ranks ({backend}, {device.type}), {args.model} on 8x8 digits, "
-            f"{args.method} to sparsity {args.sparsity} in {args.iterations} steps"
-            f"{' (FSDP2-sharded pruning)' if args.sharded else ''}")
-
-        # 1. Prune. Each rank's FORCE step sees its own batch; the masks come out the same everywhere.
-        distributed.traffic(reset=True)
-        start = time.perf_counter()
-        if args.sharded:
-            sharded = _shard(_model(args.model, args.seed, device))
-            masks = METHODS[args.method](sharded, loader, args.sparsity, iterations=args.iterations,
-                                         backend=args.backend)
-            masks = masks.full()  # gathered on every rank, for the DDP training below
-        else:
-            ddp = nn.parallel.DistributedDataParallel(_model(args.model, args.seed, device))
-            masks = METHODS[args.method](ddp, loader, args.sparsity, iterations=args.iterations,
-                                         backend=args.backend)
-        prune_s = time.perf_counter() - start
-        sent = distributed.traffic()
-        distributed.check_same_on_all_ranks(list(masks.values()), "the masks")
-        say(f"pruned in {prune_s:.1f} s: {masks.num_kept():,} of {masks.numel():,} weights kept; "
-            f"masks identical on all {world} ranks; sparseforce {traffic_summary(sent, args.iterations)}")
-
-        # 2. Train the masked model under DDP.
-        model = _model(args.model, args.seed, device)
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n in masks:
-                    p.mul_(masks[n].to(device))
-        ddp = nn.parallel.DistributedDataParallel(model)
-        opt = MaskedSGD(model.named_parameters(), masks.to(device), lr=args.lr, momentum=0.9,
-                        weight_decay=5e-4, backend=args.backend)
-        history = []
-        for epoch in range(args.epochs):
-            sampler.set_epoch(epoch)
-            ddp.train()
-            total, count = torch.zeros((), device=device), 0
-            for x, y in loader:
-                x, y = x.to(device), y.to(device)
-                opt.zero_grad(set_to_none=True)
-                loss = nn.functional.cross_entropy(ddp(x), y)
-                loss.backward()
-                opt.step()
-                total += loss.detach()
-                count += 1
-            acc = _accuracy(ddp, test, args.batch_size, device, rank, world)
-            history.append({"epoch": epoch + 1, "loss": float(total) / max(count, 1), "test_acc": acc})
-            say(f"epoch {epoch + 1}: train loss {history[-1]['loss']:.4f}, test accuracy {acc:.2%}")
-        distributed.check_same_on_all_ranks([p.detach() for p in model.parameters()], "the trained weights")
-        pruned_zero = all(bool((p[~masks[n].to(device)] == 0).all())
-                          for n, p in model.named_parameters() if n in masks)
-        say(f"weights identical on all ranks after training; pruned weights all exactly 0: {pruned_zero}")
-        if rank == 0 and args.out:
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            masks.save(out / "masks.pt")
-            (out / "result.json").write_text(json.dumps({
-                "world_size": world, "backend": backend, "device": device.type, "model": args.model,
-                "method": args.method, "sparsity": args.sparsity, "iterations": args.iterations,
-                "sharded": args.sharded, "kept": masks.num_kept(), "numel": masks.numel(),
-                "prune_seconds": prune_s, "allreduce_bytes_per_step": sent["bytes"] / args.iterations,
-                "pruned_weights_zero": pruned_zero, "history": history}, indent=2) + "\n")
-            say(f"wrote {out / 'masks.pt'} and {out / 'result.json'}")
-        return 0 if pruned_zero else 1
+        code = _prune_and_train(args, device, backend)
+        # Every DDP wrapper (and its gradient reducer) of that call is gone by here, and so is any
+        # collective in flight. Released after destroy_process_group instead, a reducer holding
+        # the last reference to the gloo group ran its destructor with the GIL held, which joins
+        # gloo's worker threads, while a worker releasing a finished work's tensors waited for the
+        # GIL: a deadlock at exit in about 1 run in 15 on a busy 2-core machine (the stacks as in
+        # pytorch/pytorch#190489).
+        gc.collect()
+        dist.barrier()
+        return code
     finally:
         dist.destroy_process_group()
+
+
+def _prune_and_train(args, device, backend) -> int:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    say = print if rank == 0 else (lambda *a, **k: None)
+    from .data import Digits
+    train, test = Digits(train=True), Digits(train=False)
+    loader, sampler = _loader(train, args.batch_size, args.seed, rank, world)
+    say(f"sparseforce ddp: {world} ranks ({backend}, {device.type}), {args.model} on 8x8 digits, "
+        f"{args.method} to sparsity {args.sparsity} in {args.iterations} steps"
+        f"{' (FSDP2-sharded pruning)' if args.sharded else ''}")
+
+    # 1. Prune. Each rank's FORCE step sees its own batch; the masks come out the same everywhere.
+    distributed.traffic(reset=True)
+    start = time.perf_counter()
+    if args.sharded:
+        sharded = _shard(_model(args.model, args.seed, device))
+        masks = METHODS[args.method](sharded, loader, args.sparsity, iterations=args.iterations,
+                                     backend=args.backend)
+        masks = masks.full()  # gathered on every rank, for the DDP training below
+    else:
+        ddp = nn.parallel.DistributedDataParallel(_model(args.model, args.seed, device))
+        masks = METHODS[args.method](ddp, loader, args.sparsity, iterations=args.iterations,
+                                     backend=args.backend)
+    prune_s = time.perf_counter() - start
+    sent = distributed.traffic()
+    distributed.check_same_on_all_ranks(list(masks.values()), "the masks")
+    say(f"pruned in {prune_s:.1f} s: {masks.num_kept():,} of {masks.numel():,} weights kept; "
+        f"masks identical on all {world} ranks; sparseforce {traffic_summary(sent, args.iterations)}")
+
+    # 2. Train the masked model under DDP.
+    model = _model(args.model, args.seed, device)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in masks:
+                p.mul_(masks[n].to(device))
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = MaskedSGD(model.named_parameters(), masks.to(device), lr=args.lr, momentum=0.9,
+                    weight_decay=5e-4, backend=args.backend)
+    history = []
+    for epoch in range(args.epochs):
+        sampler.set_epoch(epoch)
+        ddp.train()
+        total, count = torch.zeros((), device=device), 0
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(ddp(x), y)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+            count += 1
+        acc = _accuracy(ddp, test, args.batch_size, device, rank, world)
+        history.append({"epoch": epoch + 1, "loss": float(total) / max(count, 1), "test_acc": acc})
+        say(f"epoch {epoch + 1}: train loss {history[-1]['loss']:.4f}, test accuracy {acc:.2%}")
+    distributed.check_same_on_all_ranks([p.detach() for p in model.parameters()], "the trained weights")
+    pruned_zero = all(bool((p[~masks[n].to(device)] == 0).all())
+                      for n, p in model.named_parameters() if n in masks)
+    say(f"weights identical on all ranks after training; pruned weights all exactly 0: {pruned_zero}")
+    if rank == 0 and args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        masks.save(out / "masks.pt")
+        (out / "result.json").write_text(json.dumps({
+            "world_size": world, "backend": backend, "device": device.type, "model": args.model,
+            "method": args.method, "sparsity": args.sparsity, "iterations": args.iterations,
+            "sharded": args.sharded, "kept": masks.num_kept(), "numel": masks.numel(),
+            "prune_seconds": prune_s, "allreduce_bytes_per_step": sent["bytes"] / args.iterations,
+            "pruned_weights_zero": pruned_zero, "history": history}, indent=2) + "\n")
+        say(f"wrote {out / 'masks.pt'} and {out / 'result.json'}")
+    return 0 if pruned_zero else 1
 
 
 @torch.no_grad()
