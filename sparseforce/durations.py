@@ -17,9 +17,9 @@ DURATIONS: dict[str, str] = {
     "sparseforce demo --quick": "about 10 s",
     "sparseforce demo --dataset mnist": "about 9 minutes",
     "sparseforce demo --dataset mnist --quick": "about 10 s",
-    "sparseforce bench": "about 4 minutes",
-    "sparseforce bench --quick": "about 2 minutes",
-    "python -m pytest -q": "about 10 minutes",
+    "sparseforce bench": "about 2 minutes",
+    "sparseforce bench --quick": "about 15 s",
+    "python -m pytest -q": "about 6 minutes",
 }
 
 # Committed full runs whose recorded wall time ("seconds") the figure must round to.
