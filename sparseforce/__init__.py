@@ -24,10 +24,13 @@ _LAZY = {"Masks": "masks", "MasksFileError": "masks", "LayerCollapseWarning": "m
          "fit": "train", "Recipe": "train",
          **{name: "pruning" for name in ("force", "iter_snip", "snip", "grasp", "synflow", "magnitude", "random",
                                          "prune", "prunable_names")}}
-_SUBMODULES = ("ops", "distributed", "ablations")
+# Every public submodule is an attribute too (`sf.models.resnet50()`, as `torch.optim` is), loaded
+# on first access like the names above.
+_SUBMODULES = ("ablations", "bench", "cli", "data", "ddp", "demo", "distributed", "durations", "masks", "models",
+               "ops", "optim", "pruning", "train")
 
 if TYPE_CHECKING:
-    from . import ablations, distributed, ops
+    from . import ablations, bench, cli, data, ddp, demo, distributed, durations, masks, models, ops, optim, pruning, train
     from .masks import LayerCollapseWarning, Masks, MasksFileError, apply_masks
     from .optim import MaskedAdamW, MaskedSGD
     from .pruning import force, grasp, iter_snip, magnitude, prunable_names, prune, random, snip, synflow

@@ -57,3 +57,24 @@ def test_the_readme_names_only_kernel_sources_that_exist():
     cuda_headers = {"cuda_bf16.h", "cuda_fp16.h", "cuda_runtime.h"}
     named = set(re.findall(r"`([A-Za-z0-9_]+\.(?:cu|cuh|cpp|h))`", readme)) - cuda_headers
     assert named and named <= ours, sorted(named - ours)
+
+
+def test_every_public_submodule_is_an_attribute_loaded_on_first_access():
+    """`sf.models.resnet50()` as `torch.optim.SGD`: was an AttributeError for every subpackage but
+    ops, distributed and ablations. Each in a fresh process, so nothing imported it before."""
+    import subprocess
+    import sys
+    import sparseforce
+    pkg = Path(sparseforce.__file__).parent
+    public = sorted(p.stem if p.is_file() else p.name for p in pkg.iterdir()
+                    if not p.name.startswith("_") and (p.suffix == ".py" or (p / "__init__.py").is_file()))
+    assert {"models", "optim", "data", "masks", "train", "pruning", "ops"} <= set(public)
+    code = ("import sys, sparseforce as sf\n"
+            "assert 'torch' not in sys.modules, 'import sparseforce imported torch'\n"
+            f"for name in {public!r}:\n"
+            "    mod = getattr(sf, name)\n"
+            "    assert mod is sys.modules['sparseforce.' + name], name\n"
+            "    assert name in dir(sf), name\n"
+            "assert callable(sf.models.resnet50) and callable(sf.optim.MaskedSGD)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=pkg.parent, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
