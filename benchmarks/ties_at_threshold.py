@@ -1,7 +1,7 @@
 """How often the official FORCE code's threshold is 0 (and its ``>=`` keeps every tie).
 
-Runs the official ``iterative_pruning`` loop of github.com/naver/force, written out (as in
-tests/test_conventions.py: ``next(iter(loader))`` per batch from a shuffling DataLoader,
+Runs the official ``iterative_pruning`` loop of github.com/naver/force, written out (benchmarks/peers.py, as
+tests/test_conventions.py compares it: ``next(iter(loader))`` per batch from a shuffling DataLoader,
 ``nll_loss`` on the raw logits, ``int(N * d_t)`` kept with ``>=`` the k-th largest score, Iter SNIP
 setting pruned scores to the minimum), on the package's small models and the offline data sets,
 for FORCE and Iter SNIP at several sparsities and step counts, and records every step whose
@@ -16,15 +16,13 @@ CPU only, a few minutes. The summary line is what the README quotes.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import time
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
+
+from benchmarks.peers import official_iterative_pruning, prunable_layers
 
 MODELS = (("digits_cnn", "digits"), ("mlp", "digits"), ("lenet5", "mnist"), ("mnist_vgg", "mnist"))
 SPARSITIES = (0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
@@ -33,44 +31,15 @@ METHODS = (("force", 3), ("iter_snip", 1))
 BATCH_SIZE = 128
 
 
-def prunable_layers(model):
-    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-
-
 def official_steps(model, loader, pruning_factor, num_steps, prune_method):
-    """naver/force iterative_pruning (mode exp, num_batches 1), one record per step."""
-    net = copy.deepcopy(model)
-    original = [m.weight.detach().clone() for m in prunable_layers(net)]
-    steps = [np.exp(0 - ((x + 1) * (0 - np.log(pruning_factor)) / num_steps)) for x in range(num_steps)]
-    mask, hooks, records = None, [], []
-    for perc in steps:
-        layers = prunable_layers(net)
-        x, y = next(iter(loader))
-        net.zero_grad()
-        F.nll_loss(net(x), y).backward()
-        weights = original if prune_method == 3 else [m.weight for m in layers]
-        saliency = [torch.abs(w * m.weight.grad) for w, m in zip(weights, layers)]
-        if mask is not None and prune_method < 3:
-            lowest = torch.cat([s.flatten() for s in saliency]).min()
-            for s, m in zip(saliency, mask):
-                s[m == 0.] = lowest
-        for h in hooks:
-            h.remove()
-        scores = torch.cat([s.flatten() for s in saliency])
-        k = int(len(scores) * perc)
-        threshold = torch.topk(scores, k, sorted=True)[0][-1]
-        mask = [(s >= threshold).float() for s in saliency]
+    """The official loop (mode exp, num_batches 1), one record per step."""
+    records = []
+
+    def record(k, threshold, scores, mask):
         records.append({"k": k, "kept": int(sum(int(m.sum()) for m in mask)), "threshold": float(threshold.detach()),
                         "zeros": int((scores == 0).sum())})
-        if prune_method == 3:
-            net = copy.deepcopy(model)
-        hooks = []
-        for layer, m in zip(prunable_layers(net), mask):
-            layer.weight.data[m == 0.] = 0.
-            if prune_method != 3:
-                hooks.append(layer.weight.register_hook(lambda g, m=m: g * m))
-    for h in hooks:
-        h.remove()
+
+    official_iterative_pruning(model, loader, pruning_factor, num_steps, "exp", prune_method, on_step=record)
     return records
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from torch.func import functional_call
 
 import sparseforce as sf
+from benchmarks.peers import official_iterative_pruning, prunable_layers
 from conftest import BACKEND_DEVICE
 from conftest import flat64, flat_bool, oracle_keep
 from sparseforce.pruning import (K_ROUNDINGS, densities, keep_count, keep_counts, official_force_densities,
@@ -53,10 +54,6 @@ def batch(seed, size=16):
     return torch.randn(size, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 10, (size,), generator=g)
 
 
-def prunable_layers(model):
-    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-
-
 def as_flat(masks):
     return flat_bool(list(masks.values()) if isinstance(masks, sf.Masks) else masks)
 
@@ -67,52 +64,6 @@ def split_like(flat, like):
 
 
 # ---------------------------------------------------------------- the official FORCE code, written out
-
-def official_iterative_pruning(model, loader, pruning_factor, num_steps, mode, prune_method, num_batches=1):
-    """naver/force ``iterative_pruning``: prune_method 3 = FORCE, 1 = Iter SNIP. As the official
-    ``get_average_gradients``, every batch is ``next(iter(loader))`` (the first batch of a fresh
-    pass: a new shuffle per batch with a shuffling DataLoader), ``num_batches`` of them per step,
-    their gradients summed from 0 and divided by their count; nll_loss on the raw outputs."""
-    net_ = copy.deepcopy(model)
-    original = [m.weight.detach().clone() for m in prunable_layers(net_)]
-    if mode == "exp":
-        steps = [np.exp(0 - ((x_ + 1) * (0 - np.log(pruning_factor)) / num_steps)) for x_ in range(num_steps)]
-    else:
-        steps = [1 - ((x_ + 1) * (1 - pruning_factor) / num_steps) for x_ in range(num_steps)]
-    mask, hooks = None, []
-    for perc in steps:
-        layers = prunable_layers(net_)
-        gradients, count = [0 for _ in layers], 0
-        for batch_idx in range(len(loader)):
-            x, y = next(iter(loader))
-            net_.zero_grad()
-            F.nll_loss(net_(x), y).backward()
-            gradients = [acc + m.weight.grad for acc, m in zip(gradients, layers)]
-            count += 1
-            if batch_idx == num_batches - 1:
-                break
-        gradients = [g / count for g in gradients]
-        weights = original if prune_method == 3 else [m.weight for m in layers]
-        saliency = [torch.abs(w * g) for w, g in zip(weights, gradients)]
-        if mask is not None and prune_method < 3:
-            lowest = torch.cat([s.flatten() for s in saliency]).min()
-            for s, m in zip(saliency, mask):
-                s[m == 0.] = lowest
-        for h in hooks:
-            h.remove()
-        # get_mask: the int(N * density) largest, kept with >= the smallest of them
-        scores = torch.cat([s.flatten() for s in saliency])
-        threshold = torch.topk(scores, int(len(scores) * perc), sorted=True)[0][-1]
-        mask = [(s >= threshold).float() for s in saliency]
-        if prune_method == 3:
-            net_ = copy.deepcopy(model)
-        hooks = []
-        for layer, m in zip(prunable_layers(net_), mask):
-            layer.weight.data[m == 0.] = 0.
-            if prune_method != 3:
-                hooks.append(layer.weight.register_hook(lambda g, m=m: g * m))
-    return [m.bool() for m in mask]
-
 
 def nll_on_logits(output, target):
     return F.nll_loss(output, target)

@@ -74,11 +74,7 @@ def test_readme_test_count_is_what_a_run_collects():
 
 
 def test_readme_threads_table_is_the_committed_measurement():
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks.cli_threads import table
-    finally:
-        sys.path.remove(str(ROOT))
+    from benchmarks.cli_threads import table
     files = sorted((ROOT / "benchmarks" / "results").glob("cli-threads-*.json"))
     assert files, "no committed measurement"
     rows = json.loads(files[-1].read_text())["rows"]
