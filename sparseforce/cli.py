@@ -910,18 +910,26 @@ def _usage_error(exc: BaseException) -> bool:
 
 
 def _passive_openmp_waits() -> None:
-    """Threads that wait at the end of a parallel region sleep instead of spinning, unless the user
-    chose (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` set) or torch is already loaded (its OpenMP
-    runtime read the environment when it loaded: too late).
+    """On a busy machine, threads that wait at the end of a parallel region sleep instead of
+    spinning (``OMP_WAIT_POLICY=passive``), unless the user chose (``OMP_WAIT_POLICY`` or
+    ``GOMP_SPINCOUNT`` set) or torch is already loaded (its OpenMP runtime read the environment
+    when it loaded: too late).
 
     Why: OpenMP's default spins for a while at every barrier. With another process busy on a core,
     the spinning thread takes the core its peer needs, and the many small parallel regions of a
     pruning or training step each wait for a descheduled peer: a digits training epoch took almost
-    3x longer with one of 2 cores busy. On a quiet machine the whole command takes the same time
-    (benchmarks/results/cli-threads-*.json; README, "Threads")."""
+    3x longer with one of 2 cores busy. On a quiet machine spinning is the faster choice (a
+    ResNet50 training step 5-20 % faster), so the policy changes only where other processes kept,
+    over the last minute, at least half a core busy (the load average, taken before this command
+    adds any): benchmarks/results/cli-threads-*.json; README, "Threads"."""
     if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         return
-    os.environ["OMP_WAIT_POLICY"] = "passive"
+    try:
+        busy = os.getloadavg()[0] >= 0.5
+    except OSError:  # no load average on this platform: OpenMP's default
+        return
+    if busy:
+        os.environ["OMP_WAIT_POLICY"] = "passive"
 
 
 def main(argv=None) -> int:

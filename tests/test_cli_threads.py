@@ -1,4 +1,5 @@
-"""The command's OpenMP default: threads that wait sleep instead of spinning (README, "Threads")."""
+"""The command's OpenMP default: on a busy machine, threads that wait sleep instead of spinning
+(README, "Threads")."""
 import os
 import subprocess
 import sys
@@ -8,14 +9,17 @@ import pytest
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-def _spin_counts(tmp_path, **env):
+def _spin_counts(tmp_path, load, **env):
     """How long each OpenMP runtime in a real `sparseforce prune` process spins before it sleeps,
-    as it reports at load (OMP_DISPLAY_ENV=VERBOSE makes libgomp print what it settled on)."""
+    as it reports at load (OMP_DISPLAY_ENV=VERBOSE makes libgomp print what it settled on), with
+    the machine's 1-minute load average reading ``load`` (set in the process before the command
+    runs, torch not yet imported)."""
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     base.update(env, OMP_DISPLAY_ENV="VERBOSE", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "sparseforce", "prune", "--dataset", "digits", "--iterations", "1",
-                           "--out", str(tmp_path / "m.pt")], cwd=ROOT, env=base, capture_output=True, text=True,
-                          timeout=300)
+    code = (f"import os, sys; os.getloadavg = lambda: ({load}, {load}, {load})\n"
+            "from sparseforce.cli import main\n"
+            f"sys.exit(main(['prune', '--dataset', 'digits', '--iterations', '1', '--out', {str(tmp_path / 'm.pt')!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=base, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     counts = {ln.split("=", 1)[1].strip().strip("'") for ln in proc.stderr.splitlines()
               if ln.strip().startswith("GOMP_SPINCOUNT")}
@@ -23,15 +27,19 @@ def _spin_counts(tmp_path, **env):
     return counts
 
 
-def test_the_command_waits_passively_by_default(tmp_path):
-    # libgomp's own default is to spin 300,000 times at every barrier.
-    assert _spin_counts(tmp_path) == {"0"}
+def test_the_command_waits_passively_on_a_busy_machine(tmp_path):
+    assert _spin_counts(tmp_path, load=1.2) == {"0"}
+
+
+def test_a_quiet_machine_keeps_openmps_spinning_default(tmp_path):
+    # libgomp's own default: spin 300,000 times at a barrier, then sleep.
+    assert _spin_counts(tmp_path, load=0.1) == {"300000"}
 
 
 @pytest.mark.parametrize("env, spins", [({"OMP_WAIT_POLICY": "active"}, "30000000000"),
                                         ({"GOMP_SPINCOUNT": "1234"}, "1234")])
 def test_a_users_openmp_setting_wins(tmp_path, env, spins):
-    assert _spin_counts(tmp_path, **env) == {spins}
+    assert _spin_counts(tmp_path, load=1.2, **env) == {spins}
 
 
 def test_too_late_once_torch_is_loaded(monkeypatch):
@@ -41,5 +49,6 @@ def test_too_late_once_torch_is_loaded(monkeypatch):
     from sparseforce import cli
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))
     cli._passive_openmp_waits()
     assert "OMP_WAIT_POLICY" not in os.environ

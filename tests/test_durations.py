@@ -79,4 +79,12 @@ def test_readme_threads_table_is_the_committed_measurement():
     assert files, "no committed measurement"
     rows = json.loads(files[-1].read_text())["rows"]
     assert block("threads").strip() == table(rows)
+    # The prose quotes the training step's medians: spinning against passive, busy and quiet.
+    step = {(r["load"], r["setting"].split(",")[0]): r["masks_median_s"] for r in rows
+            if r["workload"].startswith("bench")}
+    spin, passive = "OpenMP default (spin)", "passive waits"
+    prose = " ".join(README.split())
+    assert (f"took {step['busy', spin]:.2f} s spinning and {step['busy', passive]:.2f} s with passive waits"
+            in prose)
+    assert f"({step['quiet', spin]:.2f} s against {step['quiet', passive]:.2f} s)" in prose
     assert f"benchmarks/results/{files[-1].name}" in README
