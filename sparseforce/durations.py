@@ -12,7 +12,7 @@ MACHINE = "a quiet 2-core x86_64 VM"
 
 # What the user types -> how long it takes there.
 DURATIONS: dict[str, str] = {
-    "pip install --no-build-isolation -e .": "about 3 minutes",  # the C++ extension's build
+    "pip install --no-build-isolation -e .": "about 30 s",  # the C++ extension's build, torch present
     "sparseforce demo": "about 4 minutes",
     "sparseforce demo --quick": "about 10 s",
     "sparseforce demo --dataset mnist": "about 9 minutes",
