@@ -25,7 +25,7 @@ from setuptools.command.build_py import build_py
 ROOT = Path(__file__).parent
 CSRC = ROOT / "csrc"
 
-# sparseforce/_ext.py JIT-builds with the same flags. The sources are C++17; the standard flag is
+# sparseforce/ops/cpp/loader.py JIT-builds with the same flags. The sources are C++17; the standard flag is
 # left to torch's BuildExtension, which passes the one its headers need (C++17 or later).
 CXX_FLAGS = ["-O3", "-fopenmp"]
 LD_FLAGS = ["-fopenmp"]

@@ -2,8 +2,10 @@
 every op the sources register for that key.
 
 The expected (key, op) pairs are parsed from the ``TORCH_LIBRARY_IMPL(sparseforce, KEY, m)``
-blocks of csrc/ (so a new op is checked without editing this file). Runs with only torch
-installed, on a machine without a GPU (registration needs none). Used by scripts/ci_cuda_build.sh:
+blocks of csrc/ (so a new op is checked without editing this file). The ops themselves are defined
+from Python (``sparseforce/ops/library.py``), so ``sparseforce.ops`` is imported from the tree
+beside ``--csrc`` first. Runs with only torch installed, on a machine without a GPU (registration
+needs none). Used by scripts/ci_cuda_build.sh:
 
     python scripts/check_ext_dispatch.py --so build/lib/sparseforce/_C.so --csrc csrc --key CUDA --key CPU
 """
@@ -35,6 +37,12 @@ def registered_impls(csrc: Path) -> dict[str, set[str]]:
     return found
 
 
+def define_ops(csrc: Path) -> None:
+    """Imports ``sparseforce.ops`` (which defines the op schemas) from the tree holding ``csrc``."""
+    sys.path.insert(0, str(Path(csrc).resolve().parent))
+    importlib.import_module("sparseforce.ops")
+
+
 def load_extension(so: Path):
     """Imports the built module from its file (torch first: the extension links against it)."""
     import torch  # noqa: F401
@@ -51,8 +59,8 @@ def missing_kernels(expected: dict[str, set[str]], keys: list[str]) -> list[str]
         for op in sorted(expected.get(key, ())):
             try:
                 ok = torch._C._dispatch_has_kernel_for_dispatch_key(f"sparseforce::{op}", key)
-            except RuntimeError:  # no schema: register.cpp does not define the op
-                missing.append(f"sparseforce::{op} is not defined (no m.def in register.cpp)")
+            except RuntimeError:  # no schema: sparseforce/ops/library.py does not define the op
+                missing.append(f"sparseforce::{op} is not defined (not in sparseforce/ops/library.py)")
                 continue
             if not ok:
                 missing.append(f"sparseforce::{op} has no {key} kernel")
@@ -71,6 +79,7 @@ def main(argv=None) -> int:
     if empty:  # a parse that finds nothing would pass vacuously
         print(f"no m.impl(...) found for {empty} under {args.csrc}", file=sys.stderr)
         return 1
+    define_ops(args.csrc)
     load_extension(args.so)
     import torch
     print(f"loaded {args.so} (torch {torch.__version__}, CUDA {torch.version.cuda})")

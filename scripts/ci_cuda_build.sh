@@ -18,7 +18,7 @@
 #
 # Measured on the 2-core CI machine (MAX_JOBS=2, nvcc 13.0): a fresh venv + pip install of
 # torch 2.14.1 and the build deps (about 5 GB, from the local package store) 55 s; the build
-# 40-48 s (ninja, per file: cpu/select.cpp 29 s, cuda/ops_cuda.cpp 21 s, cpu/masked_sgd.cpp 20 s,
+# 40-48 s (ninja, per file: cpu/radix_select.cpp 29 s, cuda/ops_cuda.cpp 21 s, cpu/masked_sgd.cpp 20 s,
 # cuda/select.cu 8 s, register.cpp 8 s, cuda/masked_sgd.cu 4 s); import + check 1 s.
 # 99 s in all (51 s with a reused venv); the scratch folder is removed on exit.
 set -euo pipefail

@@ -18,7 +18,7 @@
 # printed last. The exit status is nonzero if any step failed, timed out or was skipped.
 #
 # Expected seconds on the H200 box (the third column of each step below). Measured on the 2-core
-# CI machine, and scaled: the extension's slowest file (csrc/cpu/select.cpp, 29 s; the .cu files
+# CI machine, and scaled: the extension's slowest file (csrc/cpu/radix_select.cpp, 29 s; the .cu files
 # 4-8 s; 45 s for all six with 2 jobs) bounds a 16-job build; collecting the selected tests takes
 # 2 s; pip's editable install around the build 2 s. The GPU steps are estimates from the test
 # counts (168 shared-kernel tests on CUDA tensors; 50 per candidate-cap run; 2 multi-rank + 2
@@ -120,7 +120,7 @@ step build 45 150 python -m pip install --no-deps --no-build-isolation -v -e . |
 step backends 15 60 python -c '
 import torch
 import sparseforce.ops as ops
-from sparseforce import _ext
+from sparseforce.ops.cpp import loader as _ext
 print("extension:", _ext.load() or "loaded", _ext.HOW)
 print("cuda backends:", ops.available_backends("cuda"), "cpu backends:", ops.available_backends("cpu"))
 for backend in ("cuda", "triton"):

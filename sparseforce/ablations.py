@@ -74,7 +74,7 @@ def reinit(model: nn.Module, seed=0) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {_checks.describe(model)}")
     seed = _checks.seed(seed)
-    from .pruning._model import own_rng
+    from .pruning._state import own_rng
 
     done: set[int] = set()
     untouched: list[str] = []

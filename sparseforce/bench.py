@@ -34,7 +34,7 @@ from . import ops
 
 
 def _weight_shapes(model_fn) -> list[tuple[int, ...]]:
-    from .pruning._model import prunable_parameters
+    from ._prunable import prunable_parameters
     with torch.device("meta"):  # shapes only: no memory, no init cost
         model = model_fn()
     return [tuple(p.shape) for p in prunable_parameters(model, check_nan=False).values()]
@@ -172,7 +172,7 @@ def masked_sgd_case(layers: str, backends=()) -> Case:
 def _force_official(model, batch, sparsity, iterations):
     """The official FORCE loop's structure: a fresh deep copy of the model at every step,
     masks applied to the copy's weights, ``.backward()``, then cat/topk/``>=``."""
-    from .pruning._model import prunable_parameters
+    from ._prunable import prunable_parameters
     from .pruning.schedules import keep_counts
     names = list(prunable_parameters(model))
     theta0 = [p.detach().clone() for p in prunable_parameters(model).values()]

@@ -8,7 +8,8 @@ data-parallel FORCE (the model wrapped in DDP, gradients averaged each step) or,
 ``--sharded``, with the model sharded by FSDP2 (exact global top-k over the shards), checks that
 every rank holds the same masks, then trains the masked model under DDP with ``MaskedSGD``.
 Rank 0 prints, and writes the masks and a JSON summary to ``--out``. The options are parsed
-and checked in ``sparseforce.cli``, which builds every command's parser without importing torch.
+and checked in ``sparseforce.cli.ddp``, whose parser is built without importing torch; each
+epoch is :func:`sparseforce.train.epoch.train_epoch`, the step ``fit`` trains with.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from torch import nn
 from . import distributed
 from .optim import MaskedSGD
 from .pruning import METHODS
+from .train.epoch import train_epoch
 
 
 def _setup(device_arg: str | None, timeout_s: float):
@@ -120,12 +122,12 @@ def _prune_and_train(args, device, backend) -> int:
     start = time.perf_counter()
     if args.sharded:
         sharded = _shard(_model(args.model, args.seed, device))
-        masks = METHODS[args.method](sharded, loader, args.sparsity, iterations=args.iterations,
+        masks = METHODS[args.method].function(sharded, loader, args.sparsity, iterations=args.iterations,
                                      backend=args.backend)
         masks = masks.full()  # gathered on every rank, for the DDP training below
     else:
         ddp = nn.parallel.DistributedDataParallel(_model(args.model, args.seed, device))
-        masks = METHODS[args.method](ddp, loader, args.sparsity, iterations=args.iterations,
+        masks = METHODS[args.method].function(ddp, loader, args.sparsity, iterations=args.iterations,
                                      backend=args.backend)
     prune_s = time.perf_counter() - start
     sent = distributed.traffic()
@@ -145,18 +147,11 @@ def _prune_and_train(args, device, backend) -> int:
     history = []
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
-        ddp.train()
-        total, count = torch.zeros((), device=device), 0
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(ddp(x), y)
-            loss.backward()
-            opt.step()
-            total += loss.detach()
-            count += 1
+        totals = train_epoch(ddp, opt, loader, nn.functional.cross_entropy, device)
         acc = _accuracy(ddp, test, args.batch_size, device, rank, world)
-        history.append({"epoch": epoch + 1, "loss": float(total) / max(count, 1), "test_acc": acc})
+        # drop_last: every batch has --batch-size samples, so the mean over samples is that over batches.
+        history.append({"epoch": epoch + 1, "loss": totals.mean_loss if totals.samples else 0.0,
+                        "test_acc": acc})
         say(f"epoch {epoch + 1}: train loss {history[-1]['loss']:.4f}, test accuracy {acc:.2%}")
     distributed.check_same_on_all_ranks([p.detach() for p in model.parameters()], "the trained weights")
     pruned_zero = all(bool((p[~masks[n].to(device)] == 0).all())

@@ -49,7 +49,8 @@ __all__ = ["run_demo", "DemoResult", "DemoSpec", "SPECS", "METHODS", "LABELS", "
 
 LABELS = {"dense": "dense", "random": "Random", "magnitude": "Magnitude", "snip": "SNIP", "grasp": "GraSP",
           "synflow": "SynFlow", "iter_snip": "Iter SNIP", "force": "FORCE"}
-PROGRESSIVE = ("force", "iter_snip")  # the methods the claim is about; they take --iterations
+# The methods that take longest (many gradient steps, or GraSP's double backward), started first.
+SLOW_FIRST = ("force", "iter_snip", "synflow", "grasp")
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class DemoSpec:
     out_dir: str
     batch_size: int = 64
     prune_batch_size: int = 128
-    synflow_iterations: int = 100  # SynFlow's own schedule (Tanaka et al.), not --iterations
+    synflow_iterations: int | None = None  # None: SynFlow's own default (the method table), not --iterations
     show_min: bool = False  # the table shows each cell's lowest seed next to the mean
     wall_time_plot: bool = False
     density_methods: tuple[str, ...] = ("snip", "iter_snip", "force")
@@ -159,18 +160,38 @@ def _train_subset(train, size):
     return Subset(train, sorted(keep.tolist()))
 
 
-def _masks(spec: DemoSpec, model, train, method: str, sparsity: float, seed: int, iterations: int):
-    """(masks, seconds inside the pruning call): each method as the package runs it."""
-    from . import data as sfdata
-    from .pruning import prune
+def _synflow_iterations(spec: DemoSpec) -> int:
+    from .pruning import METHODS
 
-    if method in ("random", "magnitude"):
-        data, kw = None, ({"seed": seed} if method == "random" else {})
-    elif method == "synflow":  # data-free: it reads only the input shape
-        data, kw = None, {"iterations": spec.synflow_iterations, "input_shape": sfdata.INPUT_SHAPE[spec.dataset]}
-    else:
+    return METHODS["synflow"].options["iterations"] if spec.synflow_iterations is None else spec.synflow_iterations
+
+
+def _iterations(spec: DemoSpec, method: str, iterations: int) -> int | None:
+    """The steps ``method`` runs: ``iterations`` for the methods with data that take it (FORCE,
+    Iter SNIP), SynFlow's own for the data-free one, None for the one-shot methods."""
+    from .pruning import METHODS
+
+    entry = METHODS.get(method)  # None for "dense"
+    if entry is None or "iterations" not in entry.options:
+        return None
+    return iterations if entry.needs_data else _synflow_iterations(spec)
+
+
+def _masks(spec: DemoSpec, model, train, method: str, sparsity: float, seed: int, iterations: int):
+    """(masks, seconds inside the pruning call): each method as the package runs it, with the
+    keywords the method table says it takes."""
+    from . import data as sfdata
+    from .pruning import METHODS, prune
+
+    entry = METHODS[method]
+    if entry.needs_data:
         data = sfdata.make_loader(train, batch_size=spec.prune_batch_size, shuffle=True, seed=seed)
-        kw = {"iterations": iterations} if method in PROGRESSIVE else {}
+        kw = {}
+    else:  # random draws from the run's seed; SynFlow reads only the input shape
+        data = None
+        kw = {"seed": seed, "input_shape": sfdata.INPUT_SHAPE[spec.dataset]}
+    kw["iterations"] = _iterations(spec, method, iterations)
+    kw = {k: v for k, v in kw.items() if k in entry.options and v is not None}
     t0 = time.perf_counter()
     masks = prune(model, data, method=method, sparsity=sparsity, **kw)
     return masks, time.perf_counter() - t0
@@ -212,10 +233,8 @@ def _run_one(task: dict) -> dict:
             m = evaluate(model, sfdata.make_loader(ds, batch_size=512, shuffle=False))
             final[f"{split}_acc"] = m["acc"]
         layers = [(r.name, r.numel, r.kept) for r in masks.per_layer()] if masks is not None else []
-        iterations = {"force": task["iterations"], "iter_snip": task["iterations"],
-                      "synflow": spec.synflow_iterations}.get(method)
         return {**{k: task[k] for k in ("method", "sparsity", "seed", "epochs")},
-                "iterations": iterations,
+                "iterations": _iterations(spec, method, task["iterations"]),
                 "test_acc": final["test_acc"], "val_acc": final["val_acc"],
                 "train_acc": final["train_acc"], "train_loss": final["train_loss"],
                 "layers": layers, "empty_layers": [n for n, _, k in layers if k == 0],
@@ -515,8 +534,8 @@ def run_demo(out_dir: str | None = None, *, dataset: str = "digits", sparsities=
              for seed in range(cfg["seeds"]) for s in sparsities for m in methods]
     if dense:
         tasks += [{"method": "dense", "sparsity": 0.0, "seed": seed, **common} for seed in range(cfg["seeds"])]
-    # The iterative methods take longest; starting them first keeps the workers evenly busy.
-    tasks.sort(key=lambda t: t["method"] not in PROGRESSIVE + ("synflow", "grasp"))
+    # Starting the slowest first keeps the workers evenly busy.
+    tasks.sort(key=lambda t: t["method"] not in SLOW_FIRST)
     jobs = max(1, min(_usable_cpus() if jobs is None else jobs, len(tasks)))
     for t in tasks:
         t["threads"] = 1  # same arithmetic in every mode, so results do not depend on --jobs
@@ -563,7 +582,7 @@ def run_demo(out_dir: str | None = None, *, dataset: str = "digits", sparsities=
     config = {**cfg, "sparsities": list(sparsities), "methods": list(methods), "batch_size": spec.batch_size,
               "prune_batch_size": spec.prune_batch_size}
     if "synflow" in methods:
-        config["synflow_iterations"] = spec.synflow_iterations
+        config["synflow_iterations"] = _synflow_iterations(spec)
     if dataset == "mnist":
         from .data import mnist_subset_info
         config["data"] = mnist_subset_info()

@@ -31,7 +31,8 @@ from .ops import _schema
 from .ops._schema import NaNScoreError
 
 __all__ = ["topk_masks", "saliency_topk_masks", "kth_largest", "DistributedError",
-           "all_reduce_mean_", "any_rank", "traffic", "check_same_on_all_ranks", "HISTOGRAM_BITS"]
+           "all_reduce_mean_", "all_reduce", "comm_device", "any_rank", "traffic", "check_same_on_all_ranks",
+           "HISTOGRAM_BITS"]
 
 HISTOGRAM_BITS = _schema.HISTOGRAM_BITS
 _BINS = 1 << HISTOGRAM_BITS
@@ -60,7 +61,7 @@ def _group_info(group):
     return rank, world
 
 
-def _comm_device(group, local_device: torch.device | None) -> torch.device:
+def comm_device(group, local_device: torch.device | None) -> torch.device:
     """Where collective buffers must live: NCCL takes CUDA tensors only, gloo takes CPU ones."""
     if "nccl" in str(dist.get_backend(group)).lower():
         if local_device is not None and local_device.type == "cuda":
@@ -81,7 +82,7 @@ def traffic(reset: bool = False) -> dict:
     return out
 
 
-def _all_reduce(t: torch.Tensor, group, what: str) -> torch.Tensor:
+def all_reduce(t: torch.Tensor, group, what: str) -> torch.Tensor:
     """``all_reduce`` that turns a dead or stuck peer into one clear error on every survivor."""
     _TRAFFIC["calls"] += 1
     _TRAFFIC["bytes"] += t.numel() * t.element_size()
@@ -109,8 +110,8 @@ def all_reduce_mean_(tensors, group=None) -> list[torch.Tensor]:
     for t in tensors:
         buckets.setdefault((t.dtype, t.device), []).append(t)
     for (dtype, device), ts in buckets.items():
-        flat = torch.cat([t.reshape(-1) for t in ts]).to(_comm_device(group, device))
-        _all_reduce(flat, group, "the gradients")
+        flat = torch.cat([t.reshape(-1) for t in ts]).to(comm_device(group, device))
+        all_reduce(flat, group, "the gradients")
         flat = flat.div_(world).to(device)
         offset = 0
         for t in ts:
@@ -137,7 +138,7 @@ def any_rank(flag: bool, what: str, group=None) -> bool:
     """True on every rank if ``flag`` is true on any rank (one tiny all_reduce)."""
     _group_info(group)
     t = torch.tensor([int(bool(flag))], dtype=torch.int64)
-    return bool(_all_reduce(t.to(_comm_device(group, None)), group, what).item())
+    return bool(all_reduce(t.to(comm_device(group, None)), group, what).item())
 
 
 def check_same_on_all_ranks(tensors, what: str, group=None, hint: str = "") -> None:
@@ -148,7 +149,7 @@ def check_same_on_all_ranks(tensors, what: str, group=None, hint: str = "") -> N
     # A sum of one-hot slots: every rank learns every rank's checksum.
     sums = torch.zeros(world, dtype=torch.int64)
     sums[rank] = _checksum(tensors)
-    values = _all_reduce(sums.to(_comm_device(group, device)), group, f"a checksum of {what}").tolist()
+    values = all_reduce(sums.to(comm_device(group, device)), group, f"a checksum of {what}").tolist()
     if len(set(values)) != 1:
         differing = [r for r, v in enumerate(values) if v != values[0]]
         raise DistributedError(f"{what} differ across ranks (ranks {differing} differ from rank 0); "
@@ -194,7 +195,7 @@ def _meta(local: _Local | None, k, error: BaseException | None, group, rank: int
         meta[base + world + rank] = k + 1
     else:
         meta[base + rank] = 1
-    meta = _all_reduce(meta.to(_comm_device(group, local.device if local else None)), group,
+    meta = all_reduce(meta.to(comm_device(group, local.device if local else None)), group,
                        "the selection's sizes and checks").cpu().tolist()
     return dict(numel=meta[0], candidates=meta[1], has=meta[2:base], errors=meta[base: base + world],
                 ks=meta[base + world: base + 2 * world])
@@ -255,7 +256,7 @@ def _local_k(k, parse, group, what: str) -> tuple[int, torch.dtype, int | None]:
         raise ValueError(f"k={k} but prev_masks keep only {candidates} weights over the {world} ranks; "
                          "with resurrect=False only weights kept in prev_masks compete")
     dtype = _promoted(meta["has"])
-    device = _comm_device(group, local.device)
+    device = comm_device(group, local.device)
     w = _WIDTH[dtype]
 
     # Radix walk over the key, most significant digit first. `above` counts keys known to be
@@ -268,13 +269,13 @@ def _local_k(k, parse, group, what: str) -> tuple[int, torch.dtype, int | None]:
         if shift == w - HISTOGRAM_BITS:
             slots = torch.zeros(world, dtype=torch.int64, device=device)
             slots[rank] = 0 if nan_index is None else nan_index + 1
-            sent = _all_reduce(torch.cat([hist_local, slots]), group, "the key histogram (top digit) and NaN flags")
+            sent = all_reduce(torch.cat([hist_local, slots]), group, "the key histogram (top digit) and NaN flags")
             _raise_if_nan(sent[-world:].cpu().tolist(), rank, world)
             if k == 0:
                 return 0, dtype, None
             hist = sent[:_BINS]
         else:
-            hist = _all_reduce(hist_local.clone(), group, f"the key histogram (bits {shift}+)")
+            hist = all_reduce(hist_local.clone(), group, f"the key histogram (bits {shift}+)")
         need = k - above_global
         # counts of keys in digits above d, from the top: pick d with above(d) < need <= above(d) + hist[d]
         from_top = torch.flip(hist, [0]).cumsum(0)
@@ -286,15 +287,15 @@ def _local_k(k, parse, group, what: str) -> tuple[int, torch.dtype, int | None]:
     # Keys equal to the threshold: the lowest ranks' come first.
     ties = torch.zeros(world, dtype=torch.int64)
     ties[rank] = int(hist_local[prefix & (_BINS - 1)])
-    ties = _all_reduce(ties.to(device), group, "the tie counts").cpu().tolist()
+    ties = all_reduce(ties.to(device), group, "the tie counts").cpu().tolist()
     need = k - above_global
     quota = min(max(need - sum(ties[:rank]), 0), ties[rank])
     return above_local + quota, dtype, prefix
 
 
 def _histogram_backend(backend: str, device: torch.device) -> str:
-    # A backend without a histogram kernel (cuda, for now) falls back to the best that has one:
-    # on CUDA tensors auto's order gives triton.
+    # A backend that cannot run the histogram pass here (one not built for this device, say)
+    # falls back to the best that can, as auto orders them.
     return backend if backend in ops.available_backends(device, "radix_histogram") else "auto"
 
 
@@ -361,7 +362,7 @@ def saliency_topk_masks(local_weights, local_grads, k, *, prev_masks=None, resur
                                                                resurrect, out)
         holder.update(w=w, g=g, prev=prev, resurrect=res, out=o)
         dtypes = [_schema.saliency_dtype(wi, gi) for wi, gi in zip(w, g)]
-        competing = None if res or prev is None else prev
+        competing = _schema.competing(prev, res) or None
 
         def histogram(rank_dtype, shift, prefix):
             return ops.saliency_key_histogram(w, g, prev_masks=competing, rank_dtype=rank_dtype, shift=shift,

@@ -22,13 +22,10 @@ from typing import Any
 import torch
 
 from . import _checks, ops
-from .masks import Masks, _check_dense, _unknown_names
+from .masks.container import Masks, check_dense, unknown_names
+from .masks.report import shape_str
 
 __all__ = ["MaskedSGD", "MaskedAdamW"]
-
-
-def _shape(t) -> str:
-    return "(" + ", ".join(str(int(s)) for s in t) + ")"
 
 
 def _hyper(name: str, value):
@@ -67,7 +64,7 @@ class _MaskedOptimizer(torch.optim.Optimizer):
             # Only names are known here, no modules: weights of 2 or more dimensions stand for the
             # prunable ones (conv and linear), leaving out biases and norm layers.
             candidates = [n for n, p in self._names.items() if isinstance(p, torch.Tensor) and p.dim() > 1]
-            raise ValueError(_unknown_names(unknown, candidates or list(self._names),
+            raise ValueError(unknown_names(unknown, candidates or list(self._names),
                                             f"given to {type(self).__name__}"))
         with torch.no_grad():
             for p, m in self._mask_of.items():
@@ -99,11 +96,11 @@ class _MaskedOptimizer(torch.optim.Optimizer):
             m = self._wanted.get(name)
             if m is not None:
                 if not isinstance(p, torch.Tensor) or tuple(m.shape) != tuple(p.shape):
-                    shape = _shape(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
-                    raise ValueError(f"mask {name!r} has shape {_shape(m.shape)} but parameter {name!r} "
+                    shape = shape_str(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
+                    raise ValueError(f"mask {name!r} has shape {shape_str(m.shape)} but parameter {name!r} "
                                      f"has shape {shape}")
-                _check_dense(f"parameter {name!r}", p)
-                _check_dense(f"mask {name!r}", m)
+                check_dense(f"parameter {name!r}", p)
+                check_dense(f"mask {name!r}", m)
                 self._mask_of[p] = m.to(p.device)
             self._names[name] = p
         super().add_param_group(param_group)

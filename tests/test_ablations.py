@@ -1,5 +1,6 @@
 """Sanity-check ablations (Frankle et al., ICLR 2021) and the layer-wise random baselines."""
 import copy
+import dataclasses
 import inspect
 import math
 from fractions import Fraction
@@ -466,9 +467,9 @@ def _spy_on(monkeypatch, method):
     def spy(*args, **kw):
         calls.append(dict(kw))
         kw.pop("invert", None)  # the option lands with another branch; the call itself is what is tested
-        return real(*args, **kw)
+        return real.function(*args, **kw)
 
-    monkeypatch.setitem(pruning.METHODS, method, spy)
+    monkeypatch.setitem(pruning.METHODS, method, dataclasses.replace(real, function=spy))
     return calls
 
 
@@ -545,9 +546,9 @@ def test_train_ablation_reinit_changes_every_layers_weights(tmp_path):
 
 
 def test_ablation_seeds_are_in_range_distinct_and_never_a_seed_of_the_run():
-    from sparseforce.cli import _ablation_seed
+    from sparseforce.cli.methods import ablation_seed
     seeds = [0, 1, 2, 3, 2**31, 2**32 - 0x9E3779B9 - 1, 2**32 - 0x9E3779B9, 2**32 - 2, 2**32 - 1]
-    derived = [_ablation_seed(s) for s in seeds]
+    derived = [ablation_seed(s) for s in seeds]
     assert len(set(derived)) == len(seeds)
     for s, d in zip(seeds, derived):
         assert 0 <= d < 2**32

@@ -3,7 +3,6 @@ of the extension with) and scripts/gpu_check.sh's plumbing (its steps need a GPU
 runs everything else)."""
 import importlib.util
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -26,13 +25,9 @@ dispatch = _script_module("check_ext_dispatch")
 
 def test_dispatch_check_finds_every_registration_in_the_sources():
     found = dispatch.registered_impls(ROOT / "csrc")
-    # What the cuda backend (sparseforce/ops/cuda) needs, and what the cpp backend needs.
-    assert {"topk_masks", "kth_largest", "saliency_topk_masks", "masked_sgd_"} <= found["CUDA"]
-    assert {"topk_masks", "topk_masks_out", "kth_largest", "saliency_topk_masks", "saliency_topk_masks_out",
-            "radix_histogram", "masked_sgd_"} <= found["CPU"]
-    # Every op registered for a key is one that register.cpp defines.
-    defined = set(re.findall(r'm\.def\(\s*"(\w+)\(', (ROOT / "csrc" / "register.cpp").read_text()))
-    assert found["CUDA"] | found["CPU"] <= defined
+    # Both keys implement every op of the library, and nothing it does not define.
+    from sparseforce.ops.library import SCHEMAS
+    assert found["CUDA"] == found["CPU"] == set(SCHEMAS)
 
 
 def test_dispatch_check_parses_blocks_not_comments(tmp_path):
@@ -53,13 +48,13 @@ void other(torch::Library& m) { m.impl("outside_a_block", &g); }
 
 def test_dispatch_check_reports_a_missing_kernel():
     # sparseforce's CPU kernels are registered in this process once the extension has loaded.
-    from sparseforce import _ext
+    from sparseforce.ops.cpp import loader as _ext
     if _ext.load() is not None:
         pytest.skip(f"the C++ extension is unavailable here: {_ext.load()}")
     cpu = dispatch.registered_impls(ROOT / "csrc")["CPU"]
     assert dispatch.missing_kernels({"CPU": cpu}, ["CPU"]) == []
     assert dispatch.missing_kernels({"CPU": cpu | {"not_an_op"}}, ["CPU"]) == [
-        "sparseforce::not_an_op is not defined (no m.def in register.cpp)"]
+        "sparseforce::not_an_op is not defined (not in sparseforce/ops/library.py)"]
     # A CPU-only build: every CUDA registration is reported.
     import torch
     if not torch._C._dispatch_has_kernel_for_dispatch_key("sparseforce::topk_masks", "CUDA"):

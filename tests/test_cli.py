@@ -357,6 +357,23 @@ def test_the_cli_name_lists_match_the_library():
     assert cli.MODEL_NAMES == tuple(models.MODELS)
 
 
+def test_the_pruning_help_names_the_methods_of_the_table():
+    # The help spells out which methods take an option (no torch at --help); the checks read the table.
+    from sparseforce.pruning import METHODS
+    help_of = {a.option_strings[0]: a.help for a in _subparsers()["prune"]._actions if a.option_strings}
+    def takers(option):
+        return [m for m, e in METHODS.items() if option in e.options]
+
+    steps = takers("iterations")
+    for flag, want in (("--iterations", steps), ("--schedule", steps),
+                       ("--batches-per-iteration", takers("batches_per_iteration")),
+                       ("--eval-mode-scores", takers("train_mode"))):
+        named = [m for m in METHODS if re.search(rf"\b{m}\b", help_of[flag])]
+        assert named == want, (flag, help_of[flag])
+    assert "(default: 60; synflow: 100)" in help_of["--iterations"]
+    assert {m: METHODS[m].options["iterations"] for m in steps} == {"force": 60, "iter_snip": 60, "synflow": 100}
+
+
 def test_the_demo_output_folder_is_ignored_by_git():
     from sparseforce import cli, demo
     assert _subparsers()["demo"].get_default("out") is None  # one folder per --dataset

@@ -46,9 +46,9 @@ def test_too_late_once_torch_is_loaded(monkeypatch):
     """In a process that imported torch (a user calling cli.main from Python), the runtime has read
     its settings already: the command leaves the environment alone rather than pretend."""
     import torch  # noqa: F401
-    from sparseforce import cli
+    from sparseforce.cli.openmp import passive_openmp_waits
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))
-    cli._passive_openmp_waits()
+    passive_openmp_waits()
     assert "OMP_WAIT_POLICY" not in os.environ

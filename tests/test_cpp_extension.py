@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import sparseforce.ops as ops
-from sparseforce import _ext
+from sparseforce.ops.cpp import loader as _ext
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_jit_build_when_not_prebuilt(fresh_loader, tmp_path):
     assert call["build_directory"] == str(tmp_path) and call["is_python_module"] is False
     assert "-fopenmp" in call["extra_cflags"] and "-O3" in call["extra_cflags"]
     assert any(s.endswith("register.cpp") for s in call["sources"])
-    assert any(s.endswith(os.path.join("cpu", "select.cpp")) for s in call["sources"])
+    assert any(s.endswith(os.path.join("cpu", "radix_select.cpp")) for s in call["sources"])
     assert _ext.load() is None and len(calls) == 1  # once per process
 
 
@@ -142,7 +142,7 @@ def test_real_jit_build_in_a_fresh_process(tmp_path):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             import sparseforce.ops as ops
-            from sparseforce import _ext
+            from sparseforce.ops.cpp import loader as _ext
             masks = ops.topk_masks([torch.tensor([1.0, 3.0, 2.0])], 2, backend="cpp")
         assert _ext.HOW == "jit", _ext.HOW
         assert masks[0].tolist() == [False, True, True]

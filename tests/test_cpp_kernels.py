@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sparseforce.ops as ops
-from sparseforce import _ext
+from sparseforce.ops.cpp import loader as _ext
 
 pytestmark = pytest.mark.skipif("cpp" not in ops.available_backends("cpu"),
                                 reason="the cpp backend is not available here")
@@ -288,16 +288,16 @@ def test_opcheck():
     g = [torch.randn(4, 4, generator=gen), torch.randn(9, generator=gen)]
     prev = [torch.rand(4, 4, generator=gen) < 0.7, torch.ones(9, dtype=torch.bool)]
     sf = torch.ops.sparseforce
+    bool_like = [torch.empty(5, 3, dtype=torch.bool), torch.empty(7, dtype=torch.bool)]
     cases = [
-        (sf.topk_masks.default, (scores, 6)),
-        (sf.topk_masks_out.default, (scores, 6, [torch.empty(5, 3, dtype=torch.bool),
-                                                 torch.empty(7, dtype=torch.bool)])),
+        (sf.topk_masks.default, (scores, 6, bool_like)),
         (sf.kth_largest.default, (scores, 4)),
-        (sf.saliency_topk_masks.default, (w, g, 5, prev, False)),
-        (sf.saliency_topk_masks_out.default, (w, g, 5, [], True, [torch.empty(4, 4, dtype=torch.bool),
-                                                                    torch.empty(9, dtype=torch.bool)])),
+        (sf.saliency_topk_masks.default, (w, g, 5, prev, [torch.empty(4, 4, dtype=torch.bool),
+                                                          torch.empty(9, dtype=torch.bool)])),
+        (sf.saliency_topk_masks.default, (w, g, 5, [], [torch.empty(4, 4, dtype=torch.bool),
+                                                        torch.empty(9, dtype=torch.bool)])),
         (sf.masked_sgd_.default, ([t.clone() for t in w], g, [torch.zeros(4, 4), torch.zeros(9)], [prev[0], None],
-                                  0.1, 0.9, 0.0, 1e-4, True, [1, 0])),
+                                  0.1, 0.9, 0.0, 1e-4, True, [True, False])),
         (sf.radix_histogram.default, (scores, [], [], torch.float64, 48, 0)),
         (sf.radix_histogram.default, (w, g, prev, torch.float32, 0, 12345)),
     ]
@@ -307,15 +307,18 @@ def test_opcheck():
 
 def test_fake_kernels_give_shapes_on_meta():
     scores = [torch.empty(3, 4, device="meta"), torch.empty(5, device="meta", dtype=torch.float64)]
-    masks = torch.ops.sparseforce.topk_masks(scores, 2)
-    assert [m.shape for m in masks] == [(3, 4), (5,)] and all(m.dtype == torch.bool for m in masks)
-    t = torch.ops.sparseforce.kth_largest(scores, 2)
-    assert t.shape == () and t.dtype == torch.float64
+    nan = torch.ops.sparseforce.topk_masks(scores, 2, [torch.empty(s.shape, device="meta", dtype=torch.bool)
+                                                       for s in scores])
+    assert nan.shape == () and nan.dtype == torch.int64 and nan.device.type == "meta"
+    t, nan = torch.ops.sparseforce.kth_largest(scores, 2)
+    assert t.shape == () and t.dtype == torch.float64 and nan.dtype == torch.int64
 
 
 def test_torch_compile_fullgraph():
     def step(w, g, k):
-        return torch.ops.sparseforce.saliency_topk_masks(w, g, k, [], True)
+        out = [torch.empty_like(t, dtype=torch.bool) for t in w]
+        torch.ops.sparseforce.saliency_topk_masks(w, g, k, [], out)
+        return out
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     gen = torch.Generator().manual_seed(1)
@@ -325,9 +328,7 @@ def test_torch_compile_fullgraph():
 
 
 def test_cpp_backend_is_what_auto_picks_on_cpu():
-    from sparseforce.ops import cpp
-    from sparseforce.ops._registry import resolve
-    assert resolve("auto", "saliency_topk_masks", torch.device("cpu")) is cpp.saliency_topk_masks
+    assert ops.resolve_name("auto", "saliency_topk_masks", torch.device("cpu")) == "cpp"
     assert _ext.load() is None and _ext.HOW in ("prebuilt", "jit", "preloaded")
 
 

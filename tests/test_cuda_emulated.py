@@ -122,6 +122,11 @@ def test_iter_snip_k_above_survivors(backend):
     prev[0][::3] = True
     with pytest.raises(ValueError, match="prev_masks keep only 2000"):
         ops.saliency_topk_masks(w, g, 2001, prev_masks=prev, resurrect=False, backend=backend)
+    # The op front refuses that before the selection runs; the select's own guard, reached by
+    # calling the kernel directly:
+    from cuda_emu import register
+    with pytest.raises(ValueError, match="prev_masks keep only 2000"):
+        register.install.kernels[backend]["saliency_topk_masks"](w, g, 2001, prev, [torch.empty(6000, dtype=torch.bool)])
     assert last_mode() == ERR_K
 
 

@@ -500,11 +500,11 @@ def _triton_histogram_worker(rank, world, seed):
     passes go through the Triton key_histogram kernel, the masks through Triton's topk."""
     from sparseforce.ops import _registry
     if "triton" not in ops.available_backends("cpu", "radix_histogram"):
-        return ["triton unavailable: " + str(_registry.unavailable_reason("triton", "radix_histogram",
-                                                                          torch.device("cpu")))]
-    kernels = _registry._KERNELS["radix_histogram"]
-    histogram, calls = kernels["triton"], []
-    kernels["triton"] = lambda *args: calls.append(1) or histogram(*args)
+        return ["triton unavailable: " + str(ops.unavailable_reason("triton", "radix_histogram",
+                                                                    torch.device("cpu")))]
+    kernels = _registry._KERNELS["triton"]
+    histogram, calls = kernels["radix_histogram"], []
+    kernels["radix_histogram"] = lambda *args: calls.append(1) or histogram(*args)
     failures = []
     for case in (3, 4, 12, 14):  # mixed dtypes, with ±inf and -0, all fp16, all fp64 (four passes)
         inputs = _rank_inputs(seed, world, case)

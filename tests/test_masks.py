@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from sparseforce import masks as masks_mod
+from sparseforce.masks import enforce
 from sparseforce.masks import LayerDensity, LayerTable, MaskHandle, Masks, MasksFileError, apply_masks
 
 
@@ -573,7 +574,7 @@ def test_apply_masks_wrong_shape_raises_and_leaves_model_unchanged():
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     # and nothing is being enforced
-    assert len(masks_mod._REGISTRY) == 0
+    assert len(enforce._REGISTRY) == 0
     with pytest.raises(TypeError):
         apply_masks(model, {"fc.weight": torch.zeros(5, 144)})
     for k, v in model.state_dict().items():
@@ -590,7 +591,7 @@ def test_handle_remove_stops_enforcement():
     assert not model.fc.weight._backward_hooks
     assert not handle.active
     handle.remove()  # idempotent
-    assert masks_mod._STEP_HOOK is None  # global hook dropped once nothing is registered
+    assert enforce._STEP_HOOK is None  # global hook dropped once nothing is registered
 
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     _train(model, opt, steps=10)
@@ -667,14 +668,14 @@ def test_registry_does_not_keep_models_alive():
     model = SmallNet()
     handle = apply_masks(model, random_masks(model))
     ref = weakref.ref(model)
-    n_before = len(masks_mod._REGISTRY)
+    n_before = len(enforce._REGISTRY)
     assert n_before >= 2
     del model
     gc.collect()
     assert ref() is None
-    assert len(masks_mod._REGISTRY) == n_before - 2
+    assert len(enforce._REGISTRY) == n_before - 2
     handle.remove()  # safe after the model is gone
-    assert masks_mod._STEP_HOOK is None
+    assert enforce._STEP_HOOK is None
 
 
 def test_frozen_parameter_is_masked_without_grad_hook():

@@ -534,6 +534,32 @@ def test_unknown_and_unavailable_backends():
     assert ops.topk_masks(s, 2, backend="auto")[0].tolist() == [True, True, False]
 
 
+def test_register_backend_plugs_an_out_of_tree_backend_in(monkeypatch):
+    from sparseforce.ops import _registry, reference
+    for name, value in (("_KERNELS", dict(_registry._KERNELS)), ("_AVAILABILITY", dict(_registry._AVAILABILITY)),
+                        ("_AUTO", [])):
+        monkeypatch.setattr(_registry, name, value)  # forgotten after the test
+    calls = []
+
+    def topk(scores, k, out):
+        calls.append(k)
+        return reference.topk_masks(scores, k, out)
+
+    with pytest.raises(ValueError, match="unknown ops"):
+        ops.register_backend("toy", lambda device: None, {"top_k": topk})
+    ops.register_backend("toy", lambda device: None if device.type == "cpu" else "CPU only", {"topk_masks": topk})
+    s = [torch.tensor([1.0, 3.0, 2.0])]
+    assert ops.topk_masks(s, 2, backend="toy")[0].tolist() == [False, True, True] and calls == [2]
+    with pytest.raises(ops.NaNScoreError, match=r"scores\[0\] contains NaN"):  # the front raises it
+        ops.topk_masks([torch.tensor([float("nan")])], 1, backend="toy")
+    with pytest.raises(ops.BackendUnavailableError, match="no kernel for op 'kth_largest'"):
+        ops.kth_largest(s, 1, backend="toy")
+    assert ops.unavailable_reason("toy", "topk_masks", "meta") == "CPU only"
+    assert "toy" not in ops.available_backends("cpu") and ops.resolve_name("auto", "topk_masks", torch.device("meta")) == "reference"
+    ops.register_backend("toy", lambda device: None, {"topk_masks": topk}, auto=True)
+    assert ops.resolve_name("auto", "topk_masks", torch.device("meta")) == "toy"  # before reference
+
+
 def test_tensors_on_different_devices_are_refused():
     s = [torch.ones(3), torch.ones(2, device="meta")]
     with pytest.raises(ValueError, match=r"scores\[1\] is on meta but scores\[0\] is on cpu"):

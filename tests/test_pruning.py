@@ -564,6 +564,42 @@ def test_an_unknown_backend_is_refused_first(method):
         call(method, **ALL_METHODS[method], backend="nope")
 
 
+# ---------------------------------------------------------------- issue 20: the method table
+
+def test_the_method_table_has_every_method_with_the_options_of_its_signature():
+    import inspect
+    from sparseforce.pruning import DATA_FREE, METHODS, Method
+    assert list(METHODS) == list(ALL_METHODS)
+    for name, entry in METHODS.items():
+        assert isinstance(entry, Method) and entry.name == name and entry.function is getattr(sf, name)
+        params = inspect.signature(entry.function).parameters
+        assert dict(entry.options) == {n: p.default for n, p in params.items()
+                                       if n not in ("model", "data", "sparsity")}
+        assert entry.takes_data == ("data" in params)
+    assert DATA_FREE == ("magnitude", "random", "synflow")
+    assert {n for n, entry in METHODS.items() if not entry.needs_data} == set(DATA_FREE)
+    assert METHODS["force"].options["iterations"] == 60 and METHODS["synflow"].options["iterations"] == 100
+    with pytest.raises(TypeError):
+        METHODS["force"].options["iterations"] = 1
+    model = tiny_cnn()
+    assert METHODS["magnitude"](model, sparsity=0.5) == sf.magnitude(model, sparsity=0.5)
+
+
+@pytest.mark.parametrize("method", list(ALL_METHODS))
+def test_each_method_resolves_the_backend_of_the_ops_its_table_entry_names(method, monkeypatch):
+    from sparseforce import ops
+    from sparseforce.pruning import METHODS
+    asked, real = [], ops.resolve
+
+    def spy(backend, op, *args, **kw):
+        asked.append(op)
+        return real(backend, op, *args, **kw)
+
+    monkeypatch.setattr(ops, "resolve", spy)
+    call(method, **ALL_METHODS[method], data=batches(1))
+    assert set(asked) == set(METHODS[method].ops)
+
+
 def test_other_arguments_are_checked_first():
     with pytest.raises(TypeError, match="temperature"):
         call("grasp", temperature="200")
@@ -610,19 +646,19 @@ def test_meta_and_sparse_weights_are_refused_by_name(method, make, what):
 def test_mean_gradients_accumulate_into_writable_memory_only():
     """The first batch's gradients become the running sums, except an expanded (stride-0) one,
     such as the gradient of ``w.sum()``, which must be copied before it is added to."""
-    from sparseforce.pruning import _model
+    from sparseforce.pruning import _gradients
     w = torch.randn(3, 4)
     model = torch.nn.Linear(4, 3, bias=False)
     batches = [(torch.randn(2, 4), None), (torch.randn(2, 4), None), (torch.randn(2, 4), None)]
 
-    grads, _ = _model.mean_gradients(model, {"weight": w}, {}, batches, lambda out, target: out.sum())
+    grads, _ = _gradients.mean_gradients(model, {"weight": w}, {}, batches, lambda out, target: out.sum())
     want = sum(x.sum(0, keepdim=True).expand(3, 4) for x, _ in batches) / 3
     torch.testing.assert_close(grads[0], want)
     # A loss whose gradient is expanded: linear in w, so every batch adds the same all-ones.
     leaf_model = torch.nn.Module()
     leaf_model.weight = torch.nn.Parameter(torch.zeros(3, 4))
     leaf_model.forward = lambda x: leaf_model.weight
-    grads, _ = _model.mean_gradients(leaf_model, {"weight": w}, {}, batches, lambda out, t: out.sum())
+    grads, _ = _gradients.mean_gradients(leaf_model, {"weight": w}, {}, batches, lambda out, t: out.sum())
     assert grads[0].is_contiguous() and torch.equal(grads[0], torch.ones(3, 4))
-    one, _ = _model.mean_gradients(leaf_model, {"weight": w}, {}, batches[:1], lambda out, t: out.sum())
+    one, _ = _gradients.mean_gradients(leaf_model, {"weight": w}, {}, batches[:1], lambda out, t: out.sum())
     assert torch.equal(one[0], torch.ones(3, 4)) and one[0].stride() == (4, 1)

@@ -8,9 +8,9 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
-#include <cstdlib>
 #include <vector>
 
+#include "../common/env.h"
 #include "launch.h"
 
 namespace sparseforce {
@@ -33,14 +33,6 @@ class Buffer {
   Device& dev_;
   void* p_;
 };
-
-int64_t env_int(const char* name, int64_t fallback) {
-  const char* s = std::getenv(name);
-  if (s == nullptr || *s == '\0') return fallback;
-  char* end = nullptr;
-  const long long v = std::strtoll(s, &end, 10);
-  return *end == '\0' ? static_cast<int64_t>(v) : fallback;
-}
 
 bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 

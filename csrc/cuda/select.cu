@@ -257,6 +257,34 @@ struct SelParams {
   long long cap;
 };
 
+// f(key, live) for the groups of keys of this block's tiles (for_groups); returns, when
+// `find_nan`, the lowest index of a segment holding a competing NaN key (INT64_MAX: none).
+template <int PT, bool SAL, class F>
+__device__ __forceinline__ long long for_block_keys(const Segment* segs, int nseg, long long tiles, TileRef& ref,
+                                                    bool find_nan, F&& f) {
+  long long nan_index = INT64_MAX;
+  long long t0, t1;
+  block_tiles(tiles, &t0, &t1);
+  int cur = -1;
+  for (long long tile = t0; tile < t1; ++tile) {
+    load_tile(segs, nseg, tile, ref, cur);
+    dispatch_tile<PT, SAL>(ref, [&](auto dt) {
+      constexpr int DT = decltype(dt)::value;
+      bool seen = false;
+      for_groups<PT, DT, SAL>(ref, ref.seg.prev != nullptr, [&](int64_t, const auto& key, const bool* live, int) {
+        constexpr int V = sizeof(key) / sizeof(key[0]);
+        if (find_nan) {
+          #pragma unroll
+          for (int v = 0; v < V; ++v) seen |= live[v] && is_nan_key<PT>(key[v]);
+        }
+        f(key, live);
+      });
+      if (seen) nan_index = ref.seg.index < nan_index ? ref.seg.index : nan_index;
+    });
+  }
+  return nan_index;
+}
+
 // Full-data histogram of key level `l` (digit [shift, shift + width); keys must match the known
 // prefix above shift + width), and the digit choice in the last block.
 template <int PT, bool SAL>
@@ -270,48 +298,27 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) hist_kernel(SelPara
   const int high = shift + width;
   const uint64_t prefix = l > 0 ? st->prefix : 0;
   const uint32_t mask = uint32_t(bins - 1);
-  bool nan = false;
-  long long nan_index = INT64_MAX;
-  long long t0, t1;
-  block_tiles(p.tiles, &t0, &t1);
-  int cur = -1;
-  for (long long tile = t0; tile < t1; ++tile) {
-    load_tile(p.segs, p.nseg, tile, ref, cur);
-    dispatch_tile<PT, SAL>(ref, [&](auto dt) {
-      constexpr int DT = decltype(dt)::value;
-      bool seen = false;
-      for_groups<PT, DT, SAL>(ref, ref.seg.prev != nullptr, [&](int64_t, const auto& key, const bool* live, int) {
-        constexpr int V = sizeof(key) / sizeof(key[0]);
-        // Runs of equal digits (all-zero saliencies) become one shared atomic.
-        uint32_t run_bin = 0, run = 0;
-        #pragma unroll
-        for (int v = 0; v < V; ++v) {
-          const uint64_t kv = key[v];
-          bool take = live[v];
-          if (l == 0) {
-            seen |= take && is_nan_key<PT>(key[v]);
-          } else {
-            take = take && (kv >> high) == prefix;
-          }
-          if (take) {
-            const uint32_t bin = uint32_t(kv >> shift) & mask;
-            if (run != 0 && bin != run_bin) {
-              atomicAdd(sh + run_bin, run);
-              run = 0;
-            }
-            run_bin = bin;
-            ++run;
-          }
+  const long long nan_index = for_block_keys<PT, SAL>(p.segs, p.nseg, p.tiles, ref, l == 0, [&](const auto& key,
+                                                                                                const bool* live) {
+    constexpr int V = sizeof(key) / sizeof(key[0]);
+    // Runs of equal digits (all-zero saliencies) become one shared atomic.
+    uint32_t run_bin = 0, run = 0;
+    #pragma unroll
+    for (int v = 0; v < V; ++v) {
+      const uint64_t kv = key[v];
+      if (live[v] && (l == 0 || (kv >> high) == prefix)) {
+        const uint32_t bin = uint32_t(kv >> shift) & mask;
+        if (run != 0 && bin != run_bin) {
+          atomicAdd(sh + run_bin, run);
+          run = 0;
         }
-        if (run != 0) atomicAdd(sh + run_bin, run);
-      });
-      if (seen) {
-        nan = true;
-        nan_index = ref.seg.index < nan_index ? ref.seg.index : nan_index;
+        run_bin = bin;
+        ++run;
       }
-    });
-  }
-  if (nan) atomicMin(reinterpret_cast<long long*>(&st->nan_index), nan_index);
+    }
+    if (run != 0) atomicAdd(sh + run_bin, run);
+  });
+  if (nan_index != INT64_MAX) atomicMin(reinterpret_cast<long long*>(&st->nan_index), nan_index);
   flush_hist(sh, w.hist, bins);
   if (!last_block_done(&st->blocks_done)) return;
 
@@ -734,64 +741,49 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) digit_hist_kernel(H
   const bool top = p.shift + kHistDigitBits == key_bits<PT>;
   const int high = p.shift + kHistDigitBits;  // < key bits unless top
   const int lane = threadIdx.x & 31;
-  unsigned long long nan_index = ~0ull;
-  long long t0, t1;
-  block_tiles(p.tiles, &t0, &t1);
-  int cur = -1;
-  for (long long tile = t0; tile < t1; ++tile) {
-    load_tile(p.segs, p.nseg, tile, ref, cur);
-    dispatch_tile<PT, SAL>(ref, [&](auto dt) {
-      constexpr int DT = decltype(dt)::value;
-      bool seen = false;
-      for_groups<PT, DT, SAL>(ref, ref.seg.prev != nullptr, [&](int64_t, const auto& key, const bool* live, int) {
-        constexpr int V = sizeof(key) / sizeof(key[0]);
-        uint32_t bin[V];
-        bool take[V];
-        uint32_t count = 0, first = 0;
-        bool single = true;  // every element taken shares one digit
-        #pragma unroll
-        for (int v = 0; v < V; ++v) {
-          const uint64_t kv = key[v];
-          take[v] = live[v] && (top || (kv >> high) == p.prefix);
-          if (top) seen |= live[v] && is_nan_key<PT>(key[v]);
-          bin[v] = uint32_t(kv >> p.shift) & uint32_t(kHistBins - 1);
-          if (take[v]) {
-            if (count == 0) first = bin[v];
-            single = single && bin[v] == first;
-            ++count;
-          }
-        }
-        const unsigned has = __ballot_sync(0xffffffffu, count != 0);
-        if (has == 0) return;
-        const int leader = __ffs(has) - 1;
-        const uint32_t b0 = __shfl_sync(0xffffffffu, first, leader);
-        if (__all_sync(0xffffffffu, count == 0 || (single && first == b0))) {
-          uint32_t sum = count;
-          #pragma unroll
-          for (int d = 16; d >= 1; d >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, d);
-          if (lane == leader) atomicAdd(out + b0, static_cast<unsigned long long>(sum));
-          return;
-        }
-        uint32_t run_bin = 0, run = 0;
-        #pragma unroll
-        for (int v = 0; v < V; ++v) {
-          if (!take[v]) continue;
-          if (run != 0 && bin[v] != run_bin) {
-            atomicAdd(out + run_bin, static_cast<unsigned long long>(run));
-            run = 0;
-          }
-          run_bin = bin[v];
-          ++run;
-        }
-        if (run != 0) atomicAdd(out + run_bin, static_cast<unsigned long long>(run));
-      });
-      if (seen) {
-        const unsigned long long idx = static_cast<unsigned long long>(ref.seg.index);
-        nan_index = idx < nan_index ? idx : nan_index;
+  const long long nan_index = for_block_keys<PT, SAL>(p.segs, p.nseg, p.tiles, ref, top, [&](const auto& key,
+                                                                                             const bool* live) {
+    constexpr int V = sizeof(key) / sizeof(key[0]);
+    uint32_t bin[V];
+    bool take[V];
+    uint32_t count = 0, first = 0;
+    bool single = true;  // every element taken shares one digit
+    #pragma unroll
+    for (int v = 0; v < V; ++v) {
+      const uint64_t kv = key[v];
+      take[v] = live[v] && (top || (kv >> high) == p.prefix);
+      bin[v] = uint32_t(kv >> p.shift) & uint32_t(kHistBins - 1);
+      if (take[v]) {
+        if (count == 0) first = bin[v];
+        single = single && bin[v] == first;
+        ++count;
       }
-    });
-  }
-  if (nan_index != ~0ull) atomicMin(out + kHistBins, nan_index);
+    }
+    const unsigned has = __ballot_sync(0xffffffffu, count != 0);
+    if (has == 0) return;
+    const int leader = __ffs(has) - 1;
+    const uint32_t b0 = __shfl_sync(0xffffffffu, first, leader);
+    if (__all_sync(0xffffffffu, count == 0 || (single && first == b0))) {
+      uint32_t sum = count;
+      #pragma unroll
+      for (int d = 16; d >= 1; d >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, d);
+      if (lane == leader) atomicAdd(out + b0, static_cast<unsigned long long>(sum));
+      return;
+    }
+    uint32_t run_bin = 0, run = 0;
+    #pragma unroll
+    for (int v = 0; v < V; ++v) {
+      if (!take[v]) continue;
+      if (run != 0 && bin[v] != run_bin) {
+        atomicAdd(out + run_bin, static_cast<unsigned long long>(run));
+        run = 0;
+      }
+      run_bin = bin[v];
+      ++run;
+    }
+    if (run != 0) atomicAdd(out + run_bin, static_cast<unsigned long long>(run));
+  });
+  if (nan_index != INT64_MAX) atomicMin(out + kHistBins, static_cast<unsigned long long>(nan_index));
 }
 
 template <int PT, bool SAL>

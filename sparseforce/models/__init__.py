@@ -10,7 +10,8 @@ from typing import Callable, Dict, Tuple
 
 import torch.nn as nn
 
-from .resnet import Bottleneck, ResNet, kaiming_init_, resnet50, resnet50_imagenet
+from .init import kaiming_init_
+from .resnet import Bottleneck, ResNet, resnet50, resnet50_imagenet
 from .small import MNISTVGG, DigitsCNN, LeNet5, MLP, digits_cnn, lenet5, mlp, mnist_vgg
 from .vgg import VGG, vgg19_bn, vgg19_bn_imagenet
 

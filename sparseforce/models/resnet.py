@@ -9,28 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["Bottleneck", "ResNet", "resnet50", "resnet50_imagenet", "kaiming_init_"]
+from .init import kaiming_init_, kaiming_reset
 
-
-def kaiming_init_(model: nn.Module) -> nn.Module:
-    """Initialise as the official FORCE code does.
-
-    Pruning-at-init scores (SNIP/GraSP/FORCE saliencies) depend on the weight
-    scale, so the init must match the paper's for sparsity results to be
-    comparable: Kaiming-normal fan_in/relu on *every* conv and linear weight
-    (including the classifier, unlike torchvision's default uniform Linear init).
-    """
-    for m in model.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)):
-            if m.weight is not None:
-                nn.init.ones_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    return model
+__all__ = ["Bottleneck", "ResNet", "resnet50", "resnet50_imagenet"]
 
 
 class Bottleneck(nn.Module):
@@ -93,10 +74,7 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(8 * width * Bottleneck.expansion, num_classes)
         kaiming_init_(self)
 
-    def reset_parameters(self) -> None:
-        """Draw the weights again from this model's initialization (``kaiming_init_``); what
-        :func:`sparseforce.ablations.reinit` calls after the layers' own ``reset_parameters``."""
-        kaiming_init_(self)
+    reset_parameters = kaiming_reset
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         mods = []

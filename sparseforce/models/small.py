@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .resnet import kaiming_init_
+from .init import kaiming_init_, kaiming_reset
 
 __all__ = ["MLP", "LeNet5", "DigitsCNN", "MNISTVGG", "mlp", "lenet5", "digits_cnn", "mnist_vgg"]
 
@@ -23,10 +23,7 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
         kaiming_init_(self)
 
-    def reset_parameters(self) -> None:
-        """Draw the weights again from this model's initialization (``kaiming_init_``); what
-        :func:`sparseforce.ablations.reinit` calls after the layers' own ``reset_parameters``."""
-        kaiming_init_(self)
+    reset_parameters = kaiming_reset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -51,10 +48,7 @@ class LeNet5(nn.Module):
         )
         kaiming_init_(self)
 
-    def reset_parameters(self) -> None:
-        """Draw the weights again from this model's initialization (``kaiming_init_``); what
-        :func:`sparseforce.ablations.reinit` calls after the layers' own ``reset_parameters``."""
-        kaiming_init_(self)
+    reset_parameters = kaiming_reset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -76,10 +70,7 @@ class DigitsCNN(nn.Module):
         self.fc = nn.Linear(128, num_classes)
         kaiming_init_(self)
 
-    def reset_parameters(self) -> None:
-        """Draw the weights again from this model's initialization (``kaiming_init_``); what
-        :func:`sparseforce.ablations.reinit` calls after the layers' own ``reset_parameters``."""
-        kaiming_init_(self)
+    reset_parameters = kaiming_reset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.features(x), 1))
@@ -108,10 +99,7 @@ class MNISTVGG(nn.Module):
         self.fc = nn.Linear(c, num_classes)
         kaiming_init_(self)
 
-    def reset_parameters(self) -> None:
-        """Draw the weights again from this model's initialization (``kaiming_init_``); what
-        :func:`sparseforce.ablations.reinit` calls after the layers' own ``reset_parameters``."""
-        kaiming_init_(self)
+    reset_parameters = kaiming_reset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.features(x), 1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .resnet import kaiming_init_
+from .init import kaiming_init_, kaiming_reset
 
 __all__ = ["VGG", "vgg19_bn", "vgg19_bn_imagenet", "CFG_E"]
 
@@ -35,10 +35,7 @@ class VGG(nn.Module):
         self.classifier = classifier
         kaiming_init_(self)
 
-    def reset_parameters(self) -> None:
-        """Draw the weights again from this model's initialization (``kaiming_init_``); what
-        :func:`sparseforce.ablations.reinit` calls after the layers' own ``reset_parameters``."""
-        kaiming_init_(self)
+    reset_parameters = kaiming_reset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.features(x))

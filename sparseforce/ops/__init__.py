@@ -20,6 +20,21 @@ Empty tensors share no memory; reads may share memory with each other.
 Error order, when several errors apply, on every backend: argument errors (types, shapes,
 devices, k outside [0, N], memory overlap), then NaN (naming the first tensor holding a
 competing one), then k against the number of competing weights (Iter SNIP: the survivors).
+
+How a call runs: the functions here check the arguments once (``_schema``), turn ``prev_masks`` /
+``resurrect`` into the ``competing`` list, allocate the outputs and call the chosen backend's
+kernel with the op library's signature (``sparseforce.ops.library``: one schema per op for every
+backend). Kernels report NaN as a returned tensor index, never by raising; the functions here
+raise :class:`NaNScoreError`, then check k against the survivors, for every backend alike.
+
+Adding a backend (an out-of-tree one, as the test suite's CUDA emulator does): write one function
+per op with the signature of ``library.SCHEMAS`` (outputs are allocated by the caller and only
+written; return the NaN index as a 0-dim int64 tensor, -1 when there is none) and call
+:func:`register_backend` with its name, a function ``availability(device) -> None | reason`` and
+the kernels; ``backend="<name>"`` then runs them, behind every argument check of this module.
+``auto=True`` lets ``backend="auto"`` pick it too (before ``reference``). Kernels of the compiled
+ones are ``torch.ops.sparseforce.<op>`` (the dispatcher picks the CPU or CUDA one) and
+``torch.ops.sparseforce_triton.<op>``.
 """
 from __future__ import annotations
 
@@ -27,7 +42,7 @@ import torch
 
 from . import _schema
 from ._registry import (AUTO_ORDER, KNOWN_BACKENDS, BackendUnavailableError, available_backends,
-                        resolve, resolve_name)
+                        register_backend, resolve, resolve_name, unavailable_reason)
 from ._schema import NaNScoreError
 from . import reference as _reference  # noqa: F401  (registers the reference kernels)
 from . import triton as _triton  # noqa: F401  (registers the Triton kernels; imports triton on first use)
@@ -35,8 +50,20 @@ from . import cpp as _cpp  # noqa: F401  (registers the C++ kernels; loads them 
 from . import cuda as _cuda  # noqa: F401  (registers the CUDA kernels; loads them on first use)
 
 __all__ = ["topk_masks", "saliency_topk_masks", "kth_largest", "masked_sgd_", "key_histogram",
-           "saliency_key_histogram", "available_backends", "resolve_name",
-           "BackendUnavailableError", "NaNScoreError", "KNOWN_BACKENDS", "AUTO_ORDER"]
+           "saliency_key_histogram", "available_backends", "resolve_name", "unavailable_reason",
+           "register_backend", "BackendUnavailableError", "NaNScoreError", "KNOWN_BACKENDS", "AUTO_ORDER"]
+
+
+def _raise_on_nan(index: torch.Tensor, message=None) -> None:
+    """The kernels' NaN report (the index of the first tensor holding a competing NaN, or -1) as
+    the error; reading it is the call's one wait for the device."""
+    i = int(index)
+    if i >= 0:
+        raise NaNScoreError(i, message(i) if message else None)
+
+
+def _masks_like(tensors) -> list[torch.Tensor]:
+    return [torch.empty(t.shape, dtype=torch.bool, device=t.device) for t in tensors]
 
 
 def topk_masks(scores, k, *, out=None, backend="auto") -> list[torch.Tensor]:
@@ -46,14 +73,20 @@ def topk_masks(scores, k, *, out=None, backend="auto") -> list[torch.Tensor]:
     exactly). ``out``: optional list of bool tensors to write into (returned).
     """
     scores, k, out, device = _schema.topk_masks_args(scores, k, out)
-    return resolve(backend, "topk_masks", device)(scores, k, out, device)
+    kernel = resolve(backend, "topk_masks", device)
+    masks = _masks_like(scores) if out is None else out
+    if sum(s.numel() for s in scores):  # else nothing to rank (and maybe no tensor to dispatch on)
+        _raise_on_nan(kernel(scores, k, masks))
+    return masks
 
 
 def kth_largest(scores, k, *, backend="auto") -> torch.Tensor:
     """The k-th largest value over all ``scores`` (1 <= k <= N), a 0-dim tensor in the promoted
     dtype; a zero threshold is returned as +0.0."""
     scores, k, device = _schema.kth_largest_args(scores, k)
-    return resolve(backend, "kth_largest", device)(scores, k, device)
+    value, nan = resolve(backend, "kth_largest", device)(scores, k)
+    _raise_on_nan(nan)
+    return value
 
 
 def saliency_topk_masks(weights, grads, k, *, prev_masks=None, resurrect=True, out=None,
@@ -67,7 +100,20 @@ def saliency_topk_masks(weights, grads, k, *, prev_masks=None, resurrect=True, o
     """
     weights, grads, k, prev_masks, resurrect, out, device = _schema.saliency_args(
         weights, grads, k, prev_masks, resurrect, out)
-    return resolve(backend, "saliency_topk_masks", device)(weights, grads, k, prev_masks, resurrect, out, device)
+    kernel = resolve(backend, "saliency_topk_masks", device)
+    masks = _masks_like(weights) if out is None else out
+    if not sum(w.numel() for w in weights):
+        return masks
+    competing = _schema.competing(prev_masks, resurrect)
+    if competing and k:
+        survivors = int(sum(m.sum() for m in competing))
+        if k > survivors:
+            # The error order puts a competing NaN first: only this error path pays for a NaN
+            # search, a k = 0 selection into scratch masks, which leaves `out` as it was.
+            _raise_on_nan(kernel(weights, grads, 0, competing, _masks_like(weights)), _schema.saliency_nan_message)
+            _schema.check_survivors(k, survivors)
+    _raise_on_nan(kernel(weights, grads, k, competing, masks), _schema.saliency_nan_message)
+    return masks
 
 
 def masked_sgd_(params, grads, momentum_buffers, masks, *, lr, momentum=0.0, dampening=0.0,
@@ -81,7 +127,33 @@ def masked_sgd_(params, grads, momentum_buffers, masks, *, lr, momentum=0.0, dam
     """
     params, grads, momentum_buffers, masks, hyper, nesterov, device = _schema.masked_sgd_args(
         params, grads, momentum_buffers, masks, lr, momentum, dampening, weight_decay, nesterov)
-    return resolve(backend, "masked_sgd_", device)(params, grads, momentum_buffers, masks, hyper, nesterov, device)
+    kernel = resolve(backend, "masked_sgd_", device)
+    if hyper["momentum"] == 0:
+        buffers, fresh = [], []
+    else:
+        fresh = [b is None for b in momentum_buffers]
+        # torch.optim.SGD starts a buffer as a clone of d_p, whose dtype is g's, promoted with
+        # p's when weight decay adds p in.
+        buffers = [b if b is not None else
+                   torch.empty_like(p, dtype=g.dtype if hyper["weight_decay"] == 0 else
+                                    torch.promote_types(g.dtype, p.dtype), memory_format=torch.contiguous_format)
+                   for p, g, b in zip(params, grads, momentum_buffers)]
+    if params:
+        with torch.no_grad():
+            kernel(params, grads, buffers, masks, hyper["lr"], hyper["momentum"], hyper["dampening"],
+                   hyper["weight_decay"], nesterov, fresh)
+    return buffers if hyper["momentum"] != 0 else list(momentum_buffers)
+
+
+def _histogram(a, grads, competing, rank_dtype, shift, prefix, backend, device):
+    kernel = resolve(backend, "radix_histogram", device)
+    if not sum(t.numel() for t in a):  # also: no tensor to dispatch on
+        return torch.zeros(1 << _schema.HISTOGRAM_BITS, dtype=torch.int64, device=device), None
+    counts, nan = kernel(a, grads, competing, rank_dtype, shift, prefix)
+    if shift + _schema.HISTOGRAM_BITS < _schema.KEY_BITS[rank_dtype]:
+        return counts, None  # NaN is looked for on the top pass only: nothing to wait for
+    i = int(nan)
+    return counts, (i if i >= 0 else None)
 
 
 def key_histogram(scores, *, rank_dtype, shift, prefix=0, backend="auto"):
@@ -96,7 +168,7 @@ def key_histogram(scores, *, rank_dtype, shift, prefix=0, backend="auto"):
     """
     a, _, _, rank_dtype, shift, prefix, device = _schema.radix_histogram_args(
         scores, None, None, rank_dtype, shift, prefix)
-    return resolve(backend, "radix_histogram", device)(a, None, None, rank_dtype, shift, prefix, device)
+    return _histogram(a, [], [], rank_dtype, shift, prefix, backend, device)
 
 
 def saliency_key_histogram(weights, grads, *, prev_masks=None, rank_dtype, shift, prefix=0, backend="auto"):
@@ -104,4 +176,4 @@ def saliency_key_histogram(weights, grads, *, prev_masks=None, rank_dtype, shift
     forms them), counting only weights kept in ``prev_masks`` when given (Iter SNIP)."""
     a, g, prev, rank_dtype, shift, prefix, device = _schema.radix_histogram_args(
         weights, grads, prev_masks, rank_dtype, shift, prefix)
-    return resolve(backend, "radix_histogram", device)(a, g, prev, rank_dtype, shift, prefix, device)
+    return _histogram(a, g, _schema.competing(prev, False), rank_dtype, shift, prefix, backend, device)

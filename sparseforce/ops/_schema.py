@@ -1,8 +1,9 @@
-"""The op schemas: argument checks every backend relies on.
+"""Argument checks every backend relies on, and the ``competing`` argument derived from them.
 
 A backend kernel receives arguments that passed these checks, so it only has to compute. What a
-kernel must still detect itself is NaN in a score: finding it costs a pass over the data, which a
-fast kernel gets for free inside its first histogram pass.
+kernel must still detect itself is NaN in a score (it returns the index, see ``library``):
+finding it costs a pass over the data, which a fast kernel gets for free inside its first
+histogram pass.
 """
 from __future__ import annotations
 
@@ -93,17 +94,24 @@ def check_k(k, n: int, what: str = "scores", lowest: int = 0) -> int:
     return k
 
 
+def _bool_list(name: str, tensors, like, count_message: str, like_name: str) -> list[torch.Tensor]:
+    """One bool tensor per tensor of ``like``, each of its shape (``out``, ``prev_masks``)."""
+    tensors = _tensor_list(name, tensors)
+    if len(tensors) != len(like):
+        raise ValueError(f"{name} has {len(tensors)} tensors but {count_message}")
+    for i, (m, t) in enumerate(zip(tensors, like)):
+        if m.dtype != torch.bool:
+            raise TypeError(f"{name}[{i}] must be torch.bool, got {m.dtype}")
+        if m.shape != t.shape:
+            raise ValueError(f"{name}[{i}] has shape {tuple(m.shape)} but {like_name.format(i=i)} has {tuple(t.shape)}")
+    return tensors
+
+
 def check_out(out, like: list[torch.Tensor]) -> list[torch.Tensor] | None:
     if out is None:
         return None
-    out = _tensor_list("out", out)
-    if len(out) != len(like):
-        raise ValueError(f"out has {len(out)} tensors but there are {len(like)} inputs")
+    out = _bool_list("out", out, like, f"there are {len(like)} inputs", "its input")
     for i, (o, t) in enumerate(zip(out, like)):
-        if o.dtype != torch.bool:
-            raise TypeError(f"out[{i}] must be torch.bool, got {o.dtype}")
-        if o.shape != t.shape:
-            raise ValueError(f"out[{i}] has shape {tuple(o.shape)} but its input has {tuple(t.shape)}")
         if o.device != t.device:
             raise ValueError(f"out[{i}] is on {o.device} but its input is on {t.device}")
     return out
@@ -219,15 +227,13 @@ def _weights_and_grads(weights, grads):
 def _prev_masks(prev_masks, like, name: str):
     if prev_masks is None:
         return None
-    prev_masks = _tensor_list("prev_masks", prev_masks)
-    if len(prev_masks) != len(like):
-        raise ValueError(f"prev_masks has {len(prev_masks)} tensors but {name} has {len(like)}")
-    for i, (m, w) in enumerate(zip(prev_masks, like)):
-        if m.dtype != torch.bool:
-            raise TypeError(f"prev_masks[{i}] must be torch.bool, got {m.dtype}")
-        if m.shape != w.shape:
-            raise ValueError(f"prev_masks[{i}] has shape {tuple(m.shape)} but {name}[{i}] has {tuple(w.shape)}")
-    return prev_masks
+    return _bool_list("prev_masks", prev_masks, like, f"{name} has {len(like)}", name + "[{i}]")
+
+
+def competing(prev_masks, resurrect: bool) -> list[torch.Tensor]:
+    """The ops' ``competing`` argument: FORCE (``resurrect``) ranks every weight (``[]``); Iter
+    SNIP only the weights kept in ``prev_masks`` (all of them, when None)."""
+    return [] if resurrect or prev_masks is None else list(prev_masks)
 
 
 def saliency_args(weights, grads, k, prev_masks, resurrect, out):
@@ -246,18 +252,19 @@ def saliency_args(weights, grads, k, prev_masks, resurrect, out):
         prev = [(f"prev_masks[{i}]", m) for i, m in enumerate(prev_masks or []) if not same_view(m, out[i])]
         check_no_overlap(_named("out", out), _named("weights", weights) + _named("grads", grads) + prev,
                          " (only out[i] may be exactly prev_masks[i], the in-place update)")
-    # "k <= survivors" (Iter SNIP) costs a pass over the masks, which a compiled kernel gets for
-    # free in its first histogram pass; backends without that call check_survivors themselves,
-    # after their NaN check (the error order: arguments, NaN, then k).
     return weights, grads, k, prev_masks, resurrect, out, device
 
 
-def check_survivors(k: int, prev_masks) -> None:
+def check_survivors(k: int, survivors: int) -> None:
     """Iter SNIP: only weights kept in ``prev_masks`` compete, so k may not exceed their number."""
-    alive = sum(int(m.sum()) for m in prev_masks)
-    if k > alive:
-        raise ValueError(f"k={k} but prev_masks keep only {alive} weights; with resurrect=False "
+    if k > survivors:
+        raise ValueError(f"k={k} but prev_masks keep only {survivors} weights; with resurrect=False "
                          "only weights kept in prev_masks compete, so k may not exceed that")
+
+
+def saliency_nan_message(i: int) -> str:
+    return (f"the saliency |w*g| of weights[{i}] is NaN (NaN, or inf times 0, in weights[{i}] "
+            f"or grads[{i}])")
 
 
 def saliency_dtype(w: torch.Tensor, g: torch.Tensor) -> torch.dtype:

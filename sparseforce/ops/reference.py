@@ -1,5 +1,9 @@
 """The reference backend: pure PyTorch, the oracle every other backend is checked against.
 
+Its kernels have the op library's signatures (``library.SCHEMAS``): they write the masks into the
+caller's ``out`` and return the NaN index (first tensor with a competing NaN, or -1), leaving
+``out`` as it was when there is one.
+
 It is written for obviousness, not speed: it concatenates every tensor and sorts. A *stable*
 descending sort puts equal values in their original order, which is exactly the tie rule
 (lowest global position first), and compares -0.0 equal to +0.0.
@@ -8,38 +12,28 @@ from __future__ import annotations
 
 import torch
 
-from ._registry import register_backend, register_kernel
-from ._schema import HISTOGRAM_BITS, KEY_BITS, NaNScoreError, check_survivors, saliency_dtype
-
-register_backend("reference", lambda device: None)
+from ._registry import register_backend
+from ._schema import HISTOGRAM_BITS, KEY_BITS, saliency_dtype
 
 
 def _promoted_dtype(tensors) -> torch.dtype:
     # Every fp16/bf16/fp32 value is exactly representable in the promoted type, so ranking
     # mixed dtypes after promotion ranks the given values exactly.
-    dtype = torch.float32 if not tensors else tensors[0].dtype
+    dtype = tensors[0].dtype
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
     return dtype
 
 
-def _flat(tensors, dtype, device) -> torch.Tensor:
-    if not tensors:
-        return torch.empty(0, dtype=dtype, device=device)
+def _flat(tensors, dtype) -> torch.Tensor:
     return torch.cat([t.reshape(-1).to(dtype) for t in tensors])
 
 
-def _split_like(flat: torch.Tensor, like, out):
-    masks, offset = [], 0
-    for i, t in enumerate(like):
-        piece = flat[offset: offset + t.numel()].view(t.shape)
-        offset += t.numel()
-        if out is None:
-            masks.append(piece.clone())
-        else:
-            out[i].copy_(piece)
-            masks.append(out[i])
-    return masks
+def _write(flat: torch.Tensor, out) -> None:
+    offset = 0
+    for o in out:
+        o.copy_(flat[offset: offset + o.numel()].view(o.shape))
+        offset += o.numel()
 
 
 def _keep_top_k(flat: torch.Tensor, k: int, candidates: torch.Tensor | None) -> torch.Tensor:
@@ -53,29 +47,33 @@ def _keep_top_k(flat: torch.Tensor, k: int, candidates: torch.Tensor | None) -> 
     return keep
 
 
-def _check_nan(scores, competing=None, message=None):
+def _first_nan(scores, competing) -> int:
     for i, s in enumerate(scores):
         nan = torch.isnan(s)
-        if competing is not None:
+        if competing:
             nan &= competing[i]
         if bool(nan.any()):
-            raise NaNScoreError(i, message(i) if message else None)
+            return i
+    return -1
 
 
-@register_kernel("topk_masks", "reference")
-def topk_masks(scores, k, out, device):
-    _check_nan(scores)
-    flat = _flat(scores, _promoted_dtype(scores), device)
-    return _split_like(_keep_top_k(flat, k, None), scores, out)
+def _index(i: int, device) -> torch.Tensor:
+    return torch.tensor(i, dtype=torch.int64, device=device)
 
 
-@register_kernel("kth_largest", "reference")
-def kth_largest(scores, k, device):
-    _check_nan(scores)
-    flat = _flat(scores, _promoted_dtype(scores), device)
+def topk_masks(scores, k, out):
+    nan = _first_nan(scores, [])
+    if nan < 0:
+        flat = _flat(scores, _promoted_dtype(scores))
+        _write(_keep_top_k(flat, k, None), out)
+    return _index(nan, scores[0].device)
+
+
+def kth_largest(scores, k):
+    flat = _flat(scores, _promoted_dtype(scores))
     value = torch.sort(flat, descending=True).values[k - 1]
     # -0.0 and +0.0 rank equal; report +0.0 so every backend returns the same bits.
-    return torch.where(value == 0, torch.zeros_like(value), value)
+    return torch.where(value == 0, torch.zeros_like(value), value), _index(_first_nan(scores, []), flat.device)
 
 
 def saliency_scores(weights, grads):
@@ -87,36 +85,30 @@ def saliency_scores(weights, grads):
     return scores
 
 
-@register_kernel("saliency_topk_masks", "reference")
-def saliency_topk_masks(weights, grads, k, prev_masks, resurrect, out, device):
+def saliency_topk_masks(weights, grads, k, competing, out):
+    # FORCE (competing empty) ranks every weight; Iter SNIP only the weights still alive, so its
+    # masks are nested. For those, |θ0⊙m⊙g| = |θ0⊙g|.
     scores = saliency_scores(weights, grads)
-    # FORCE (resurrect=True) ranks every weight; Iter SNIP ranks only the weights still alive,
-    # so its masks are nested. For those, |θ0⊙m⊙g| = |θ0⊙g|.
-    competing = None if resurrect or prev_masks is None else prev_masks
-    # The error order: a competing NaN is reported before k exceeding the survivors.
-    _check_nan(scores, competing, lambda i: (
-        f"the saliency |w*g| of weights[{i}] is NaN (NaN, or inf times 0, in weights[{i}] or grads[{i}])"))
-    if competing is not None:
-        check_survivors(k, competing)
-    flat = _flat(scores, _promoted_dtype(scores), device)
-    candidates = None if competing is None else _flat(competing, torch.bool, device)
-    return _split_like(_keep_top_k(flat, k, candidates), weights, out)
+    nan = _first_nan(scores, competing)
+    if nan < 0:
+        flat = _flat(scores, _promoted_dtype(scores))
+        candidates = _flat(competing, torch.bool) if competing else None
+        _write(_keep_top_k(flat, k, candidates), out)
+    return _index(nan, weights[0].device)
 
 
-@register_kernel("masked_sgd_", "reference")
 @torch.no_grad()
-def masked_sgd_(params, grads, momentum_buffers, masks, hyper, nesterov, device):
+def masked_sgd_(params, grads, momentum_buffers, masks, lr, momentum, dampening, weight_decay, nesterov, fresh):
     """torch.optim.SGD's single-tensor step, with pruned entries of d_p, buf and p held at 0."""
-    lr, momentum, dampening, wd = hyper["lr"], hyper["momentum"], hyper["dampening"], hyper["weight_decay"]
-    new_buffers = []
-    for p, g, buf, m in zip(params, grads, momentum_buffers, masks):
-        d_p = g if wd == 0 else g.add(p, alpha=wd)
+    for i, (p, g, m) in enumerate(zip(params, grads, masks)):
+        d_p = g if weight_decay == 0 else g.add(p, alpha=weight_decay)
         if m is not None:
             # Masked after weight decay, so a nonzero pruned weight cannot leak into momentum.
             d_p = d_p.masked_fill(~m, 0)
         if momentum != 0:
-            if buf is None:
-                buf = torch.clone(d_p).detach()
+            buf = momentum_buffers[i]
+            if fresh[i]:
+                buf.copy_(d_p)
             else:
                 buf.mul_(momentum).add_(d_p, alpha=1 - dampening)
                 if m is not None:
@@ -125,8 +117,6 @@ def masked_sgd_(params, grads, momentum_buffers, masks, hyper, nesterov, device)
         p.add_(d_p, alpha=-lr)
         if m is not None:
             p.masked_fill_(~m, 0)
-        new_buffers.append(buf)
-    return new_buffers
 
 
 _INT_VIEW = {16: torch.int16, 32: torch.int32, 64: torch.int64}
@@ -157,23 +147,28 @@ def _digit_counts(s: torch.Tensor, shift: int, w: int, nonneg: bool) -> torch.Te
     return torch.bincount((s >> shift) & (_BINS - 1), minlength=_BINS)
 
 
-@register_kernel("radix_histogram", "reference")
-def radix_histogram(a, grads, prev_masks, rank_dtype, shift, prefix, device):
+def radix_histogram(a, grads, competing, rank_dtype, shift, prefix):
     w = KEY_BITS[rank_dtype]
     top = shift == w - HISTOGRAM_BITS
-    nonneg = grads is not None
+    nonneg = bool(grads)
+    device = a[0].device
     counts = torch.zeros(_BINS, dtype=torch.int64, device=device)
-    nan_index = None
+    nan_index = -1
     for i, x in enumerate(a):
         # One tensor's scores at a time: the extra memory is the largest tensor's, not all of them.
         x = saliency_scores([x], [grads[i]])[0] if nonneg else x
         x = x.reshape(-1)
-        if prev_masks is not None:
-            x = x[prev_masks[i].reshape(-1)]
-        if top and nan_index is None and bool(torch.isnan(x).any()):
+        if competing:
+            x = x[competing[i].reshape(-1)]
+        if top and nan_index < 0 and bool(torch.isnan(x).any()):
             nan_index = i
         s = _signed_keys(x, rank_dtype, nonneg)
         if not top:  # keep the keys whose bits above the digit are `prefix` (signed: top bit flipped)
             s = s[(s >> (shift + HISTOGRAM_BITS)) == prefix - (1 << (w - shift - HISTOGRAM_BITS - 1))]
         counts += _digit_counts(s, shift, w, nonneg)
-    return counts, nan_index
+    return counts, _index(nan_index, device)
+
+
+register_backend("reference", lambda device: None, {
+    "topk_masks": topk_masks, "kth_largest": kth_largest, "saliency_topk_masks": saliency_topk_masks,
+    "radix_histogram": radix_histogram, "masked_sgd_": masked_sgd_})

@@ -1,22 +1,16 @@
 """Pruning methods: FORCE and Iter SNIP (progressive) and the baselines they are compared with."""
 from __future__ import annotations
 
-from ._model import prunable_names
-from .oneshot import DISTRIBUTIONS, grasp, layer_counts, magnitude, random, synflow
+from .._prunable import prunable_names
+from .baselines import DISTRIBUTIONS, layer_counts, magnitude, random
+from .grasp import grasp
+from .methods import METHODS, Method
 from .progressive import force, iter_snip, snip
 from .schedules import (K_ROUNDINGS, SCHEDULES, densities, keep_count, keep_counts, official_force_densities,
                         synaptic_flow_densities)
+from .synflow import synflow
 
-METHODS = {
-    "force": force,
-    "iter_snip": iter_snip,
-    "snip": snip,
-    "grasp": grasp,
-    "synflow": synflow,
-    "magnitude": magnitude,
-    "random": random,
-}
-DATA_FREE = ("magnitude", "random", "synflow")
+DATA_FREE = tuple(sorted(name for name, m in METHODS.items() if not m.needs_data))
 
 
 def prune(model, data=None, method="force", sparsity=None, **kw):
@@ -33,11 +27,12 @@ def prune(model, data=None, method="force", sparsity=None, **kw):
         raise ValueError(f"unknown pruning method {method!r}; choose one of {sorted(METHODS)}")
     if sparsity is None:
         raise ValueError("prune() needs sparsity= (the fraction of prunable weights to remove)")
-    if method in ("magnitude", "random"):
-        return METHODS[method](model, sparsity=sparsity, **kw)
-    return METHODS[method](model, data, sparsity=sparsity, **kw)
+    entry = METHODS[method]
+    if not entry.takes_data:
+        return entry.function(model, sparsity=sparsity, **kw)
+    return entry.function(model, data, sparsity=sparsity, **kw)
 
 
-__all__ = ["force", "iter_snip", "snip", "grasp", "synflow", "magnitude", "random", "prune", "prunable_names", "METHODS",
-           "DATA_FREE", "SCHEDULES", "K_ROUNDINGS", "densities", "keep_count", "keep_counts", "layer_counts",
-           "DISTRIBUTIONS", "official_force_densities", "synaptic_flow_densities"]
+__all__ = ["force", "iter_snip", "snip", "grasp", "synflow", "magnitude", "random", "prune", "prunable_names",
+           "METHODS", "Method", "DATA_FREE", "SCHEDULES", "K_ROUNDINGS", "densities", "keep_count", "keep_counts",
+           "layer_counts", "DISTRIBUTIONS", "official_force_densities", "synaptic_flow_densities"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ..ops import _schema
+
 
 def negated_saliency(weights, grads) -> list[torch.Tensor]:
     """-|w·g|, formed as ``ops.saliency_topk_masks`` forms |w·g|: in float32, float64 when either
@@ -25,13 +27,14 @@ def inverted_saliency_topk(topk, weights, grads, k, prev_masks, resurrect, **kw)
     """``saliency_topk_masks`` with the lowest saliencies kept; ``topk`` is ``ops.topk_masks`` or
     ``distributed.topk_masks`` (``kw`` its backend/group)."""
     scores = negated_saliency(weights, grads)
-    if resurrect or prev_masks is None:
+    competing = _schema.competing(prev_masks, resurrect)
+    if not competing:
         return topk(scores, k, **kw)
     # Only survivors compete (nested masks): rank them alone. Boolean indexing keeps their
     # row-major order, so the tie rule (lowest global position) is unchanged.
-    chosen = topk([s[m] for s, m in zip(scores, prev_masks)], k, **kw)
+    chosen = topk([s[m] for s, m in zip(scores, competing)], k, **kw)
     masks = []
-    for m, c in zip(prev_masks, chosen):
+    for m, c in zip(competing, chosen):
         full = torch.zeros_like(m)
         full[m] = c
         masks.append(full)

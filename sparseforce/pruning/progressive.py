@@ -20,7 +20,7 @@ import torch
 
 from .. import _checks, ops
 from ..masks import Masks, format_percent
-from . import _model, _parallel
+from . import _batches, _collapse, _layouts, _losses, _state
 from .schedules import check_k_rounding, densities, keep_counts, one_step_schedule
 
 
@@ -31,43 +31,44 @@ def _progressive(model, data, *, method, sparsity, iterations, schedule, loss_fn
     train_mode = _checks.flag("train_mode", train_mode)
     invert = _checks.flag("invert", invert)
     batches_per_iteration = _checks.integer("batches_per_iteration", batches_per_iteration, 1)
-    loss_fn = _model.check_loss_fn(loss_fn)
+    loss_fn = _losses.check_loss_fn(loss_fn)
     seed = None if seed is None else _checks.seed(seed)
-    _model.check_data(data)
-    space = _parallel.layout(model, prunable, group, train_mode)  # one process, data-parallel or sharded
-    space.check_backend(backend)
-    ks = keep_counts(space.n_total, sparsity, iterations, schedule, k_rounding, nested=not resurrect)
-    with _model.own_rng(model, seed):
-        masks = _steps(space, data, ks, method, loss_fn, batches_per_iteration, backend, progress, resurrect,
+    _batches.check_data(data)
+    layout = _layouts.layout(model, prunable, group, train_mode)  # one process, data-parallel or sharded
+    # Refused before any gradient is taken; every layout's final selection runs this op on its weights.
+    ops.resolve(backend, "saliency_topk_masks", layout.device)
+    ks = keep_counts(layout.n_total, sparsity, iterations, schedule, k_rounding, nested=not resurrect)
+    with _state.own_rng(model, seed):
+        masks = _steps(layout, data, ks, method, loss_fn, batches_per_iteration, backend, progress, resurrect,
                        invert)
-        result = space.result(masks)
-    _model.warn_collapsed(method, space.names, space.numels, space.kept(masks))
+        result = layout.result(masks)
+    _collapse.warn_collapsed(method, layout.names, layout.numels, layout.kept(masks))
     return result
 
 
-def _steps(space, data, ks, method, loss_fn, batches_per_iteration, backend, progress, resurrect, invert):
-    batches = _model.BatchStream(data, space.device)
-    masks = [torch.ones_like(w, dtype=torch.bool) for w in space.theta0]
+def _steps(layout, data, ks, method, loss_fn, batches_per_iteration, backend, progress, resurrect, invert):
+    batches = _batches.BatchStream(data, layout.device)
+    masks = [torch.ones_like(w, dtype=torch.bool) for w in layout.theta0]
     steps = range(1, len(ks) + 1)
     bar = None
     if progress:
         from tqdm.auto import tqdm
         steps = bar = tqdm(steps, desc=method, unit="step")
-    with space:
+    with layout:
         for t in steps:
             step_batches = batches.take(batches_per_iteration)
-            with _phase("gradients", space.device):
-                grads, loss = space.gradients(masks, step_batches, loss_fn)
+            with _phase("gradients", layout.device):
+                grads, loss = layout.gradients(masks, step_batches, loss_fn)
             try:
-                with _phase("selection", space.device):
-                    masks = space.select(grads, ks[t - 1], masks, resurrect, backend, invert)
+                with _phase("selection", layout.device):
+                    masks = layout.select(grads, ks[t - 1], masks, resurrect, backend, invert)
             except ops.NaNScoreError as e:
-                where = "on another rank" if e.index is None else repr(space.names[e.index])
+                where = "on another rank" if e.index is None else repr(layout.names[e.index])
                 raise ValueError(f"{method} step {t}: the saliency of {where} is NaN "
                                  "(NaN/inf in its weights or gradients)") from e
             del grads, step_batches
             if bar is not None:
-                bar.set_postfix(density=format_percent(ks[t - 1], space.n_total), loss=f"{loss:.4g}")
+                bar.set_postfix(density=format_percent(ks[t - 1], layout.n_total), loss=f"{loss:.4g}")
     return masks
 
 

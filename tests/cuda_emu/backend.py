@@ -2,14 +2,17 @@
 
 A shared library built from ``csrc/cuda/*.cu`` + ``csrc/cuda/host.cpp`` + ``tests/cuda_emu/abi.cpp``
 + the emulator runtime (compiled as host C++ with g++) is loaded through ctypes. The functions
-here have the signatures of the registered kernels (``sparseforce/ops/cpp/__init__.py``), and do in
+here are kernels with the op library's signatures (``sparseforce/ops/library.py``), and do in
 Python what the torch layer ``csrc/cuda/ops_cuda.cpp`` does in C++: contiguous copies, dtype
-promotion, output allocation (filled with the emulator's garbage, so unwritten bytes show up, and
-between guard bytes checked after every launch of the op, as the workspace is), the stand-ins for
-non-contiguous ``out``, and the same errors as the ``cpp`` backend.
+promotion, the NaN index returned rather than raised, and the mixed-dtype SGD left to the
+reference as the ``cpp`` backend does. One deviation, for the checks: the masks, a fresh momentum
+buffer and the value are written into outputs this backend allocates (filled with the emulator's
+garbage, so unwritten bytes show up, and between guard bytes checked after every launch of the
+op, as the workspace is), then copied into the caller's tensors, where ops_cuda.cpp writes the
+caller's contiguous tensors directly.
 
 Use ``Backend(path)`` or ``load(path=None)`` (path from ``$SFEMU_LIB``); ``Backend.kernels()``
-maps op names to the bound functions.
+maps op names to the bound functions, for ``sparseforce.ops.register_backend``.
 """
 from __future__ import annotations
 
@@ -19,7 +22,6 @@ import os
 import torch
 
 from sparseforce.ops import reference as _reference
-from sparseforce.ops._schema import NaNScoreError
 
 # Guard bytes each side of an output this backend allocates (a multiple of 16 keeps the
 # alignment the kernels' vector stores test for).
@@ -162,19 +164,6 @@ class Backend:
             if m.numel() and int(m.view(torch.uint8).max()) > 1:
                 raise EmulatorError(f"out[{i}] has bytes the kernels never wrote")
 
-    def _empty_masks(self, like):
-        return [self._empty(t.shape, torch.bool) for t in like]
-
-    def _writable(self, out, like):
-        # ops_cuda.cpp's writable(): non-contiguous `out` entries get contiguous stand-ins.
-        return [o if o.is_contiguous() else self._empty(o.shape, torch.bool) for o in out]
-
-    @staticmethod
-    def _finish_out(out, w):
-        for o, t in zip(out, w):
-            if t is not o:
-                o.copy_(t)
-
     def _select(self, a, b, prev, out, k, rank, saliency, write_masks, value_out):
         n = len(a)
         return self._call(self.lib.sfemu_select, n, _ptrs([_ptr(t) for t in a]),
@@ -184,90 +173,52 @@ class Backend:
                           _i64([t.numel() for t in a]), _i32([DTYPE_CODE[t.dtype] for t in a]), k, DTYPE_CODE[rank],
                           int(saliency), int(write_masks), value_out)
 
-    @staticmethod
-    def _raise_k(res, k):
+    def _finish(self, res, k, out=None, masks=None) -> torch.Tensor:
+        """The select's status in the op library's terms: the NaN index, or an error for what the
+        op front rules out before calling (k outside [0, N], k above the survivors)."""
         if res.status == BAD_K:
             raise ValueError(f"k={k} is outside [0, {res.n}]: the inputs hold {res.n} elements in all")
-
-    # ---- ops_cuda.cpp's run_scores / saliency_run / masked_sgd_ / radix_histogram
-
-    def _run_scores(self, scores, k, out, value_out):
-        held = [s.contiguous() for s in scores]
-        res = self._select(held, None, None, out, k, _promoted_dtype(scores), False, out is not None, value_out)
-        self._raise_k(res, k)
+        if res.status == FEW_COMPETING:
+            raise ValueError(f"k={k} but prev_masks keep only {res.competing} weights; with resurrect=False only "
+                             "weights kept in prev_masks compete, so k may not exceed that")
         if res.status == NAN:
-            raise NaNScoreError(res.nan_index,
-                                f"scores[{res.nan_index}] contains NaN; NaN scores cannot be ranked")
+            return torch.tensor(res.nan_index, dtype=torch.int64)
         if res.status != OK:
             raise EmulatorError(f"sparseforce (cuda): unexpected select status {res.status}")
+        if out is not None:
+            self._check_written(masks)
+            for o, m in zip(out, masks):
+                o.copy_(m)
+        return torch.tensor(-1, dtype=torch.int64)
 
-    def _saliency_run(self, weights, grads, k, prev_masks, resurrect, out):
-        if len(weights) != len(grads):
-            raise RuntimeError(f"sparseforce: weights has {len(weights)} tensors but grads has {len(grads)}")
-        use_prev = not resurrect and bool(prev_masks)
+    # ---- ops_cuda.cpp's kernels, with the op library's signatures
+
+    def topk_masks(self, scores, k, out):
+        held = [s.contiguous() for s in scores]
+        masks = [self._empty(t.shape, torch.bool) for t in scores]
+        res = self._select(held, None, None, masks, k, _promoted_dtype(scores), False, True, None)
+        return self._finish(res, k, out, masks)
+
+    def kth_largest(self, scores, k):
+        held = [s.contiguous() for s in scores]
+        value = self._empty((), _promoted_dtype(scores))
+        res = self._select(held, None, None, None, k, value.dtype, False, False, value.data_ptr())
+        return value.clone(), self._finish(res, k)
+
+    def saliency_topk_masks(self, weights, grads, k, competing, out):
         a, b, prev, any_double = [], [], [], False
         for i, (w, g) in enumerate(zip(weights, grads)):
             st = torch.promote_types(w.dtype, g.dtype)
             any_double |= st == torch.float64
             a.append(w.to(st).contiguous())
             b.append(g.to(st).contiguous())
-            prev.append(prev_masks[i].contiguous() if use_prev else None)
-        res = self._select(a, b, prev, out, k, torch.float64 if any_double else torch.float32, True, True, None)
-        self._raise_k(res, k)
-        if res.status == NAN:
-            i = res.nan_index
-            raise NaNScoreError(i, f"the saliency |w*g| of weights[{i}] is NaN (NaN, or inf times 0, in "
-                                   f"weights[{i}] or grads[{i}])")
-        if res.status == FEW_COMPETING:
-            raise ValueError(f"k={k} but prev_masks keep only {res.competing} weights; with resurrect=False only "
-                             "weights kept in prev_masks compete, so k may not exceed that")
-        if res.status != OK:
-            raise EmulatorError(f"sparseforce (cuda): unexpected select status {res.status}")
+            prev.append(competing[i].contiguous() if competing else None)
+        masks = [self._empty(t.shape, torch.bool) for t in weights]
+        res = self._select(a, b, prev, masks, k, torch.float64 if any_double else torch.float32, True, True, None)
+        return self._finish(res, k, out, masks)
 
-    # ---- the registered kernels' signatures (sparseforce/ops/cpp/__init__.py)
-
-    def topk_masks(self, scores, k, out, device):
-        if not scores:
-            return [] if out is None else list(out)
-        if out is None:
-            masks = self._empty_masks(scores)
-            self._run_scores(scores, k, masks, None)
-            self._check_written(masks)
-            return masks
-        w = self._writable(out, scores)
-        self._run_scores(scores, k, w, None)
-        self._check_written(w)
-        self._finish_out(out, w)
-        return list(out)
-
-    def kth_largest(self, scores, k, device):
-        if k < 1:
-            raise ValueError(f"k={k} has no k-th largest value; k must be in [1, N]")
-        if not scores:
-            raise RuntimeError("sparseforce (cuda): no scores")
-        value = self._empty((), _promoted_dtype(scores))
-        self._run_scores(scores, k, None, value.data_ptr())
-        return value
-
-    def saliency_topk_masks(self, weights, grads, k, prev_masks, resurrect, out, device):
-        if not weights:
-            return [] if out is None else list(out)
-        prev = [] if resurrect or prev_masks is None else list(prev_masks)
-        if out is None:
-            masks = self._empty_masks(weights)
-            self._saliency_run(weights, grads, k, prev, resurrect, masks)
-            self._check_written(masks)
-            return masks
-        w = self._writable(out, weights)
-        self._saliency_run(weights, grads, k, prev, resurrect, w)
-        self._check_written(w)
-        self._finish_out(out, w)
-        return list(out)
-
-    def radix_histogram(self, a, grads, prev_masks, rank_dtype, shift, prefix, device):
-        if not a:
-            return torch.zeros(HISTOGRAM_BINS, dtype=torch.int64), None
-        saliency = grads is not None
+    def radix_histogram(self, a, grads, competing, rank_dtype, shift, prefix):
+        saliency = bool(grads)
         xs, gs, prev = [], [], []
         for i, x in enumerate(a):
             if saliency:
@@ -277,55 +228,50 @@ class Backend:
                 gs.append(grads[i].to(st).contiguous())
             else:
                 xs.append(x.contiguous())
-            prev.append(prev_masks[i].contiguous() if prev_masks else None)
+            prev.append(competing[i].contiguous() if competing else None)
         out = self._empty(HISTOGRAM_BINS + 1, torch.int64)
         self._call(self.lib.sfemu_radix_histogram, len(xs), _ptrs([_ptr(t) for t in xs]),
                    _ptrs([_ptr(t) for t in gs]) if saliency else None,
-                   _ptrs([_ptr(t) for t in prev]) if prev_masks else None,
+                   _ptrs([_ptr(t) for t in prev]) if competing else None,
                    _i64([t.numel() for t in xs]), _i32([DTYPE_CODE[t.dtype] for t in xs]), DTYPE_CODE[rank_dtype],
                    int(saliency), shift, prefix, out.data_ptr())
-        nan_index = int(out[-1])
-        return out[:-1], (None if nan_index < 0 else nan_index)
+        return out[:-1].clone(), out[-1].clone()
 
     @torch.no_grad()
-    def masked_sgd_(self, params, grads, momentum_buffers, masks, hyper, nesterov, device):
-        if not params:
-            return list(momentum_buffers)
+    def masked_sgd_(self, params, grads, momentum_buffers, masks, lr, momentum, dampening, weight_decay, nesterov,
+                    fresh):
         if any(g.dtype != p.dtype for p, g in zip(params, grads)):
-            return _reference.masked_sgd_(params, grads, momentum_buffers, masks, hyper, nesterov, device)
-        momentum = hyper["momentum"]
-        if momentum != 0:
-            fresh = [int(b is None) for b in momentum_buffers]
-            buffers = [self._empty(p.shape, p.dtype) if b is None else b for p, b in zip(params, momentum_buffers)]
-        else:
-            fresh, buffers = [0] * len(params), [None] * len(params)
+            return _reference.masked_sgd_(params, grads, momentum_buffers, masks, lr, momentum, dampening,
+                                          weight_decay, nesterov, fresh)
         # ops_cuda.cpp's masked_sgd_: non-contiguous params/buffers are updated through
-        # contiguous copies, written back after.
+        # contiguous copies, written back after; a fresh buffer (no state: any contents) here
+        # through a guarded one.
         write_back, ps, gs, bs, ms = [], [], [], [], []
-        for p, g, b, m in zip(params, grads, buffers, masks):
+        for i, (p, g, m) in enumerate(zip(params, grads, masks)):
             pc = p.contiguous()
             if pc is not p:
                 write_back.append((p, pc))
             ps.append(pc)
             gs.append(g.contiguous())
-            if b is not None:
-                bc = b.contiguous()
+            if momentum != 0:
+                b = momentum_buffers[i]
+                bc = self._empty(b.shape, b.dtype) if fresh[i] else b.contiguous()
                 if bc is not b:
                     write_back.append((b, bc))
                 bs.append(bc)
             else:
                 bs.append(None)
             ms.append(None if m is None else m.contiguous())
+        flags = [int(f) for f in fresh] if momentum != 0 else [0] * len(params)
         self._call(self.lib.sfemu_masked_sgd, len(ps), _ptrs([_ptr(t) for t in ps]), _ptrs([_ptr(t) for t in gs]),
                    _ptrs([_ptr(t) for t in bs]), _ptrs([_ptr(t) for t in ms]), _i64([t.numel() for t in ps]),
-                   _i32([DTYPE_CODE[t.dtype] for t in ps]), _i32(fresh), hyper["lr"], momentum, hyper["dampening"],
-                   hyper["weight_decay"], int(bool(nesterov)))
+                   _i32([DTYPE_CODE[t.dtype] for t in ps]), _i32(flags), lr, momentum, dampening,
+                   weight_decay, int(bool(nesterov)))
         for orig, copy in write_back:
             orig.copy_(copy)
-        return buffers if momentum != 0 else list(momentum_buffers)
 
     def kernels(self) -> dict:
-        """Op name -> kernel, as ``sparseforce.ops._registry`` keys them."""
+        """Op name -> kernel, as ``sparseforce.ops.register_backend`` takes them."""
         ops = {"topk_masks": self.topk_masks, "kth_largest": self.kth_largest,
                "saliency_topk_masks": self.saliency_topk_masks, "radix_histogram": self.radix_histogram,
                "masked_sgd_": self.masked_sgd_}

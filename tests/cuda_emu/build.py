@@ -52,7 +52,7 @@ def sources(csrc: Path) -> list[Path]:
 
 def _headers(csrc: Path) -> list[Path]:
     return sorted((HERE / "include").glob("*")) + sorted((csrc / "cuda").glob("*.h")) + \
-        sorted((csrc / "cuda").glob("*.cuh"))
+        sorted((csrc / "cuda").glob("*.cuh")) + sorted((csrc / "common").glob("*.h"))
 
 
 def _key(flags: list[str], srcs: list[Path], csrc: Path) -> str:

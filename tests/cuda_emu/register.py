@@ -1,5 +1,6 @@
-"""Registers the emulated CUDA backend with sparseforce.ops, under one extra backend name per
-scheduler setting, so the shared kernel tests (conftest.BACKEND_DEVICE) run the CUDA kernels and
+"""Registers the emulated CUDA backend with sparseforce.ops through its extension point
+(``ops.register_backend``: reached only by name, never by ``auto``), one backend per scheduler
+setting, so the shared kernel tests (conftest.BACKEND_DEVICE) run the CUDA kernels and
 host orchestration on CPU tensors: ``cuda_emu`` (random threads, interleaved shuffled blocks,
 preemption) and ``cuda_emu_inorder`` (one block at a time, threads in order). ``cuda_emu_weak``
 (random interleaving over weak global memory across blocks) is registered too where the build
@@ -17,7 +18,7 @@ import os
 import numpy as np
 import torch
 
-from sparseforce.ops._registry import register_backend, register_kernel
+from sparseforce.ops import register_backend
 
 from . import backend as _backend
 from . import build, emu
@@ -61,10 +62,10 @@ def install(variant: str = "default") -> list[str]:
     emulator = emu.Emulator(path)
     be = _backend.load(path)
     extra = WEAK_BACKENDS if emulator.weak_supported else {}
+    install.kernels = {}  # backend name -> op -> kernel, for tests that call a kernel directly
     for name, schedule in {**BACKENDS, **extra}.items():
-        register_backend(name, _available, extra=True)
-        for op, fn in be.kernels().items():
-            register_kernel(op, name)(_scheduled(emulator, emu.SCHEDULES[schedule], fn))
+        install.kernels[name] = {op: _scheduled(emulator, emu.SCHEDULES[schedule], fn) for op, fn in be.kernels().items()}
+        register_backend(name, _available, install.kernels[name])
     install.backend = be
     install.emulator = emulator
     install.weak = list(extra)

@@ -8,8 +8,9 @@ the additions does not matter.
 import triton
 import triton.language as tl
 
+from .blocks import program_block
 from .keys import competing_keys
-from .layout import COL_INDEX, COL_NUMEL, COL_PID0, NCOLS, ST_NAN
+from .layout import COL_INDEX, ST_NAN
 
 
 @triton.jit
@@ -17,14 +18,7 @@ def radix_histogram_kernel(table, rows, state, hist, nan_flags, X, G,
                            SHIFT: tl.constexpr, BITS: tl.constexpr, FIRST: tl.constexpr,
                            DENSE: tl.constexpr, KEY_BITS: tl.constexpr, SALIENCY: tl.constexpr,
                            SCORE_F64: tl.constexpr, HAS_PREV: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    row = tl.load(rows + pid) * NCOLS
-    # int64 offsets: a tensor may hold more than 2**31 elements.
-    local = pid - tl.load(table + row + COL_PID0)
-    offs = local * BLOCK + tl.arange(0, BLOCK)
-    numel = tl.load(table + row + COL_NUMEL)
-    valid = offs < numel
-    full = (local + 1) * BLOCK <= numel
+    row, local, offs, numel, valid, full = program_block(table, rows, BLOCK)
     key, compete, nan, prefix = competing_keys(table, row, offs, valid, full, state, X, G, KEY_BITS,
                                                SALIENCY, SCORE_F64, HAS_PREV)
     if FIRST:

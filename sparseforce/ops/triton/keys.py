@@ -12,20 +12,10 @@ jit helper costs milliseconds, so a chain of tiny helpers would dominate the tes
 """
 import triton.language as tl
 
+from .blocks import load_block
 from .device import device_function
 from .floats import widen
 from .layout import COL_G, COL_PREV, COL_X, ST_PREFIX
-
-
-@device_function
-def load_block(ptr, offs, valid, full):
-    # Only the tail block of a tensor is masked: a mask from a table-loaded length has no
-    # known alignment, and would stop the compiler from vectorising every block's loads.
-    if full:
-        v = tl.load(ptr + offs)
-    else:
-        v = tl.load(ptr + offs, mask=valid, other=0)
-    return v
 
 
 @device_function
@@ -62,23 +52,17 @@ def competing_keys(table, row, offs, valid, full, state, X, G,
     # values. -0.0 is canonicalised on the bit pattern, and NaN tested in at least float32: the
     # interpreter compares bfloat16 by its bits, which would miss both.
     if KEY_BITS == 64:
-        s = widen(s, tl.float64)
-        nan = compete & (s != s)
-        b = s.to(tl.uint64, bitcast=True)
-        b = tl.where(b == 0x8000000000000000, 0, b)
-        key = b ^ tl.where((b >> 63) != 0, 0xFFFFFFFFFFFFFFFF, 0x8000000000000000)
-    elif KEY_BITS == 32:
-        s = widen(s, tl.float32)
-        nan = compete & (s != s)
-        b = s.to(tl.uint32, bitcast=True)
-        b = tl.where(b == 0x80000000, 0, b)
-        key = b ^ tl.where((b >> 31) != 0, 0xFFFFFFFF, 0x80000000)
-        prefix = prefix.to(tl.uint32)
+        wide = widen(s, tl.float64)
+        b = wide.to(tl.uint64, bitcast=True)
     else:
-        s32 = widen(s, tl.float32)
-        nan = compete & (s32 != s32)
-        b = s.to(tl.uint16, bitcast=True).to(tl.uint32)
-        b = tl.where(b == 0x8000, 0, b)
-        key = b ^ tl.where((b >> 15) != 0, 0xFFFF, 0x8000).to(tl.uint32)
+        wide = widen(s, tl.float32)
         prefix = prefix.to(tl.uint32)
+        if KEY_BITS == 32:
+            b = wide.to(tl.uint32, bitcast=True)
+        else:  # 16-bit keys in uint32
+            b = s.to(tl.uint16, bitcast=True).to(tl.uint32)
+    nan = compete & (wide != wide)
+    sign = 1 << (KEY_BITS - 1)
+    b = tl.where(b == sign, 0, b)
+    key = b ^ tl.where((b >> (KEY_BITS - 1)) != 0, (sign << 1) - 1, sign).to(b.dtype)
     return key, compete, nan, prefix

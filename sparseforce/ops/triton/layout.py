@@ -1,20 +1,23 @@
 """Shared memory layout of the per-call tables the kernels read (host and device agree here).
 
 One int64 row per non-empty tensor; a program finds its row through the per-program ``rows``
-table, so one launch covers every tensor of a dtype group without concatenating them.
+table, so one launch covers every tensor of a dtype group without concatenating them. Every
+table has NCOLS columns, with the tensor's length and first program at COL_NUMEL and COL_PID0
+(blocks.program_block reads them); the other columns are the kernel's own.
 """
 import triton.language as tl
 
-# Columns of a selection table row.
+COL_NUMEL = tl.constexpr(4)
+COL_PID0 = tl.constexpr(5)     # first program of this tensor within its launch
+NCOLS = tl.constexpr(8)
+
+# The other columns of a selection table row.
 COL_X = tl.constexpr(0)        # scores (topk) or weights (saliency): address
 COL_G = tl.constexpr(1)        # grads (saliency): address
 COL_PREV = tl.constexpr(2)     # prev_masks (Iter SNIP), viewed as uint8: address
 COL_OUT = tl.constexpr(3)      # output mask, viewed as uint8: address
-COL_NUMEL = tl.constexpr(4)
-COL_PID0 = tl.constexpr(5)     # first program of this tensor within its launch
 COL_GBLOCK = tl.constexpr(6)   # global index of its first block: tie ranks follow global order
 COL_INDEX = tl.constexpr(7)    # position in the caller's list: names the tensor in NaN errors
-NCOLS = tl.constexpr(8)
 
 # Slots of the selection state: what the passes have learnt about the k-th largest key.
 ST_PREFIX = tl.constexpr(0)    # high digits of the k-th key found so far (all of it at the end)
@@ -23,13 +26,10 @@ ST_TIES = tl.constexpr(2)      # how many competing keys equal the final k-th ke
 ST_NAN = tl.constexpr(3)       # nonzero once a competing score is NaN
 NSTATE = tl.constexpr(4)
 
-# Columns of a masked-SGD table row.
+# The other columns of a masked-SGD table row.
 SGD_P = tl.constexpr(0)
 SGD_G = tl.constexpr(1)
 SGD_BUF = tl.constexpr(2)
 SGD_MASK = tl.constexpr(3)
-SGD_NUMEL = tl.constexpr(4)
-SGD_PID0 = tl.constexpr(5)
 SGD_FRESH = tl.constexpr(6)    # 1: no momentum buffer yet, start it at d_p (torch.optim.SGD)
 SGD_HAS_MASK = tl.constexpr(7)
-SGD_NCOLS = tl.constexpr(8)

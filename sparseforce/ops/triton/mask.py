@@ -7,21 +7,16 @@ inside the block.
 import triton
 import triton.language as tl
 
+from .blocks import program_block, store_block
 from .keys import competing_keys
-from .layout import COL_GBLOCK, COL_NUMEL, COL_OUT, COL_PID0, NCOLS, ST_KREM, ST_NAN, ST_TIES
+from .layout import COL_GBLOCK, COL_OUT, ST_KREM, ST_NAN, ST_TIES
 
 
 @triton.jit
 def write_mask_kernel(table, rows, state, tie_offsets, X, G,
                       KEY_BITS: tl.constexpr, SALIENCY: tl.constexpr, SCORE_F64: tl.constexpr,
                       HAS_PREV: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    row = tl.load(rows + pid) * NCOLS
-    local = pid - tl.load(table + row + COL_PID0)
-    offs = local * BLOCK + tl.arange(0, BLOCK)
-    numel = tl.load(table + row + COL_NUMEL)
-    valid = offs < numel
-    full = (local + 1) * BLOCK <= numel
+    row, local, offs, numel, valid, full = program_block(table, rows, BLOCK)
     key, compete, nan, kth = competing_keys(table, row, offs, valid, full, state, X, G, KEY_BITS,
                                             SALIENCY, SCORE_F64, HAS_PREV)
     k_rem = tl.load(state + ST_KREM)
@@ -36,7 +31,4 @@ def write_mask_kernel(table, rows, state, tie_offsets, X, G,
     # A NaN score makes the call raise: leave the caller's `out` as it was.
     if tl.load(state + ST_NAN) == 0:
         out = tl.multiple_of(tl.load(table + row + COL_OUT).to(tl.pointer_type(tl.uint8)), 16)
-        if full:
-            tl.store(out + offs, keep.to(tl.uint8))
-        else:
-            tl.store(out + offs, keep.to(tl.uint8), mask=valid)
+        store_block(out, offs, keep.to(tl.uint8), valid, full)

@@ -7,8 +7,9 @@ launches them unconditionally without waiting for the GPU.
 import triton
 import triton.language as tl
 
+from .blocks import program_block
 from .keys import competing_keys
-from .layout import COL_GBLOCK, COL_NUMEL, COL_PID0, NCOLS, ST_KREM, ST_TIES
+from .layout import COL_GBLOCK, ST_KREM, ST_TIES
 
 
 @triton.jit
@@ -16,13 +17,7 @@ def tie_count_kernel(table, rows, state, tie_counts, X, G,
                      KEY_BITS: tl.constexpr, SALIENCY: tl.constexpr, SCORE_F64: tl.constexpr,
                      HAS_PREV: tl.constexpr, BLOCK: tl.constexpr):
     if tl.load(state + ST_KREM) != tl.load(state + ST_TIES):
-        pid = tl.program_id(0)
-        row = tl.load(rows + pid) * NCOLS
-        local = pid - tl.load(table + row + COL_PID0)
-        offs = local * BLOCK + tl.arange(0, BLOCK)
-        numel = tl.load(table + row + COL_NUMEL)
-        valid = offs < numel
-        full = (local + 1) * BLOCK <= numel
+        row, local, offs, numel, valid, full = program_block(table, rows, BLOCK)
         key, compete, nan, kth = competing_keys(table, row, offs, valid, full, state, X, G, KEY_BITS,
                                                 SALIENCY, SCORE_F64, HAS_PREV)
         tied = compete & (key == kth)

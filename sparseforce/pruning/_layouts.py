@@ -19,9 +19,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import distributed, ops
-from ..masks import Masks, _is_sharded
-from . import _model, _select
+from .. import _prunable, distributed, ops
+from ..masks import Masks
+from ..masks.container import is_sharded
+from . import _batches, _gradients, _select, _state
 
 
 def layout(model: nn.Module, prunable, group, train_mode: bool = True):
@@ -30,10 +31,10 @@ def layout(model: nn.Module, prunable, group, train_mode: bool = True):
     if isinstance(model, nn.parallel.DistributedDataParallel):
         group = group if group is not None else model.process_group
         model = model.module
-    params = _model.prunable_parameters(model, prunable, check_nan=False)
-    if any(_is_sharded(p) for p in params.values()):
+    params = _prunable.prunable_parameters(model, prunable, check_nan=False)
+    if any(is_sharded(p) for p in params.values()):
         return Sharded(model, params, group, train_mode)
-    _model.check_no_nan(params)
+    _prunable.check_no_nan(params)
     if group is not None:
         return DataParallel(model, params, group, train_mode)
     return Replicated(model, params, train_mode)
@@ -45,17 +46,14 @@ class Replicated:
         self.theta0 = [params[n].detach() for n in self.names]  # never written
         self.numels = [w.numel() for w in self.theta0]
         self.n_total = sum(self.numels)
-        self.device = _model.model_device(params)
-        self.buffers = _model.buffer_copies(model)
-
-    def check_backend(self, backend):
-        _model.check_backend(backend, "saliency_topk_masks", dict(zip(self.names, self.theta0)))
+        self.device = _batches.model_device(params)
+        self.buffers = _state.buffer_copies(model)
 
     def kept(self, masks) -> list[int]:
         return [int(m.count_nonzero()) for m in masks]
 
     def __enter__(self):
-        self._mode = _model.module_mode(self.model, train=self.train_mode)
+        self._mode = _state.module_mode(self.model, train=self.train_mode)
         self._mode.__enter__()
         return self
 
@@ -64,7 +62,7 @@ class Replicated:
 
     def gradients(self, masks, batches, loss_fn):
         masked = {n: w * m for n, w, m in zip(self.names, self.theta0, masks)}
-        return _model.mean_gradients(self.model, masked, self.buffers, batches, loss_fn)
+        return _gradients.mean_gradients(self.model, masked, self.buffers, batches, loss_fn)
 
     def select(self, grads, k, prev_masks, resurrect, backend, invert=False):
         if invert:
@@ -103,7 +101,7 @@ class Sharded:
         self.params = [params[n] for n in self.names]
         mesh = None
         for n, p in params.items():
-            if not _is_sharded(p):
+            if not is_sharded(p):
                 raise ValueError(f"prunable parameter {n!r} is a plain tensor but others are DTensors; "
                                  "shard every prunable module (fully_shard) or none")
             if p.device_mesh.ndim != 1 or not all(pl.is_shard() for pl in p.placements):
@@ -126,19 +124,15 @@ class Sharded:
         self.n_total = sum(self.numels)
         self.device = self.theta0[0].device
 
-    def check_backend(self, backend):
-        # Each rank's final selection runs ops.saliency_topk_masks on its shards.
-        _model.check_backend(backend, "saliency_topk_masks", dict(zip(self.names, self.theta0)))
-
     def kept(self, masks) -> list[int]:
         """Kept weights per layer over all ranks (a collective: every rank calls it)."""
         counts = torch.stack([m.count_nonzero() for m in masks]).to(
-            distributed._comm_device(self.group, self.device), torch.int64)
-        return distributed._all_reduce(counts, self.group, "the kept counts per layer").tolist()
+            distributed.comm_device(self.group, self.device), torch.int64)
+        return distributed.all_reduce(counts, self.group, "the kept counts per layer").tolist()
 
     def __enter__(self):
         model = self.model
-        self._mode = _model.module_mode(model, train=self.train_mode)
+        self._mode = _state.module_mode(model, train=self.train_mode)
         self._mode.__enter__()
         self._grads = [(p, p.grad) for p in model.parameters()]
         self._buffers = [(b, b.detach().clone()) for b in model.buffers()]

@@ -1,8 +1,8 @@
-"""Loads the compiled kernels (``torch.ops.sparseforce.*``), building them on first use if needed.
+"""Loads the compiled kernels of ``torch.ops.sparseforce.*``, building them on first use if needed.
 
 ``import sparseforce.ops`` (which every sparseforce function imports) already loads a prebuilt
-extension (:func:`preload`, cheap), so ``torch.ops.sparseforce.*`` exist from then on; building
-waits for first use. Order of attempts, once per process, on the first call of :func:`load`:
+extension (:func:`preload`, cheap), so the ops (defined by ``ops/library.py``) have their CPU
+kernels from then on; building waits for first use. Order of attempts, once per process, on the first call of :func:`load`:
 
 1. ``import sparseforce._C``: the extension ``setup.py`` built at install time.
 2. A just-in-time build with ninja (``torch.utils.cpp_extension.load``) of the C++ sources
@@ -51,8 +51,8 @@ def _env(name: str) -> bool:
 
 def source_dir() -> Path | None:
     """Where the C++ sources are: a wheel's copy, else the checkout's csrc/."""
-    here = Path(__file__).resolve().parent
-    for d in (here / "_csrc", here.parent / "csrc"):
+    package = Path(__file__).resolve().parents[2]  # sparseforce/ (this file: sparseforce/ops/cpp/)
+    for d in (package / "_csrc", package.parent / "csrc"):
         if (d / "register.cpp").is_file():
             return d
     return None
@@ -75,11 +75,8 @@ def _want_cuda() -> bool:
 
 
 def _ops_registered() -> bool:
-    try:
-        torch.ops.sparseforce.topk_masks
-    except (AttributeError, RuntimeError):
-        return False
-    return True
+    # The ops are defined from Python (ops/library.py); the extension only adds their CPU kernels.
+    return torch._C._dispatch_has_kernel_for_dispatch_key("sparseforce::topk_masks", "CPU")
 
 
 def _compiler() -> str | None:
@@ -158,9 +155,7 @@ def _try_load() -> str | None:
             return reason
         HOW = "jit"
     if not _ops_registered():
-        return "the extension loaded but registered no torch.ops.sparseforce operators"
-    # The fake (meta) kernels torch.compile traces with; the C++ schema names this module.
-    importlib.import_module("sparseforce.ops.cpp._fake")
+        return "the extension loaded but registered no torch.ops.sparseforce kernels"
     return None
 
 
@@ -173,7 +168,6 @@ def preload() -> None:
         return
     with _LOCK:
         if _STATE is None and _import_quietly() and _ops_registered():
-            importlib.import_module("sparseforce.ops.cpp._fake")
             HOW, _STATE = "prebuilt", ""
 
 

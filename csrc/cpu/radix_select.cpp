@@ -1,5 +1,6 @@
-// CPU kernels of the exact global top-k ops: topk_masks, saliency_topk_masks (FORCE / Iter
-// SNIP) and kth_largest, over a list of tensors that is never concatenated.
+// The CPU radix select behind topk_masks, saliency_topk_masks (FORCE / Iter SNIP), kth_largest
+// and radix_histogram, over a list of inputs that is never concatenated (radix_select.h; the
+// torch layer is ops_cpu.cpp).
 //
 // Radix select on order-preserving integer keys (float_keys.h), 16-bit digits:
 //   pass 1      every chunk of the global index space histograms the top digit of every key
@@ -24,7 +25,6 @@
 #include <cmath>
 #include <cstring>
 #include <cstdint>
-#include <cstdlib>
 #include <functional>
 #include <type_traits>
 #include <vector>
@@ -33,19 +33,17 @@
 #include <emmintrin.h>
 #endif
 
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
+#include <c10/util/Exception.h>
 
-#include "../common/radix_args.h"
+#include "../common/env.h"
 #include "float_keys.h"
+#include "radix_select.h"
 
 namespace sparseforce {
 namespace cpu {
 namespace {
 
-constexpr int kDigit = 16;
-constexpr int64_t kBins = int64_t(1) << kDigit;
 constexpr int64_t kMaxChunk = int64_t(1) << 31;
 // Below this many elements per chunk, zeroing and summing a 256 KiB histogram costs more than
 // the extra thread saves.
@@ -55,14 +53,6 @@ constexpr int64_t kChunksPerThread = 4;
 // Tuning/testing knobs, read per call: SPARSEFORCE_CPU_CHUNKS forces the number of chunks,
 // SPARSEFORCE_CPU_CANDIDATE_CAP the largest bin resolved from a candidate list (0: always run
 // the radix passes to the full key).
-int64_t env_int(const char* name, int64_t fallback) {
-  const char* s = std::getenv(name);
-  if (s == nullptr || *s == '\0') return fallback;
-  char* end = nullptr;
-  const long long v = std::strtoll(s, &end, 10);
-  return *end == '\0' ? static_cast<int64_t>(v) : fallback;
-}
-
 int64_t num_chunks(int64_t n) {
   const int64_t needed = (n + kMaxChunk - 1) / kMaxChunk;
   int64_t p = env_int("SPARSEFORCE_CPU_CHUNKS", 0);
@@ -80,26 +70,15 @@ int64_t candidate_cap(int64_t n) {
   return env_int("SPARSEFORCE_CPU_CANDIDATE_CAP", dflt);
 }
 
-struct Seg {
-  const void* a = nullptr;          // scores, or weights
-  const void* b = nullptr;          // grads (saliency only)
-  const uint8_t* prev = nullptr;    // Iter SNIP: only these elements compete; null: all do
-  uint8_t* out = nullptr;           // the bool mask to write; null for kth_largest
-  at::ScalarType type = at::kFloat; // dtype of a (and b)
-  int64_t n = 0;                    // elements
-  int64_t offset = 0;               // global position of element 0
-  int64_t index = 0;                // position in the caller's list, for NaN reports
-};
-
 // ---- key sources: the keys (ranking dtype P) of a block of one segment's elements
 
 constexpr int64_t kBlock = 256;  // keys computed per block, in a buffer that stays in L1
 
-template <typename P, typename In>
+template <typename P, typename In, bool Prev>
 struct ScoreSrc {
   using Key = key_t<P>;
   using Rank = P;
-  static constexpr bool kPrev = false;
+  static constexpr bool kPrev = Prev;
   const In* x;
   const uint8_t* prev;
   void keys(int64_t i0, int64_t m, Key* __restrict out) const {
@@ -151,30 +130,28 @@ void dispatch_float(at::ScalarType t, F&& f) {
   }
 }
 
-template <typename P>
-struct ScorePolicy {
+// The key source of one input: its scores (Saliency false) or |a*b|, ranked as P; those of
+// the competing elements only when it has a competing mask.
+template <typename P, bool Saliency>
+struct KeySource {
   template <typename F>
-  static void visit(const Seg& s, F&& f) {
+  static void visit(const Operand& s, F&& f) {
     dispatch_float(s.type, [&](auto tag) {
       using In = decltype(tag);
-      if constexpr (promotes_exactly<P, In>()) f(ScoreSrc<P, In>{static_cast<const In*>(s.a), nullptr});
-    });
-  }
-};
-
-template <typename P>
-struct SaliencyPolicy {
-  template <typename F>
-  static void visit(const Seg& s, F&& f) {
-    dispatch_float(s.type, [&](auto tag) {
-      using W = decltype(tag);
-      if constexpr (promotes_exactly<P, W>()) {
-        const W* w = static_cast<const W*>(s.a);
-        const W* g = static_cast<const W*>(s.b);
-        if (s.prev != nullptr) {
-          f(SaliencySrc<P, W, true>{w, g, s.prev});
+      if constexpr (promotes_exactly<P, In>()) {
+        const In* a = static_cast<const In*>(s.a);
+        auto with = [&](auto live) {
+          constexpr bool Prev = decltype(live)::value;
+          if constexpr (Saliency) {
+            f(SaliencySrc<P, In, Prev>{a, static_cast<const In*>(s.b), s.competing});
+          } else {
+            f(ScoreSrc<P, In, Prev>{a, s.competing});
+          }
+        };
+        if (s.competing != nullptr) {
+          with(std::true_type{});
         } else {
-          f(SaliencySrc<P, W, false>{w, g, nullptr});
+          with(std::false_type{});
         }
       }
     });
@@ -192,11 +169,11 @@ struct F32 {
 };
 
 #if defined(__SSE2__) && defined(__GNUC__)
-template <>
-struct F32<ScoreSrc<float, float>> {
+template <bool Prev>
+struct F32<ScoreSrc<float, float, Prev>> {
   static constexpr bool ok = true;
-  static __m128 load(const ScoreSrc<float, float>& s, int64_t i) { return _mm_loadu_ps(s.x + i); }
-  static float at(const ScoreSrc<float, float>& s, int64_t i) { return s.x[i]; }
+  static __m128 load(const ScoreSrc<float, float, Prev>& s, int64_t i) { return _mm_loadu_ps(s.x + i); }
+  static float at(const ScoreSrc<float, float, Prev>& s, int64_t i) { return s.x[i]; }
 };
 
 template <bool Prev>
@@ -313,6 +290,29 @@ bool band_f32(const Src& src, int64_t a, int64_t b, int shift, uint32_t lo, uint
   return bad != 0;
 }
 
+// A 16-element step of the fp32 mask passes: stores the mask bytes of elements i..i+15 (kept:
+// key above `above`) and returns the bits of the elements whose keys `pick` selects (the pass
+// looks at them further), both without the pruned elements. The prev bytes are read before the
+// mask bytes are written.
+template <typename Src, typename Pick>
+inline unsigned mask_step16(const Src& src, int64_t i, __m128i above, Pick&& pick, uint8_t* out) {
+  __m128i gt[4], sel[4];
+  for (int q = 0; q < 4; ++q) {
+    const __m128i sk = signed_keys(F32<Src>::load(src, i + 4 * q));
+    gt[q] = _mm_cmpgt_epi32(sk, above);
+    sel[q] = pick(sk);
+  }
+  __m128i o = bytes16(gt[0], gt[1], gt[2], gt[3]);
+  unsigned picked = bits16(sel[0], sel[1], sel[2], sel[3]);
+  if constexpr (Src::kPrev) {
+    const __m128i dead = dead16(src.prev + i);
+    o = _mm_andnot_si128(dead, o);
+    picked &= ~static_cast<unsigned>(_mm_movemask_epi8(dead));
+  }
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), o);
+  return picked;
+}
+
 // pass_mask_candidates for fp32 sources: keys in [blo, blo + bw] (the k-th key's bin) are the
 // candidates. Each step reads its 16 prev bytes before it writes the same 16 mask bytes, and then
 // only the copy in a register: `out` may be `prev` (the in-place Iter SNIP update).
@@ -323,22 +323,10 @@ int64_t mask_candidates_f32(const Src& src, int64_t a, int64_t b, uint32_t blo, 
   const uint32_t bhi = blo + bw;
   const Range bin(blo, bw);
   const __m128i vhi = _mm_set1_epi32(signed_key(bhi));
+  const __m128i ones = _mm_set1_epi32(-1);
   int64_t i = a;
   for (; i + 16 <= b; i += 16) {
-    __m128i gt[4], off[4];
-    for (int q = 0; q < 4; ++q) {
-      const __m128i sk = signed_keys(L::load(src, i + 4 * q));
-      gt[q] = _mm_cmpgt_epi32(sk, vhi);
-      off[q] = bin.outside(sk);
-    }
-    __m128i o = bytes16(gt[0], gt[1], gt[2], gt[3]);
-    unsigned cand = ~bits16(off[0], off[1], off[2], off[3]) & 0xffffu;
-    if constexpr (Src::kPrev) {
-      const __m128i dead = dead16(src.prev + i);
-      o = _mm_andnot_si128(dead, o);
-      cand &= ~static_cast<unsigned>(_mm_movemask_epi8(dead));
-    }
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), o);
+    unsigned cand = mask_step16(src, i, vhi, [&](__m128i sk) { return _mm_xor_si128(bin.outside(sk), ones); }, out);
     while (cand != 0) {
       const int t = __builtin_ctz(cand);
       keys[m] = float_key(L::at(src, i + t));
@@ -368,20 +356,7 @@ void mask_exact_f32(const Src& src, int64_t a, int64_t b, uint32_t kth, uint8_t*
   int64_t q = quota;
   int64_t i = a;
   for (; i + 16 <= b; i += 16) {
-    __m128i gt[4], eq[4];
-    for (int r = 0; r < 4; ++r) {
-      const __m128i sk = signed_keys(L::load(src, i + 4 * r));
-      gt[r] = _mm_cmpgt_epi32(sk, vk);
-      eq[r] = _mm_cmpeq_epi32(sk, vk);
-    }
-    __m128i o = bytes16(gt[0], gt[1], gt[2], gt[3]);
-    unsigned ties = bits16(eq[0], eq[1], eq[2], eq[3]);
-    if constexpr (Src::kPrev) {
-      const __m128i dead = dead16(src.prev + i);
-      o = _mm_andnot_si128(dead, o);
-      ties &= ~static_cast<unsigned>(_mm_movemask_epi8(dead));
-    }
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), o);
+    unsigned ties = mask_step16(src, i, vk, [&](__m128i sk) { return _mm_cmpeq_epi32(sk, vk); }, out);
     for (; ties != 0 && q > 0; ties &= ties - 1) {
       out[i + __builtin_ctz(ties)] = 1;
       --q;
@@ -405,10 +380,10 @@ void mask_exact_f32(const Src& src, int64_t a, int64_t b, uint32_t kth, uint8_t*
 // would otherwise force reloads that stop the compare loops from vectorising.
 //
 // The mask passes may write the very bytes they read prev from: `out` is allowed to be
-// `prev_masks` (the in-place Iter SNIP update; _schema refuses every other overlap). So they copy
-// a block's prev bytes into a local buffer (L1, like the keys) before writing that block, and use
-// only the copy afterwards: no block reads prev bytes that another block (or thread: chunks are
-// disjoint) writes, and nothing costs a copy of the whole mask.
+// `competing` (the in-place Iter SNIP update; the op front refuses every other overlap). So they
+// copy a block's prev bytes into a local buffer (L1, like the keys) before writing that block, and
+// use only the copy afterwards: no block reads prev bytes that another block (or thread: chunks
+// are disjoint) writes, and nothing costs a copy of the whole mask.
 
 // First pass: histogram of the top digit; true if a competing key is NaN.
 template <typename Src>
@@ -645,7 +620,7 @@ int64_t sample_size() { return env_int("SPARSEFORCE_CPU_SAMPLE", 65536); }
 // global positions (every element when there are no more than that). A miss costs speed, not
 // exactness: radix_select then histograms the whole range.
 template <typename P, typename Policy>
-void sample_band(const std::vector<Seg>& segs, int64_t n, int64_t k, int shift, int64_t& lo_bin, int64_t& hi_bin,
+void sample_band(const std::vector<Operand>& segs, int64_t n, int64_t k, int shift, int64_t& lo_bin, int64_t& hi_bin,
                  uint32_t* __restrict counts) {
   using Key = key_t<P>;
   const int64_t want = sample_size();
@@ -662,12 +637,12 @@ void sample_band(const std::vector<Seg>& segs, int64_t n, int64_t k, int shift, 
   auto prefetch = [&](int64_t r) {
     const int64_t pos = run_start(r);
     while (segs[jp].offset + segs[jp].n <= pos) ++jp;
-    const Seg& s = segs[jp];
+    const Operand& s = segs[jp];
     const int64_t a = pos - s.offset;
     const int64_t bytes = static_cast<int64_t>(c10::elementSize(s.type));
     prefetch_line(static_cast<const char*>(s.a) + a * bytes);
     if (s.b != nullptr) prefetch_line(static_cast<const char*>(s.b) + a * bytes);
-    if (s.prev != nullptr) prefetch_line(s.prev + a);
+    if (s.competing != nullptr) prefetch_line(s.competing + a);
   };
   // The sampled keys' top digits, counted (only the competing ones), in `counts` (2^16 bins).
   std::fill(counts, counts + kBins, 0u);
@@ -681,7 +656,7 @@ void sample_band(const std::vector<Seg>& segs, int64_t n, int64_t k, int shift, 
     const int64_t end = pos + run_len;
     while (pos < end) {
       while (segs[j].offset + segs[j].n <= pos) ++j;
-      const Seg& s = segs[j];
+      const Operand& s = segs[j];
       const int64_t a = pos - s.offset;
       const int64_t m = std::min({end - pos, s.n - a, kBlock});
       Policy::visit(s, [&](const auto& src) {
@@ -715,17 +690,11 @@ void sample_band(const std::vector<Seg>& segs, int64_t n, int64_t k, int shift, 
   }
 }
 
-struct Result {
-  int64_t nan_index = -1;  // first tensor holding a (competing) NaN, or -1
-  int64_t competing = 0;   // elements that compete
-  uint64_t key = 0;        // the k-th largest key (kth_largest only)
-};
-
 // The k-th largest key over `segs` (n elements in all) and, when write_masks, the masks keeping
 // exactly the k largest. Returns early with nan_index set, or with competing < k (the caller
 // reports both).
 template <typename P, typename Policy>
-Result radix_select(const std::vector<Seg>& segs, int64_t n, int64_t k, bool write_masks) {
+Result radix_select(const std::vector<Operand>& segs, int64_t n, int64_t k, bool write_masks) {
   using Key = key_t<P>;
   constexpr int kKeyBits = static_cast<int>(sizeof(Key) * 8);
   Result res;
@@ -743,7 +712,7 @@ Result radix_select(const std::vector<Seg>& segs, int64_t n, int64_t k, bool wri
     if (lo >= hi) return;
     size_t j = static_cast<size_t>(std::upper_bound(seg_start.begin(), seg_start.end(), lo) - seg_start.begin()) - 1;
     for (; j < segs.size() && segs[j].offset < hi; ++j) {
-      const Seg& s = segs[j];
+      const Operand& s = segs[j];
       const int64_t a = std::max(lo, s.offset) - s.offset;
       const int64_t b = std::min(hi, s.offset + s.n) - s.offset;
       if (a < b) f(s, a, b);
@@ -788,7 +757,7 @@ Result radix_select(const std::vector<Seg>& segs, int64_t n, int64_t k, bool wri
       uint32_t* h = hist.data() + c * kBins;
       std::fill(h, h + kBins, 0u);
       nan_at[c] = -1;
-      for_each_piece(c, [&](const Seg& s, int64_t a, int64_t b) {
+      for_each_piece(c, [&](const Operand& s, int64_t a, int64_t b) {
         Policy::visit(s, [&](const auto& src) {
           const bool bad = whole ? pass_histogram_top(src, a, b, shift, h)
                                  : pass_histogram_band(src, a, b, shift, lo, width, h, above[c], live[c]);
@@ -823,11 +792,11 @@ Result radix_select(const std::vector<Seg>& segs, int64_t n, int64_t k, bool wri
 
   if (write_masks && (k == 0 || k == res.competing)) {
     for_each_chunk([&](int64_t c) {
-      for_each_piece(c, [&](const Seg& s, int64_t a, int64_t b) {
+      for_each_piece(c, [&](const Operand& s, int64_t a, int64_t b) {
         if (k == 0) {
           std::fill(s.out + a, s.out + b, uint8_t(0));
-        } else if (s.prev != nullptr) {
-          if (s.out != s.prev) std::copy(s.prev + a, s.prev + b, s.out + a);  // in place: already so
+        } else if (s.competing != nullptr) {
+          if (s.out != s.competing) std::copy(s.competing + a, s.competing + b, s.out + a);  // in place: already so
         } else {
           std::fill(s.out + a, s.out + b, uint8_t(1));
         }
@@ -877,7 +846,7 @@ Result radix_select(const std::vector<Seg>& segs, int64_t n, int64_t k, bool wri
       }
       for_each_chunk([&](int64_t c) {
         int64_t q = quota[c];
-        for_each_piece(c, [&](const Seg& s, int64_t a, int64_t b) {
+        for_each_piece(c, [&](const Operand& s, int64_t a, int64_t b) {
           Policy::visit(s, [&](const auto& src) { pass_mask_exact(src, a, b, kth, s.out, q); });
         });
       });
@@ -893,7 +862,7 @@ Result radix_select(const std::vector<Seg>& segs, int64_t n, int64_t k, bool wri
       std::vector<uint8_t*> dst(write_masks ? static_cast<size_t>(bucket) : 0);
       for_each_chunk([&](int64_t c) {
         int64_t m = off[c];
-        for_each_piece(c, [&](const Seg& s, int64_t a, int64_t b) {
+        for_each_piece(c, [&](const Operand& s, int64_t a, int64_t b) {
           Policy::visit(s, [&](const auto& src) {
             m = write_masks ? pass_mask_candidates(src, a, b, shift, high, s.out, keys.data(), dst.data(), m)
                             : pass_collect(src, a, b, shift, high, keys.data(), m);
@@ -925,196 +894,12 @@ Result radix_select(const std::vector<Seg>& segs, int64_t n, int64_t k, bool wri
     for_each_chunk([&](int64_t c) {
       uint32_t* h = hist.data() + c * kBins;
       std::fill(h, h + kBins, 0u);
-      for_each_piece(c, [&](const Seg& s, int64_t a, int64_t b) {
+      for_each_piece(c, [&](const Operand& s, int64_t a, int64_t b) {
         Policy::visit(s, [&](const auto& src) { pass_histogram(src, a, b, shift, known, h); });
       });
     });
     sum_histograms();
   }
-}
-
-void check_float(const at::Tensor& t, const char* name, size_t i) {
-  TORCH_CHECK(t.device().is_cpu(), "sparseforce (cpu): ", name, "[", i, "] is on ", t.device());
-  const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kHalf || st == at::kBFloat16 || st == at::kFloat || st == at::kDouble,
-              "sparseforce: ", name, "[", i, "] has dtype ", st, "; expected fp16, bf16, fp32 or fp64");
-}
-
-at::ScalarType promoted_dtype(at::TensorList ts) {
-  at::ScalarType d = ts.empty() ? at::kFloat : ts[0].scalar_type();
-  for (const auto& t : ts) d = at::promote_types(d, t.scalar_type());
-  return d;
-}
-
-std::vector<at::Tensor> empty_masks(at::TensorList like) {
-  std::vector<at::Tensor> out;
-  out.reserve(like.size());
-  for (const auto& t : like) out.push_back(at::empty(t.sizes(), t.options().dtype(at::kBool)));
-  return out;
-}
-
-// The contiguous tensors the kernel writes; those of `out` that are not contiguous get a
-// stand-in, copied back by finish_out.
-std::vector<at::Tensor> writable(at::TensorList out, at::TensorList like) {
-  TORCH_CHECK(out.size() == like.size(), "sparseforce: out has ", out.size(), " tensors but there are ",
-              like.size(), " inputs");
-  std::vector<at::Tensor> w;
-  for (size_t i = 0; i < out.size(); ++i) {
-    TORCH_CHECK(out[i].scalar_type() == at::kBool && out[i].sizes() == like[i].sizes() && out[i].device().is_cpu(),
-                "sparseforce: out[", i, "] must be a CPU bool tensor of the input's shape");
-    w.push_back(out[i].is_contiguous() ? out[i] : at::empty(out[i].sizes(), out[i].options()));
-  }
-  return w;
-}
-
-void finish_out(at::TensorList out, const std::vector<at::Tensor>& w) {
-  for (size_t i = 0; i < out.size(); ++i) {
-    if (!w[i].is_same(out[i])) out[i].copy_(w[i]);
-  }
-}
-
-void check_k(int64_t k, int64_t n) {
-  TORCH_CHECK_VALUE(k >= 0 && k <= n, "k=", k, " is outside [0, ", n, "]: the inputs hold ", n, " elements in all");
-}
-
-// ---- topk_masks / kth_largest
-
-struct Prepared {
-  std::vector<Seg> segs;
-  std::vector<at::Tensor> hold;  // contiguous copies the segments point into
-  int64_t n = 0;
-};
-
-Prepared prepare_scores(at::TensorList scores, const std::vector<at::Tensor>* out) {
-  Prepared p;
-  for (size_t i = 0; i < scores.size(); ++i) {
-    check_float(scores[i], "scores", i);
-    if (scores[i].numel() == 0) continue;
-    at::Tensor c = scores[i].contiguous();
-    Seg s;
-    s.a = c.data_ptr();
-    s.type = c.scalar_type();
-    s.n = c.numel();
-    s.offset = p.n;
-    s.index = static_cast<int64_t>(i);
-    if (out != nullptr) s.out = reinterpret_cast<uint8_t*>((*out)[i].data_ptr<bool>());
-    p.n += s.n;
-    p.segs.push_back(s);
-    p.hold.push_back(std::move(c));
-  }
-  return p;
-}
-
-template <typename F>
-void dispatch_rank_dtype(at::ScalarType t, F&& f) {
-  dispatch_float(t, std::forward<F>(f));
-}
-
-Result run_scores(at::TensorList scores, int64_t k, const std::vector<at::Tensor>* out) {
-  Prepared p = prepare_scores(scores, out);
-  check_k(k, p.n);
-  Result res;
-  dispatch_rank_dtype(promoted_dtype(scores), [&](auto tag) {
-    using P = decltype(tag);
-    res = radix_select<P, ScorePolicy<P>>(p.segs, p.n, k, out != nullptr);
-  });
-  TORCH_CHECK_VALUE(res.nan_index < 0, "scores[", res.nan_index, "] contains NaN; NaN scores cannot be ranked");
-  return res;
-}
-
-void topk_masks_out(at::TensorList scores, int64_t k, at::TensorList out) {
-  std::vector<at::Tensor> w = writable(out, scores);
-  run_scores(scores, k, &w);
-  finish_out(out, w);
-}
-
-std::vector<at::Tensor> topk_masks(at::TensorList scores, int64_t k) {
-  std::vector<at::Tensor> out = empty_masks(scores);
-  run_scores(scores, k, &out);
-  return out;
-}
-
-at::Tensor kth_largest(at::TensorList scores, int64_t k) {
-  TORCH_CHECK_VALUE(k >= 1, "k=", k, " has no k-th largest value; k must be in [1, N]");
-  const Result res = run_scores(scores, k, nullptr);
-  const at::ScalarType st = promoted_dtype(scores);
-  at::Tensor value = at::empty({}, scores[0].options().dtype(st));
-  dispatch_rank_dtype(st, [&](auto tag) {
-    using Key = key_t<decltype(tag)>;
-    // The zero key is +0.0's, so a zero threshold comes back as +0.0.
-    const Key bits = unorder_bits(static_cast<Key>(res.key));
-    std::memcpy(value.data_ptr(), &bits, sizeof bits);
-  });
-  return value;
-}
-
-// ---- saliency_topk_masks (FORCE: resurrect; Iter SNIP: only prev_masks compete)
-
-void saliency_run(at::TensorList weights, at::TensorList grads, int64_t k, at::TensorList prev_masks,
-                  bool resurrect, std::vector<at::Tensor>& out) {
-  TORCH_CHECK(weights.size() == grads.size(), "sparseforce: weights has ", weights.size(),
-              " tensors but grads has ", grads.size());
-  const bool use_prev = !resurrect && !prev_masks.empty();
-  TORCH_CHECK(prev_masks.empty() || prev_masks.size() == weights.size(), "sparseforce: prev_masks has ",
-              prev_masks.size(), " tensors but weights has ", weights.size());
-  Prepared p;
-  bool any_double = false;
-  for (size_t i = 0; i < weights.size(); ++i) {
-    check_float(weights[i], "weights", i);
-    check_float(grads[i], "grads", i);
-    TORCH_CHECK(weights[i].sizes() == grads[i].sizes(), "sparseforce: weights[", i, "] and grads[", i,
-                "] differ in shape");
-    // Promoting w and g to one dtype is exact, and |w*g| is then formed in the same precision.
-    const at::ScalarType st = at::promote_types(weights[i].scalar_type(), grads[i].scalar_type());
-    any_double |= st == at::kDouble;
-    if (weights[i].numel() == 0) continue;
-    at::Tensor w = weights[i].to(st).contiguous();
-    at::Tensor g = grads[i].to(st).contiguous();
-    Seg s;
-    s.a = w.data_ptr();
-    s.b = g.data_ptr();
-    s.type = st;
-    s.n = w.numel();
-    s.offset = p.n;
-    s.index = static_cast<int64_t>(i);
-    s.out = reinterpret_cast<uint8_t*>(out[i].data_ptr<bool>());
-    if (use_prev) {
-      TORCH_CHECK(prev_masks[i].scalar_type() == at::kBool && prev_masks[i].sizes() == weights[i].sizes(),
-                  "sparseforce: prev_masks[", i, "] must be a bool tensor of the weight's shape");
-      at::Tensor m = prev_masks[i].contiguous();
-      s.prev = reinterpret_cast<const uint8_t*>(m.data_ptr<bool>());
-      p.hold.push_back(std::move(m));
-    }
-    p.n += s.n;
-    p.segs.push_back(s);
-    p.hold.push_back(std::move(w));
-    p.hold.push_back(std::move(g));
-  }
-  check_k(k, p.n);
-  Result res;
-  if (any_double) {
-    res = radix_select<double, SaliencyPolicy<double>>(p.segs, p.n, k, true);
-  } else {
-    res = radix_select<float, SaliencyPolicy<float>>(p.segs, p.n, k, true);
-  }
-  TORCH_CHECK_VALUE(res.nan_index < 0, "the saliency |w*g| of weights[", res.nan_index,
-                    "] is NaN (NaN, or inf times 0, in weights[", res.nan_index, "] or grads[", res.nan_index, "])");
-  TORCH_CHECK_VALUE(k <= res.competing, "k=", k, " but prev_masks keep only ", res.competing,
-                    " weights; with resurrect=False only weights kept in prev_masks compete, so k may not exceed that");
-}
-
-std::vector<at::Tensor> saliency_topk_masks(at::TensorList weights, at::TensorList grads, int64_t k,
-                                            at::TensorList prev_masks, bool resurrect) {
-  std::vector<at::Tensor> out = empty_masks(weights);
-  saliency_run(weights, grads, k, prev_masks, resurrect, out);
-  return out;
-}
-
-void saliency_topk_masks_out(at::TensorList weights, at::TensorList grads, int64_t k, at::TensorList prev_masks,
-                             bool resurrect, at::TensorList out) {
-  std::vector<at::Tensor> w = writable(out, weights);
-  saliency_run(weights, grads, k, prev_masks, resurrect, w);
-  finish_out(out, w);
 }
 
 // ---- radix_histogram: one pass of a selection whose other passes run elsewhere (the ranks of a
@@ -1123,7 +908,7 @@ void saliency_topk_masks_out(at::TensorList weights, at::TensorList grads, int64
 // Counts of the 16-bit digit at `shift` of the competing keys (ranking dtype P) whose bits above
 // it equal `prefix`, and the first tensor holding a competing NaN (top pass only).
 template <typename P, typename Policy>
-std::pair<std::vector<int64_t>, int64_t> histogram_pass(const std::vector<Seg>& segs, int shift, uint64_t prefix) {
+DigitCounts histogram_pass(const std::vector<Operand>& segs, int shift, uint64_t prefix) {
   using Key = key_t<P>;
   constexpr int kKeyBits = static_cast<int>(sizeof(Key) * 8);
   const bool top = shift == kKeyBits - kDigit;
@@ -1133,7 +918,7 @@ std::pair<std::vector<int64_t>, int64_t> histogram_pass(const std::vector<Seg>& 
   std::vector<uint8_t> nan(segs.size(), 0);
   at::parallel_for(0, static_cast<int64_t>(segs.size()), 1, [&](int64_t b, int64_t e) {
     for (int64_t j = b; j < e; ++j) {
-      const Seg& s = segs[j];
+      const Operand& s = segs[j];
       uint32_t* h = hist.data() + j * kBins;
       Policy::visit(s, [&](const auto& src) {
         if (top) {
@@ -1154,77 +939,46 @@ std::pair<std::vector<int64_t>, int64_t> histogram_pass(const std::vector<Seg>& 
   return {std::move(total), nan_index};
 }
 
-// Scores mode (b empty): the keys of a; saliency mode: of |a*b| formed as saliency_topk_masks
-// forms it. Returns int64[2^16 + 1]: the histogram, then the NaN tensor's index or -1.
-at::Tensor radix_histogram(at::TensorList a, at::TensorList b, at::TensorList prev_masks, at::ScalarType rank,
-                           int64_t shift, int64_t prefix) {
-  const bool saliency = !b.empty();
-  check_radix_histogram_args(a, b, prev_masks, rank, shift, kDigit);
-  Prepared p;
-  for (size_t i = 0; i < a.size(); ++i) {
-    check_float(a[i], saliency ? "weights" : "scores", i);
-    at::ScalarType st = a[i].scalar_type();
-    if (saliency) {
-      check_float(b[i], "grads", i);
-      TORCH_CHECK(a[i].sizes() == b[i].sizes(), "sparseforce: weights[", i, "] and grads[", i, "] differ in shape");
-      st = at::promote_types(st, b[i].scalar_type());
-      if (st != at::kDouble) st = at::kFloat;  // |w*g| is formed in float32 unless an input is float64
-    }
-    // The rank dtype must hold every value exactly (the caller promotes over all ranks).
-    TORCH_CHECK_VALUE(at::promote_types(st, rank) == rank, "sparseforce: ", saliency ? "weights" : "scores", "[", i,
-                      "] ranks as ", st, ", which ", rank, " does not hold exactly");
-    if (a[i].numel() == 0) continue;
-    Seg s;
-    at::Tensor x = (saliency ? a[i].to(st) : a[i]).contiguous();
-    s.a = x.data_ptr();
-    p.hold.push_back(x);
-    if (saliency) {
-      at::Tensor g = b[i].to(st).contiguous();
-      s.b = g.data_ptr();
-      p.hold.push_back(g);
-    }
-    if (!prev_masks.empty()) {
-      TORCH_CHECK(prev_masks[i].scalar_type() == at::kBool && prev_masks[i].sizes() == a[i].sizes(),
-                  "sparseforce: prev_masks[", i, "] must be a bool tensor of the input's shape");
-      at::Tensor m = prev_masks[i].contiguous();
-      s.prev = reinterpret_cast<const uint8_t*>(m.data_ptr<bool>());
-      p.hold.push_back(m);
-    }
-    s.type = x.scalar_type();
-    s.n = x.numel();
-    s.offset = p.n;
-    s.index = static_cast<int64_t>(i);
-    p.n += s.n;
-    p.segs.push_back(s);
-  }
-  std::pair<std::vector<int64_t>, int64_t> res;
-  dispatch_rank_dtype(rank, [&](auto tag) {
-    using P = decltype(tag);
-    if (saliency) {
-      if constexpr (std::is_same_v<P, float> || std::is_same_v<P, double>) {
-        res = histogram_pass<P, SaliencyPolicy<P>>(p.segs, static_cast<int>(shift), static_cast<uint64_t>(prefix));
-      } else {
-        TORCH_CHECK_VALUE(false, "sparseforce: saliencies rank as float32 or float64, not ", rank);
-      }
-    } else {
-      res = histogram_pass<P, ScorePolicy<P>>(p.segs, static_cast<int>(shift), static_cast<uint64_t>(prefix));
-    }
-  });
-  at::Tensor out = at::empty({kBins + 1}, at::TensorOptions().dtype(at::kLong));
-  std::copy(res.first.begin(), res.first.end(), out.data_ptr<int64_t>());
-  out.data_ptr<int64_t>()[kBins] = res.second;
-  return out;
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparseforce, CPU, m) {
-  m.impl("topk_masks", &topk_masks);
-  m.impl("topk_masks_out", &topk_masks_out);
-  m.impl("kth_largest", &kth_largest);
-  m.impl("saliency_topk_masks", &saliency_topk_masks);
-  m.impl("saliency_topk_masks_out", &saliency_topk_masks_out);
-  m.impl("radix_histogram", &radix_histogram);
+Result select_scores(const std::vector<Operand>& inputs, int64_t n, int64_t k, at::ScalarType rank,
+                     bool write_masks) {
+  Result res;
+  dispatch_float(rank, [&](auto tag) {
+    using P = decltype(tag);
+    res = radix_select<P, KeySource<P, false>>(inputs, n, k, write_masks);
+  });
+  return res;
+}
+
+Result select_saliency(const std::vector<Operand>& inputs, int64_t n, int64_t k, bool wide) {
+  return wide ? radix_select<double, KeySource<double, true>>(inputs, n, k, true)
+              : radix_select<float, KeySource<float, true>>(inputs, n, k, true);
+}
+
+void store_value(uint64_t key, at::ScalarType rank, void* dst) {
+  dispatch_float(rank, [&](auto tag) {
+    using Key = key_t<decltype(tag)>;
+    const Key bits = unorder_bits(static_cast<Key>(key));
+    std::memcpy(dst, &bits, sizeof bits);
+  });
+}
+
+DigitCounts digit_histogram(const std::vector<Operand>& inputs, at::ScalarType rank, bool saliency, int shift,
+                            uint64_t prefix) {
+  DigitCounts res;
+  dispatch_float(rank, [&](auto tag) {
+    using P = decltype(tag);
+    if constexpr (std::is_same_v<P, float> || std::is_same_v<P, double>) {
+      if (saliency) {
+        res = histogram_pass<P, KeySource<P, true>>(inputs, shift, prefix);
+        return;
+      }
+    }
+    TORCH_INTERNAL_ASSERT(!saliency, "sparseforce: saliencies rank as float32 or float64, not ", rank);
+    res = histogram_pass<P, KeySource<P, false>>(inputs, shift, prefix);
+  });
+  return res;
 }
 
 }  // namespace cpu

@@ -1,0 +1,49 @@
+"""Pruning masks: a validated container, a safe on-disk format, and enforcement during training.
+
+A mask is a ``torch.bool`` tensor with the shape of the weight it prunes: ``True`` means the
+weight is kept, ``False`` means it is pruned (held at exactly ``0.0``).
+
+Public names:
+
+* :class:`Masks` -- ordered, read-only mapping ``parameter name -> bool tensor`` with summary
+  statistics (:meth:`Masks.density`, :meth:`Masks.per_layer`, ...), :meth:`Masks.save` /
+  :meth:`Masks.load` (torch.save's format, or safetensors for a ``.safetensors`` path) and
+  :meth:`Masks.check` against a model.
+* :class:`LayerDensity` / :class:`LayerTable` -- the rows / table returned by ``per_layer()``.
+* :class:`LayerCollapseWarning` -- issued by the pruning functions when a layer is left with no
+  weights (:meth:`Masks.collapsed` lists them).
+* :func:`format_percent` -- the density as every report shows it (percent, never rounded to 0 or
+  100 unless it is).
+* :class:`MasksFileError` -- raised by :meth:`Masks.load` for a file that is corrupt, truncated
+  or not a masks file (a ``ValueError``).
+* :func:`apply_masks` -- zero pruned weights and keep them zero under any torch optimizer;
+  returns a :class:`MaskHandle` whose ``remove()`` stops the enforcement.
+
+The modules: :mod:`~sparseforce.masks.container` (``Masks``), :mod:`~sparseforce.masks.report`
+(the per-layer table and the percentages), :mod:`~sparseforce.masks.formats` (the files, over
+plain dicts of tensors) and :mod:`~sparseforce.masks.enforce` (``apply_masks`` and its hooks).
+"""
+
+from __future__ import annotations
+
+from .container import Masks
+from .enforce import MaskHandle, apply_masks
+from .formats import FORMAT, FORMAT_VERSION, MasksFileError
+from .report import LayerCollapseWarning, LayerDensity, LayerTable, format_percent
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "LayerCollapseWarning",
+    "LayerDensity",
+    "LayerTable",
+    "MaskHandle",
+    "Masks",
+    "MasksFileError",
+    "apply_masks",
+    "format_percent",
+]
+
+# train.py and cli.py import these under their old names until the traincli branch moves them to
+# sparseforce._files; drop this line then.
+from .._files import atomic_torch_save as _atomic_torch_save, atomic_write as _atomic_write, first_line as _first_line, load_verified as _load_verified, remove_stale_temporaries as _remove_stale_temporaries  # noqa: E402,E501,F401,I001
