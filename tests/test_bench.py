@@ -238,13 +238,13 @@ def test_full_run_includes_the_beyond_int32_case_and_only_selects_it():
 
 
 def test_readme_beyond_int32_table_is_the_committed_run():
-    """The README's FORCE-past-2^31 numbers are those of the committed JSON, cell by cell."""
+    """The results page's FORCE-past-2^31 numbers are those of the committed JSON, cell by cell."""
     import re
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("### FORCE past 2^31 prunable weights"):]
-    section = section[:section.index("\n## ")]
+    readme = (root / "docs" / "results.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## FORCE past 2^31 prunable weights"):]
+    section = section[:(section + "\n## ").index("\n## ", 1)]
     path = re.search(r"`(benchmarks/results/beyond-int32-[\w-]+/[\w-]+\.json)`", section).group(1)
     saved = json.loads((root / path).read_text(encoding="utf-8"))
     force_row, ours, theirs = saved["beyond_int32"]
@@ -279,14 +279,14 @@ def test_end_to_end_cases_do_not_warn_of_the_layer_collapse_they_expect(tmp_path
 
 
 def test_readme_cpu_results_are_the_committed_run():
-    """The README's CPU results (table, bandwidth, speed-ups, x-floor range, plot) are those of the
-    committed JSON it names."""
+    """The results page's CPU results (table, bandwidth, speed-ups, x-floor range, plot) are those of
+    the committed JSON it names."""
     import re
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text(encoding="utf-8")
+    readme = (root / "docs" / "results.md").read_text(encoding="utf-8")
     start = readme.index("Latest CPU results")
-    section = readme[start:readme.index("### `cuda`", start)]
+    section = readme[start:readme.index("\n## ", start)]
     path = re.search(r"`(benchmarks/results/cpu-[\d-]+\.json)`", section).group(1)
     saved = json.loads((root / path).read_text(encoding="utf-8"))
     assert saved["complete"] and not saved["full"] and saved["scale"] == 1
@@ -297,7 +297,7 @@ def test_readme_cpu_results_are_the_committed_run():
     prose = " ".join(section.split())
     assert f"`sparseforce bench`, {saved['date'][:10]}," in prose
     assert f"copy bandwidth {saved['copy_bandwidth_Bps'] / 1e9:.1f} GB/s measured in this run" in prose
-    assert f"![CPU benchmark]({path[:-len('.json')]}.png)" in section
+    assert f"![CPU benchmark](../{path[:-len('.json')]}.png)" in section  # relative to docs/
     assert (root / path).with_suffix(".png").is_file()
     cpp = {r["case"]: r for r in saved["rows"] if r["impl"] == "cpp"}
 

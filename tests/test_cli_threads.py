@@ -1,5 +1,5 @@
 """The command's OpenMP default: on a busy machine, threads that wait sleep instead of spinning
-(README, "Threads")."""
+(docs/cli.md, "Threads")."""
 import os
 import subprocess
 import sys

@@ -137,9 +137,8 @@ def test_official_force_code_with_a_shuffling_loader_is_reproduced_by_the_readme
 
 def test_readme_gives_the_recipe_for_a_shuffling_loader_and_snip():
     from pathlib import Path
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("### Reproducing other implementations"):]
-    section = section[:section.index("\n### ", 5)]
+    section = (Path(__file__).resolve().parents[1] / "docs" / "methods" / "reproducing.md").read_text(encoding="utf-8")
+    assert section.startswith("# Reproducing other implementations")
     assert "[next(iter(loader)) for _ in range(T" in section
     assert "schedule=official_force_densities(d, 1)" in section  # their one-step SNIP
     assert "torch.set_default_dtype(torch.float64)" in section  # their SynFlow on a float64 model
@@ -714,12 +713,13 @@ def test_snip_schedules_are_checked_first():
 
 
 def test_readme_tie_frequencies_are_the_committed_measurement():
-    """The README's tie counts are those of benchmarks/ties_at_threshold.py's committed output."""
+    """The tie counts of docs/methods/reproducing.md are those of benchmarks/ties_at_threshold.py's
+    committed output."""
     import json
     import re
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    readme = " ".join((root / "docs" / "methods" / "reproducing.md").read_text(encoding="utf-8").split())
     path = re.search(r"`(benchmarks/results/ties-at-threshold-[\d-]+\.json)`", readme).group(1)
     summary = json.loads((root / path).read_text(encoding="utf-8"))["summary"]
     assert (f"a zero threshold at some step in {summary['with_a_zero_threshold_at_some_step']} of the "

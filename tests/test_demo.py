@@ -80,7 +80,7 @@ def test_readme_demo_table_is_the_committed_run():
     import re
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text(encoding="utf-8")
+    readme = (root / "docs" / "demo.md").read_text(encoding="utf-8")
     section = readme[readme.index("## The demo"):]
     section = section[:section.index("\n## ", 1)]
     folder = root / re.search(r"`(benchmarks/results/demo-[\w-]+)/`", section).group(1)
@@ -93,7 +93,7 @@ def test_readme_demo_table_is_the_committed_run():
     assert f"over {cfg['seeds']} seeds" in section and f"dense network {dense};" in section
     env = saved["environment"]
     assert env["threads_per_run"] == 1 and f"--jobs {env['jobs']}" in section and env["torch"] in section
-    # The README's table is not just any file's: it is this one's, whose masks a rerun reproduces.
+    # The page's table is not just any file's: it is this one's, whose masks a rerun reproduces.
     assert all(r["masks_sha256"] for r in saved["runs"] if r["method"] != "dense")
 
 
@@ -324,12 +324,12 @@ def test_readme_mnist_table_is_the_committed_run():
     import re
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text(encoding="utf-8")
+    readme = (root / "docs" / "demo.md").read_text(encoding="utf-8")
     section = readme[readme.index("## The MNIST demo"):]
     section = section[:section.index("\n## ", 1)]
     folder = root / re.search(r"`(benchmarks/results/demo-mnist-[\w-]+)/`", section).group(1)
     if not folder.is_dir():
-        raise AssertionError(f"{folder} is missing: the README quotes it")
+        raise AssertionError(f"{folder} is missing: docs/demo.md quotes it")
     saved = json.loads((folder / "results.json").read_text(encoding="utf-8"))
     assert saved["dataset"] == "mnist"
     cfg = saved["config"]
@@ -338,18 +338,18 @@ def test_readme_mnist_table_is_the_committed_run():
     assert _markdown_rows(table_part) == _markdown_rows(table)  # every cell, the header and "weights left" too
     assert _markdown_rows((folder / "table.md").read_text(encoding="utf-8")) == _markdown_rows(table)
     assert cfg["seeds"] == 5 and set(cfg["methods"]) == set(MNIST_METHODS) and 0.995 in cfg["sparsities"]
-    prose = " ".join(section.split())  # the README's lines wrap anywhere
+    prose = " ".join(section.split())  # the page's lines wrap anywhere
     assert "PLACEHOLDER" not in prose
     assert f"over {cfg['seeds']} seeds" in prose and f"{cfg['epochs']} epochs" in prose
     dense = re.search(r"dense \(unpruned\) network: (\S+ ± \S+)", table).group(1)
     assert f"dense network {dense};" in prose
-    # The README says what the run's per-seed check said.
+    # The page says what the run's per-seed check said.
     verdict = demo.claim_verdict(saved["runs"])
     assert verdict == saved["claim"]
     assert "Verdict: " + verdict["text"] in prose  # the last line of table.md, pasted
     env = saved["environment"]
     assert env["threads_per_run"] == 1 and f"--jobs {env['jobs']}" in prose and env["torch"] in prose
-    # How long it took is stated once, in the README's durations table (tests/test_durations.py
+    # How long it took is stated once, in the durations table of docs/demo.md (tests/test_durations.py
     # holds that figure to this run's seconds); the section points there.
     assert "[How long things take](#how-long-things-take)" in section
     for name in ("accuracy_vs_sparsity.png", "layer_density.png", "wall_time.png"):

@@ -1,4 +1,5 @@
-"""The README's figures that drift: how long things take, the test count, the threads table."""
+"""The documentation's figures that drift: how long things take, the test count, the threads table
+(each on its page of docs/, which these tests read)."""
 import json
 import re
 import subprocess
@@ -11,12 +12,17 @@ from sparseforce import durations
 from sparseforce.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+DOCS = ROOT / "docs"
+# The page that holds each block: the durations on the demos' page, the count on the tests page,
+# the threads table in the command line's "Threads".
+PAGES = {"durations": DOCS / "demo.md", "test-count": DOCS / "tests.md", "threads": DOCS / "cli.md"}
+# Every page a reader sees: the README and the site's pages, where no other duration figure may be.
+EVERY_PAGE = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))])
 
 
 def block(name):
-    m = re.search(rf"<!-- {name} -->\n?(.*?)<!-- /{name} -->", README, re.S)
-    assert m, f"README has no <!-- {name} --> block"
+    m = re.search(rf"<!-- {name} -->\n?(.*?)<!-- /{name} -->", PAGES[name].read_text(), re.S)
+    assert m, f"{PAGES[name].relative_to(ROOT)} has no <!-- {name} --> block"
     return m.group(1)
 
 
@@ -31,7 +37,7 @@ def test_readme_durations_table_is_the_one_in_durations_py():
 
 def test_no_other_duration_figure_for_a_command_in_the_readme():
     # One place: a figure elsewhere is how "about 9", "about 10" and "10-15 minutes" came to be.
-    outside = README.replace(block("durations"), "")
+    outside = EVERY_PAGE.replace(block("durations"), "")
     # Not a command's duration: the CUDA CI build, an epoch of digits_cnn, FORCE's steps in the demo.
     allowed = {"registers (about 2 minutes", "epoch takes about", "steps take about"}
     for m in re.finditer(r".{0,12}about [0-9][0-9.,–-]* ?(minutes|min|s)\b", outside):
@@ -83,8 +89,9 @@ def test_readme_threads_table_is_the_committed_measurement():
     step = {(r["load"], r["setting"].split(",")[0]): r["masks_median_s"] for r in rows
             if r["workload"].startswith("bench")}
     spin, passive = "OpenMP default (spin)", "passive waits"
-    prose = " ".join(README.split())
+    page = PAGES["threads"].read_text()
+    prose = " ".join(page.split())
     assert (f"took {step['busy', spin]:.2f} s spinning and {step['busy', passive]:.2f} s with passive waits"
             in prose)
     assert f"({step['quiet', spin]:.2f} s against {step['quiet', passive]:.2f} s)" in prose
-    assert f"benchmarks/results/{files[-1].name}" in README
+    assert f"benchmarks/results/{files[-1].name}" in page

@@ -172,7 +172,8 @@ def test_the_readme_names_only_kernel_sources_that_exist():
     # was: a `histogram.cu` in the code layout; radix_histogram's kernels live in select.cu
     import re
     root = PKG.parent
-    readme = (root / "README.md").read_text(encoding="utf-8")
+    pages = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]  # the README and the docs site
+    readme = "\n".join(p.read_text(encoding="utf-8") for p in pages)
     ours = {p.name for p in (root / "csrc").rglob("*") if p.is_file()}
     cuda_headers = {"cuda_bf16.h", "cuda_fp16.h", "cuda_runtime.h"}
     named = set(re.findall(r"`([A-Za-z0-9_]+\.(?:cu|cuh|cpp|h))`", readme)) - cuda_headers
