@@ -137,9 +137,9 @@ setup(
     ],
     extras_require={
         # Hugging Face: prune transformers models, save masks as .safetensors. Both are imported
-        # only when used; tests/test_transformers.py needs them, hence also in [test].
+        # only when used; tests/pruning/test_transformers.py needs them, hence also in [test].
         "hf": HF,
-        # The docs site (tests/test_docs.py builds it strictly and runs its examples): with the test
+        # The docs site (tests/apps/test_docs.py builds it strictly and runs its examples): with the test
         # extra, the README's one test command covers the documentation too.
         "test": ["pytest>=7", "hypothesis>=6", *HF, *DOCS],
     },

@@ -1,5 +1,5 @@
 """The official FORCE code's pruning loop (github.com/naver/force, ``iterative_pruning``), written
-out once: tests/test_conventions.py compares our masks with it bit for bit, and
+out once: tests/pruning/test_conventions.py compares our masks with it bit for bit, and
 benchmarks/ties_at_threshold.py records what its thresholds are at every step."""
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """How often the official FORCE code's threshold is 0 (and its ``>=`` keeps every tie).
 
 Runs the official ``iterative_pruning`` loop of github.com/naver/force, written out (benchmarks/peers.py, as
-tests/test_conventions.py compares it: ``next(iter(loader))`` per batch from a shuffling DataLoader,
+tests/pruning/test_conventions.py compares it: ``next(iter(loader))`` per batch from a shuffling DataLoader,
 ``nll_loss`` on the raw logits, ``int(N * d_t)`` kept with ``>=`` the k-th largest score, Iter SNIP
 setting pruned scores to the minimum), on the package's small models and the offline data sets,
 for FORCE and Iter SNIP at several sparsities and step counts, and records every step whose

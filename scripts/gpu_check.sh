@@ -91,7 +91,7 @@ step() {
 }
 
 PYTEST=(python -m pytest -p no:cacheprovider -v -ra --durations=10)
-# The real kernels run here: the CPU emulation of them (tests/cuda_emu, built with g++) would only
+# The real kernels run here: the CPU emulation of them (tests/support/cuda_emu, built with g++) would only
 # spend the lent time on what CI already checks.
 export SPARSEFORCE_TEST_NO_EMU=1
 
@@ -137,23 +137,23 @@ print("smoke test passed")'
 
 # The shared kernel tests select by their ids: "<backend>-cuda" in test_ops*.py, "[cuda" in
 # test_triton_kernels.py, "cuda" in test_radix_histogram.py (none yet: its kernels are CPU-only).
-step tests_cuda 90 200 "${PYTEST[@]}" tests/test_ops.py tests/test_ops_properties.py tests/test_triton_kernels.py \
-  tests/test_radix_histogram.py -k cuda --junitxml="$DEST/tests_cuda.xml"
+step tests_cuda 90 200 "${PYTEST[@]}" tests/ops/test_ops.py tests/ops/test_ops_properties.py tests/ops/test_triton_kernels.py \
+  tests/ops/test_radix_histogram.py -k cuda --junitxml="$DEST/tests_cuda.xml"
 
 # The cuda backend ("cuda-cuda") with the candidate buffer off (the full-data fallback: radix to
 # the whole key, ties by per-tile quotas) and with a tiny one (bins over it take the fallback).
 for cap in 0 64; do
-  step "tests_cap$cap" 20 60 env SPARSEFORCE_CUDA_CANDIDATE_CAP=$cap "${PYTEST[@]}" tests/test_ops.py \
-    tests/test_ops_properties.py -k cuda-cuda --junitxml="$DEST/tests_cap$cap.xml"
+  step "tests_cap$cap" 20 60 env SPARSEFORCE_CUDA_CANDIDATE_CAP=$cap "${PYTEST[@]}" tests/ops/test_ops.py \
+    tests/ops/test_ops_properties.py -k cuda-cuda --junitxml="$DEST/tests_cap$cap.xml"
 done
 
 # CUDA tensors on several gloo ranks, and the README's NCCL torchrun commands (plain DDP and
 # FSDP2-sharded), one rank per GPU; their masks and result.json stay under $DEST/distributed_tmp.
-step distributed 70 180 "${PYTEST[@]}" tests/test_distributed.py -k "cuda or nccl" \
+step distributed 70 180 "${PYTEST[@]}" tests/distributed/test_distributed.py -k "cuda or nccl" \
   --basetemp="$DEST/distributed_tmp" --junitxml="$DEST/distributed.xml"
 
 # The pruning-level tests that have CUDA cases: inverted masks on every backend, shuffle on CUDA.
-step tests_pruning 10 60 "${PYTEST[@]}" tests/test_conventions.py tests/test_ablations.py \
+step tests_pruning 10 60 "${PYTEST[@]}" tests/pruning/test_conventions.py tests/pruning/test_ablations.py \
   -k "every_backend or any_device" --junitxml="$DEST/tests_pruning.xml"
 
 # Every default case, each capped; the JSON is rewritten after every case.

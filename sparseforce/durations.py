@@ -1,7 +1,7 @@
 """How long the commands take: stated once, here.
 
 The CLI's help texts and the README's "How long things take" table are written from this table,
-and tests/test_durations.py holds both to it; the figures of the two full demos are also checked
+and tests/apps/test_durations.py holds both to it; the figures of the two full demos are also checked
 against the wall time their committed ``results.json`` recorded. Measured on the machine the
 committed results come from, quiet. Importing this module imports nothing else, so that
 ``sparseforce --help`` stays fast.

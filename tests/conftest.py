@@ -1,4 +1,10 @@
 import os
+import sys
+from pathlib import Path
+
+# The test suite's own tools (tests/support: the CUDA emulator, the rank launcher, the bf16
+# conversions) import by their names from every test folder.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 import numpy as np
 import pytest
@@ -56,7 +62,7 @@ def backends_for(device):
 
 
 def _emulated_cuda_backends():
-    """The CUDA kernels under the CPU emulator (tests/cuda_emu), as extra backends on CPU tensors.
+    """The CUDA kernels under the CPU emulator (tests/support/cuda_emu), as extra backends on CPU tensors.
 
     Built with g++ (cached); a machine without g++ cannot build them. A build error fails the
     run loudly. SPARSEFORCE_TEST_NO_EMU=1 leaves them out (e.g. on a GPU, where the real kernels run)."""
@@ -127,7 +133,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def emulator():
-    """The CUDA emulator's library (tests/cuda_emu), built once per cache key with g++."""
+    """The CUDA emulator's library (tests/support/cuda_emu), built once per cache key with g++."""
     from cuda_emu import build, emu
     if os.environ.get("SPARSEFORCE_TEST_NO_EMU"):
         pytest.skip("SPARSEFORCE_TEST_NO_EMU=1 leaves the CUDA emulator out")

@@ -10,7 +10,7 @@ import math
 import sys
 
 # Spelled out rather than imported so that building the parser does not import torch;
-# tests/test_cli.py checks them against the library.
+# tests/apps/test_cli.py checks them against the library.
 METHOD_NAMES = ("force", "grasp", "iter_snip", "magnitude", "random", "snip", "synflow")
 BACKEND_NAMES = ("auto", "reference", "cpp", "cuda", "triton")
 DATASET_NAMES = ("cifar10", "cifar100", "tinyimagenet", "imagenet", "digits", "mnist")

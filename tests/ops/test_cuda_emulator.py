@@ -1,4 +1,4 @@
-"""The CUDA emulator itself (tests/cuda_emu): its intrinsics, its schedules, the misuse it reports
+"""The CUDA emulator itself (tests/support/cuda_emu): its intrinsics, its schedules, the misuse it reports
 and its fp16/bf16 conversions, checked against numpy and torch. The kernel tests that run
 csrc/cuda under it (test_cuda_emulated.py) are only as good as this."""
 import contextlib

@@ -1,6 +1,6 @@
 """The emulated CUDA backend: csrc/cuda's kernels and host orchestration, run on CPU tensors.
 
-A shared library built from ``csrc/cuda/*.cu`` + ``csrc/cuda/host.cpp`` + ``tests/cuda_emu/abi.cpp``
+A shared library built from ``csrc/cuda/*.cu`` + ``csrc/cuda/host.cpp`` + ``tests/support/cuda_emu/abi.cpp``
 + the emulator runtime (compiled as host C++ with g++) is loaded through ctypes. The functions
 here are kernels with the op library's signatures (``sparseforce/ops/library.py``), and do in
 Python what the torch layer ``csrc/cuda/ops_cuda.cpp`` does in C++: contiguous copies, dtype

@@ -1,5 +1,5 @@
 """The CUDA kernels and their host orchestration (csrc/cuda), run on the CPU under the emulator
-(tests/cuda_emu), on every path of the device-side radix select.
+(tests/support/cuda_emu), on every path of the device-side radix select.
 
 The shared kernel tests (test_ops.py, test_ops_properties.py, test_radix_histogram.py) already
 run the emulated backends against the reference on random inputs of every awkward kind; this file
@@ -21,7 +21,7 @@ from sparseforce.ops import NaNScoreError
 
 pytestmark = pytest.mark.skipif(not EMULATED_CUDA, reason="the CUDA emulator is not built here (no C++ compiler, or SPARSEFORCE_TEST_NO_EMU=1)")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # csrc/cuda/launch.h: SelectMode, the final ones
 CAND_DONE, KNOWN, ALL, NONE, ERR_NAN, ERR_K = 3, 4, 5, 6, 7, 8
@@ -206,7 +206,7 @@ def test_failed_occupancy_query_is_not_reported_as_a_launch_failure():
     # The launchers cache the occupancy per kernel, so this needs a fresh process in which every
     # query fails: the fallback (one block per SM) must run and the call succeed.
     code = (
-        "import sys; sys.path.insert(0, 'tests')\n"
+        "import sys; sys.path.insert(0, 'tests/support')\n"
         "import torch, sparseforce.ops as ops\n"
         "from cuda_emu import register; register.install()\n"
         "s = [torch.randn(20000), torch.randn(77)]\n"

@@ -19,7 +19,7 @@ from torch import nn
 import sparseforce as sf
 import sparseforce.distributed as sd
 import sparseforce.ops as ops
-from _ranks import run_ranks, values
+from ranks import run_ranks, values
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch built without torch.distributed")
 
@@ -440,7 +440,7 @@ def test_torchrun_ddp_command(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
-    root = str(Path(__file__).resolve().parents[1])  # this checkout's sparseforce, whatever is installed
+    root = str(Path(__file__).resolve().parents[2])  # this checkout's sparseforce, whatever is installed
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([root] + ([os.environ["PYTHONPATH"]] if "PYTHONPATH" in os.environ else []))}
     if os.path.exists("/sys/class/net/lo"):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def _spin_counts(tmp_path, load, **env):

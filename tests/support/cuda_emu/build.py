@@ -1,5 +1,5 @@
 """Builds the CUDA emulator's test library: csrc/cuda's kernels and host orchestration compiled as
-host C++ against the emulator (tests/cuda_emu/include), plus its runtime and self-test kernels.
+host C++ against the emulator (tests/support/cuda_emu/include), plus its runtime and self-test kernels.
 
 Cached by the content of every source and the flags, under ``$SFEMU_BUILD_DIR`` (default
 ``~/.cache/sparseforce-emu``), so a second test session reuses it. Two variants: ``"default"``
@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
+ROOT = HERE.parents[2]
 CSRC = ROOT / "csrc"
 
 COMMON = ["-std=c++17", "-fPIC", "-g", "-pthread", "-DSPARSEFORCE_CUDA_EMULATION", "-ffp-contract=off",

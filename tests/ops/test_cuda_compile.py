@@ -19,7 +19,7 @@ import pytest
 
 from conftest import REPORTS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CUDA_DIR = ROOT / "csrc" / "cuda"
 SOURCES = sorted(CUDA_DIR.glob("*.cu"))
 NVCC = shutil.which("nvcc")
@@ -281,7 +281,7 @@ def test_glue_is_guarded():
 
 
 def test_kernels_launch_only_through_common_cuh():
-    # The CPU emulator (tests/cuda_emu) compiles these sources as host C++ and replaces the one
+    # The CPU emulator (tests/support/cuda_emu) compiles these sources as host C++ and replaces the one
     # launch in common.cuh; a `<<<` anywhere else would not compile there.
     paths = [p for p in sorted(CUDA_DIR.iterdir()) if p.suffix in (".cu", ".cuh", ".h", ".cpp")]
     bad = [p.name for p in paths if p.name != "common.cuh" and "<<<" in p.read_text()]
@@ -313,7 +313,7 @@ def test_host_orchestration_is_plain_cpp_and_guarded():
 
 
 @pytest.mark.skipif(shutil.which("g++") is None or _cuda_include() is None, reason="no g++ or CUDA headers")
-@pytest.mark.parametrize("path", [CUDA_DIR / "host.cpp", ROOT / "tests" / "cuda_emu" / "abi.cpp"], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [CUDA_DIR / "host.cpp", ROOT / "tests" / "support" / "cuda_emu" / "abi.cpp"], ids=lambda p: p.name)
 def test_host_orchestration_compiles_against_the_cuda_headers(path):
     cmd = ["g++", "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", "-DSPARSEFORCE_WITH_CUDA", "-I", str(ROOT / "csrc"),
            "-I", str(_cuda_include()), str(path)]

@@ -389,7 +389,7 @@ def test_cli_train_errors_are_reported(tmp_path, capsys):
 # sparseforce train --resume, as a command in a fresh process
 # --------------------------------------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_sparseforce(*args, code=None):

@@ -15,6 +15,8 @@ import pytest
 import sparseforce as sf
 from sparseforce.cli import build_parser, main
 
+from cli_runner import assert_usage_error, sparseforce
+
 
 def test_help_is_useful(capsys):
     with pytest.raises(SystemExit):
@@ -95,7 +97,7 @@ def test_bench_max_case_time_must_be_positive(capsys):
     assert "--max-case-time must be a positive number" in capsys.readouterr().err
 
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args, cwd=ROOT, timeout=600):
@@ -141,26 +143,8 @@ def test_bench_writes_to_a_folder_in_the_current_directory(tmp_path):
 # are found before any work (nothing printed on stdout, nothing written).
 # --------------------------------------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NO_CUDA = {"CUDA_VISIBLE_DEVICES": ""}  # torch.cuda.is_available() is False even on a GPU machine
-
-
-def sparseforce(*args, env=None, timeout=180):
-    """``python -m sparseforce ARGS`` from the checkout's root, so this copy is the one imported."""
-    return subprocess.run([sys.executable, "-m", "sparseforce", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
-
-
-def assert_usage_error(proc, command, *words):
-    err = proc.stderr
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, err)
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"sparseforce {command}: error: "), err
-    for word in words:
-        assert word in lines[0], (word, err)
-    assert proc.stdout == "", proc.stdout  # reported before any work began
 
 
 def _bad_arguments(tmp):

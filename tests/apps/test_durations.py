@@ -11,7 +11,7 @@ import pytest
 from sparseforce import durations
 from sparseforce.cli import build_parser
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 # The page that holds each block: the durations on the demos' page, the count on the tests page,
 # the threads table in the command line's "Threads".

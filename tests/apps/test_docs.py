@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # A block that cannot run in a test says why on its first line. Each is a decision, so they are
-# counted: today one, the template of a torchrun script, whose flow tests/test_distributed.py runs
+# counted: today one, the template of a torchrun script, whose flow tests/distributed/test_distributed.py runs
 # as the `sparseforce ddp` command.
 NOT_RUN = "# not run: "
 NOT_RUN_PER_PAGE = {"docs/distributed.md": 1}

@@ -241,7 +241,7 @@ def test_readme_beyond_int32_table_is_the_committed_run():
     """The results page's FORCE-past-2^31 numbers are those of the committed JSON, cell by cell."""
     import re
     from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     readme = (root / "docs" / "results.md").read_text(encoding="utf-8")
     section = readme[readme.index("## FORCE past 2^31 prunable weights"):]
     section = section[:(section + "\n## ").index("\n## ", 1)]
@@ -283,7 +283,7 @@ def test_readme_cpu_results_are_the_committed_run():
     the committed JSON it names."""
     import re
     from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     readme = (root / "docs" / "results.md").read_text(encoding="utf-8")
     start = readme.index("Latest CPU results")
     section = readme[start:readme.index("\n## ", start)]

@@ -5,8 +5,8 @@ each, the emulator library is rebuilt from the copy and the emulated kernel test
 (``SFEMU_CSRC`` points conftest at the copy); the suite must fail. Not part of the test run (each
 mutant costs a build and a test run); run by hand:
 
-    python tests/cuda_emu/mutants.py            # all mutants; prints a table, exit 1 if one survives
-    python tests/cuda_emu/mutants.py tie_quota  # one
+    python tests/support/cuda_emu/mutants.py            # all mutants; prints a table, exit 1 if one survives
+    python tests/support/cuda_emu/mutants.py tie_quota  # one
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 # name -> (file under csrc/, original text, mutated text, what it breaks)
 MUTANTS = {
@@ -58,7 +58,7 @@ MUTANTS = {
                           "a bin one larger than the candidate buffer is appended anyway: one write past its end"),
 }
 
-TESTS = ["tests/test_cuda_emulated.py", "tests/test_ops.py", "tests/test_radix_histogram.py", "-k", "cuda_emu"]
+TESTS = ["tests/ops/test_cuda_emulated.py", "tests/ops/test_ops.py", "tests/ops/test_radix_histogram.py", "-k", "cuda_emu"]
 
 
 def run(name: str | None) -> tuple[bool, float, str]:

@@ -79,7 +79,7 @@ def _markdown_rows(text):
 def test_readme_demo_table_is_the_committed_run():
     import re
     from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     readme = (root / "docs" / "demo.md").read_text(encoding="utf-8")
     section = readme[readme.index("## The demo"):]
     section = section[:section.index("\n## ", 1)]
@@ -323,7 +323,7 @@ def test_cli_demo_datasets_are_the_librarys():
 def test_readme_mnist_table_is_the_committed_run():
     import re
     from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     readme = (root / "docs" / "demo.md").read_text(encoding="utf-8")
     section = readme[readme.index("## The MNIST demo"):]
     section = section[:section.index("\n## ", 1)]
@@ -349,7 +349,7 @@ def test_readme_mnist_table_is_the_committed_run():
     assert "Verdict: " + verdict["text"] in prose  # the last line of table.md, pasted
     env = saved["environment"]
     assert env["threads_per_run"] == 1 and f"--jobs {env['jobs']}" in prose and env["torch"] in prose
-    # How long it took is stated once, in the durations table of docs/demo.md (tests/test_durations.py
+    # How long it took is stated once, in the durations table of docs/demo.md (tests/apps/test_durations.py
     # holds that figure to this run's seconds); the section points there.
     assert "[How long things take](#how-long-things-take)" in section
     for name in ("accuracy_vs_sparsity.png", "layer_density.png", "wall_time.png"):

@@ -403,7 +403,7 @@ sf.Masks({"w": torch.ones(3, dtype=torch.bool)}).save(sys.argv[1])
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
 def test_a_temporary_file_left_by_a_killed_save_is_removed_by_the_next(tmp_path):
     path = tmp_path / "m.pt"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(path)], cwd=root, capture_output=True)
     assert proc.returncode == -signal.SIGKILL
     left = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]

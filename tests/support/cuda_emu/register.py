@@ -57,7 +57,7 @@ def _scheduled(emulator: emu.Emulator, schedule: emu.Schedule, fn):
 
 def install(variant: str = "default") -> list[str]:
     """Builds (or reuses) the library, registers the backends and returns their names."""
-    csrc = os.environ.get("SFEMU_CSRC")  # a mutated copy of csrc/ (tests/cuda_emu/mutants.py)
+    csrc = os.environ.get("SFEMU_CSRC")  # a mutated copy of csrc/ (tests/support/cuda_emu/mutants.py)
     path = build.build(variant, csrc=csrc)
     emulator = emu.Emulator(path)
     be = _backend.load(path)

@@ -16,7 +16,7 @@ import sparseforce as sf
 from sparseforce.cli import build_parser, main
 from sparseforce.pruning import layer_counts
 from sparseforce.train import fit, load_checkpoint
-from test_cli import assert_usage_error, sparseforce
+from cli_runner import assert_usage_error, sparseforce
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

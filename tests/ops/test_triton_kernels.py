@@ -313,7 +313,7 @@ def _subnormals(dtype, n, gen):
 def test_bf16_conversions_are_exact(device):
     """floats.widen over every bf16 bit pattern, floats.narrow over random and edge fp32 bits,
     against torch's conversions (NaN only as NaN: its payload is not specified)."""
-    from _triton_floats import convert
+    from triton_floats import convert
 
     every = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).to(device)
     torch.testing.assert_close(convert(every, torch.float32), every.float(), rtol=0, atol=0, equal_nan=True)

@@ -497,7 +497,7 @@ def test_the_readme_llama_example_says_why_it_warns_of_layer_collapse():
     import re
     import warnings
     from pathlib import Path
-    readme = (Path(__file__).resolve().parents[1] / "docs" / "huggingface.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "huggingface.md").read_text(encoding="utf-8")
     block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "LlamaForCausalLM" in b)
     lines = block.splitlines()
     first = next(i for i, ln in enumerate(lines) if ln.startswith("llama = "))

@@ -137,7 +137,7 @@ def test_official_force_code_with_a_shuffling_loader_is_reproduced_by_the_readme
 
 def test_readme_gives_the_recipe_for_a_shuffling_loader_and_snip():
     from pathlib import Path
-    section = (Path(__file__).resolve().parents[1] / "docs" / "methods" / "reproducing.md").read_text(encoding="utf-8")
+    section = (Path(__file__).resolve().parents[2] / "docs" / "methods" / "reproducing.md").read_text(encoding="utf-8")
     assert section.startswith("# Reproducing other implementations")
     assert "[next(iter(loader)) for _ in range(T" in section
     assert "schedule=official_force_densities(d, 1)" in section  # their one-step SNIP
@@ -718,7 +718,7 @@ def test_readme_tie_frequencies_are_the_committed_measurement():
     import json
     import re
     from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     readme = " ".join((root / "docs" / "methods" / "reproducing.md").read_text(encoding="utf-8").split())
     path = re.search(r"`(benchmarks/results/ties-at-threshold-[\d-]+\.json)`", readme).group(1)
     summary = json.loads((root / path).read_text(encoding="utf-8"))["summary"]
