@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "../../csrc/cuda/host.h"
+#include "cuda/host.h"  // csrc/ is on the include path (build.py, test_cuda_compile.py)
 
 // The emulator's guard registry (include/sfemu.h), declared here rather than included so that
 // this file also compiles against the real CUDA headers (tests/test_cuda_compile.py).
