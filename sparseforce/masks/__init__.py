@@ -44,6 +44,3 @@ __all__ = [
     "format_percent",
 ]
 
-# train.py and cli.py import these under their old names until the traincli branch moves them to
-# sparseforce._files; drop this line then.
-from .._files import atomic_torch_save as _atomic_torch_save, atomic_write as _atomic_write, first_line as _first_line, load_verified as _load_verified, remove_stale_temporaries as _remove_stale_temporaries  # noqa: E402,E501,F401,I001
