@@ -500,6 +500,45 @@ def run_demo(out_dir: str | None = None, *, dataset: str = "digits", sparsities=
     a time, which on small CPUs is much faster than one multi-threaded training after another;
     ``jobs=1`` runs everything in this process.
     """
+    spec, out_dir, methods, sparsities, cfg = _grid(dataset, out_dir, methods, sparsities, seeds, epochs,
+                                                    iterations, train_size, jobs, quick)
+    os.makedirs(out_dir, exist_ok=True)
+    tasks = _tasks(dataset, methods, sparsities, cfg, dense)
+    jobs = max(1, min(_usable_cpus() if jobs is None else jobs, len(tasks)))
+    log(f"sparseforce demo: {spec.model} on {spec.data_label}, methods {', '.join(LABELS[m] for m in methods)}, "
+        f"sparsities {', '.join(_fmt_sparsity(s) for s in sparsities)}, {cfg['seeds']} seed(s), "
+        f"{cfg['epochs']} epochs each; {len(tasks)} runs on {jobs} process(es)")
+    start = time.perf_counter()
+    runs = _run_tasks(tasks, jobs, methods, log)
+    elapsed = time.perf_counter() - start
+
+    order = {m: i for i, m in enumerate(("dense",) + tuple(methods))}
+    runs.sort(key=lambda r: (order[r["method"]], r["sparsity"], r["seed"]))
+    title = (f"Test accuracy (%) of {spec.model} on {spec.data_label} after pruning at initialization and "
+             f"{cfg['epochs']} epochs of training"
+             + (f", mean ± std over {cfg['seeds']} seeds" if cfg["seeds"] > 1 else ""))
+    text = _table(runs, sparsities, methods, cfg["seeds"], markdown=False, show_min=spec.show_min)
+    verdict = claim_verdict(runs)
+    files = _write_results(out_dir, spec, dataset, methods, sparsities, cfg, runs, title, verdict, elapsed, jobs)
+
+    log("")
+    log(title + ":")
+    log("")
+    log(text)
+    log("")
+    log("Verdict: " + verdict["text"])
+    if quick:
+        log("(--quick trains far too little for the claim to show; it checks that everything runs)")
+    log("")
+    log(f"{len(tasks)} runs in {elapsed:.0f} s ({elapsed / 60:.1f} min) on {jobs} process(es). Files:")
+    for p in files:
+        log(f"  {p}")
+    sys.stdout.flush()
+    return DemoResult(runs, text, files, elapsed, verdict)
+
+
+def _grid(dataset, out_dir, methods, sparsities, seeds, epochs, iterations, train_size, jobs, quick):
+    """The spec and the grid a call asks for, every argument checked before any work."""
     if dataset not in SPECS:
         raise ValueError(f"unknown demo dataset {dataset!r}; choose from {list(SPECS)}")
     spec = SPECS[dataset]
@@ -526,8 +565,10 @@ def run_demo(out_dir: str | None = None, *, dataset: str = "digits", sparsities=
         raise ValueError(f"train_size must be an integer >= 1 (or None: every training image), got {cfg['train_size']!r}")
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"jobs must be an integer >= 1 (or None: one per CPU core), got {jobs!r}")
-    os.makedirs(out_dir, exist_ok=True)
+    return spec, out_dir, methods, sparsities, cfg
 
+
+def _tasks(dataset, methods, sparsities, cfg, dense) -> list[dict]:
     common = {"dataset": dataset, "epochs": cfg["epochs"], "iterations": cfg["iterations"],
               "train_size": cfg["train_size"]}
     tasks = [{"method": m, "sparsity": s, "seed": seed, **common}
@@ -536,15 +577,14 @@ def run_demo(out_dir: str | None = None, *, dataset: str = "digits", sparsities=
         tasks += [{"method": "dense", "sparsity": 0.0, "seed": seed, **common} for seed in range(cfg["seeds"])]
     # Starting the slowest first keeps the workers evenly busy.
     tasks.sort(key=lambda t: t["method"] not in SLOW_FIRST)
-    jobs = max(1, min(_usable_cpus() if jobs is None else jobs, len(tasks)))
     for t in tasks:
         t["threads"] = 1  # same arithmetic in every mode, so results do not depend on --jobs
+    return tasks
 
+
+def _run_tasks(tasks, jobs, methods, log) -> list[dict]:
+    """Every run's result, logged as it finishes (in this process, or in ``jobs`` workers)."""
     n = len(tasks)
-    log(f"sparseforce demo: {spec.model} on {spec.data_label}, methods {', '.join(LABELS[m] for m in methods)}, "
-        f"sparsities {', '.join(_fmt_sparsity(s) for s in sparsities)}, {cfg['seeds']} seed(s), "
-        f"{cfg['epochs']} epochs each; {n} runs on {jobs} process(es)")
-    start = time.perf_counter()
     runs: list[dict] = []
     width = max(len(LABELS[m]) for m in methods)
 
@@ -566,17 +606,11 @@ def run_demo(out_dir: str | None = None, *, dataset: str = "digits", sparsities=
             futures = [ex.submit(_run_one, t) for t in tasks]
             for f in as_completed(futures):
                 report(f.result())
-    elapsed = time.perf_counter() - start
+    return runs
 
-    order = {m: i for i, m in enumerate(("dense",) + tuple(methods))}
-    runs.sort(key=lambda r: (order[r["method"]], r["sparsity"], r["seed"]))
-    title = (f"Test accuracy (%) of {spec.model} on {spec.data_label} after pruning at initialization and "
-             f"{cfg['epochs']} epochs of training"
-             + (f", mean ± std over {cfg['seeds']} seeds" if cfg["seeds"] > 1 else ""))
-    text = _table(runs, sparsities, methods, cfg["seeds"], markdown=False, show_min=spec.show_min)
-    md = _table(runs, sparsities, methods, cfg["seeds"], markdown=True, show_min=spec.show_min)
-    verdict = claim_verdict(runs)
 
+def _write_results(out_dir, spec, dataset, methods, sparsities, cfg, runs, title, verdict, elapsed, jobs) -> list[str]:
+    """results.json (the raw runs and the configuration), table.md and the plots; their paths."""
     files = []
     path = os.path.join(out_dir, "results.json")
     config = {**cfg, "sparsities": list(sparsities), "methods": list(methods), "batch_size": spec.batch_size,
@@ -591,23 +625,10 @@ def run_demo(out_dir: str | None = None, *, dataset: str = "digits", sparsities=
     with open(path, "w", encoding="utf-8") as f:
         json.dump(saved, f, indent=1)
     files.append(path)
+    md = _table(runs, sparsities, methods, cfg["seeds"], markdown=True, show_min=spec.show_min)
     path = os.path.join(out_dir, "table.md")
     with open(path, "w", encoding="utf-8") as f:
         f.write(title + "\n\n" + md + "\n\nVerdict: " + verdict["text"] + "\n")
     files.append(path)
     files += _plots(runs, sparsities, methods, out_dir, spec)
-
-    log("")
-    log(title + ":")
-    log("")
-    log(text)
-    log("")
-    log("Verdict: " + verdict["text"])
-    if quick:
-        log("(--quick trains far too little for the claim to show; it checks that everything runs)")
-    log("")
-    log(f"{n} runs in {elapsed:.0f} s ({elapsed / 60:.1f} min) on {jobs} process(es). Files:")
-    for p in files:
-        log(f"  {p}")
-    sys.stdout.flush()
-    return DemoResult(runs, text, files, elapsed, verdict)
+    return files
