@@ -267,6 +267,16 @@ def saliency_nan_message(i: int) -> str:
             f"or grads[{i}])")
 
 
+def promoted_dtype(tensors) -> torch.dtype:
+    """The dtype ``topk_masks`` / ``kth_largest`` rank a list of scores in. Every fp16/bf16/fp32
+    value is exactly representable in it, so ranking mixed dtypes after promotion ranks the given
+    values exactly."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
 def saliency_dtype(w: torch.Tensor, g: torch.Tensor) -> torch.dtype:
     """The dtype |w·g| is formed and ranked in: float32, float64 when an input is (exact for fp16/bf16)."""
     return torch.float64 if torch.float64 in (w.dtype, g.dtype) else torch.float32

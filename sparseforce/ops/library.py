@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from ._schema import promoted_dtype
+
 HISTOGRAM_BINS = 1 << 16
 
 # op name -> schema (arguments and returns). The single source of every backend's signature.
@@ -53,19 +55,12 @@ def _nan_index(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty((), dtype=torch.int64)
 
 
-def _promoted(tensors) -> torch.dtype:
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
-
-
 def _fake_topk_masks(scores, k, out):
     return _nan_index(scores[0])
 
 
 def _fake_kth_largest(scores, k):
-    return scores[0].new_empty((), dtype=_promoted(scores)), _nan_index(scores[0])
+    return scores[0].new_empty((), dtype=promoted_dtype(scores)), _nan_index(scores[0])
 
 
 def _fake_saliency_topk_masks(weights, grads, k, competing, out):

@@ -13,16 +13,7 @@ from __future__ import annotations
 import torch
 
 from ._registry import register_backend
-from ._schema import HISTOGRAM_BITS, KEY_BITS, saliency_dtype
-
-
-def _promoted_dtype(tensors) -> torch.dtype:
-    # Every fp16/bf16/fp32 value is exactly representable in the promoted type, so ranking
-    # mixed dtypes after promotion ranks the given values exactly.
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
+from ._schema import HISTOGRAM_BITS, KEY_BITS, promoted_dtype, saliency_dtype
 
 
 def _flat(tensors, dtype) -> torch.Tensor:
@@ -64,13 +55,13 @@ def _index(i: int, device) -> torch.Tensor:
 def topk_masks(scores, k, out):
     nan = _first_nan(scores, [])
     if nan < 0:
-        flat = _flat(scores, _promoted_dtype(scores))
+        flat = _flat(scores, promoted_dtype(scores))
         _write(_keep_top_k(flat, k, None), out)
     return _index(nan, scores[0].device)
 
 
 def kth_largest(scores, k):
-    flat = _flat(scores, _promoted_dtype(scores))
+    flat = _flat(scores, promoted_dtype(scores))
     value = torch.sort(flat, descending=True).values[k - 1]
     # -0.0 and +0.0 rank equal; report +0.0 so every backend returns the same bits.
     return torch.where(value == 0, torch.zeros_like(value), value), _index(_first_nan(scores, []), flat.device)
@@ -91,7 +82,7 @@ def saliency_topk_masks(weights, grads, k, competing, out):
     scores = saliency_scores(weights, grads)
     nan = _first_nan(scores, competing)
     if nan < 0:
-        flat = _flat(scores, _promoted_dtype(scores))
+        flat = _flat(scores, promoted_dtype(scores))
         candidates = _flat(competing, torch.bool) if competing else None
         _write(_keep_top_k(flat, k, candidates), out)
     return _index(nan, weights[0].device)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._schema import HISTOGRAM_BITS, KEY_BITS
+from .._schema import HISTOGRAM_BITS, KEY_BITS, promoted_dtype, saliency_dtype
 from .config import config
 from .digit import choose_digit_kernel
 from .histogram import radix_histogram_kernel
@@ -28,13 +28,6 @@ from .plan import as_bytes, on_device_of, pack, ready
 from .register import kernel
 from .ties import exclusive_scan_kernel, tie_count_kernel
 from .value import key_to_value_kernel
-
-
-def promoted_dtype(tensors) -> torch.dtype:
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
 
 
 def radix_schedule(key_bits: int):
@@ -149,7 +142,7 @@ def topk_masks(scores, k, out):
 
 @kernel("saliency_topk_masks")
 def saliency_topk_masks(weights, grads, k, competing, out):
-    f64 = any(torch.float64 in (w.dtype, g.dtype) for w, g in zip(weights, grads))
+    f64 = any(saliency_dtype(w, g) == torch.float64 for w, g in zip(weights, grads))
     return _select_into(weights, grads, competing or None, k, 64 if f64 else 32, out)
 
 

@@ -22,6 +22,7 @@ import os
 import torch
 
 from sparseforce.ops import reference as _reference
+from sparseforce.ops._schema import promoted_dtype
 
 # Guard bytes each side of an output this backend allocates (a multiple of 16 keeps the
 # alignment the kernels' vector stores test for).
@@ -66,13 +67,6 @@ def _i32(values):
 
 def _ptr(t):
     return None if t is None or t.numel() == 0 else t.data_ptr()
-
-
-def _promoted_dtype(tensors):
-    dtype = torch.float32 if not tensors else tensors[0].dtype
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
 
 
 class Backend:
@@ -196,12 +190,12 @@ class Backend:
     def topk_masks(self, scores, k, out):
         held = [s.contiguous() for s in scores]
         masks = [self._empty(t.shape, torch.bool) for t in scores]
-        res = self._select(held, None, None, masks, k, _promoted_dtype(scores), False, True, None)
+        res = self._select(held, None, None, masks, k, promoted_dtype(scores), False, True, None)
         return self._finish(res, k, out, masks)
 
     def kth_largest(self, scores, k):
         held = [s.contiguous() for s in scores]
-        value = self._empty((), _promoted_dtype(scores))
+        value = self._empty((), promoted_dtype(scores))
         res = self._select(held, None, None, None, k, value.dtype, False, False, value.data_ptr())
         return value.clone(), self._finish(res, k)
 
