@@ -206,6 +206,91 @@ Result radix_histogram(Device& dev, const std::vector<Input>& inputs, int32_t ra
   return r;
 }
 
+int64_t segment_small_limit() {
+  const int64_t limit = env_int("SPARSEFORCE_CUDA_SEGMENT_SMALL", 1024);
+  return std::min<int64_t>(std::max<int64_t>(limit, 0), kSegMaxRow);
+}
+
+namespace {
+
+// The tensors of one path of a segmented select, and their device table once uploaded.
+struct SegPath {
+  std::vector<SegTensor> list;
+  int64_t items = 0;
+  int64_t segs = 0;
+  int32_t key_bits = 0;
+
+  void add(SegTensor t, int64_t items_of_t, int32_t bits) {
+    t.item_begin = items;
+    t.seg_begin = segs;
+    items += items_of_t;
+    segs += t.rows;
+    key_bits = std::max(key_bits, bits);
+    list.push_back(t);
+  }
+  SegList upload(Device& dev, Buffer& table, size_t at) const {
+    SegList l{};
+    l.t = reinterpret_cast<const SegTensor*>(static_cast<char*>(table.get()) + at);
+    if (!list.empty()) dev.upload(static_cast<char*>(table.get()) + at, list.data(), sizeof(SegTensor) * list.size());
+    l.count = static_cast<int32_t>(list.size());
+    l.key_bits = key_bits;
+    l.items = items;
+    l.segs = segs;
+    return l;
+  }
+};
+
+}  // namespace
+
+Result segmented_select(Device& dev, const std::vector<SegInput>& inputs, bool saliency, int64_t* nan_out) {
+  if (nan_out == nullptr) return bad_input(-1);
+  const int64_t small = segment_small_limit();
+  SegPath tiny, rows, large;
+  for (const SegInput& in : inputs) {
+    const bool missing = in.n > 0 && (in.a == nullptr || (saliency && in.b == nullptr) || in.out == nullptr);
+    const bool uneven = in.n > 0 && (in.rows <= 0 || in.n % in.rows != 0);
+    if (in.n < 0 || !known_dtype(in.dtype) || missing || uneven) return bad_input(in.index);
+    if (in.n == 0) continue;
+    SegTensor t{};
+    t.a = in.a;
+    t.b = saliency ? in.b : nullptr;
+    t.prev = in.prev;
+    t.out = in.out;
+    t.ks = in.ks;
+    t.k_all = in.k_all;
+    t.rows = in.rows;
+    t.len = in.n / in.rows;
+    t.dtype = in.dtype;
+    t.index = in.index;
+    const int32_t bits = saliency ? std::max(32, key_bits(in.dtype)) : key_bits(in.dtype);
+    if (t.len <= std::min(small, kSegTinyMax)) {
+      tiny.add(t, t.rows, bits);
+    } else if (t.len <= small) {
+      rows.add(t, t.rows, bits);
+    } else {
+      t.chunks = (t.len + kTile - 1) / kTile;
+      large.add(t, t.rows * t.chunks, bits);
+    }
+  }
+  const size_t counts[3] = {tiny.list.size(), rows.list.size(), large.list.size()};
+  if (std::max({counts[0], counts[1], counts[2]}) > static_cast<size_t>(INT32_MAX)) return bad_input(-1);
+  // Freed before the kernels have run, as masked_sgd's table.
+  Buffer table(dev, sizeof(SegTensor) * std::max<size_t>(1, counts[0] + counts[1] + counts[2]));
+  Buffer ws(dev, segmented_workspace_bytes(large.segs, large.items));
+  SegmentedArgs a{};
+  a.tiny = tiny.upload(dev, table, 0);
+  a.rows = rows.upload(dev, table, sizeof(SegTensor) * counts[0]);
+  a.large = large.upload(dev, table, sizeof(SegTensor) * (counts[0] + counts[1]));
+  a.saliency = saliency ? 1 : 0;
+  a.num_sms = dev.num_sms();
+  a.workspace = ws.get();
+  a.nan_out = nan_out;
+  a.stream = dev.stream();
+  const cudaError_t e = launch_segmented(a);
+  if (e != cudaSuccess) return launch_failed(e);
+  return Result{};
+}
+
 Result masked_sgd(Device& dev, const std::vector<SgdInput>& inputs, const SgdHyper& h) {
   const bool use_buf = h.momentum != 0;
   std::vector<SgdSegment> segs;

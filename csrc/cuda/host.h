@@ -75,6 +75,30 @@ Result select(Device& dev, const std::vector<Input>& inputs, int64_t k, int32_t 
 Result radix_histogram(Device& dev, const std::vector<Input>& inputs, int32_t rank_dtype, bool saliency, int shift,
                        uint64_t prefix, int64_t* out);
 
+// One input of a segmented select, contiguous: n elements in `rows` segments of n / rows each.
+// Inputs with n == 0 are skipped; index is what NaN reports name.
+struct SegInput {
+  const void* a;        // scores, or weights
+  const void* b;        // grads (saliency, same dtype as a) or null
+  const uint8_t* prev;  // only these elements compete; null: all do
+  uint8_t* out;         // the bool mask
+  const int64_t* ks;    // device int64[rows], one k per segment; null: every segment keeps k_all
+  int64_t k_all;
+  int64_t n;
+  int64_t rows;
+  int32_t dtype;        // DType of a and b
+  int32_t index;
+};
+
+// SPARSEFORCE_CUDA_SEGMENT_SMALL, read per call: the longest segment selected without histograms
+// (one thread or one block per segment), clamped to [0, kSegMaxRow]; longer ones take the radix path.
+int64_t segment_small_limit();
+
+// segmented_topk_masks / segmented_saliency_topk_masks (saliency: rank |a*b|, in float32, float64
+// for float64 inputs). `nan_out`: device int64 scalar receiving the first index holding a
+// competing NaN, else -1. Enqueued, no synchronisation.
+Result segmented_select(Device& dev, const std::vector<SegInput>& inputs, bool saliency, int64_t* nan_out);
+
 struct SgdInput {
   void* p;
   const void* g;          // same dtype as p

@@ -117,6 +117,58 @@ struct HistArgs {
 // Enqueues the pass on args.stream (no host synchronisation).
 cudaError_t launch_radix_histogram(const HistArgs& args);
 
+// ---- segmented selection (segmented.cu): every input cut into equal segments, each keeping its
+// own k. Which of three paths a tensor takes is host.cpp's choice, by its segment length.
+
+// Longest segment selected by one thread (N:M groups have m <= 32), and longest row staged in one
+// block's shared memory.
+constexpr int64_t kSegTinyMax = 32;
+constexpr int64_t kSegMaxRow = 2048;
+
+// One non-empty input of a segmented select: `rows` segments of `len` consecutive elements.
+struct SegTensor {
+  const void* a;         // scores, or weights
+  const void* b;         // grads (saliency) or null
+  const uint8_t* prev;   // only these elements compete; null: all do
+  uint8_t* out;          // the bool mask
+  const int64_t* ks;     // device int64[rows]: segment r keeps ks[r]; null: every one keeps k_all
+  int64_t k_all;
+  int64_t rows;
+  int64_t len;
+  int64_t item_begin;    // the tensor's first work item in its path's list (thread, block or chunk)
+  int64_t seg_begin;     // radix path: the index of its first segment's state
+  int64_t chunks;        // radix path: chunks of kTile elements per segment
+  int32_t dtype;         // DType of a and b (saliency ranks in float32, float64 for float64)
+  int32_t index;         // position in the caller's list, for NaN reports
+};
+static_assert(sizeof(SegTensor) == 96, "SegTensor layout must agree between nvcc and the host compiler");
+
+// The tensors of one path, ordered by item_begin (each has at least one item).
+struct SegList {
+  const SegTensor* t;    // device copy
+  int32_t count;
+  int32_t key_bits;      // radix path: the widest key among them
+  int64_t items;         // work items in all
+  int64_t segs;          // segments in all
+};
+static_assert(sizeof(SegList) == 32, "SegList layout must agree between nvcc and the host compiler");
+
+struct SegmentedArgs {
+  SegList tiny;          // segments of <= kSegTinyMax elements: one thread each
+  SegList rows;          // segments of <= kSegMaxRow elements: one block each
+  SegList large;         // longer segments: radix select, one histogram per segment
+  int32_t saliency;      // rank |a*b| instead of a
+  int32_t num_sms;
+  void* workspace;       // segmented_workspace_bytes(large.segs, large.items), any contents
+  int64_t* nan_out;      // device int64 scalar: the first index holding a competing NaN, else -1
+  cudaStream_t stream;
+};
+
+size_t segmented_workspace_bytes(int64_t segs, int64_t chunks);
+
+// Enqueues every path on args.stream: no host synchronisation.
+cudaError_t launch_segmented(const SegmentedArgs& args);
+
 struct SgdSegment {
   void* p;
   const void* g;

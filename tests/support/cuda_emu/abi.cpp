@@ -28,6 +28,7 @@ namespace {
 using sparseforce::cuda::host::Device;
 using sparseforce::cuda::host::Input;
 using sparseforce::cuda::host::Result;
+using sparseforce::cuda::host::SegInput;
 using sparseforce::cuda::host::SgdHyper;
 using sparseforce::cuda::host::SgdInput;
 
@@ -164,6 +165,21 @@ int32_t sfemu_radix_histogram(int32_t count, const void* const* a, const void* c
   return guarded(res, [&](Device& dev) {
     return sparseforce::cuda::host::radix_histogram(dev, inputs_of(count, a, b, prev, nullptr, n, dtype), rank_dtype,
                                                     saliency != 0, shift, prefix, out);
+  });
+}
+
+// segmented_topk_masks / segmented_saliency_topk_masks over `count` inputs: input i has rows[i]
+// segments, keeping ks[i][r] each (ks null, or ks[i] null: k_all[i]). nan_out: int64 scalar.
+int32_t sfemu_segmented(int32_t count, const void* const* a, const void* const* b, const uint8_t* const* prev,
+                        uint8_t* const* out, const int64_t* const* ks, const int64_t* k_all, const int64_t* n,
+                        const int64_t* rows, const int32_t* dtype, int32_t saliency, int64_t* nan_out, Result* res) {
+  return guarded(res, [&](Device& dev) {
+    std::vector<SegInput> v;
+    for (int32_t i = 0; i < count; ++i) {
+      v.push_back(SegInput{a[i], b != nullptr ? b[i] : nullptr, prev != nullptr ? prev[i] : nullptr, out[i],
+                           ks != nullptr ? ks[i] : nullptr, k_all[i], n[i], rows[i], dtype[i], i});
+    }
+    return sparseforce::cuda::host::segmented_select(dev, v, saliency != 0, nan_out);
   });
 }
 
