@@ -288,7 +288,9 @@ Result segmented_select(Device& dev, const std::vector<SegInput>& inputs, bool s
   a.stream = dev.stream();
   const cudaError_t e = launch_segmented(a);
   if (e != cudaSuccess) return launch_failed(e);
-  return Result{};
+  Result r;
+  r.mode = (tiny.items > 0 ? kSegPathTiny : 0) | (rows.items > 0 ? kSegPathRow : 0) | (large.items > 0 ? kSegPathRadix : 0);
+  return r;
 }
 
 Result masked_sgd(Device& dev, const std::vector<SgdInput>& inputs, const SgdHyper& h) {

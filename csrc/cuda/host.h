@@ -41,7 +41,7 @@ enum Status : int32_t {
 struct Result {
   int32_t status = kOk;
   int32_t cuda_error = 0;  // cudaError_t of a failed launch
-  int32_t mode = 0;        // the select's final SelectMode
+  int32_t mode = 0;        // the select's final SelectMode; segmented_select: the SegPathBit of each path taken
   int32_t index = -1;      // kBadInput: the input's index, -1 when it is the call's arguments
   int64_t n = 0;           // elements in all
   int64_t competing = 0;   // elements that competed (select)
@@ -74,6 +74,9 @@ Result select(Device& dev, const std::vector<Input>& inputs, int64_t k, int32_t 
 // first input index holding a competing NaN (top pass only) or -1. Enqueued, no synchronisation.
 Result radix_histogram(Device& dev, const std::vector<Input>& inputs, int32_t rank_dtype, bool saliency, int shift,
                        uint64_t prefix, int64_t* out);
+
+// The paths of a segmented select (segmented.cu), as Result.mode reports those taken.
+enum SegPathBit : int32_t { kSegPathTiny = 1, kSegPathRow = 2, kSegPathRadix = 4 };
 
 // One input of a segmented select, contiguous: n elements in `rows` segments of n / rows each.
 // Inputs with n == 0 are skipped; index is what NaN reports name.

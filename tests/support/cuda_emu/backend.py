@@ -95,6 +95,9 @@ class Backend:
                                               ctypes.c_int32, ctypes.c_int32, ctypes.c_uint64, _P,
                                               ctypes.POINTER(Result)]
         lib.sfemu_radix_histogram.restype = ctypes.c_int32
+        lib.sfemu_segmented.argtypes = [ctypes.c_int32, _PP, _PP, _PP, _PP, _PP, _I64P, _I64P, _I64P, _I32P,
+                                        ctypes.c_int32, _P, ctypes.POINTER(Result)]
+        lib.sfemu_segmented.restype = ctypes.c_int32
         if lib.sfemu_result_size() != ctypes.sizeof(Result):
             raise EmulatorError(f"{self.path}: Result is {lib.sfemu_result_size()} bytes in C, "
                                 f"{ctypes.sizeof(Result)} here")
@@ -211,6 +214,36 @@ class Backend:
         res = self._select(a, b, prev, masks, k, torch.float64 if any_double else torch.float32, True, True, None)
         return self._finish(res, k, out, masks)
 
+    def _segmented(self, a, b, prev, ks, n, m, out):
+        """ops_cuda.cpp's segmented select over contiguous inputs (b, prev: None or one per input)."""
+        count = len(a)
+        rows = [t.numel() // m if m else ks[i].numel() for i, t in enumerate(a)]
+        masks = [self._empty(t.shape, torch.bool) for t in a]
+        nan = self._empty((), torch.int64)
+        self._call(self.lib.sfemu_segmented, count, _ptrs([_ptr(t) for t in a]),
+                   _ptrs([_ptr(t) for t in b]) if b is not None else None,
+                   _ptrs([_ptr(t) for t in prev]) if prev is not None else None,
+                   _ptrs([_ptr(t) for t in masks]), _ptrs([None] * count if m else [_ptr(k) for k in ks]),
+                   _i64([n if m else 0] * count), _i64([t.numel() for t in a]), _i64(rows),
+                   _i32([DTYPE_CODE[t.dtype] for t in a]), int(b is not None), nan.data_ptr())
+        if int(nan) < 0:  # on NaN the masks are unspecified
+            self._check_written(masks)
+            for o, mask in zip(out, masks):
+                o.copy_(mask)
+        return nan.clone()
+
+    def segmented_topk_masks(self, scores, ks, n, m, out):
+        return self._segmented([s.contiguous() for s in scores], None, None, ks, n, m, out)
+
+    def segmented_saliency_topk_masks(self, weights, grads, ks, n, m, competing, out):
+        a, b = [], []
+        for w, g in zip(weights, grads):
+            st = torch.promote_types(w.dtype, g.dtype)  # |w*g| is formed in float32 unless one is float64
+            a.append(w.to(st).contiguous())
+            b.append(g.to(st).contiguous())
+        prev = [c.contiguous() for c in competing] if competing else None
+        return self._segmented(a, b, prev, ks, n, m, out)
+
     def radix_histogram(self, a, grads, competing, rank_dtype, shift, prefix):
         saliency = bool(grads)
         xs, gs, prev = [], [], []
@@ -267,7 +300,9 @@ class Backend:
     def kernels(self) -> dict:
         """Op name -> kernel, as ``sparseforce.ops.register_backend`` takes them."""
         ops = {"topk_masks": self.topk_masks, "kth_largest": self.kth_largest,
-               "saliency_topk_masks": self.saliency_topk_masks, "radix_histogram": self.radix_histogram,
+               "saliency_topk_masks": self.saliency_topk_masks,
+               "segmented_topk_masks": self.segmented_topk_masks,
+               "segmented_saliency_topk_masks": self.segmented_saliency_topk_masks, "radix_histogram": self.radix_histogram,
                "masked_sgd_": self.masked_sgd_}
         return {name: self._guarded_op(fn) for name, fn in ops.items()}
 
