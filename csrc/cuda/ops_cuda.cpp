@@ -181,6 +181,54 @@ at::Tensor saliency_topk_masks(at::TensorList weights, at::TensorList grads, int
   return nan_result(r, dev);
 }
 
+// ---- segmented_topk_masks / segmented_saliency_topk_masks: no host synchronisation (the NaN
+// index is written by the kernels)
+
+at::Tensor segmented(at::TensorList a, at::TensorList grads, at::TensorList ks, int64_t n, int64_t m,
+                     at::TensorList competing, at::TensorList out) {
+  const at::Device dev = device_of(a, grads.empty() ? "scores" : "weights");
+  const c10::cuda::CUDAGuard guard(dev);
+  TORCH_CHECK(m >= 0 && m <= kSegTinyMax && n >= 0 && n <= m, "sparseforce (cuda): N:M needs 0 <= n <= m <= ",
+              kSegTinyMax, ", got n=", n, ", m=", m);
+  TORCH_CHECK(m > 0 ? ks.empty() : ks.size() == a.size(), "sparseforce (cuda): ks has ", ks.size(),
+              " tensors for ", a.size(), " inputs (none with N:M)");
+  std::vector<at::Tensor> w = writable(out, a);
+  const Operands ops = gather(a, grads, competing, &w, dev);
+  std::vector<host::SegInput> inputs;
+  for (const Operand& o : ops.list) {
+    int64_t rows = o.n / (m > 0 ? m : 1);
+    const int64_t* k = nullptr;
+    if (m > 0) {
+      TORCH_CHECK(o.n % m == 0, "sparseforce (cuda): input ", o.index, " holds ", o.n, " elements, not a multiple of m=", m);
+    } else {
+      const at::Tensor& kt = ks[o.index];
+      TORCH_CHECK(kt.scalar_type() == at::kLong && kt.dim() == 1 && kt.is_contiguous() && kt.device() == dev,
+                  "sparseforce (cuda): ks[", o.index, "] must be a contiguous 1-D int64 tensor on ", dev);
+      rows = kt.numel();
+      TORCH_CHECK(rows > 0 && o.n % rows == 0, "sparseforce (cuda): ks[", o.index, "] has ", rows,
+                  " entries, which do not cut ", o.n, " elements into equal segments");
+      k = kt.data_ptr<int64_t>();
+    }
+    inputs.push_back(host::SegInput{o.a, o.b, o.competing, o.out, k, n, o.n, rows, dtype_code(o.type),
+                                    static_cast<int32_t>(o.index)});
+  }
+  at::Tensor nan = at::empty({}, at::TensorOptions().dtype(at::kLong).device(dev));
+  TorchCudaDevice device(dev);
+  check_result(host::segmented_select(device, inputs, !grads.empty(), nan.data_ptr<int64_t>()));
+  finish_out(out, w);  // stream-ordered; on NaN the masks are unspecified anyway
+  return nan;
+}
+
+at::Tensor segmented_topk_masks(at::TensorList scores, at::TensorList ks, int64_t n, int64_t m, at::TensorList out) {
+  return segmented(scores, {}, ks, n, m, {}, out);
+}
+
+at::Tensor segmented_saliency_topk_masks(at::TensorList weights, at::TensorList grads, at::TensorList ks, int64_t n,
+                                         int64_t m, at::TensorList competing, at::TensorList out) {
+  TORCH_CHECK(!grads.empty() || weights.empty(), "sparseforce (cuda): no grads");
+  return segmented(weights, grads, ks, n, m, competing, out);
+}
+
 // ---- radix_histogram: no host synchronisation
 
 std::tuple<at::Tensor, at::Tensor> radix_histogram(at::TensorList a, at::TensorList grads, at::TensorList competing,
@@ -224,6 +272,8 @@ TORCH_LIBRARY_IMPL(sparseforce, CUDA, m) {
   m.impl("topk_masks", &topk_masks);
   m.impl("kth_largest", &kth_largest);
   m.impl("saliency_topk_masks", &saliency_topk_masks);
+  m.impl("segmented_topk_masks", &segmented_topk_masks);
+  m.impl("segmented_saliency_topk_masks", &segmented_saliency_topk_masks);
   m.impl("radix_histogram", &radix_histogram);
   m.impl("masked_sgd_", &masked_sgd_);
 }
