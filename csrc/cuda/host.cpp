@@ -207,7 +207,7 @@ Result radix_histogram(Device& dev, const std::vector<Input>& inputs, int32_t ra
 }
 
 int64_t segment_small_limit() {
-  const int64_t limit = env_int("SPARSEFORCE_CUDA_SEGMENT_SMALL", 1024);
+  const int64_t limit = env_int("SPARSEFORCE_CUDA_SEGMENT_SMALL", kSegMaxRow);
   return std::min<int64_t>(std::max<int64_t>(limit, 0), kSegMaxRow);
 }
 
@@ -251,17 +251,9 @@ Result segmented_select(Device& dev, const std::vector<SegInput>& inputs, bool s
     const bool uneven = in.n > 0 && (in.rows <= 0 || in.n % in.rows != 0);
     if (in.n < 0 || !known_dtype(in.dtype) || missing || uneven) return bad_input(in.index);
     if (in.n == 0) continue;
-    SegTensor t{};
-    t.a = in.a;
-    t.b = saliency ? in.b : nullptr;
-    t.prev = in.prev;
-    t.out = in.out;
-    t.ks = in.ks;
-    t.k_all = in.k_all;
-    t.rows = in.rows;
-    t.len = in.n / in.rows;
-    t.dtype = in.dtype;
-    t.index = in.index;
+    // item_begin, seg_begin: SegPath::add; chunks: the radix path's.
+    SegTensor t{in.a, saliency ? in.b : nullptr, in.prev, in.out, in.ks, in.k_all, in.rows, in.n / in.rows, 0, 0, 0,
+                in.dtype, in.index};
     const int32_t bits = saliency ? std::max(32, key_bits(in.dtype)) : key_bits(in.dtype);
     if (t.len <= std::min(small, kSegTinyMax)) {
       tiny.add(t, t.rows, bits);

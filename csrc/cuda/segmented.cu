@@ -9,8 +9,10 @@
 //   tiny   (L <= kSegTinyMax = 32: N:M groups, short rows) one thread per segment keeps its keys
 //          in registers and counts, for each element, the competing elements that beat it
 //          (greater key, or equal key at a lower position): kept when that count < k. O(L^2).
-//   row    (L <= the small-row limit, at most kSegMaxRow) one block per row stages the row's keys
-//          in shared memory, then each thread counts beats for its elements over the whole row.
+//   row    (L <= the small-row limit, at most kSegMaxRow = 2048) one block per row stages the row's
+//          keys in shared memory and radix-selects them there, 8-bit digit by digit (a 256-bin
+//          shared histogram, a block scan picks the digit), then keeps the keys above the k-th
+//          and its ties up to the quota in position order (block scans). O(L) per level.
 //   large  (longer rows, segment="tensor") the radix select of select.cu with one 256-bin
 //          histogram per segment, 8-bit digits (2, 4 or 8 levels by key width). Each segment is
 //          cut into chunks of kTile elements; a block takes one chunk at a time, blockIdx ->
@@ -162,35 +164,79 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) seg_tiny_kernel(Seg
   }
 }
 
-// ---- rows up to kSegMaxRow: one block each, the row staged in shared memory
+// ---- rows up to kSegMaxRow: one block each, a radix select over the row staged in shared memory
+
+static_assert(kThreads == kSegBins, "the row path's digit choice gives each thread one bin");
 
 template <bool SAL>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) seg_row_kernel(SegList list, unsigned long long* nan_out) {
   __shared__ uint64_t key[kSegMaxRow];
   __shared__ uint8_t comp[kSegMaxRow];
+  __shared__ uint32_t hist[kSegBins];
+  __shared__ long long scratch[kWarps + 1];
+  __shared__ unsigned long long chosen_prefix;
+  __shared__ long long chosen_need;
   for (int64_t g = blockIdx.x; g < list.items; g += gridDim.x) {
     const SegTensor& t = list.t[find_tensor<false>(list.t, list.count, g)];
     const int64_t row = g - t.item_begin;
     const int len = static_cast<int>(t.len);
     const int64_t base = row * t.len;
-    const int64_t k = k_of(t, row);
     bool nan = false;
+    int bits = 0;
     dispatch_dtype<SAL>(t.dtype, [&](auto pt, auto dt) {
       constexpr int PT = decltype(pt)::value, DT = decltype(dt)::value;
+      bits = key_bits<PT>;
       for (int i = threadIdx.x; i < len; i += kThreads) {
         key[i] = key_at<PT, DT, SAL>(t, base + i);
         comp[i] = uint8_t(competes(t, base + i));
         nan |= comp[i] && is_nan_key<PT>(key_t<PT>(key[i]));
       }
     });
-    __syncthreads();  // every key of the row is staged before any is compared
-    for (int i = threadIdx.x; i < len; i += kThreads) {
-      const uint64_t ki = key[i];
-      int64_t beats = 0;
-      for (int j = 0; j < len; ++j) beats += comp[j] && (key[j] > ki || (key[j] == ki && j < i));
-      t.out[base + i] = uint8_t(comp[i] && beats < k);
-    }
     if (nan) report_nan(nan_out, t.index);
+    __syncthreads();  // every key of the row is staged before any is counted
+
+    // Digit by digit, every thread holding the same prefix and need; thread b owns bin 255 - b.
+    unsigned long long prefix = 0;
+    long long need = k_of(t, row);
+    bool all = false;
+    for (int l = 0; l < bits / kSegDigitBits && need > 0 && !all; ++l) {
+      const int shift = bits - kSegDigitBits * (l + 1);
+      hist[threadIdx.x] = 0;
+      __syncthreads();
+      for (int i = threadIdx.x; i < len; i += kThreads) {
+        if (comp[i] && (l == 0 || (key[i] >> (shift + kSegDigitBits)) == prefix)) {
+          atomicAdd(hist + (uint32_t(key[i] >> shift) & uint32_t(kSegBins - 1)), 1u);
+        }
+      }
+      __syncthreads();
+      const int bin = kSegBins - 1 - int(threadIdx.x);
+      const long long h = hist[bin];
+      long long total = 0;
+      const long long above = block_inclusive_scan<long long>(h, scratch, &total) - h;
+      if (above < need && need <= above + h) {
+        chosen_prefix = (prefix << kSegDigitBits) | static_cast<unsigned long long>(bin);
+        chosen_need = need - above;
+      }
+      __syncthreads();
+      if (l == 0 && need >= total) {  // total: every competing element of the row
+        all = true;
+      } else {
+        prefix = chosen_prefix;
+        need = chosen_need;
+      }
+    }
+
+    // Keys above the k-th, and its first `need` ties in position order (need <= 0: nothing).
+    long long seen = 0;
+    for (int i0 = 0; i0 < len; i0 += kThreads) {
+      const int i = i0 + int(threadIdx.x);
+      const bool live = i < len && comp[i];
+      const bool tie = live && !all && key[i] == prefix;
+      long long ties = 0;
+      const long long rank = seen + block_inclusive_scan<long long>(tie ? 1 : 0, scratch, &ties) - (tie ? 1 : 0);
+      seen += ties;
+      if (i < len) t.out[base + i] = uint8_t(live && (all || (need > 0 && (key[i] > prefix || (tie && rank < need)))));
+    }
     __syncthreads();  // the next row overwrites the staged keys
   }
 }

@@ -73,9 +73,10 @@ def tied(shape, rng, dtype=torch.float32, levels=5):
 @pytest.mark.parametrize("backend", EMU)
 @pytest.mark.parametrize("limit,paths", [(0, RADIX), (32, TINY | RADIX), (1024, TINY | ROW | RADIX), (2048, TINY | ROW)])
 def test_row_segments_on_each_path(backend, small, limit, paths, rng):
-    # Rows of 4, 40, 300 and 1500 elements: each limit moves some of them to another path.
+    # Rows of 4, 40, 300 and 1500 elements, ties across the row path's strides of 256: each limit
+    # moves some of them to another path.
     small(limit)
-    scores = [tied((9, 4), rng), tied((5, 40), rng, torch.float16), torch.randn(3, 300, generator=rng).double(),
+    scores = [tied((9, 4), rng), tied((5, 40), rng, torch.float16), tied((3, 300), rng, torch.float64),
               tied((2, 1500), rng, torch.bfloat16)]
     ks = [torch.tensor([0, 1, 2, 3, 4, 2, 2, 1, 3]), 17, torch.tensor([0, 150, 300]), torch.tensor([700, 1])]
     check(backend, scores, ks, "row", paths)
