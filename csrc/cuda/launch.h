@@ -120,8 +120,8 @@ cudaError_t launch_radix_histogram(const HistArgs& args);
 // ---- segmented selection (segmented.cu): every input cut into equal segments, each keeping its
 // own k. Which of three paths a tensor takes is host.cpp's choice, by its segment length.
 
-// Longest segment selected by one thread (N:M groups have m <= 32), and longest row staged in one
-// block's shared memory.
+// Longest segment selected by one thread (N:M groups have m <= 32), and longest row selected by
+// one block, its keys in registers (8 per thread).
 constexpr int64_t kSegTinyMax = 32;
 constexpr int64_t kSegMaxRow = 2048;
 

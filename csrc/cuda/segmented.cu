@@ -9,10 +9,11 @@
 //   tiny   (L <= kSegTinyMax = 32: N:M groups, short rows) one thread per segment keeps its keys
 //          in registers and counts, for each element, the competing elements that beat it
 //          (greater key, or equal key at a lower position): kept when that count < k. O(L^2).
-//   row    (L <= the small-row limit, at most kSegMaxRow = 2048) one block per row stages the row's
-//          keys in shared memory and radix-selects them there, 8-bit digit by digit (a 256-bin
-//          shared histogram, a block scan picks the digit), then keeps the keys above the k-th
-//          and its ties up to the quota in position order (block scans). O(L) per level.
+//   row    (L <= the small-row limit, at most kSegMaxRow = 2048) one block per row, each thread
+//          holding up to 8 of its keys in registers: a radix select, 8-bit digit by digit (a
+//          256-bin shared histogram; a block scan over the bins, one per thread, picks the digit),
+//          then the keys above the k-th and its ties up to the quota in position order (block
+//          scans). O(L) per digit, no global memory but the row and its mask.
 //   large  (longer rows, segment="tensor") the radix select of select.cu with one 256-bin
 //          histogram per segment, 8-bit digits (2, 4 or 8 levels by key width). Each segment is
 //          cut into chunks of kTile elements; a block takes one chunk at a time, blockIdx ->
@@ -164,14 +165,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) seg_tiny_kernel(Seg
   }
 }
 
-// ---- rows up to kSegMaxRow: one block each, a radix select over the row staged in shared memory
+// ---- rows up to kSegMaxRow: one block each, a radix select over the row held in registers
 
 static_assert(kThreads == kSegBins, "the row path's digit choice gives each thread one bin");
+constexpr int kRowPerThread = static_cast<int>(kSegMaxRow / kThreads);  // element tid + v * kThreads is thread tid's
 
 template <bool SAL>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) seg_row_kernel(SegList list, unsigned long long* nan_out) {
-  __shared__ uint64_t key[kSegMaxRow];
-  __shared__ uint8_t comp[kSegMaxRow];
   __shared__ uint32_t hist[kSegBins];
   __shared__ long long scratch[kWarps + 1];
   __shared__ unsigned long long chosen_prefix;
@@ -181,19 +181,22 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) seg_row_kernel(SegL
     const int64_t row = g - t.item_begin;
     const int len = static_cast<int>(t.len);
     const int64_t base = row * t.len;
+    uint64_t key[kRowPerThread];
+    bool comp[kRowPerThread];
     bool nan = false;
     int bits = 0;
     dispatch_dtype<SAL>(t.dtype, [&](auto pt, auto dt) {
       constexpr int PT = decltype(pt)::value, DT = decltype(dt)::value;
       bits = key_bits<PT>;
-      for (int i = threadIdx.x; i < len; i += kThreads) {
-        key[i] = key_at<PT, DT, SAL>(t, base + i);
-        comp[i] = uint8_t(competes(t, base + i));
-        nan |= comp[i] && is_nan_key<PT>(key_t<PT>(key[i]));
+      #pragma unroll
+      for (int v = 0; v < kRowPerThread; ++v) {
+        const int i = int(threadIdx.x) + v * kThreads;
+        comp[v] = i < len && competes(t, base + i);
+        key[v] = comp[v] ? key_at<PT, DT, SAL>(t, base + i) : 0;
+        nan |= comp[v] && is_nan_key<PT>(key_t<PT>(key[v]));
       }
     });
     if (nan) report_nan(nan_out, t.index);
-    __syncthreads();  // every key of the row is staged before any is counted
 
     // Digit by digit, every thread holding the same prefix and need; thread b owns bin 255 - b.
     unsigned long long prefix = 0;
@@ -202,10 +205,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) seg_row_kernel(SegL
     for (int l = 0; l < bits / kSegDigitBits && need > 0 && !all; ++l) {
       const int shift = bits - kSegDigitBits * (l + 1);
       hist[threadIdx.x] = 0;
-      __syncthreads();
-      for (int i = threadIdx.x; i < len; i += kThreads) {
-        if (comp[i] && (l == 0 || (key[i] >> (shift + kSegDigitBits)) == prefix)) {
-          atomicAdd(hist + (uint32_t(key[i] >> shift) & uint32_t(kSegBins - 1)), 1u);
+      __syncthreads();  // every bin is cleared before any is counted
+      #pragma unroll
+      for (int v = 0; v < kRowPerThread; ++v) {
+        if (comp[v] && (l == 0 || (key[v] >> (shift + kSegDigitBits)) == prefix)) {
+          atomicAdd(hist + (uint32_t(key[v] >> shift) & uint32_t(kSegBins - 1)), 1u);
         }
       }
       __syncthreads();
@@ -217,7 +221,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) seg_row_kernel(SegL
         chosen_prefix = (prefix << kSegDigitBits) | static_cast<unsigned long long>(bin);
         chosen_need = need - above;
       }
-      __syncthreads();
+      __syncthreads();  // the digit is chosen before anyone reads it
       if (l == 0 && need >= total) {  // total: every competing element of the row
         all = true;
       } else {
@@ -228,16 +232,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) seg_row_kernel(SegL
 
     // Keys above the k-th, and its first `need` ties in position order (need <= 0: nothing).
     long long seen = 0;
-    for (int i0 = 0; i0 < len; i0 += kThreads) {
-      const int i = i0 + int(threadIdx.x);
-      const bool live = i < len && comp[i];
-      const bool tie = live && !all && key[i] == prefix;
+    #pragma unroll
+    for (int v = 0; v < kRowPerThread; ++v) {
+      const int i = int(threadIdx.x) + v * kThreads;
+      const bool tie = comp[v] && !all && key[v] == prefix;
       long long ties = 0;
       const long long rank = seen + block_inclusive_scan<long long>(tie ? 1 : 0, scratch, &ties) - (tie ? 1 : 0);
       seen += ties;
-      if (i < len) t.out[base + i] = uint8_t(live && (all || (need > 0 && (key[i] > prefix || (tie && rank < need)))));
+      if (i < len) t.out[base + i] = uint8_t(comp[v] && (all || (need > 0 && (key[v] > prefix || (tie && rank < need)))));
     }
-    __syncthreads();  // the next row overwrites the staged keys
   }
 }
 
