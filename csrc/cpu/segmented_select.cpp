@@ -1,0 +1,481 @@
+// The CPU segmented selections (segmented_select.h): every segment of every input keeps exactly
+// its k largest keys (the global ops' keys, float_keys.h: -0.0 == +0.0, ±inf ordinary, NaN
+// reported), ties by position inside the segment. Each input takes one of three paths, by its
+// segment length L (every segment of an input has the same length):
+//
+//   tiny   (L <= 32: N:M groups, short rows)  blocks of whole segments, one thread each: an
+//          element is kept when fewer than k elements of its segment beat it (a larger key, or an
+//          equal key at a lower position). The keys of a block are transposed so that each
+//          segment is one vector lane, and each pair of positions costs one compare across all
+//          the block's segments (of two elements exactly one beats the other).
+//   rows   (32 < L <= SPARSEFORCE_CPU_SEG_SMALL, default 32768)  one segment at a time by one
+//          thread, in memory: the segment's keys into a buffer (L1/L2-resident), an MSD radix
+//          select on them with digits of up to 11 bits (one histogram pass over the segment,
+//          then passes over the ever fewer keys sharing the known high bits, compacted with
+//          their positions), then one vectorised mask pass (key above the known bits) and the
+//          ties kept from the remaining candidates in position order.
+//   radix  (longer segments: segment="tensor", long rows)  the radix select of the global ops
+//          (radix_passes.h: 16-bit digits, the same passes) run for all these segments
+//          together: each segment is cut into pieces (one per segment on one thread; pieces of
+//          about total / (4 * threads) elements otherwise), every pass is one parallel region
+//          over the pieces of all segments still selecting (one histogram per piece, handed out
+//          dynamically), and after each pass each segment picks its k-th key's bin from the sum
+//          of its pieces' histograms; it then finishes with the same mask passes (quota per piece
+//          for ties, or a candidate list resolved in memory). The segments are taken in batches
+//          of at most kMaxPieces pieces to bound the histograms' memory (256 KiB per piece).
+// The tiny and rows paths run as one parallel region over work items of whole segments of all
+// their inputs. Inputs arrive contiguous (ops_cpu.cpp copies strided ones, as for the global
+// ops); positions and counts are 64-bit, a piece's histogram counts 32-bit (pieces < 2^31).
+// Non-competing elements take key 0, below every competing saliency (|a*b| >= +0.0, whose key
+// is the sign bit), so they are never kept. SPARSEFORCE_CPU_SEG_SMALL=0 sends every row to the
+// radix path, a large value every segment (but N:M groups) to the rows path: the tests run both.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include "../common/env.h"
+#include "float_keys.h"
+#include "radix_passes.h"
+#include "segmented_select.h"
+
+namespace sparseforce {
+namespace cpu {
+namespace {
+
+constexpr int64_t kTiny = 32;
+constexpr int kRowDigit = 11;
+constexpr int64_t kItem = int64_t(1) << 16;  // elements per work item of the tiny and rows paths
+constexpr int64_t kMaxPieces = 64;
+
+int64_t small_limit() {
+  return std::clamp<int64_t>(env_int("SPARSEFORCE_CPU_SEG_SMALL", 32768), 0, int64_t(1) << 30);
+}
+
+// f(src) with the key source of `o`: its scores ranked in their own dtype, or |a*b| (competing
+// elements only when it has a mask), as the global ops form them.
+template <typename F>
+void visit_keys(const Operand& o, bool saliency, F&& f) {
+  dispatch_float(o.type, [&](auto tag) {
+    using In = decltype(tag);
+    const In* a = static_cast<const In*>(o.a);
+    if (!saliency) {
+      f(ScoreSrc<In, In, false>{a, nullptr});
+      return;
+    }
+    using P = std::conditional_t<std::is_same_v<In, double>, double, float>;
+    const In* b = static_cast<const In*>(o.b);
+    if (o.competing != nullptr) {
+      f(SaliencySrc<P, In, true>{a, b, o.competing});
+    } else {
+      f(SaliencySrc<P, In, false>{a, b, nullptr});
+    }
+  });
+}
+
+// The keys of elements [i0, i0 + m) into kb, key 0 for the non-competing ones; true if a
+// competing key is NaN.
+template <typename Src>
+bool live_keys(const Src& src, int64_t i0, int64_t m, typename Src::Key* __restrict kb) {
+  using Key = typename Src::Key;
+  src.keys(i0, m, kb);
+  unsigned bad = 0;
+  if constexpr (Src::kPrev) {
+    const uint8_t* __restrict live = src.prev + i0;
+    for (int64_t j = 0; j < m; ++j) {
+      const bool l = live[j] != 0;
+      bad |= unsigned(l) & unsigned(is_nan_key<typename Src::Rank>(kb[j]));
+      kb[j] = l ? kb[j] : Key(0);
+    }
+  } else {
+    for (int64_t j = 0; j < m; ++j) bad |= unsigned(is_nan_key<typename Src::Rank>(kb[j]));
+  }
+  return bad != 0;
+}
+
+void note_nan(std::atomic<int64_t>& lowest, int64_t index) {
+  int64_t cur = lowest.load();
+  while (index < cur && !lowest.compare_exchange_weak(cur, index)) {
+  }
+}
+
+// work(i) for i in [0, count), handed out one at a time to the threads.
+template <typename F>
+void for_each_item(int64_t count, F&& work) {
+  const int64_t workers = std::min<int64_t>(count, at::get_num_threads());
+  if (workers <= 1) {
+    for (int64_t i = 0; i < count; ++i) work(i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t i = next.fetch_add(1); i < count; i = next.fetch_add(1)) work(i);
+  });
+}
+
+int64_t k_of(const Segmented& s, int64_t r) { return s.ks != nullptr ? s.ks[r] : s.keep; }
+
+// ---- tiny segments (L <= kTiny): pairwise ranks
+
+template <typename Src>
+bool select_tiny(const Src& src, const Segmented& s, int64_t s0, int64_t s1) {
+  using Key = typename Src::Key;
+  const int64_t len = s.len;
+  const int64_t per = std::max<int64_t>(1, kBlock / len);  // segments per block
+  alignas(64) Key kb[kBlock];
+  alignas(64) Key t[kBlock];
+  alignas(64) uint8_t rank[kBlock];
+  bool bad = false;
+  for (int64_t g0 = s0; g0 < s1; g0 += per) {
+    const int64_t g = std::min(per, s1 - g0);
+    bad |= live_keys(src, g0 * len, g * len, kb);
+    for (int64_t j = 0; j < len; ++j) {
+      for (int64_t q = 0; q < g; ++q) t[j * g + q] = kb[q * len + j];
+    }
+    std::fill(rank, rank + kBlock, uint8_t(0));
+    for (int64_t j = 1; j < len; ++j) {
+      const Key* __restrict tj = t + j * g;
+      uint8_t* __restrict rj = rank + j * g;
+      for (int64_t i = 0; i < j; ++i) {
+        const Key* __restrict ti = t + i * g;
+        uint8_t* __restrict ri = rank + i * g;
+        for (int64_t q = 0; q < g; ++q) {
+          const uint8_t c = uint8_t(ti[q] >= tj[q]);  // i (the lower position) beats j, else j beats i
+          rj[q] += c;
+          ri[q] += c ^ uint8_t(1);
+        }
+      }
+    }
+    uint8_t* __restrict o = s.op.out + g0 * len;
+    for (int64_t q = 0; q < g; ++q) {
+      const int64_t k = k_of(s, g0 + q);
+      for (int64_t j = 0; j < len; ++j) o[q * len + j] = uint8_t(rank[j * g + q] < k);
+    }
+  }
+  return bad;
+}
+
+// ---- rows (kTiny < L <= small_limit()): one segment at a time, in memory
+
+// The bin (from the top of `bins`) holding the need-th largest key; need becomes its rank there.
+inline int64_t top_bin(const uint32_t* h, int64_t bins, int64_t& need) {
+  int64_t bin = bins - 1;
+  for (; bin > 0 && h[bin] < need; --bin) need -= h[bin];
+  return bin;
+}
+
+// Bits of a radix digit over `count` keys: about one bin per key, from 4 to kRowDigit bits.
+int row_digit(int64_t count) {
+  int bits = 4;
+  while (bits < kRowDigit && (int64_t(1) << bits) < count) ++bits;
+  return bits;
+}
+
+template <typename Key>
+struct RowScratch {
+  std::vector<Key> keys, cand;
+  std::vector<int64_t> pos;
+  std::vector<uint32_t> hist;
+  explicit RowScratch(int64_t len) : keys(len), cand(len), pos(len), hist(size_t(1) << kRowDigit) {}
+};
+
+// Segment r (elements [i0, i0 + len)) keeping k.
+template <typename Src>
+bool select_row(const Src& src, int64_t i0, int64_t len, int64_t k, uint8_t* __restrict out,
+                RowScratch<typename Src::Key>& w) {
+  using Key = typename Src::Key;
+  constexpr int kBits = static_cast<int>(sizeof(Key) * 8);
+  Key* __restrict kb = w.keys.data();
+  Key* __restrict ck = w.cand.data();
+  int64_t* __restrict cp = w.pos.data();
+  uint32_t* __restrict h = w.hist.data();
+  bool bad = false;
+  for (int64_t b = 0; b < len; b += kBlock) bad |= live_keys(src, i0 + b, std::min(kBlock, len - b), kb + b);
+  if (k == 0 || k == len) {
+    std::fill(out, out + len, uint8_t(k != 0));
+    return bad;
+  }
+  // Candidates: the keys whose bits above `shift` equal `prefix` (all of them, at first), in
+  // position order; the k-th key is the need-th largest of them.
+  int digit = row_digit(len);
+  int shift = kBits - digit;
+  std::fill(h, h + (int64_t(1) << digit), 0u);
+  for (int64_t j = 0; j < len; ++j) ++h[kb[j] >> shift];
+  int64_t need = k;
+  Key prefix = static_cast<Key>(top_bin(h, int64_t(1) << digit, need));
+  int64_t c = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    ck[c] = kb[j];
+    cp[c] = j;
+    c += static_cast<Key>(kb[j] >> shift) == prefix;
+  }
+  while (c > need && shift > 0) {
+    digit = std::min(row_digit(c), shift);
+    shift -= digit;
+    const Key mask = static_cast<Key>((Key(1) << digit) - 1);
+    std::fill(h, h + (int64_t(1) << digit), 0u);
+    for (int64_t t = 0; t < c; ++t) ++h[(ck[t] >> shift) & mask];
+    const Key bin = static_cast<Key>(top_bin(h, int64_t(1) << digit, need));
+    int64_t kept = 0;
+    for (int64_t t = 0; t < c; ++t) {
+      ck[kept] = ck[t];
+      cp[kept] = cp[t];
+      kept += static_cast<Key>((ck[t] >> shift) & mask) == bin;
+    }
+    c = kept;
+    prefix = static_cast<Key>((prefix << digit) | bin);
+  }
+  // Kept: the keys above the candidates' bits, then the first `need` candidates (all of them,
+  // or equal keys when every bit is known).
+  for (int64_t j = 0; j < len; ++j) out[j] = uint8_t(static_cast<Key>(kb[j] >> shift) > prefix);
+  for (int64_t t = 0; t < need; ++t) out[cp[t]] = 1;
+  return bad;
+}
+
+// ---- long segments: the radix select of all of them together
+
+struct Long {
+  Operand view;  // the segment: pointers advanced to its first element, n = its length
+  int64_t k = 0;
+  int64_t first = 0, pieces = 0;  // its pieces in the batch's piece list
+  int shift = 0;                  // the digit the last histogram counted
+  uint64_t prefix = 0;            // the k-th key's known high bits (those above shift + kDigit)
+  int64_t need = 0;               // its rank among the keys sharing them
+  enum class Step { Histogram, Fill, Exact, Candidates } step = Step::Histogram;
+  bool fill_ones = false;
+  std::vector<uint64_t> cand_keys;  // the candidates' keys (as the segment's key type)
+  std::vector<uint8_t*> cand_dst;
+};
+
+struct Piece {
+  int64_t seg, a, b;
+  int64_t base = 0;   // Exact: its quota of ties; Candidates: its first slot
+  int64_t count = 0;  // Candidates: its number of candidates
+};
+
+int key_bits(const Operand& o, bool saliency) {
+  if (saliency) return o.type == at::kDouble ? 64 : 32;
+  return static_cast<int>(c10::elementSize(o.type) * 8);
+}
+
+// One batch of long segments, every pass over all of them together.
+void select_long(std::vector<Long>& segs, std::vector<Piece>& pieces, bool saliency, std::atomic<int64_t>& nan) {
+  const int64_t np = static_cast<int64_t>(pieces.size());
+  std::vector<uint32_t> hist(static_cast<size_t>(np * kBins));
+  auto count = [&](const Long& s, int64_t bin) {
+    int64_t t = 0;
+    for (int64_t p = s.first; p < s.first + s.pieces; ++p) t += hist[p * kBins + bin];
+    return t;
+  };
+  // After a histogram pass: the k-th key's bin and the segment's next step.
+  auto resolve = [&](Long& s) {
+    int64_t bin = kBins - 1, above = 0;
+    for (; bin > 0; --bin) {
+      const int64_t c = count(s, bin);
+      if (above + c >= s.need) break;
+      above += c;
+    }
+    s.need -= above;
+    s.prefix = (s.prefix << kDigit) | static_cast<uint64_t>(bin);
+    const int64_t bucket = count(s, bin);
+    if (s.shift != 0 && bucket > candidate_cap(s.view.n)) {
+      s.shift -= kDigit;
+      return;
+    }
+    int64_t before = 0;
+    for (int64_t p = s.first; p < s.first + s.pieces; ++p) {
+      const int64_t here = hist[p * kBins + bin];
+      pieces[p].base = s.shift == 0 ? std::clamp<int64_t>(s.need - before, 0, here) : before;
+      pieces[p].count = here;
+      before += here;
+    }
+    if (s.shift == 0) {
+      s.step = Long::Step::Exact;
+    } else {
+      s.step = Long::Step::Candidates;
+      s.cand_keys.resize(static_cast<size_t>(bucket));
+      s.cand_dst.resize(static_cast<size_t>(bucket));
+    }
+  };
+
+  std::vector<uint8_t> bad(static_cast<size_t>(np), 0);
+  for_each_item(np, [&](int64_t p) {
+    const Piece& pc = pieces[p];
+    const Long& s = segs[pc.seg];
+    uint32_t* h = hist.data() + p * kBins;
+    std::fill(h, h + kBins, 0u);
+    visit_keys(s.view, saliency, [&](const auto& src) {
+      bad[p] = pass_histogram_top(src, pc.a, pc.b, s.shift, h);
+    });
+  });
+  for (int64_t p = 0; p < np; ++p) {
+    if (bad[p]) note_nan(nan, segs[pieces[p].seg].view.index);
+  }
+  for_each_item(static_cast<int64_t>(segs.size()), [&](int64_t i) {
+    Long& s = segs[i];
+    int64_t live = s.view.n;
+    if (s.view.competing != nullptr) {
+      live = 0;
+      for (int64_t bin = 0; bin < kBins; ++bin) live += count(s, bin);
+    }
+    if (s.k == 0 || s.k == live) {
+      s.step = Long::Step::Fill;
+      s.fill_ones = s.k != 0;
+    } else {
+      resolve(s);
+    }
+  });
+  while (true) {
+    std::vector<int64_t> todo;
+    for (int64_t p = 0; p < np; ++p) {
+      if (segs[pieces[p].seg].step == Long::Step::Histogram) todo.push_back(p);
+    }
+    if (todo.empty()) break;
+    for_each_item(static_cast<int64_t>(todo.size()), [&](int64_t t) {
+      const int64_t p = todo[t];
+      const Piece& pc = pieces[p];
+      const Long& s = segs[pc.seg];
+      uint32_t* h = hist.data() + p * kBins;
+      std::fill(h, h + kBins, 0u);
+      visit_keys(s.view, saliency, [&](const auto& src) {
+        using Key = typename std::decay_t<decltype(src)>::Key;
+        pass_histogram(src, pc.a, pc.b, s.shift, static_cast<Key>(s.prefix), h);
+      });
+    });
+    for_each_item(static_cast<int64_t>(segs.size()), [&](int64_t i) {
+      if (segs[i].step == Long::Step::Histogram) resolve(segs[i]);
+    });
+  }
+  // The mask pass.
+  for_each_item(np, [&](int64_t p) {
+    const Piece& pc = pieces[p];
+    Long& s = segs[pc.seg];
+    uint8_t* out = s.view.out;
+    if (s.step == Long::Step::Fill) {
+      if (s.fill_ones && s.view.competing != nullptr) {
+        std::copy(s.view.competing + pc.a, s.view.competing + pc.b, out + pc.a);
+      } else {
+        std::fill(out + pc.a, out + pc.b, uint8_t(s.fill_ones));
+      }
+      return;
+    }
+    visit_keys(s.view, saliency, [&](const auto& src) {
+      using Key = typename std::decay_t<decltype(src)>::Key;
+      if (s.step == Long::Step::Exact) {
+        int64_t quota = pc.base;
+        pass_mask_exact(src, pc.a, pc.b, static_cast<Key>(s.prefix), out, quota);
+      } else {
+        Key* keys = reinterpret_cast<Key*>(s.cand_keys.data());
+        const int64_t end = pass_mask_candidates(src, pc.a, pc.b, s.shift, static_cast<Key>(s.prefix), out, keys,
+                                                 s.cand_dst.data(), pc.base);
+        TORCH_INTERNAL_ASSERT(end == pc.base + pc.count, "sparseforce: candidate count changed between passes");
+      }
+    });
+  });
+  for_each_item(static_cast<int64_t>(segs.size()), [&](int64_t i) {
+    Long& s = segs[i];
+    if (s.step != Long::Step::Candidates) return;
+    visit_keys(s.view, saliency, [&](const auto& src) {
+      using Key = typename std::decay_t<decltype(src)>::Key;
+      keep_candidates(reinterpret_cast<const Key*>(s.cand_keys.data()), s.cand_dst.data(),
+                      static_cast<int64_t>(s.cand_dst.size()), s.need);
+    });
+  });
+}
+
+// Rows longer than `limit` (N:M groups are always tiny).
+bool is_long(const Segmented& in, int64_t limit) { return in.ks != nullptr && in.len > limit; }
+
+// The long segments of `inputs`, batch by batch.
+void select_all_long(const std::vector<Segmented>& inputs, int64_t limit, bool saliency, std::atomic<int64_t>& nan) {
+  int64_t total = 0;
+  for (const Segmented& s : inputs) {
+    if (is_long(s, limit)) total += s.op.n;
+  }
+  if (total == 0) return;
+  const int64_t threads = at::get_num_threads();
+  const int64_t piece_len = std::min(
+      kMaxChunk, threads == 1 ? kMaxChunk : std::max(kMinChunk, total / (kChunksPerThread * threads)));
+  std::vector<Long> segs;
+  std::vector<Piece> pieces;
+  auto flush = [&]() {
+    if (!segs.empty()) select_long(segs, pieces, saliency, nan);
+    segs.clear();
+    pieces.clear();
+  };
+  for (const Segmented& in : inputs) {
+    if (!is_long(in, limit)) continue;
+    const int64_t bytes = static_cast<int64_t>(c10::elementSize(in.op.type));
+    for (int64_t r = 0; r < in.op.n / in.len; ++r) {
+      const int64_t n_pieces = (in.len + piece_len - 1) / piece_len;
+      if (static_cast<int64_t>(pieces.size()) + n_pieces > kMaxPieces) flush();
+      Long s;
+      s.view = in.op;
+      const int64_t at = r * in.len;
+      s.view.a = static_cast<const char*>(in.op.a) + at * bytes;
+      if (in.op.b != nullptr) s.view.b = static_cast<const char*>(in.op.b) + at * bytes;
+      if (in.op.competing != nullptr) s.view.competing = in.op.competing + at;
+      s.view.out = in.op.out + at;
+      s.view.n = in.len;
+      s.view.offset = 0;
+      s.k = k_of(in, r);
+      s.need = s.k;
+      s.shift = key_bits(in.op, saliency) - kDigit;
+      s.first = static_cast<int64_t>(pieces.size());
+      s.pieces = n_pieces;
+      for (int64_t q = 0; q < n_pieces; ++q) {
+        pieces.push_back({static_cast<int64_t>(segs.size()), q * in.len / n_pieces, (q + 1) * in.len / n_pieces});
+      }
+      segs.push_back(std::move(s));
+    }
+  }
+  flush();
+}
+
+}  // namespace
+
+int64_t segmented_select(const std::vector<Segmented>& inputs, bool saliency) {
+  std::atomic<int64_t> nan{std::numeric_limits<int64_t>::max()};
+  const int64_t limit = small_limit();
+  // Work items of the tiny and rows paths: runs of whole segments of one input.
+  struct Item {
+    size_t input;
+    int64_t s0, s1;
+  };
+  std::vector<Item> items;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const Segmented& in = inputs[i];
+    if (is_long(in, limit)) continue;
+    const int64_t rows = in.op.n / in.len;
+    const int64_t per = std::max<int64_t>(1, kItem / in.len);
+    for (int64_t s0 = 0; s0 < rows; s0 += per) items.push_back({i, s0, std::min(rows, s0 + per)});
+  }
+  for_each_item(static_cast<int64_t>(items.size()), [&](int64_t t) {
+    const Item& it = items[t];
+    const Segmented& in = inputs[it.input];
+    bool bad = false;
+    visit_keys(in.op, saliency, [&](const auto& src) {
+      using Key = typename std::decay_t<decltype(src)>::Key;
+      if (in.len <= kTiny) {
+        bad = select_tiny(src, in, it.s0, it.s1);
+        return;
+      }
+      RowScratch<Key> w(in.len);
+      for (int64_t r = it.s0; r < it.s1; ++r) {
+        bad |= select_row(src, r * in.len, in.len, k_of(in, r), in.op.out + r * in.len, w);
+      }
+    });
+    if (bad) note_nan(nan, in.op.index);
+  });
+  select_all_long(inputs, limit, saliency, nan);
+  const int64_t lowest = nan.load();
+  return lowest == std::numeric_limits<int64_t>::max() ? -1 : lowest;
+}
+
+}  // namespace cpu
+}  // namespace sparseforce
