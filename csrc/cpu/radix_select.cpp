@@ -41,97 +41,6 @@ namespace sparseforce {
 namespace cpu {
 namespace {
 
-// ---- the band of the first pass, from a sample
-
-constexpr int64_t kRun = 16;  // consecutive elements per sampled run: a cache line of fp32
-
-inline void prefetch_line(const void* p) {
-#if defined(__GNUC__)
-  __builtin_prefetch(p);
-#else
-  (void)p;
-#endif
-}
-
-// Elements sampled to place the first pass's band (0: no band, every pass histograms all keys).
-int64_t sample_size() { return env_int("SPARSEFORCE_CPU_SAMPLE", 65536); }
-
-// Narrows [lo_bin, hi_bin] (top digits at `shift`) to a band that holds the k-th largest
-// competing key but for a sampling miss of more than six standard deviations, judged from the
-// keys of about sample_size() elements: runs of kRun consecutive ones spread evenly over the
-// global positions (every element when there are no more than that). A miss costs speed, not
-// exactness: radix_select then histograms the whole range.
-template <typename P, typename Policy>
-void sample_band(const std::vector<Operand>& segs, int64_t n, int64_t k, int shift, int64_t& lo_bin, int64_t& hi_bin,
-                 uint32_t* __restrict counts) {
-  using Key = key_t<P>;
-  const int64_t want = sample_size();
-  if (want <= 0 || segs.empty()) return;
-  const int64_t run_len = n <= want ? n : kRun;
-  const int64_t runs = n <= want ? 1 : std::max<int64_t>(1, want / kRun);
-  const int64_t span = n - run_len;  // the last run starts here
-  auto run_start = [&](int64_t r) {
-    return runs == 1 ? int64_t(0) : (span / (runs - 1)) * r + (span % (runs - 1)) * r / (runs - 1);
-  };
-  // The runs are far apart: fetch the lines of a run a few runs ahead, so the misses overlap.
-  constexpr int64_t kAhead = 8;
-  size_t jp = 0;
-  auto prefetch = [&](int64_t r) {
-    const int64_t pos = run_start(r);
-    while (segs[jp].offset + segs[jp].n <= pos) ++jp;
-    const Operand& s = segs[jp];
-    const int64_t a = pos - s.offset;
-    const int64_t bytes = static_cast<int64_t>(c10::elementSize(s.type));
-    prefetch_line(static_cast<const char*>(s.a) + a * bytes);
-    if (s.b != nullptr) prefetch_line(static_cast<const char*>(s.b) + a * bytes);
-    if (s.competing != nullptr) prefetch_line(s.competing + a);
-  };
-  // The sampled keys' top digits, counted (only the competing ones), in `counts` (2^16 bins).
-  std::fill(counts, counts + kBins, 0u);
-  alignas(64) Key kb[kBlock];
-  int64_t drawn = 0, sc = 0;  // positions sampled, competing or not; competing keys among them
-  size_t j = 0;
-  for (int64_t r = 0; r < std::min(kAhead, runs); ++r) prefetch(r);
-  for (int64_t r = 0; r < runs; ++r) {
-    if (r + kAhead < runs) prefetch(r + kAhead);
-    int64_t pos = run_start(r);
-    const int64_t end = pos + run_len;
-    while (pos < end) {
-      while (segs[j].offset + segs[j].n <= pos) ++j;
-      const Operand& s = segs[j];
-      const int64_t a = pos - s.offset;
-      const int64_t m = std::min({end - pos, s.n - a, kBlock});
-      Policy::visit(s, [&](const auto& src) {
-        using Src = std::decay_t<decltype(src)>;
-        src.keys(a, m, kb);
-        for (int64_t t = 0; t < m; ++t) {
-          const uint32_t l = Src::kPrev ? uint32_t(src.prev[a + t] != 0) : 1u;
-          counts[kb[t] >> shift] += l;
-          sc += l;
-        }
-      });
-      drawn += m;
-      pos += m;
-    }
-  }
-  // The k-th largest key ranks about e-th among the sampled keys (1-based, from the top).
-  const double p = static_cast<double>(k) / static_cast<double>(n);
-  const double e = p * static_cast<double>(drawn);
-  const double margin = 6.0 * std::sqrt(e * (1.0 - p)) + 16.0;
-  const int64_t r_lo = static_cast<int64_t>(std::ceil(e + margin));   // surely at or below the k-th key
-  const int64_t r_hi = static_cast<int64_t>(std::floor(e - margin));  // surely above it
-  // The bins of the sampled keys ranked r_hi and r_lo: the band's top and bottom.
-  int64_t seen = 0, bin = kBins - 1;
-  if (r_hi >= 1 && r_hi <= sc) {
-    for (; seen + counts[bin] < r_hi; --bin) seen += counts[bin];
-    hi_bin = bin;
-  }
-  if (r_lo <= sc) {
-    for (; seen + counts[bin] < r_lo; --bin) seen += counts[bin];
-    lo_bin = bin;
-  }
-}
-
 // The k-th largest key over `segs` (n elements in all) and, when write_masks, the masks keeping
 // exactly the k largest. Returns early with nan_index set, or with competing < k (the caller
 // reports both).
@@ -226,7 +135,7 @@ Result radix_select(const std::vector<Operand>& segs, int64_t n, int64_t k, bool
     }
   };
   int64_t lo_bin = 0, hi_bin = kBins - 1;
-  if (k >= 1) sample_band<P, Policy>(segs, n, k, shift, lo_bin, hi_bin, hist.data());
+  if (k >= 1) sample_band<P, Policy>(segs, n, k, shift, sample_size(), lo_bin, hi_bin, hist.data());
   const bool banded = lo_bin != 0 || hi_bin != kBins - 1;
   top_pass(lo_bin, hi_bin);
   if (res.nan_index >= 0) return res;

@@ -32,6 +32,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -54,7 +55,7 @@ constexpr int64_t kItem = int64_t(1) << 16;  // elements per work item of the ti
 constexpr int64_t kMaxPieces = 64;
 
 int64_t small_limit() {
-  return std::clamp<int64_t>(env_int("SPARSEFORCE_CPU_SEG_SMALL", 32768), 0, int64_t(1) << 30);
+  return std::clamp<int64_t>(env_int("SPARSEFORCE_CPU_SEG_SMALL", int64_t(1) << 20), 0, int64_t(1) << 30);
 }
 
 // f(src) with the key source of `o`: its scores ranked in their own dtype, or |a*b| (competing
@@ -104,58 +105,170 @@ void note_nan(std::atomic<int64_t>& lowest, int64_t index) {
   }
 }
 
-// work(i) for i in [0, count), handed out one at a time to the threads.
-template <typename F>
-void for_each_item(int64_t count, F&& work) {
+// work(i, state) for i in [0, count), handed out one at a time to the threads; each thread has
+// its own State (scratch memory reused from item to item).
+template <typename State, typename F>
+void for_each_item_with(int64_t count, F&& work) {
   const int64_t workers = std::min<int64_t>(count, at::get_num_threads());
   if (workers <= 1) {
-    for (int64_t i = 0; i < count; ++i) work(i);
+    State state;
+    for (int64_t i = 0; i < count; ++i) work(i, state);
     return;
   }
   std::atomic<int64_t> next{0};
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    for (int64_t i = next.fetch_add(1); i < count; i = next.fetch_add(1)) work(i);
+    State state;
+    for (int64_t i = next.fetch_add(1); i < count; i = next.fetch_add(1)) work(i, state);
   });
+}
+
+struct NoState {};
+
+template <typename F>
+void for_each_item(int64_t count, F&& work) {
+  for_each_item_with<NoState>(count, [&](int64_t i, NoState&) { work(i); });
 }
 
 int64_t k_of(const Segmented& s, int64_t r) { return s.ks != nullptr ? s.ks[r] : s.keep; }
 
 // ---- tiny segments (L <= kTiny): pairwise ranks
 
+// Segments g0 .. g0 + g - 1 of `s`, their keys in kb: the keys transposed (t[j * g + q]: element
+// j of segment q) so that the loops over q vectorise.
+template <typename Key>
+void rank_block(const Key* kb, int64_t g, const Segmented& s, int64_t g0, uint8_t* __restrict o) {
+  const int64_t len = s.len;
+  alignas(64) Key t[kBlock];
+  alignas(64) uint8_t rank[kBlock];
+  for (int64_t j = 0; j < len; ++j) {
+    for (int64_t q = 0; q < g; ++q) t[j * g + q] = kb[q * len + j];
+  }
+  std::fill(rank, rank + kBlock, uint8_t(0));
+  for (int64_t j = 1; j < len; ++j) {
+    const Key* __restrict tj = t + j * g;
+    uint8_t* __restrict rj = rank + j * g;
+    for (int64_t i = 0; i < j; ++i) {
+      const Key* __restrict ti = t + i * g;
+      uint8_t* __restrict ri = rank + i * g;
+      for (int64_t q = 0; q < g; ++q) {
+        const uint8_t c = uint8_t(ti[q] >= tj[q]);  // i (the lower position) beats j, else j beats i
+        rj[q] += c;
+        ri[q] += c ^ uint8_t(1);
+      }
+    }
+  }
+  for (int64_t q = 0; q < g; ++q) {
+    const int64_t k = k_of(s, g0 + q);
+    for (int64_t j = 0; j < len; ++j) o[q * len + j] = uint8_t(rank[j * g + q] < k);
+  }
+}
+
+#if defined(__SSE2__) && defined(__GNUC__)
+// Segments of four 32-bit keys (2:4 and the other N:4 patterns), four segments per step in SSE2
+// registers: load(q) gives the four values of segment q, as fp32 (Floats: compared as floats,
+// which order every non-NaN value as its key does, -0.0 == +0.0 included) or as signed integers
+// (key ^ 0x80000000: signed compares order them as keys). The 4x4 block is transposed, six
+// compares rank it, and the keep flags are transposed back and packed into 16 mask bytes. Returns
+// the segments done (a multiple of 4) of the g from segment g0 on.
+template <bool Floats, typename Load>
+int64_t keep_by4(int64_t g, const Segmented& s, int64_t g0, uint8_t* o, Load&& load) {
+  auto transpose = [](__m128i& a, __m128i& b, __m128i& c, __m128i& d) {
+    const __m128i ab0 = _mm_unpacklo_epi32(a, b), cd0 = _mm_unpacklo_epi32(c, d);
+    const __m128i ab1 = _mm_unpackhi_epi32(a, b), cd1 = _mm_unpackhi_epi32(c, d);
+    a = _mm_unpacklo_epi64(ab0, cd0);
+    b = _mm_unpackhi_epi64(ab0, cd0);
+    c = _mm_unpacklo_epi64(ab1, cd1);
+    d = _mm_unpackhi_epi64(ab1, cd1);
+  };
+  auto greater = [](__m128i a, __m128i b) {
+    if constexpr (Floats) {
+      return _mm_castps_si128(_mm_cmpgt_ps(_mm_castsi128_ps(a), _mm_castsi128_ps(b)));
+    } else {
+      return _mm_cmpgt_epi32(a, b);
+    }
+  };
+  int64_t q = 0;
+  for (; q + 4 <= g; q += 4) {
+    __m128i v[4], r[4];
+    for (int j = 0; j < 4; ++j) {
+      v[j] = load(g0 + q + j);
+      r[j] = _mm_set1_epi32(j);  // the j lower positions beat element j, unless it beats them
+    }
+    transpose(v[0], v[1], v[2], v[3]);  // v[j]: element j of the four segments
+    for (int j = 1; j < 4; ++j) {
+      for (int i = 0; i < j; ++i) {
+        const __m128i j_beats_i = greater(v[j], v[i]);  // -1 where it does
+        r[i] = _mm_sub_epi32(r[i], j_beats_i);
+        r[j] = _mm_add_epi32(r[j], j_beats_i);
+      }
+    }
+    const int64_t s0 = g0 + q;
+    const __m128i k = s.ks == nullptr ? _mm_set1_epi32(static_cast<int32_t>(s.keep))
+                                      : _mm_set_epi32(static_cast<int32_t>(s.ks[s0 + 3]), static_cast<int32_t>(s.ks[s0 + 2]),
+                                                      static_cast<int32_t>(s.ks[s0 + 1]), static_cast<int32_t>(s.ks[s0]));
+    for (int j = 0; j < 4; ++j) r[j] = _mm_cmpgt_epi32(k, r[j]);  // rank < k: kept
+    transpose(r[0], r[1], r[2], r[3]);  // r[q]: the flags of segment q
+    const __m128i bytes = _mm_packs_epi16(_mm_packs_epi32(r[0], r[1]), _mm_packs_epi32(r[2], r[3]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 4 * q), _mm_and_si128(bytes, _mm_set1_epi8(1)));
+  }
+  return q;
+}
+
+// keep_by4 straight from fp32 values (scores, or |w*g| of fp32 weights and grads): no key
+// buffer, NaN found by an unordered compare, and a non-competing element made -inf, below every
+// competing saliency (>= +0.0).
+template <typename Src>
+int64_t keep_by4_f32(const Src& src, const Segmented& s, int64_t s0, int64_t s1, bool& bad) {
+  __m128 nan = _mm_setzero_ps();
+  const int64_t done = keep_by4<true>(s1 - s0, s, s0, s.op.out + s0 * 4, [&](int64_t q) {
+    __m128 x = F32<Src>::load(src, 4 * q);
+    __m128 isnan = _mm_cmpunord_ps(x, x);
+    if constexpr (Src::kPrev) {
+      int32_t p4;
+      std::memcpy(&p4, src.prev + 4 * q, sizeof p4);
+      const __m128i zero = _mm_setzero_si128();
+      const __m128i live = _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(p4), zero), zero);
+      const __m128 dead = _mm_castsi128_ps(_mm_cmpeq_epi32(live, zero));
+      x = _mm_or_ps(_mm_andnot_ps(dead, x), _mm_and_ps(dead, _mm_set1_ps(-std::numeric_limits<float>::infinity())));
+      isnan = _mm_andnot_ps(dead, isnan);
+    }
+    nan = _mm_or_ps(nan, isnan);
+    return _mm_castps_si128(x);
+  });
+  bad |= _mm_movemask_ps(nan) != 0;
+  return done;
+}
+#endif
+
+// Segments s0 .. s1 - 1 of a tiny-segment input, in blocks of whole segments.
 template <typename Src>
 bool select_tiny(const Src& src, const Segmented& s, int64_t s0, int64_t s1) {
   using Key = typename Src::Key;
   const int64_t len = s.len;
+  bool bad = false;
+#if defined(__SSE2__) && defined(__GNUC__)
+  if constexpr (F32<Src>::ok) {
+    if (len == 4) s0 += keep_by4_f32(src, s, s0, s1, bad);
+  }
+#endif
   const int64_t per = std::max<int64_t>(1, kBlock / len);  // segments per block
   alignas(64) Key kb[kBlock];
-  alignas(64) Key t[kBlock];
-  alignas(64) uint8_t rank[kBlock];
-  bool bad = false;
   for (int64_t g0 = s0; g0 < s1; g0 += per) {
     const int64_t g = std::min(per, s1 - g0);
     bad |= live_keys(src, g0 * len, g * len, kb);
-    for (int64_t j = 0; j < len; ++j) {
-      for (int64_t q = 0; q < g; ++q) t[j * g + q] = kb[q * len + j];
-    }
-    std::fill(rank, rank + kBlock, uint8_t(0));
-    for (int64_t j = 1; j < len; ++j) {
-      const Key* __restrict tj = t + j * g;
-      uint8_t* __restrict rj = rank + j * g;
-      for (int64_t i = 0; i < j; ++i) {
-        const Key* __restrict ti = t + i * g;
-        uint8_t* __restrict ri = rank + i * g;
-        for (int64_t q = 0; q < g; ++q) {
-          const uint8_t c = uint8_t(ti[q] >= tj[q]);  // i (the lower position) beats j, else j beats i
-          rj[q] += c;
-          ri[q] += c ^ uint8_t(1);
-        }
+    uint8_t* o = s.op.out + g0 * len;
+    int64_t done = 0;
+#if defined(__SSE2__) && defined(__GNUC__)
+    if constexpr (std::is_same_v<Key, uint32_t>) {
+      if (len == 4) {
+        const __m128i flip = _mm_set1_epi32(signed_key(0));
+        done = keep_by4<false>(g, s, g0, o, [&](int64_t q) {
+          return _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kb + 4 * (q - g0))), flip);
+        });
       }
     }
-    uint8_t* __restrict o = s.op.out + g0 * len;
-    for (int64_t q = 0; q < g; ++q) {
-      const int64_t k = k_of(s, g0 + q);
-      for (int64_t j = 0; j < len; ++j) o[q * len + j] = uint8_t(rank[j * g + q] < k);
-    }
+#endif
+    if (done < g) rank_block(kb + done * len, g - done, s, g0 + done, o + done * len);
   }
   return bad;
 }
@@ -176,23 +289,47 @@ int row_digit(int64_t count) {
   return bits;
 }
 
-template <typename Key>
+// A thread's buffers for its rows, grown as needed: the keys of a row (8 bytes a key at most),
+// the flags, the candidates' keys and positions (as many as the k-th key's first bin holds).
 struct RowScratch {
-  std::vector<Key> keys, cand;
-  std::vector<int64_t> pos;
-  std::vector<uint32_t> hist;
-  explicit RowScratch(int64_t len) : keys(len), cand(len), pos(len), hist(size_t(1) << kRowDigit) {}
+  std::vector<uint64_t> keys, cand;
+  std::vector<int32_t> pos;
+  std::vector<uint8_t> flags;  // padded to whole 8-byte words
+  std::vector<uint32_t> hist = std::vector<uint32_t>(size_t(1) << kRowDigit);
+
+  template <typename T>
+  static T* at_least(std::vector<T>& v, int64_t n) {
+    if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+    return v.data();
+  }
 };
+
+// The flagged keys and their positions, in position order, as candidates: the flags are formed
+// by a loop that vectorises and read eight at a time, as most are 0.
+template <typename Key>
+int64_t gather_flagged(const Key* kb, const uint8_t* flags, int64_t len, Key* ck, int32_t* cp) {
+  int64_t c = 0;
+  for (int64_t j = 0; j < len; j += 8) {
+    uint64_t f;
+    std::memcpy(&f, flags + j, sizeof f);
+    if (f == 0) continue;
+    for (int64_t t = j; t < std::min(j + 8, len); ++t) {
+      if (flags[t]) {
+        ck[c] = kb[t];
+        cp[c] = static_cast<int32_t>(t);
+        ++c;
+      }
+    }
+  }
+  return c;
+}
 
 // Segment r (elements [i0, i0 + len)) keeping k.
 template <typename Src>
-bool select_row(const Src& src, int64_t i0, int64_t len, int64_t k, uint8_t* __restrict out,
-                RowScratch<typename Src::Key>& w) {
+bool select_row(const Src& src, int64_t i0, int64_t len, int64_t k, uint8_t* __restrict out, RowScratch& w) {
   using Key = typename Src::Key;
   constexpr int kBits = static_cast<int>(sizeof(Key) * 8);
-  Key* __restrict kb = w.keys.data();
-  Key* __restrict ck = w.cand.data();
-  int64_t* __restrict cp = w.pos.data();
+  Key* __restrict kb = reinterpret_cast<Key*>(RowScratch::at_least(w.keys, len));
   uint32_t* __restrict h = w.hist.data();
   bool bad = false;
   for (int64_t b = 0; b < len; b += kBlock) bad |= live_keys(src, i0 + b, std::min(kBlock, len - b), kb + b);
@@ -208,12 +345,13 @@ bool select_row(const Src& src, int64_t i0, int64_t len, int64_t k, uint8_t* __r
   for (int64_t j = 0; j < len; ++j) ++h[kb[j] >> shift];
   int64_t need = k;
   Key prefix = static_cast<Key>(top_bin(h, int64_t(1) << digit, need));
-  int64_t c = 0;
-  for (int64_t j = 0; j < len; ++j) {
-    ck[c] = kb[j];
-    cp[c] = j;
-    c += static_cast<Key>(kb[j] >> shift) == prefix;
-  }
+  uint8_t* __restrict fl = RowScratch::at_least(w.flags, (len + 7) & ~int64_t(7));
+  for (int64_t j = 0; j < len; ++j) fl[j] = uint8_t(static_cast<Key>(kb[j] >> shift) == prefix);
+  std::fill(fl + len, fl + ((len + 7) & ~int64_t(7)), uint8_t(0));
+  const int64_t bucket = h[prefix];
+  Key* __restrict ck = reinterpret_cast<Key*>(RowScratch::at_least(w.cand, bucket));
+  int32_t* __restrict cp = RowScratch::at_least(w.pos, bucket);
+  int64_t c = gather_flagged(kb, fl, len, ck, cp);
   while (c > need && shift > 0) {
     digit = std::min(row_digit(c), shift);
     shift -= digit;
@@ -246,16 +384,21 @@ struct Long {
   int shift = 0;                  // the digit the last histogram counted
   uint64_t prefix = 0;            // the k-th key's known high bits (those above shift + kDigit)
   int64_t need = 0;               // its rank among the keys sharing them
+  // The first pass's band of top digits (the whole range: no band) and the keys above it.
+  int64_t lo_bin = 0, hi_bin = kBins - 1, above = 0;
   enum class Step { Histogram, Fill, Exact, Candidates } step = Step::Histogram;
   bool fill_ones = false;
   std::vector<uint64_t> cand_keys;  // the candidates' keys (as the segment's key type)
   std::vector<uint8_t*> cand_dst;
+
+  bool banded() const { return lo_bin != 0 || hi_bin != kBins - 1; }
 };
 
 struct Piece {
   int64_t seg, a, b;
-  int64_t base = 0;   // Exact: its quota of ties; Candidates: its first slot
-  int64_t count = 0;  // Candidates: its number of candidates
+  int64_t above = 0, live = 0;  // the first pass over a band: keys above it, competing keys
+  int64_t base = 0;             // Exact: its quota of ties; Candidates: its first slot
+  int64_t count = 0;            // Candidates: its number of candidates
 };
 
 int key_bits(const Operand& o, bool saliency) {
@@ -263,18 +406,115 @@ int key_bits(const Operand& o, bool saliency) {
   return static_cast<int>(c10::elementSize(o.type) * 8);
 }
 
+// sample_band's view of a segment: its key source, which ranks as P.
+template <typename P, bool Saliency>
+struct RankedAs {
+  template <typename F>
+  static void visit(const Operand& o, F&& f) {
+    visit_keys(o, Saliency, [&](const auto& src) {
+      if constexpr (std::is_same_v<typename std::decay_t<decltype(src)>::Rank, P>) f(src);
+    });
+  }
+};
+
+// The band of top digits that a sample of the segment's keys puts its k-th key in (as the
+// global select places its first pass; a sample of a sixteenth of the segment, at least 4096
+// keys and at most the global sample). `scratch`: 2^16 counts.
+void place_band(Long& s, bool saliency, uint32_t* scratch) {
+  const int64_t want = std::min(sample_size(), std::max<int64_t>(s.view.n / 16, 4096));
+  const std::vector<Operand> one{s.view};
+  const at::ScalarType rank = saliency ? (s.view.type == at::kDouble ? at::kDouble : at::kFloat) : s.view.type;
+  dispatch_float(rank, [&](auto tag) {
+    using P = decltype(tag);
+    if (saliency) {
+      sample_band<P, RankedAs<P, true>>(one, s.view.n, s.k, s.shift, want, s.lo_bin, s.hi_bin, scratch);
+    } else {
+      sample_band<P, RankedAs<P, false>>(one, s.view.n, s.k, s.shift, want, s.lo_bin, s.hi_bin, scratch);
+    }
+  });
+}
+
 // One batch of long segments, every pass over all of them together.
 void select_long(std::vector<Long>& segs, std::vector<Piece>& pieces, bool saliency, std::atomic<int64_t>& nan) {
   const int64_t np = static_cast<int64_t>(pieces.size());
+  const int64_t ns = static_cast<int64_t>(segs.size());
   std::vector<uint32_t> hist(static_cast<size_t>(np * kBins));
   auto count = [&](const Long& s, int64_t bin) {
     int64_t t = 0;
     for (int64_t p = s.first; p < s.first + s.pieces; ++p) t += hist[p * kBins + bin];
     return t;
   };
-  // After a histogram pass: the k-th key's bin and the segment's next step.
+  auto pieces_of = [&](auto&& want) {
+    std::vector<int64_t> ps;
+    for (int64_t p = 0; p < np; ++p) {
+      if (want(segs[pieces[p].seg])) ps.push_back(p);
+    }
+    return ps;
+  };
+
+  // The first pass: the top digit of every key, or of those in the segment's band.
+  for_each_item(ns, [&](int64_t i) {
+    Long& s = segs[i];
+    if (s.k >= 1 && (s.view.competing != nullptr || s.k < s.view.n)) place_band(s, saliency, hist.data() + s.first * kBins);
+  });
+  auto top_pass = [&](const std::vector<int64_t>& ps) {
+    for_each_item(static_cast<int64_t>(ps.size()), [&](int64_t t) {
+      Piece& pc = pieces[ps[t]];
+      const Long& s = segs[pc.seg];
+      uint32_t* h = hist.data() + ps[t] * kBins;
+      std::fill(h, h + kBins, 0u);
+      pc.above = pc.live = 0;
+      bool bad = false;
+      visit_keys(s.view, saliency, [&](const auto& src) {
+        using Key = typename std::decay_t<decltype(src)>::Key;
+        if (!s.banded()) {
+          bad = pass_histogram_top(src, pc.a, pc.b, s.shift, h);
+          return;
+        }
+        const Key lo = static_cast<Key>(static_cast<Key>(s.lo_bin) << s.shift);
+        const Key width = static_cast<Key>((static_cast<Key>(s.hi_bin - s.lo_bin) << s.shift) | ((Key(1) << s.shift) - 1));
+        bad = pass_histogram_band(src, pc.a, pc.b, s.shift, lo, width, h, pc.above, pc.live);
+      });
+      if (bad) note_nan(nan, s.view.index);
+    });
+  };
+  top_pass(pieces_of([](const Long&) { return true; }));
+  // A segment's competing keys, and whether the sample missed: then its band is dropped and its
+  // first pass runs again over every key.
+  std::vector<int64_t> live(static_cast<size_t>(ns));
+  std::vector<uint8_t> missed(static_cast<size_t>(ns), 0);
+  for_each_item(ns, [&](int64_t i) {
+    Long& s = segs[i];
+    if (!s.banded()) {
+      live[i] = s.view.n;
+      if (s.view.competing != nullptr) {
+        live[i] = 0;
+        for (int64_t bin = 0; bin < kBins; ++bin) live[i] += count(s, bin);
+      }
+      return;
+    }
+    live[i] = 0;
+    s.above = 0;
+    for (int64_t p = s.first; p < s.first + s.pieces; ++p) {
+      live[i] += pieces[p].live;
+      s.above += pieces[p].above;
+    }
+    int64_t in_band = 0;
+    for (int64_t bin = s.lo_bin; bin <= s.hi_bin; ++bin) in_band += count(s, bin);
+    if (s.k != live[i] && (s.above >= s.k || s.above + in_band < s.k)) {
+      s.lo_bin = s.above = 0;
+      s.hi_bin = kBins - 1;
+      missed[i] = 1;
+    }
+  });
+  const std::vector<int64_t> again = pieces_of([&](const Long& s) { return missed[&s - segs.data()] != 0; });
+  if (!again.empty()) top_pass(again);
+
+  // After each histogram pass: the k-th key's bin and the segment's next step.
   auto resolve = [&](Long& s) {
-    int64_t bin = kBins - 1, above = 0;
+    int64_t bin = s.hi_bin, above = s.above;
+    s.hi_bin = kBins - 1;
+    s.above = 0;
     for (; bin > 0; --bin) {
       const int64_t c = count(s, bin);
       if (above + c >= s.need) break;
@@ -302,28 +542,9 @@ void select_long(std::vector<Long>& segs, std::vector<Piece>& pieces, bool salie
       s.cand_dst.resize(static_cast<size_t>(bucket));
     }
   };
-
-  std::vector<uint8_t> bad(static_cast<size_t>(np), 0);
-  for_each_item(np, [&](int64_t p) {
-    const Piece& pc = pieces[p];
-    const Long& s = segs[pc.seg];
-    uint32_t* h = hist.data() + p * kBins;
-    std::fill(h, h + kBins, 0u);
-    visit_keys(s.view, saliency, [&](const auto& src) {
-      bad[p] = pass_histogram_top(src, pc.a, pc.b, s.shift, h);
-    });
-  });
-  for (int64_t p = 0; p < np; ++p) {
-    if (bad[p]) note_nan(nan, segs[pieces[p].seg].view.index);
-  }
-  for_each_item(static_cast<int64_t>(segs.size()), [&](int64_t i) {
+  for_each_item(ns, [&](int64_t i) {
     Long& s = segs[i];
-    int64_t live = s.view.n;
-    if (s.view.competing != nullptr) {
-      live = 0;
-      for (int64_t bin = 0; bin < kBins; ++bin) live += count(s, bin);
-    }
-    if (s.k == 0 || s.k == live) {
+    if (s.k == 0 || s.k == live[i]) {
       s.step = Long::Step::Fill;
       s.fill_ones = s.k != 0;
     } else {
@@ -331,23 +552,19 @@ void select_long(std::vector<Long>& segs, std::vector<Piece>& pieces, bool salie
     }
   });
   while (true) {
-    std::vector<int64_t> todo;
-    for (int64_t p = 0; p < np; ++p) {
-      if (segs[pieces[p].seg].step == Long::Step::Histogram) todo.push_back(p);
-    }
+    const std::vector<int64_t> todo = pieces_of([](const Long& s) { return s.step == Long::Step::Histogram; });
     if (todo.empty()) break;
     for_each_item(static_cast<int64_t>(todo.size()), [&](int64_t t) {
-      const int64_t p = todo[t];
-      const Piece& pc = pieces[p];
+      const Piece& pc = pieces[todo[t]];
       const Long& s = segs[pc.seg];
-      uint32_t* h = hist.data() + p * kBins;
+      uint32_t* h = hist.data() + todo[t] * kBins;
       std::fill(h, h + kBins, 0u);
       visit_keys(s.view, saliency, [&](const auto& src) {
         using Key = typename std::decay_t<decltype(src)>::Key;
         pass_histogram(src, pc.a, pc.b, s.shift, static_cast<Key>(s.prefix), h);
       });
     });
-    for_each_item(static_cast<int64_t>(segs.size()), [&](int64_t i) {
+    for_each_item(ns, [&](int64_t i) {
       if (segs[i].step == Long::Step::Histogram) resolve(segs[i]);
     });
   }
@@ -377,7 +594,7 @@ void select_long(std::vector<Long>& segs, std::vector<Piece>& pieces, bool salie
       }
     });
   });
-  for_each_item(static_cast<int64_t>(segs.size()), [&](int64_t i) {
+  for_each_item(ns, [&](int64_t i) {
     Long& s = segs[i];
     if (s.step != Long::Step::Candidates) return;
     visit_keys(s.view, saliency, [&](const auto& src) {
@@ -455,17 +672,15 @@ int64_t segmented_select(const std::vector<Segmented>& inputs, bool saliency) {
     const int64_t per = std::max<int64_t>(1, kItem / in.len);
     for (int64_t s0 = 0; s0 < rows; s0 += per) items.push_back({i, s0, std::min(rows, s0 + per)});
   }
-  for_each_item(static_cast<int64_t>(items.size()), [&](int64_t t) {
+  for_each_item_with<RowScratch>(static_cast<int64_t>(items.size()), [&](int64_t t, RowScratch& w) {
     const Item& it = items[t];
     const Segmented& in = inputs[it.input];
     bool bad = false;
     visit_keys(in.op, saliency, [&](const auto& src) {
-      using Key = typename std::decay_t<decltype(src)>::Key;
       if (in.len <= kTiny) {
         bad = select_tiny(src, in, it.s0, it.s1);
         return;
       }
-      RowScratch<Key> w(in.len);
       for (int64_t r = it.s0; r < it.s1; ++r) {
         bad |= select_row(src, r * in.len, in.len, k_of(in, r), in.op.out + r * in.len, w);
       }
