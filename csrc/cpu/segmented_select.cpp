@@ -7,21 +7,29 @@
 //          element is kept when fewer than k elements of its segment beat it (a larger key, or an
 //          equal key at a lower position). The keys of a block are transposed so that each
 //          segment is one vector lane, and each pair of positions costs one compare across all
-//          the block's segments (of two elements exactly one beats the other).
-//   rows   (32 < L <= SPARSEFORCE_CPU_SEG_SMALL, default 32768)  one segment at a time by one
-//          thread, in memory: the segment's keys into a buffer (L1/L2-resident), an MSD radix
-//          select on them with digits of up to 11 bits (one histogram pass over the segment,
-//          then passes over the ever fewer keys sharing the known high bits, compacted with
-//          their positions), then one vectorised mask pass (key above the known bits) and the
-//          ties kept from the remaining candidates in position order.
+//          the block's segments (of two elements exactly one beats the other). L = 4 with 32-bit
+//          keys runs in SSE2 registers, four groups per step (six compares per step); fp32
+//          values (scores, or |w*g| of fp32 inputs) are compared as floats straight from memory,
+//          with no key buffer.
+//   rows   (32 < L <= SPARSEFORCE_CPU_SEG_SMALL, default 2^20)  one segment at a time by one
+//          thread, in memory: the segment's keys into a per-thread buffer, an MSD radix select
+//          on them with digits of up to 11 bits (one histogram pass over the segment, then
+//          passes over the ever fewer keys sharing the known high bits, gathered with their
+//          positions from vectorised flags), then one vectorised mask pass (key above the known
+//          bits) and the ties kept from the remaining candidates in position order. Measured on
+//          fp32 at 50 %, this beats the radix path up to rows of about 2^20 (the radix path's
+//          256 KiB histogram per segment costs more than a short row; past 2^20 the key buffer
+//          leaves the caches and the radix path's two streaming passes win).
 //   radix  (longer segments: segment="tensor", long rows)  the radix select of the global ops
 //          (radix_passes.h: 16-bit digits, the same passes) run for all these segments
 //          together: each segment is cut into pieces (one per segment on one thread; pieces of
 //          about total / (4 * threads) elements otherwise), every pass is one parallel region
 //          over the pieces of all segments still selecting (one histogram per piece, handed out
 //          dynamically), and after each pass each segment picks its k-th key's bin from the sum
-//          of its pieces' histograms; it then finishes with the same mask passes (quota per piece
-//          for ties, or a candidate list resolved in memory). The segments are taken in batches
+//          of its pieces' histograms. The first pass histograms only the band of top digits
+//          that a sample of the segment puts its k-th key in (a miss: that segment's first pass
+//          again over every key); the last pass is the global ops' mask pass (a quota of ties
+//          per piece, or a candidate list resolved in memory). The segments are taken in batches
 //          of at most kMaxPieces pieces to bound the histograms' memory (256 KiB per piece).
 // The tiny and rows paths run as one parallel region over work items of whole segments of all
 // their inputs. Inputs arrive contiguous (ops_cpu.cpp copies strided ones, as for the global

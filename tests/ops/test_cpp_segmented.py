@@ -52,6 +52,13 @@ def tied(shape, gen, dtype=torch.float32, levels=5):
     return v.to(dtype)
 
 
+def grads(shape, gen, dtype=torch.float32):
+    """Normal values but no exact 0 (randn gives one in ~1.5e7), which times an inf weight would
+    be a NaN saliency."""
+    g = torch.randn(shape, generator=gen).to(dtype)
+    return g.masked_fill(g == 0, 1.0)
+
+
 def inputs(gen):
     """Rows of every path's length (1, 3, 33, 700), mixed dtypes, a non-contiguous tensor."""
     return [tied((64, 700), gen), torch.randn(40, 33, generator=gen, dtype=torch.float64),
@@ -81,7 +88,7 @@ def test_every_path_on_tensors_rows_and_groups(path, rng):
 def test_every_path_on_saliencies_with_survivors(path, dtype, rng):
     shapes = [(48, 300), (20, 40), (10, 4, 3, 3)]
     w = [tied(s, rng, dtype) for s in shapes]
-    g = [torch.randn(s, generator=rng).to(dtype) for s in shapes]
+    g = [grads(s, rng, dtype) for s in shapes]
     prev = [torch.rand(s, generator=rng) < 0.6 for s in shapes]
     for t, p in zip(w, prev):
         p.view(p.shape[0], -1)[:, :4] = True  # every row and 2:4 group keeps at least 2 survivors
@@ -106,23 +113,25 @@ def test_long_segments_in_many_pieces_and_batches(path, n_threads, threads, rng)
     for density in (0.001, 0.3, 0.97):
         same(*both(ops.segmented_topk_masks, big, [round(n * density) for n in sizes]))
     same(*both(ops.segmented_topk_masks, big, [100, 1, 7], segment="row"))
-    w, g = big[:2], [torch.randn(t.shape, generator=rng) for t in big[:2]]
+    w, g = big[:2], [grads(t.shape, rng) for t in big[:2]]
     same(*both(ops.segmented_saliency_topk_masks, w, g, [5000, 299_999]))
 
 
 def test_sampled_band_missing_the_kth_key_falls_back_to_every_key(rng, monkeypatch):
-    """Large values only between the sampled runs: the band the sample places holds keys below
-    the k-th, which the first pass finds (too many keys above the band) and repeats over every
-    key. The run starts are sample_band's (a segment of n samples n / 16 keys in runs of 16)."""
+    """Values the sample never sees (between its runs), 8 % of the segment: the band it places
+    around the median then lies above or below the true k-th key, the first pass finds that
+    (too many or too few keys above the band) and repeats over every key. The run starts are
+    sample_band's: a segment of n elements samples n / 16 of them in runs of 16."""
     monkeypatch.setenv("SPARSEFORCE_CPU_SEG_SMALL", "0")
     n, run = 200_000, 16
     runs = n // 16 // run
     span = n - run
-    starts = [(span // (runs - 1)) * r + (span % (runs - 1)) * r // (runs - 1) for r in range(runs)]
-    x = torch.randn(n, generator=rng)
-    x[torch.tensor(starts[:-1]) + 100] = 5.0  # unsampled: 100 is past each run, before the next
-    for k in (500, runs - 1, runs + 200):
-        same(*both(ops.segmented_topk_masks, [x], [k]))
+    starts = torch.tensor([(span // (runs - 1)) * r + (span % (runs - 1)) * r // (runs - 1) for r in range(runs - 1)])
+    hidden = (starts[:, None] + run + torch.arange(20)).reshape(-1)  # past each run, before the next
+    for value in (5.0, -5.0):
+        x = torch.randn(n, generator=rng)
+        x[hidden] = value
+        same(*both(ops.segmented_topk_masks, [x], [n // 2]))
 
 
 def test_two_four_kernels_on_every_value_and_remainder(rng):
