@@ -167,3 +167,43 @@ def test_a_pruned_nan_is_ignored_and_the_lowest_tensor_named_across_paths(path):
     for segment, ks in (("tensor", [3, 10, 2]), ("row", [1, 1, 1]), (("nm", 2, 4), None)):
         with pytest.raises(ops.NaNScoreError, match=r"weights\[1\]"):
             ops.segmented_saliency_topk_masks(w, g, ks, segment=segment, backend="cpp", **kw)
+
+
+def test_opcheck():
+    """The kernels as torch.library ops: schema, fake kernel, aliasing (out written, nothing else)."""
+    gen = torch.Generator().manual_seed(0)
+    scores = [torch.randn(6, 4, generator=gen), torch.randn(8, generator=gen).double()]
+    w, g = [torch.randn(6, 4, generator=gen)], [torch.randn(6, 4, generator=gen)]
+    prev = [torch.rand(6, 4, generator=gen) < 0.7]
+    prev[0][:, :2] = True
+    sf = torch.ops.sparseforce
+
+    def out(like):
+        return [torch.empty(t.shape, dtype=torch.bool) for t in like]
+
+    cases = [
+        (sf.segmented_topk_masks.default, (scores, [torch.tensor([5]), torch.tensor([3])], 0, 0, out(scores))),
+        (sf.segmented_topk_masks.default, (scores, [torch.tensor([1, 2, 3, 4, 0, 4]), torch.ones(8, dtype=torch.long)],
+                                           0, 0, out(scores))),
+        (sf.segmented_topk_masks.default, (scores, [], 2, 4, out(scores))),
+        (sf.segmented_saliency_topk_masks.default, (w, g, [torch.full((6,), 2)], 0, 0, prev, out(w))),
+        (sf.segmented_saliency_topk_masks.default, (w, g, [], 1, 2, [], out(w))),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+def test_direct_calls_are_guarded_against_reading_out_of_bounds():
+    """The front checks every argument; the kernels re-check what would read or write out of
+    bounds, for direct torch.ops calls, each in one line naming the argument."""
+    x = [torch.randn(4, 6)]
+    out = [torch.empty(4, 6, dtype=torch.bool)]
+    op = torch.ops.sparseforce.segmented_topk_masks
+    for args, message in [(([torch.ones(5, dtype=torch.long)], 0, 0), r"ks\[0\] has 5 entries"),
+                          (([torch.tensor([25])], 0, 0), r"ks\[0\]\[0\]=25 is outside \[0, 24\]"),
+                          (([torch.tensor([1.0])], 0, 0), r"ks\[0\] must be a contiguous 1-D int64"),
+                          (([], 0, 0), r"ks has 0 tensors for 1 inputs"),
+                          (([], 2, 5), r"input 0 holds 24 elements, not a multiple of m=5"),
+                          (([], 2, 33), r"n=2, m=33 is not an N:M pattern")]:
+        with pytest.raises((ValueError, RuntimeError), match=message):
+            op(x, *args, out)
