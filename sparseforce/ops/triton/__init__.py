@@ -38,7 +38,7 @@ def _load() -> bool:
             _loaded["error"] = f"triton could not be imported ({type(e).__name__}: {e})"
             return False
         try:
-            from . import selection, sgd  # noqa: F401  (register the kernels)
+            from . import segmented, selection, sgd  # noqa: F401  (register the kernels)
         except Exception as e:  # e.g. a triton release whose language lacks something we use
             _loaded["error"] = (f"the Triton kernels failed to load with triton {triton.__version__} "
                                 f"({type(e).__name__}: {e})")
