@@ -55,9 +55,6 @@ SCHEMAS = {
     "masked_sgd_":
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor?[] masks, float lr, "
         "float momentum, float dampening, float weight_decay, bool nesterov, bool[] fresh) -> ()",
-    "segmented_topk_masks": "(Tensor[] scores, Tensor[] ks, int n, int m, Tensor(a!)[] out) -> Tensor",
-    "segmented_saliency_topk_masks":
-        "(Tensor[] weights, Tensor[] grads, Tensor[] ks, int n, int m, Tensor[] competing, Tensor(a!)[] out) -> Tensor",
 }
 
 # The compiled extension's kernels and the Triton kernels (see the module docstring).
@@ -97,14 +94,6 @@ def _fake_masked_sgd_(params, grads, momentum_buffers, masks, lr, momentum, damp
     return None
 
 
-def _fake_segmented_topk_masks(scores, ks, n, m, out):
-    return _nan_index(scores[0])
-
-
-def _fake_segmented_saliency_topk_masks(weights, grads, ks, n, m, competing, out):
-    return _nan_index(weights[0])
-
-
 FAKES = {
     "topk_masks": _fake_topk_masks,
     "kth_largest": _fake_kth_largest,
@@ -113,8 +102,6 @@ FAKES = {
     "segmented_saliency_topk_masks": _fake_segmented_saliency_topk_masks,
     "radix_histogram": _fake_radix_histogram,
     "masked_sgd_": _fake_masked_sgd_,
-    "segmented_topk_masks": _fake_segmented_topk_masks,
-    "segmented_saliency_topk_masks": _fake_segmented_saliency_topk_masks,
 }
 
 _libraries = []  # torch.library.Library objects must stay alive for their definitions to
