@@ -14,6 +14,7 @@ from .blocks import report_nans, store_block
 from .device import device_function
 from .histogram import count_digits
 from .keys import competing_keys
+from .mask import keep_top
 from .layout import COL_GBLOCK, COL_OUT, COL_PID0, COL_SEG0, COL_SEGLEN, NCOLS, NSTATE, ST_KREM, ST_TIES
 
 
@@ -72,16 +73,7 @@ def segment_write_mask_kernel(table, rows, state, tie_offsets, X, G,
     st = state + seg * NSTATE
     key, compete, nan, kth = competing_keys(table, row, offs, valid, full, st, X, G, KEY_BITS,
                                             SALIENCY, SCORE_F64, HAS_PREV)
-    k_rem = tl.load(st + ST_KREM)
-    tied = compete & (key == kth)
-    if k_rem == tl.load(st + ST_TIES):
-        keep = compete & (key >= kth)
-    else:
-        # tie_offsets: the exclusive prefix sum over every block of every segment; only this
-        # segment's blocks count.
-        at = tie_offsets + tl.load(table + row + COL_GBLOCK) + local
-        tied64 = tied.to(tl.int64)
-        rank = tl.load(at) - tl.load(at - blk) + tl.cumsum(tied64, 0) - tied64
-        keep = (compete & (key > kth)) | (tied & (rank < k_rem))
+    at = tie_offsets + tl.load(table + row + COL_GBLOCK) + local
+    keep = keep_top(key, compete, kth, st, at, at - blk)
     out = tl.multiple_of(tl.load(table + row + COL_OUT).to(tl.pointer_type(tl.uint8)), 16)
     store_block(out, offs, keep.to(tl.uint8), valid, full)

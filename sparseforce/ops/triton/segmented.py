@@ -7,12 +7,12 @@ of m), each keeping exactly its own k with the global ops' ranking, keys in the 
 score dtype (saliencies in ``saliency_dtype``). Every tensor takes one of three paths, chosen by
 its segment length L (config.py):
 
-* L <= group_width (32; N:M groups, short rows), segment_rank.group_rank_kernel: a program
+* L <= group_width (32; N:M groups, short rows), segment_rank (ALL_PAIRS): a program
   holds a [SEGS, WIDTH] tile of whole segments; an element's rank is the number of competing
   elements of its segment that beat it (greater key, or equal key at a lower position), counted
   by one [SEGS, WIDTH, WIDTH] comparison, and it is kept when that rank < k. No histogram, no
   reduction across segments, one pass over the data.
-* L <= row_tile (4096; rows), segment_rank.row_select_kernel: a program holds a [ROWS, WIDTH]
+* L <= row_tile (4096; rows), segment_rank: a program holds a [ROWS, WIDTH]
   tile of whole rows and builds each row's k-th key bit by bit in registers (a 1-bit-digit
   radix select: KEY_BITS counting reductions), then keeps the keys above it and the first
   k - (keys above) of its ties in row order. One pass over the data.
@@ -40,7 +40,7 @@ from .layout import (COL_G, COL_GBLOCK, COL_INDEX, COL_KS, COL_OUT, COL_PREV, CO
 from .plan import as_bytes, blocks, byte_outputs, nan_index, on_device_of, pack, ready
 from .register import kernel
 from .segment_radix import segment_histogram_kernel, segment_tie_count_kernel, segment_write_mask_kernel
-from .segment_rank import group_rank_kernel, row_select_kernel
+from .segment_rank import small_segments_kernel
 
 DIGIT_BITS = 8
 
@@ -51,10 +51,10 @@ def _width(n: int) -> int:
 
 
 class _Group:
-    """The tensors of one launch: one kernel (path), tile and dtype pair."""
+    """The tensors of one launch: one path, tile and dtype pair."""
 
-    def __init__(self, kernel, tile, width, x, g, key_bits):
-        self.kernel, self.tile, self.width, self.key_bits = kernel, tile, width, key_bits
+    def __init__(self, path, tile, width, x, g, key_bits):
+        self.path, self.tile, self.width, self.key_bits = path, tile, width, key_bits
         self.tensors = (x, x if g is None else g)
         self.entries = []  # (numel, programs, {column: value}) per tensor: plan.pack's
         self.ks = []       # radix path: each tensor's ks
@@ -83,15 +83,15 @@ class _Segmented:
                     COL_INDEX: i, COL_SEGLEN: length, COL_SEGS: segs, COL_KS: 0 if m else ks[i].data_ptr()}
             width = _width(length)
             if length <= config.group_width:
-                path, tile = group_rank_kernel, max(1, config.group_tile // (width * width))
+                path, tile = "all pairs", max(1, config.group_tile // (width * width))
             elif length <= config.row_tile:
-                path, tile = row_select_kernel, max(1, config.row_tile // width)
+                path, tile = "rows", max(1, config.row_tile // width)
             else:
-                path, tile, width = segment_histogram_kernel, config.block, 0
+                path, tile, width = "radix", config.block, 0
             key_bits = (x.dtype if g is None else saliency_dtype(x, g)).itemsize * 8
-            key = (key_bits, path.__name__, width, str(x.dtype), str(None if g is None else g.dtype))
+            key = (key_bits, path, width, str(x.dtype), str(None if g is None else g.dtype))
             group = groups.setdefault(key, _Group(path, tile, width, x, g, key_bits))
-            if path is segment_histogram_kernel:
+            if path == "radix":
                 group.ks.append(ks[i] if m == 0 else torch.full((segs,), n, dtype=torch.int64, device=self.device))
                 group.entries.append((numel, segs * blocks(length, tile), cols))
             else:
@@ -99,7 +99,7 @@ class _Segmented:
         # Sorted by key width first: the radix segments of one width get consecutive states,
         # which one choose_digit launch per pass covers.
         self.groups = [groups[key] for key in sorted(groups)]
-        self.radix = [grp for grp in self.groups if grp.kernel is segment_histogram_kernel]
+        self.radix = [grp for grp in self.groups if grp.path == "radix"]
         self.widths, segments, nblocks = {}, 0, 0
         for grp in self.radix:
             first = self.widths.get(grp.key_bits, (segments, 0))[0]
@@ -122,9 +122,9 @@ class _Segmented:
 
     def select_small(self, per_segment_k):
         for grp in self.groups:
-            if grp.kernel is not segment_histogram_kernel:
-                self.launch(grp, grp.kernel, self.nan_flags, self.n, PER_SEGMENT_K=per_segment_k,
-                            SEGS=grp.tile, WIDTH=grp.width)
+            if grp.path != "radix":
+                self.launch(grp, small_segments_kernel, self.nan_flags, self.n, PER_SEGMENT_K=per_segment_k,
+                            ALL_PAIRS=grp.path == "all pairs", SEGS=grp.tile, WIDTH=grp.width)
 
     def select_radix(self):
         if not self.radix:
