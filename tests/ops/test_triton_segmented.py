@@ -162,7 +162,7 @@ def test_segment_offsets_are_64_bit(device, path):
             row[COL_PID0.value] -= segs // unit * per_program
             row[COL_SEG0.value] -= segs
             row[COL_GBLOCK.value] -= segs * per_program
-    sel.select_small(per_segment_k=True)
+    sel.select_small()
     sel.select_radix()
     for o, want in zip(out, oracle(scores, "row", ks)):
         np.testing.assert_array_equal(o.cpu().reshape(-1).numpy(), want)

@@ -64,7 +64,7 @@ class _Segmented:
     """One call: the launch tables of every path, built on the host and sent in one copy."""
 
     def __init__(self, xs, gs, prevs, ks, n, m, outs):
-        self.device, self.n = xs[0].device, n
+        self.device, self.n, self.per_segment_k = xs[0].device, n, m == 0
         self.flags = dict(SALIENCY=gs is not None, HAS_PREV=prevs is not None)
         self.keep_alive = []  # copies whose addresses are in the tables
         groups = {}
@@ -120,10 +120,10 @@ class _Segmented:
                                       KEY_BITS=grp.key_bits, SCORE_F64=grp.key_bits == 64,
                                       num_warps=config.num_warps)
 
-    def select_small(self, per_segment_k):
+    def select_small(self):
         for grp in self.groups:
             if grp.path != "radix":
-                self.launch(grp, small_segments_kernel, self.nan_flags, self.n, PER_SEGMENT_K=per_segment_k,
+                self.launch(grp, small_segments_kernel, self.nan_flags, self.n, PER_SEGMENT_K=self.per_segment_k,
                             ALL_PAIRS=grp.path == "all pairs", SEGS=grp.tile, WIDTH=grp.width)
 
     def select_radix(self):
@@ -156,7 +156,7 @@ def _select_into(xs, gs, prevs, ks, n, m, out) -> torch.Tensor:
     views, pending = byte_outputs(out)
     with on_device_of(xs):
         sel = _Segmented(xs, gs, prevs, ks, n, m, views)
-        sel.select_small(per_segment_k=m == 0)
+        sel.select_small()
         sel.select_radix()
     for o, w in pending:
         o.copy_(w)

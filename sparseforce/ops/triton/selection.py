@@ -64,9 +64,10 @@ class _Selection:
             cols = {COL_X: x.data_ptr(), COL_G: 0 if g is None else g.data_ptr(),
                     COL_PREV: 0 if p is None else p.data_ptr(),
                     COL_OUT: 0 if outs is None else outs[i].data_ptr(), COL_GBLOCK: gblock, COL_INDEX: i}
-            gblock += blocks(n, self.block)  # tie ranks follow the caller's order
+            programs = blocks(n, self.block)
+            gblock += programs  # tie ranks follow the caller's order
             key = (x.dtype, None if g is None else g.dtype)
-            groups.setdefault(key, ((x, x if g is None else g), []))[1].append((n, blocks(n, self.block), cols))
+            groups.setdefault(key, ((x, x if g is None else g), []))[1].append((n, programs, cols))
         self.nblocks = gblock
         head = np.zeros(NSTATE.value + len(xs), dtype=np.int64)
         head[ST_PREFIX.value] = np.array(prefix, dtype=np.uint64).view(np.int64)

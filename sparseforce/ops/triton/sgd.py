@@ -106,7 +106,8 @@ def masked_sgd_(params, grads, momentum_buffers, masks, lr, momentum, dampening,
                 SGD_MASK: 0 if mw is None else mw.data_ptr(), SGD_FRESH: int(has_momentum and fresh[i]),
                 SGD_HAS_MASK: int(mw is not None)}
         key = (pw.dtype, gw.dtype, None if bw is None else bw.dtype)
-        groups.setdefault(key, ((pw, gw, pw if bw is None else bw), []))[1].append((n, blocks(n, config.block), cols))
+        entry = (n, blocks(n, config.block), cols)
+        groups.setdefault(key, ((pw, gw, pw if bw is None else bw), []))[1].append(entry)
     if not groups:
         return
     device = params[0].device
