@@ -24,8 +24,9 @@ PATHS = {
     "rows": dict(group_width=0),                            # every segment up to 4096 (N:M groups too) by rows
     "radix": dict(group_width=0, row_tile=0, block=64),     # every segment by the radix select
 }
-# Few segments: the interpreter runs the radix path program by program, pass by pass.
-RADIX_SHAPES = [(3, 150), (2, 4, 5), (70,), (), (0, 3), (1,)]
+# Few segments: the interpreter runs the radix path program by program, pass by pass. Rows of
+# 150 end in a ragged block, rows of 128 in a full one.
+RADIX_SHAPES = [(3, 150), (2, 4, 5), (2, 128), (70,), (), (0, 3), (1,)]
 # Groups of 3, 5 and 15: tile widths padded past the segment.
 ODD_NM_SHAPES = [(4, 15), (2, 3, 5), (1, 30)]
 

@@ -84,9 +84,11 @@ def blocks(n: int, block: int) -> int:
     return -(-n // block)
 
 
-def byte_outputs(out: list[torch.Tensor]) -> tuple[list[torch.Tensor], list]:
-    """Byte views of the masks the kernels write, and the (mask, copy) pairs to copy back after
-    the launches: a mask that is not contiguous and 16-byte aligned is written through a copy."""
+@contextlib.contextmanager
+def writing_masks(tensors, out: list[torch.Tensor]):
+    """Launches on ``tensors``' device that write the bool masks ``out``: yields their byte views.
+    A mask that is not contiguous and 16-byte aligned is written through a copy, copied back on
+    leaving."""
     views, pending = [], []
     for o in out:
         w = o
@@ -95,7 +97,10 @@ def byte_outputs(out: list[torch.Tensor]) -> tuple[list[torch.Tensor], list]:
             w = o.clone(memory_format=torch.contiguous_format)
             pending.append((o, w))
         views.append(as_bytes(w))
-    return views, pending
+    with on_device_of(tensors):
+        yield views
+    for o, w in pending:
+        o.copy_(w)
 
 
 def nan_index(flags: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ from .config import config
 from .digit import choose_digit_kernel
 from .layout import (COL_G, COL_GBLOCK, COL_INDEX, COL_KS, COL_OUT, COL_PREV, COL_SEG0, COL_SEGLEN,
                      COL_SEGS, COL_X, NSTATE, ST_KREM)
-from .plan import as_bytes, blocks, byte_outputs, nan_index, on_device_of, pack, ready
+from .plan import as_bytes, blocks, nan_index, pack, ready, writing_masks
 from .register import kernel
 from .segment_radix import segment_histogram_kernel, segment_tie_count_kernel, segment_write_mask_kernel
 from .segment_rank import small_segments_kernel
@@ -153,13 +153,10 @@ class _Segmented:
 
 
 def _select_into(xs, gs, prevs, ks, n, m, out) -> torch.Tensor:
-    views, pending = byte_outputs(out)
-    with on_device_of(xs):
+    with writing_masks(xs, out) as views:
         sel = _Segmented(xs, gs, prevs, ks, n, m, views)
         sel.select_small()
         sel.select_radix()
-    for o, w in pending:
-        o.copy_(w)
     return nan_index(sel.nan_flags)
 
 

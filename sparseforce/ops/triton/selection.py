@@ -24,7 +24,7 @@ from .digit import choose_digit_kernel
 from .histogram import radix_histogram_kernel
 from .layout import COL_G, COL_GBLOCK, COL_INDEX, COL_OUT, COL_PREV, COL_X, NSTATE, ST_KREM, ST_PREFIX, ST_TIES
 from .mask import write_mask_kernel
-from .plan import as_bytes, blocks, byte_outputs, nan_index, on_device_of, pack, ready
+from .plan import as_bytes, blocks, nan_index, on_device_of, pack, ready, writing_masks
 from .register import kernel
 from .ties import exclusive_scan_kernel, tie_count_kernel
 from .value import key_to_value_kernel
@@ -114,13 +114,10 @@ class _Selection:
 
 
 def _select_into(xs, gs, prevs, k, key_bits, out) -> torch.Tensor:
-    views, pending = byte_outputs(out)
-    with on_device_of(xs):
+    with writing_masks(xs, out) as views:
         sel = _Selection(xs, gs, prevs, k, key_bits, views)
         sel.find_kth_key()
         sel.write_masks()
-    for o, w in pending:
-        o.copy_(w)
     return nan_index(sel.nan_flags)
 
 
