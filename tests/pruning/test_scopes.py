@@ -339,3 +339,53 @@ def test_each_method_resolves_the_segmented_op_its_table_names(monkeypatch, meth
     prune(method, nm=(2, 4))
     assert set(METHODS[method].ops_for(None, (2, 4))) <= set(asked)
     assert set(asked) & set(METHODS[method].ops) == set()
+
+
+def record_inverted(monkeypatch):
+    """The full masks of every inverted progressive step."""
+    from sparseforce.pruning import _select
+    steps, real = [], _select.inverted_saliency_topk
+
+    def spy(*args, **kw):
+        out = real(*args, **kw)
+        steps.append([m.clone() for m in out])
+        return out
+
+    monkeypatch.setattr(_select, "inverted_saliency_topk", spy)
+    return steps
+
+
+@pytest.mark.parametrize("method", ["iter_snip", "synflow"])
+def test_inverted_nested_steps_keep_the_pattern_among_the_survivors(monkeypatch, method):
+    steps = record_inverted(monkeypatch)
+    ranked = record(monkeypatch, "segmented_topk_masks")
+    prune(method, nm=(1, 4), iterations=3, invert=True)
+    # 3, 2, 1 of every 4: each step ranks the survivors, n_prev of every 4, as groups of n_prev.
+    assert [segment for segment, _, _ in ranked] == [("nm", 3, 4), ("nm", 2, 3), ("nm", 1, 2)]
+    for masks, k in zip(steps, (3, 2, 1)):
+        assert all((group_counts(mask, 4) == k).all() for mask in masks)
+    for before, after in zip(steps, steps[1:]):
+        assert all(not (a & ~b).any() for a, b in zip(after, before))
+    steps.clear()
+    prune(method, sparsity=0.9, scope="layer", iterations=3, invert=True)
+    ks = keep_counts(sum(SIZES), 0.9, 3)
+    assert [sum(int(m.sum()) for m in masks) for masks in steps] == ks
+    assert [int(m.sum()) for m in steps[-1]] == layer_counts(SHAPES, ks[-1], "uniform")
+    for before, after in zip(steps, steps[1:]):
+        assert all(not (a & ~b).any() for a, b in zip(after, before))
+
+
+def test_inverted_survivor_ranking_keeps_the_lowest_saliencies():
+    from sparseforce.pruning import _select
+    from sparseforce.pruning._scope import Keep
+    g = torch.Generator().manual_seed(3)
+    w, grad = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g)
+    prev = torch.tensor([[1, 1, 0, 0, 1, 0, 1, 0]] * 3, dtype=torch.bool)  # 2 of every 4 survive
+    masks = _select.inverted_saliency_topk(lambda s, keep: _select.topk(s, keep, "reference"), [w], [grad],
+                                           Keep(6, ("nm", 1, 4), None), [prev], False)
+    sal = (w * grad).abs().double().numpy().reshape(-1, 4)
+    want = np.zeros_like(sal, dtype=bool)
+    for i, (row, alive) in enumerate(zip(sal, prev.numpy().reshape(-1, 4))):
+        candidates = np.flatnonzero(alive)
+        want[i, candidates[np.argsort(row[candidates], kind="stable")[:1]]] = True
+    assert np.array_equal(masks[0].numpy().reshape(-1, 4), want)
