@@ -67,10 +67,12 @@ def test_prune_layer_scope_end_to_end(tmp_path, capsys):
     assert [int(m.sum()) for m in sf.Masks.load(out).values()] == layer_counts(shapes, round(9472 * 0.2), "erk")
 
 
-def test_a_layer_the_nm_pattern_does_not_fit_is_named(tmp_path, capsys):
-    assert main(["prune", "--dataset", "digits", "--method", "snip", "--nm", "2:4", "--backend", "reference",
-                 "--out", str(tmp_path / "m.pt")]) == 2
-    assert "prunable layer 'features.0.weight' has rows of 9 weights" in capsys.readouterr().err
+@pytest.mark.parametrize("command", ["prune", "train"])
+def test_a_layer_the_nm_pattern_does_not_fit_is_named_before_any_work(tmp_path, command):
+    out = tmp_path / ("m.pt" if command == "prune" else "run")
+    proc = sparseforce(command, "--dataset", "digits", "--method", "snip", "--nm", "2:4", "--out", out)
+    assert_usage_error(proc, command, "--nm 2:4", "layer 'features.0.weight' of --model digits_cnn has rows of 9")
+    assert not out.exists()
 
 
 def test_the_backend_check_asks_for_the_segmented_op(monkeypatch, tmp_path, capsys):
