@@ -46,6 +46,8 @@ def why_unsupported(device: Union[str, torch.device]) -> Optional[str]:
     device = torch.device(device)
     if device.type != "cuda":
         return f"{REQUIREMENT}; the model is on {device}"
+    if not torch.cuda.is_available():
+        return f"{REQUIREMENT}; this machine has none"
     major, minor = torch.cuda.get_device_capability(device)
     if (major, minor) < (8, 0):
         return (f"{REQUIREMENT}; {device} ({torch.cuda.get_device_name(device)}) has compute capability "

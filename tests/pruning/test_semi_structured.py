@@ -5,6 +5,8 @@ and the conversion's plan with torch's conversion stood in for (it needs CUDA). 
 the conversion itself, whose layers compute what the masked dense layers compute, or the refusal
 the device gives.
 """
+import json
+
 import pytest
 import torch
 import torch.nn as nn
@@ -75,6 +77,10 @@ def test_on_cpu_it_refuses_naming_the_requirement_and_leaves_the_model():
 
 
 def test_a_device_below_ampere_or_without_cusparselt_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert export.why_unsupported("cuda") == ("to_semi_structured needs a CUDA device of compute capability >= 8.0 "
+                                              "(NVIDIA Ampere or newer); this machine has none")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert export.why_unsupported("cuda:0") == (
@@ -183,7 +189,7 @@ def test_a_shared_linear_is_converted_once_and_needs_one_mask(no_device_check):
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_on_a_gpu_the_converted_layers_compute_the_masked_dense_ones(dtype):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 32, bias=False)).to("cuda", dtype)
@@ -204,3 +210,37 @@ def test_on_a_gpu_the_converted_layers_compute_the_masked_dense_ones(dtype):
         out = net(x)
     tol = 1e-2 if dtype == torch.float16 else 5e-2
     torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmarks/semi_structured.py, the GPU check's 2:4 timing: its plumbing, with the stand-ins
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_benchmark_records_a_refusal_and_exits_0(tmp_path, capsys):
+    from benchmarks import semi_structured
+    out = tmp_path / "semi_structured.json"
+    assert semi_structured.main(["--device", "cpu", "--features", "64", "--tokens", "8", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [(r["dtype"], r["backend"]) for r in result["cases"]] == [
+        ("float16", "cusparselt"), ("float16", "cutlass"), ("bfloat16", "cusparselt"), ("bfloat16", "cutlass")]
+    assert all(r["refused"] == export.why_unsupported("cpu") for r in result["cases"])
+    assert result["environment"]["device"] and "refused: to_semi_structured needs a CUDA device" in capsys.readouterr().out
+    assert torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS is False  # put back
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_the_benchmark_times_both_layers_and_fails_on_a_wrong_output(tmp_path, capsys, no_device_check, monkeypatch,
+                                                                    wrong):
+    from benchmarks import semi_structured
+    if wrong:
+        monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda dense: dense * 2)
+    out = tmp_path / "semi_structured.json"
+    rc = semi_structured.main(["--device", "cpu", "--features", "64", "--tokens", "8", "--min-time", "0",
+                               "--out", str(out)])
+    cases = json.loads(out.read_text())["cases"]
+    assert rc == int(wrong) and len(cases) == 4
+    for r in cases:
+        assert r["matches"] is not wrong and r["dense_s"] > 0 and r["sparse_s"] > 0 and r["reps"] >= 3
+        assert r["speedup"] == pytest.approx(r["dense_s"] / r["sparse_s"])
+    assert ("WRONG OUTPUT" in capsys.readouterr().out) is wrong
