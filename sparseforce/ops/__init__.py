@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _schema
+from . import _schema, _segments
 from ._registry import (AUTO_ORDER, KNOWN_BACKENDS, BackendUnavailableError, available_backends,
                         register_backend, resolve, resolve_name, unavailable_reason)
 from ._schema import NaNScoreError
@@ -49,7 +49,8 @@ from . import triton as _triton  # noqa: F401  (registers the Triton kernels; im
 from . import cpp as _cpp  # noqa: F401  (registers the C++ kernels; loads them on first use)
 from . import cuda as _cuda  # noqa: F401  (registers the CUDA kernels; loads them on first use)
 
-__all__ = ["topk_masks", "saliency_topk_masks", "kth_largest", "masked_sgd_", "key_histogram",
+__all__ = ["topk_masks", "saliency_topk_masks", "segmented_topk_masks", "segmented_saliency_topk_masks",
+           "kth_largest", "masked_sgd_", "key_histogram",
            "saliency_key_histogram", "available_backends", "resolve_name", "unavailable_reason",
            "register_backend", "BackendUnavailableError", "NaNScoreError", "KNOWN_BACKENDS", "AUTO_ORDER"]
 
@@ -114,6 +115,63 @@ def saliency_topk_masks(weights, grads, k, *, prev_masks=None, resurrect=True, o
             _schema.check_survivors(k, survivors)
     _raise_on_nan(kernel(weights, grads, k, competing, masks), _schema.saliency_nan_message)
     return masks
+
+
+def _segmented(kernel, inputs, plan, out, competing=None, nan_message=None) -> list[torch.Tensor]:
+    """Run a segmented kernel into masks this function owns (the kernels may write as they go and
+    leave them half-written on NaN), then hand them over, or copy them into ``out``."""
+    masks = _masks_like(inputs[0])
+    if not sum(t.numel() for t in inputs[0]):
+        return masks if out is None else out
+    extra = () if competing is None else (competing,)
+    if competing:
+        short = _segments.short_segment(competing, plan, "weights")
+        if short:
+            _raise_on_nan(kernel(*inputs, *_plan_args(plan.zero()), *extra, masks), nan_message)
+            raise ValueError(short)
+    _raise_on_nan(kernel(*inputs, *_plan_args(plan), *extra, masks), nan_message)
+    if out is None:
+        return masks
+    for o, m in zip(out, masks):
+        o.copy_(m)
+    return out
+
+
+def _plan_args(plan):
+    return plan.ks, plan.n, plan.m
+
+
+def segmented_topk_masks(scores, ks, *, segment="tensor", out=None, backend="auto") -> list[torch.Tensor]:
+    """Bool masks keeping the k largest values of each segment, each segment its own k.
+
+    ``segment="tensor"``: every tensor of ``scores`` is a segment; ``ks`` gives one k per tensor.
+    ``segment="row"``: every row of every tensor (the tensor viewed as (dim 0, rest); a 0-dim
+    tensor is one row of one element) is a segment; ``ks`` gives, per tensor, an int (the same k
+    for each row) or a 1-D integer tensor of one k per row. ``segment=("nm", n, m)``: ``ks`` is
+    None; n of every m consecutive elements along each row are kept (N:M sparsity; 1 <= m <= 32,
+    the row length a multiple of m). Ranking inside a segment follows the global ops' rules (ties:
+    lowest position in the segment); each tensor ranks in its own dtype.
+    """
+    scores, device = _schema.scores_arg(scores)
+    plan = _segments.plan(scores, ks, segment, "scores", device)
+    out = _schema.scores_out(out, scores)
+    kernel = resolve(backend, "segmented_topk_masks", device)
+    return _segmented(kernel, (scores,), plan, out)
+
+
+def segmented_saliency_topk_masks(weights, grads, ks, *, prev_masks=None, resurrect=True, segment="tensor",
+                                  out=None, backend="auto") -> list[torch.Tensor]:
+    """:func:`saliency_topk_masks` per segment (layer-wise, row-wise or N:M FORCE / Iter SNIP):
+    the segments and ``ks`` as in :func:`segmented_topk_masks`, the saliencies |w·g| formed as
+    :func:`saliency_topk_masks` forms them. ``resurrect=False``: only weights kept in
+    ``prev_masks`` compete, and a segment's k may not exceed the number kept in it.
+    """
+    weights, grads, prev_masks, device = _schema.saliency_inputs(weights, grads, prev_masks, resurrect)
+    plan = _segments.plan(weights, ks, segment, "weights", device)
+    out = _schema.saliency_out(out, weights, grads, prev_masks)
+    kernel = resolve(backend, "segmented_saliency_topk_masks", device)
+    competing = _schema.competing(prev_masks, resurrect)
+    return _segmented(kernel, (weights, grads), plan, out, competing, _schema.saliency_nan_message)
 
 
 def masked_sgd_(params, grads, momentum_buffers, masks, *, lr, momentum=0.0, dampening=0.0,

@@ -194,14 +194,25 @@ def _named(name: str, tensors) -> list[tuple[str, torch.Tensor]]:
 
 
 def topk_masks_args(scores, k, out):
+    scores, device = scores_arg(scores)
+    k = check_k(k, sum(s.numel() for s in scores))
+    return scores, k, scores_out(out, scores), device
+
+
+def scores_arg(scores):
+    """The scores of a selection, checked, and their device."""
     scores = _float_list("scores", scores)
     device = common_device(("scores", scores))
     check_has_values(("scores", scores))
-    k = check_k(k, sum(s.numel() for s in scores))
+    return scores, device
+
+
+def scores_out(out, scores):
+    """A score selection's ``out``, checked: bool, the scores' shapes, sharing no memory with them."""
     out = check_out(out, scores)
     if out is not None:
         check_no_overlap(_named("out", out), _named("scores", scores))
-    return scores, k, out, device
+    return out
 
 
 def kth_largest_args(scores, k):
@@ -237,14 +248,24 @@ def competing(prev_masks, resurrect: bool) -> list[torch.Tensor]:
 
 
 def saliency_args(weights, grads, k, prev_masks, resurrect, out):
+    weights, grads, prev_masks, device = saliency_inputs(weights, grads, prev_masks, resurrect)
+    k = check_k(k, sum(w.numel() for w in weights), "weights")
+    out = saliency_out(out, weights, grads, prev_masks)
+    return weights, grads, k, prev_masks, resurrect, out, device
+
+
+def saliency_inputs(weights, grads, prev_masks, resurrect):
+    """The tensors of a saliency selection, checked: weights, grads, prev_masks and their device."""
     weights, grads = _weights_and_grads(weights, grads)
     if not isinstance(resurrect, bool):
         raise TypeError(f"resurrect must be a bool, got {type(resurrect).__name__}")
     prev_masks = _prev_masks(prev_masks, weights, "weights")
     device = common_device(("weights", weights), ("grads", grads), ("prev_masks", prev_masks or []))
     check_has_values(("weights", weights), ("grads", grads), ("prev_masks", prev_masks or []))
-    n = sum(w.numel() for w in weights)
-    k = check_k(k, n, "weights")
+    return weights, grads, prev_masks, device
+
+
+def saliency_out(out, weights, grads, prev_masks):
     out = check_out(out, weights)
     if out is not None:
         # out[i] may be exactly prev_masks[i] (the in-place Iter SNIP update: every backend reads
@@ -252,7 +273,7 @@ def saliency_args(weights, grads, k, prev_masks, resurrect, out):
         prev = [(f"prev_masks[{i}]", m) for i, m in enumerate(prev_masks or []) if not same_view(m, out[i])]
         check_no_overlap(_named("out", out), _named("weights", weights) + _named("grads", grads) + prev,
                          " (only out[i] may be exactly prev_masks[i], the in-place update)")
-    return weights, grads, k, prev_masks, resurrect, out, device
+    return out
 
 
 def check_survivors(k: int, survivors: int) -> None:

@@ -18,6 +18,12 @@ Conventions of the schemas, the same on every backend:
   input, only True entries compete (Iter SNIP's survivors). ``out[i]`` may be exactly
   ``competing[i]`` (read before written). The front derives it from ``prev_masks`` and
   ``resurrect``; kernels never see those.
+* ``segmented_*``: each segment keeps its own k (``_segments``). ``m == 0``: input i is cut
+  into ``ks[i].numel()`` consecutive equal segments (row-major), segment r keeping ``ks[i][r]``
+  (int64, on the inputs' device); ``m > 0``: ``ks`` is empty and every m consecutive elements keep
+  n. Unlike the global ops, ``out`` never shares memory with an input (the front hands these
+  kernels masks it owns) and its contents are unspecified when a NaN is reported, so a one-pass
+  kernel needs no NaN pre-pass.
 * ``radix_histogram``'s counts are the 2**16 counts of one radix digit; its NaN index is
   meaningful on the top pass (shift = key width - 16) only.
 * ``masked_sgd_``: ``momentum_buffers`` is empty when momentum == 0; ``fresh[i]``: the buffer
@@ -39,6 +45,10 @@ SCHEMAS = {
     "kth_largest": "(Tensor[] scores, int k) -> (Tensor, Tensor)",
     "saliency_topk_masks":
         "(Tensor[] weights, Tensor[] grads, int k, Tensor[] competing, Tensor(a!)[] out) -> Tensor",
+    "segmented_topk_masks": "(Tensor[] scores, Tensor[] ks, int n, int m, Tensor(a!)[] out) -> Tensor",
+    "segmented_saliency_topk_masks":
+        "(Tensor[] weights, Tensor[] grads, Tensor[] ks, int n, int m, Tensor[] competing, Tensor(a!)[] out)"
+        " -> Tensor",
     "radix_histogram":
         "(Tensor[] a, Tensor[] grads, Tensor[] competing, ScalarType rank_dtype, int shift, int prefix)"
         " -> (Tensor, Tensor)",
@@ -67,6 +77,14 @@ def _fake_saliency_topk_masks(weights, grads, k, competing, out):
     return _nan_index(weights[0])
 
 
+def _fake_segmented_topk_masks(scores, ks, n, m, out):
+    return _nan_index(scores[0])
+
+
+def _fake_segmented_saliency_topk_masks(weights, grads, ks, n, m, competing, out):
+    return _nan_index(weights[0])
+
+
 def _fake_radix_histogram(a, grads, competing, rank_dtype, shift, prefix):
     return a[0].new_empty((HISTOGRAM_BINS,), dtype=torch.int64), _nan_index(a[0])
 
@@ -80,6 +98,8 @@ FAKES = {
     "topk_masks": _fake_topk_masks,
     "kth_largest": _fake_kth_largest,
     "saliency_topk_masks": _fake_saliency_topk_masks,
+    "segmented_topk_masks": _fake_segmented_topk_masks,
+    "segmented_saliency_topk_masks": _fake_segmented_saliency_topk_masks,
     "radix_histogram": _fake_radix_histogram,
     "masked_sgd_": _fake_masked_sgd_,
 }

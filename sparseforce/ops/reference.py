@@ -88,6 +88,44 @@ def saliency_topk_masks(weights, grads, k, competing, out):
     return _index(nan, weights[0].device)
 
 
+def _keep_top_rows(x: torch.Tensor, k, competing: torch.Tensor | None) -> torch.Tensor:
+    """(R, L) bool keeping the k largest of each row of ``x`` (``k``: an int or an (R,) tensor),
+    ties by position; with ``competing``, only its True entries (two stable sorts: by value, then
+    competing first)."""
+    order = torch.sort(x, dim=1, descending=True, stable=True).indices
+    if competing is not None:
+        first = torch.sort(competing.gather(1, order).to(torch.uint8), dim=1, descending=True, stable=True).indices
+        order = order.gather(1, first)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(x.shape[1], device=x.device).expand_as(order))
+    return rank < (k.unsqueeze(1) if isinstance(k, torch.Tensor) else k)
+
+
+def _segmented_write(scores, ks, n, m, competing, out):
+    for i, (s, o) in enumerate(zip(scores, out)):
+        if s.numel() == 0:
+            continue
+        segments = s.numel() // m if m else ks[i].numel()
+        c = competing[i].reshape(segments, -1) if competing else None
+        keep = _keep_top_rows(s.reshape(segments, -1), n if m else ks[i], c)
+        o.copy_(keep.view(o.shape))
+
+
+def segmented_topk_masks(scores, ks, n, m, out):
+    nan = _first_nan(scores, [])
+    if nan < 0:
+        _segmented_write(scores, ks, n, m, [], out)
+    return _index(nan, scores[0].device)
+
+
+def segmented_saliency_topk_masks(weights, grads, ks, n, m, competing, out):
+    scores = saliency_scores(weights, grads)
+    nan = _first_nan(scores, competing)
+    if nan < 0:
+        _segmented_write(scores, ks, n, m, competing, out)
+    return _index(nan, weights[0].device)
+
+
 @torch.no_grad()
 def masked_sgd_(params, grads, momentum_buffers, masks, lr, momentum, dampening, weight_decay, nesterov, fresh):
     """torch.optim.SGD's single-tensor step, with pruned entries of d_p, buf and p held at 0."""
@@ -162,4 +200,5 @@ def radix_histogram(a, grads, competing, rank_dtype, shift, prefix):
 
 register_backend("reference", lambda device: None, {
     "topk_masks": topk_masks, "kth_largest": kth_largest, "saliency_topk_masks": saliency_topk_masks,
+    "segmented_topk_masks": segmented_topk_masks, "segmented_saliency_topk_masks": segmented_saliency_topk_masks,
     "radix_histogram": radix_histogram, "masked_sgd_": masked_sgd_})
