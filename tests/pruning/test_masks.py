@@ -926,3 +926,17 @@ def test_row_stats_table_reads_as_aligned_columns():
     assert rows["no_rows"] == ["no_rows", "0", "5", "-", "-", "-", "0"]
     assert rows["total"] == ["total", "7", "0", "2.29", "4", "3"]  # the row length left blank
     assert len({len(line) for line in lines}) == 1, "\n".join(lines)
+
+
+def test_masks_from_the_segmented_ops_pass_the_checks_that_view_rows_alike():
+    from sparseforce import ops
+    g = torch.Generator().manual_seed(5)
+    scores = [torch.randn(8, 16, generator=g), torch.randn(6, 3, 2, 2, generator=g), torch.randn(4, 4, generator=g)]
+    for n, m in ((2, 4), (1, 4), (3, 4), (4, 4), (1, 2), (0, 1)):
+        masks = Masks(zip("abc", ops.segmented_topk_masks(scores, None, segment=("nm", n, m), backend="reference")))
+        assert masks.is_nm(n, m), (n, m)
+    rows = ops.segmented_topk_masks(scores, [3, torch.tensor([0, 1, 2, 3, 4, 12]), 0], segment="row",
+                                    backend="reference")
+    table = Masks(zip("abc", rows)).row_stats()
+    assert [(r.rows, r.row_length, r.min, r.max, r.empty) for r in table] == [(8, 16, 3, 3, 0), (6, 12, 0, 12, 1),
+                                                                               (4, 4, 0, 0, 4)]

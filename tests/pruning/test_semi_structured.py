@@ -86,9 +86,10 @@ def test_a_device_below_ampere_or_without_cusparselt_is_refused(monkeypatch):
     assert export.why_unsupported("cuda:0") == (
         "to_semi_structured needs a CUDA device of compute capability >= 8.0 (NVIDIA Ampere or newer); "
         "cuda:0 (Tesla T4) has compute capability 7.5")
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(torch.backends.cusparselt, "is_available", lambda: True)
-    assert export.why_unsupported(torch.device("cuda", 1)) is None
+    for capability in ((8, 0), (9, 0), (12, 1)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        assert export.why_unsupported(torch.device("cuda", 1)) is None
     monkeypatch.setattr(torch.backends.cusparselt, "is_available", lambda: False)
     assert "this torch build has no cuSPARSELt" in export.why_unsupported("cuda")
     monkeypatch.setattr(torch.sparse.SparseSemiStructuredTensor, "_FORCE_CUTLASS", True)
