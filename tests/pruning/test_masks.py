@@ -913,6 +913,10 @@ def test_row_stats_counts_each_rows_kept_entries():
     assert table[0].mean == 3.0 and table[1].mean == 4.0 and table[4].mean == 0.0
     assert table.total == RowStats("total", 11, 0, 27, 0, 8, 3)
     assert [r.kept for r in table] == [r.kept for r in masks.per_layer()]
+    # a mask with no rows has no least or most kept to count in the total's
+    assert Masks({"fc.weight": nm_mask((4, 8), 2, 4), "no_rows": torch.zeros(0, 5, dtype=torch.bool)}) \
+        .row_stats().total == RowStats("total", 4, 0, 16, 4, 4, 0)
+    assert Masks({}).row_stats().total == RowStats("total", 0, 0, 0, 0, 0, 0)
 
 
 def test_row_stats_table_reads_as_aligned_columns():
