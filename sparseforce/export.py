@@ -98,13 +98,13 @@ def to_semi_structured(model: nn.Module, masks: Union[Masks, Mapping[str, torch.
     if broken:
         name, why = next(iter(broken.items()))
         raise ValueError(f"to_semi_structured needs 2:4 masks (2 kept of every 4 consecutive weights along "
-                         f"each row; prune with nm=(2, 4)): mask {name!r} {why}"
+                         f"each row; prune with nm=(2, 4)): mask {name!r}: {why}"
                          + (f" ({len(broken)} layers are not 2:4)" if len(broken) > 1 else ""))
     layout = _layout()
     for name in linears:
         check_dense(f"parameter {name!r}", params[name])
         _check_dtype_and_shape(name, params[name], layout)
-    devices = {params[name].device for name in linears}
+    devices = sorted({params[name].device for name in linears}, key=str)
     for device in devices:
         why = why_unsupported(device)
         if why is not None:

@@ -944,3 +944,14 @@ def test_masks_from_the_segmented_ops_pass_the_checks_that_view_rows_alike():
     table = Masks(zip("abc", rows)).row_stats()
     assert [(r.rows, r.row_length, r.min, r.max, r.empty) for r in table] == [(8, 16, 3, 3, 0), (6, 12, 0, 12, 1),
                                                                                (4, 4, 0, 0, 4)]
+
+
+def test_sharded_masks_are_gathered_first_for_the_row_checks(monkeypatch):
+    monkeypatch.setattr(Masks, "is_sharded", property(lambda self: True))
+    masks = Masks({"fc.weight": nm_mask((4, 8), 2, 4)})
+    for call in (lambda: masks.is_nm(2, 4), lambda: masks.nm_violations(2, 4), masks.row_stats):
+        with pytest.raises(ValueError, match=r"Masks\.(is_nm|nm_violations|row_stats)\(\) on sharded \(DTensor\) masks: "
+                                             r"call masks.full\(\) on every rank first"):
+            call()
+    with pytest.raises(ValueError, match="n of an n:m pattern"):  # the arguments first
+        masks.is_nm(5, 4)

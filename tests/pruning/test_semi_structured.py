@@ -103,13 +103,16 @@ def test_masks_that_are_not_2_4_are_refused_naming_the_layer_and_a_broken_group(
     broken = Masks({**masks, "fc2.weight": fc2})
     before = snapshot(net)
     with pytest.raises(ValueError, match=r"to_semi_structured needs 2:4 masks .*prune with nm=\(2, 4\)\): mask "
-                                         r"'fc2.weight' 1 of 256 groups of 4 do not keep 2; the first: row 7, "
+                                         r"'fc2.weight': 1 of 256 groups of 4 do not keep 2; the first: row 7, "
                                          r"entries 4..7 keep 4$"):
         sf.to_semi_structured(net, broken)
     dense = Masks({**masks, "fc1.weight": torch.ones(32, 64, dtype=torch.bool), "fc2.weight": fc2})
-    with pytest.raises(ValueError, match=r"mask 'fc1.weight' 512 of 512 groups .* \(2 layers are not 2:4\)$"):
+    with pytest.raises(ValueError, match=r"mask 'fc1.weight': 512 of 512 groups .* \(2 layers are not 2:4\)$"):
         sf.to_semi_structured(net, dense)
     assert_unchanged(net, before)
+    narrow = nn.Linear(6, 16).half()
+    with pytest.raises(ValueError, match=r"mask 'weight': its row length 6 \(shape \(16, 6\)\) is not a multiple of 4$"):
+        sf.to_semi_structured(narrow, {"weight": torch.ones(16, 6, dtype=torch.bool)})
 
 
 def test_dtypes_and_shapes_the_layout_does_not_take_are_refused_naming_the_layer(monkeypatch):
