@@ -105,8 +105,8 @@ def check_nm_fits(model_name: str, dataset: str, nm: str) -> None:
     for name, p in prunable_parameters(model, check_nan=False).items():
         row = math.prod(p.shape[1:])
         if row % m:
-            raise ValueError(f"--nm {nm}: the prunable layer {name!r} of --model {model_name} has rows of {row} weights "
-                             f"(its shape {tuple(p.shape)} viewed as (dim 0, rest)), not a multiple of {m}")
+            raise ValueError(f"--nm {nm}: the prunable layer {name!r} of --model {model_name} has rows of {row} "
+                             f"weights (its shape {tuple(p.shape)} viewed as (dim 0, rest)), not a multiple of {m}")
 
 
 def checked_model_and_data(args) -> str:

@@ -66,8 +66,8 @@ def _check_scope(args) -> None:
                              "--scope and --distribution out")
         n, m = nm_pair(args.nm)
         if args.sparsity is not None and not math.isclose(1 - args.sparsity, n / m, rel_tol=1e-9, abs_tol=1e-12):
-            raise ValueError(f"--sparsity {args.sparsity} disagrees with --nm {args.nm}, which removes {1 - n / m:g} of "
-                             "the weights; leave --sparsity out")
+            raise ValueError(f"--sparsity {args.sparsity} disagrees with --nm {args.nm}, which removes "
+                             f"{1 - n / m:g} of the weights; leave --sparsity out")
     elif args.distribution is not None and args.scope != "layer":
         raise ValueError(f"--distribution shares the kept weights out among the layers, which --method {args.method} "
                          "does with --scope layer only; add --scope layer")
@@ -145,5 +145,6 @@ def compute_masks(args, model, loader, **extra):
 def announce(args, model_name: str, device) -> None:
     """The line that opens a pruning run."""
     print(f"{args.method} on {model_name} / {args.dataset}, sparsity {args.sparsity}"
-          + (f" ({args.nm})" if args.nm else "") + (" per layer" if args.scope == "layer" else "") + f", device {device}"
+          + (f" ({args.nm})" if args.nm else "") + (" per layer" if args.scope == "layer" else "")
+          + f", device {device}"
           + (f", ablation {args.ablation}" if args.ablation else ""), flush=True)

@@ -92,7 +92,8 @@ def nm_value(text: str) -> str:
         raise argparse.ArgumentTypeError(f"must be N:M, two integers such as 2:4 (keep N of every M weights), "
                                          f"got {text!r}")
     if not 1 <= n <= m <= 32:
-        raise argparse.ArgumentTypeError(f"must be N:M with 1 <= N <= M <= 32 (keep N of every M weights), got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be N:M with 1 <= N <= M <= 32 (keep N of every M weights), "
+                                         f"got {text!r}")
     return f"{n}:{m}"
 
 
@@ -130,7 +131,8 @@ def add_pruning(g, *, sparsity: float, resumable: bool = False) -> None:
     g.add_argument("--method", default=None if resumable else "force", choices=METHOD_NAMES,
                    help="pruning method" + (" (default: force)" if resumable else ""))
     g.add_argument("--sparsity", type=sparsity_value, default=None,
-                   help=f"fraction of prunable weights to remove, in [0, 1) (default: {sparsity}; with --nm N:M, 1 - N/M)")
+                   help=f"fraction of prunable weights to remove, in [0, 1) (default: {sparsity}; with --nm N:M, "
+                        "1 - N/M)")
     g.add_argument("--iterations", type=positive_int, default=None, metavar="N",
                    help="pruning steps of force, iter_snip and synflow (default: 60; synflow: 100)")
     g.add_argument("--schedule", default=None, choices=["exp", "linear"],

@@ -31,7 +31,8 @@ class Method:
     needs_data: bool  # False: data-free (magnitude, random; synflow reads at most the input shape from data)
     ops: tuple[str, ...]  # the sparseforce.ops ops its backend check resolves (invert=True also ranks with topk_masks)
     takes_data: bool  # False: the function has no data argument (magnitude, random)
-    segmented_ops: tuple[str, ...] = ()  # what it resolves instead with scope="layer" or nm (invert: segmented_topk_masks)
+    # What it resolves instead with scope="layer" or nm (invert=True also ranks with segmented_topk_masks).
+    segmented_ops: tuple[str, ...] = ()
 
     def ops_for(self, scope: str | None = None, nm=None) -> tuple[str, ...]:
         """The ops a run with this ``scope`` / ``nm`` resolves (and ranks with)."""

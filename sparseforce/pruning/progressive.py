@@ -8,9 +8,9 @@
         Iter SNIP: m_t <- top-k_t |θ0 ⊙ m_{t-1} ⊙ g|   (only survivors compete; masks nested)
 
 SNIP is the one-step case. ``scope="layer"`` gives each layer its own k_t and ``nm=(n, m)`` keeps
-n_t of every m weights at step t (see ``_scope``). Only ``sparseforce.ops`` touches the scores. ``invert=True`` keeps the
-lowest saliencies instead (the top-k of their negation); ``train_mode=False`` takes the
-gradients with the model in eval mode.
+n_t of every m weights at step t (see ``_scope``). Only ``sparseforce.ops`` touches the scores.
+``invert=True`` keeps the lowest saliencies instead (the top-k of their negation);
+``train_mode=False`` takes the gradients with the model in eval mode.
 """
 from __future__ import annotations
 

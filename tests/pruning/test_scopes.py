@@ -282,7 +282,8 @@ BAD = [
     (dict(nm=(2, 4), scope="layer"), ValueError, "leave scope and distribution out"),
     (dict(nm=(2, 4), distribution="erk"), ValueError, "leave scope and distribution out"),
     (dict(sparsity=0.5, distribution="erk"), ValueError, "pass scope='layer'"),
-    (dict(sparsity=0.5, scope="layer", distribution="global"), ValueError, "distribution must be one of 'uniform', 'erk'"),
+    (dict(sparsity=0.5, scope="layer", distribution="global"), ValueError,
+     "distribution must be one of 'uniform', 'erk'"),
     (dict(sparsity=0.5, scope="layer", distribution=3), TypeError, "distribution must be one of"),
     (dict(sparsity=0.5, scope="layer", distribution={n: 0.5 for n in NAMES[:3]}), ValueError,
      "density for every prunable layer and no other: missing '8.weight'"),
@@ -304,7 +305,7 @@ def test_bad_scope_arguments_are_one_clear_error_before_any_work(method, kw, err
 
 
 def test_a_bad_schedule_for_nested_nm_is_refused():
-    with pytest.raises(ValueError, match="of every 4 weights at step 1 and 3 at step 2; this method's masks are nested"):
+    with pytest.raises(ValueError, match="2 of every 4 weights at step 1 and 3 at step 2; this method's masks"):
         call("iter_snip", nm=(2, 4), schedule=[0.5, 0.75, 0.5], iterations=3)
 
 
