@@ -76,8 +76,8 @@ def test_every_segment_form_on_every_path(device, path, dtype):
 
 
 def test_mixed_dtypes_in_one_call(device, path):
-    """Key widths 16, 32 and 64 together: radix segments of each width take their own number of
-    passes, in the same launches sequence."""
+    """Key widths 16, 32 and 64 in one call: the radix segments of each width take their own
+    number of passes, each pass one launch per dtype group and one digit choice per width."""
     gen = torch.Generator().manual_seed(21)
     base = random_scores(gen, [(3, 150), (2, 40), (9, 4), (2, 100)], kind="ties")
     scores = [s.to(dtype) for s, dtype in zip(base, [torch.float16, torch.float64, torch.bfloat16, torch.float32])]
@@ -167,3 +167,22 @@ def test_segment_offsets_are_64_bit(device, path):
     sel.select_radix()
     for o, want in zip(out, oracle(scores, "row", ks)):
         np.testing.assert_array_equal(o.cpu().reshape(-1).numpy(), want)
+
+
+def test_segmented_ops_trace_under_torch_compile(device):
+    import sparseforce.ops.triton.segmented  # noqa: F401  (register the kernels)
+    gen = torch.Generator().manual_seed(25)
+    scores = [torch.randn(6, 8, generator=gen).to(device), torch.randn(30, generator=gen).to(device)]
+    ks = [torch.arange(6, device=device), torch.tensor([7], device=device)]
+
+    def select(scores, ks):
+        rows = [torch.empty_like(s, dtype=torch.bool) for s in scores]
+        nan = torch.ops.sparseforce_triton.segmented_topk_masks(scores, ks, 0, 0, rows)
+        nm = [torch.empty_like(scores[0], dtype=torch.bool)]
+        torch.ops.sparseforce_triton.segmented_saliency_topk_masks(scores[:1], scores[:1], [], 2, 4, [], nm)
+        return rows, nm, nan
+
+    got = torch.compile(select, backend="aot_eager", fullgraph=True)(scores, ks)
+    want = select(scores, ks)
+    assert all(torch.equal(a, b) for a, b in zip(got[0] + got[1], want[0] + want[1])) and int(got[2]) == -1
+    np.testing.assert_array_equal(got[0][0].cpu().reshape(-1).numpy(), oracle(scores[:1], "row", ks[:1])[0])
