@@ -22,8 +22,7 @@ SCRIPT = textwrap.dedent(r"""
     from sparseforce.ops.triton.digit import choose_digit_kernel
     from sparseforce.ops.triton.histogram import radix_histogram_kernel
     from sparseforce.ops.triton.mask import write_mask_kernel
-    from sparseforce.ops.triton.segment_radix import (segment_histogram_kernel, segment_tie_count_kernel,
-                                                      segment_write_mask_kernel)
+    from sparseforce.ops.triton.segment_radix import segment_histogram_kernel, segment_ties_kernel
     from sparseforce.ops.triton.segment_rank import small_segments_kernel
     from sparseforce.ops.triton.sgd import masked_sgd_kernel
     from sparseforce.ops.triton.ties import exclusive_scan_kernel, tie_count_kernel
@@ -76,8 +75,8 @@ SCRIPT = textwrap.dedent(r"""
         for shift, first in [(bits - 8, True), (0, False)]:
             compile(segment_histogram_kernel, {**SEL, "hist": "*i64", "nan_flags": "*i64", **io},
                     dict(SHIFT=shift, BITS=8, FIRST=first, **flags))
-        compile(segment_tie_count_kernel, {**SEL, "tie_counts": "*i64", **io}, flags)
-        compile(segment_write_mask_kernel, {**SEL, "tie_offsets": "*i64", **io}, flags)
+        for count in (True, False):
+            compile(segment_ties_kernel, {**SEL, "ties": "*i64", **io}, dict(COUNT=count, **flags))
     print("compiled")
 """)
 

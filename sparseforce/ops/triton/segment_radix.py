@@ -53,27 +53,23 @@ def segment_histogram_kernel(table, rows, state, hist, nan_flags, X, G,
 
 
 @triton.jit
-def segment_tie_count_kernel(table, rows, state, tie_counts, X, G,
-                             KEY_BITS: tl.constexpr, SALIENCY: tl.constexpr, SCORE_F64: tl.constexpr,
-                             HAS_PREV: tl.constexpr, BLOCK: tl.constexpr):
+def segment_ties_kernel(table, rows, state, ties, X, G,
+                        KEY_BITS: tl.constexpr, SALIENCY: tl.constexpr, SCORE_F64: tl.constexpr,
+                        HAS_PREV: tl.constexpr, COUNT: tl.constexpr, BLOCK: tl.constexpr):
+    """COUNT: each block's number of keys tied with its segment's k-th key, where some of those
+    ties are dropped (elsewhere nothing reads them). Otherwise the masks, with ``ties`` the counts'
+    exclusive prefix sum over every block of every segment; only the segment's own blocks count."""
     row, local, seg, blk, offs, valid, full = segment_block(table, rows, BLOCK)
     st = state + seg * NSTATE
-    if tl.load(st + ST_KREM) != tl.load(st + ST_TIES):
+    at = ties + tl.load(table + row + COL_GBLOCK) + local
+    if COUNT:
+        if tl.load(st + ST_KREM) != tl.load(st + ST_TIES):
+            key, compete, nan, kth = competing_keys(table, row, offs, valid, full, st, X, G, KEY_BITS,
+                                                    SALIENCY, SCORE_F64, HAS_PREV)
+            tl.store(at, tl.sum((compete & (key == kth)).to(tl.int64)))
+    else:
         key, compete, nan, kth = competing_keys(table, row, offs, valid, full, st, X, G, KEY_BITS,
                                                 SALIENCY, SCORE_F64, HAS_PREV)
-        tied = compete & (key == kth)
-        tl.store(tie_counts + tl.load(table + row + COL_GBLOCK) + local, tl.sum(tied.to(tl.int64)))
-
-
-@triton.jit
-def segment_write_mask_kernel(table, rows, state, tie_offsets, X, G,
-                              KEY_BITS: tl.constexpr, SALIENCY: tl.constexpr, SCORE_F64: tl.constexpr,
-                              HAS_PREV: tl.constexpr, BLOCK: tl.constexpr):
-    row, local, seg, blk, offs, valid, full = segment_block(table, rows, BLOCK)
-    st = state + seg * NSTATE
-    key, compete, nan, kth = competing_keys(table, row, offs, valid, full, st, X, G, KEY_BITS,
-                                            SALIENCY, SCORE_F64, HAS_PREV)
-    at = tie_offsets + tl.load(table + row + COL_GBLOCK) + local
-    keep = keep_top(key, compete, kth, st, at, at - blk)
-    out = tl.multiple_of(tl.load(table + row + COL_OUT).to(tl.pointer_type(tl.uint8)), 16)
-    store_block(out, offs, keep.to(tl.uint8), valid, full)
+        keep = keep_top(key, compete, kth, st, at, at - blk)
+        out = tl.multiple_of(tl.load(table + row + COL_OUT).to(tl.pointer_type(tl.uint8)), 16)
+        store_block(out, offs, keep.to(tl.uint8), valid, full)

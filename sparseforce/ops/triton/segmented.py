@@ -39,7 +39,7 @@ from .layout import (COL_G, COL_GBLOCK, COL_INDEX, COL_KS, COL_OUT, COL_PREV, CO
                      COL_SEGS, COL_X, NSTATE, ST_KREM)
 from .plan import as_bytes, blocks, nan_index, pack, ready, writing_masks
 from .register import kernel
-from .segment_radix import segment_histogram_kernel, segment_tie_count_kernel, segment_write_mask_kernel
+from .segment_radix import segment_histogram_kernel, segment_ties_kernel
 from .segment_rank import small_segments_kernel
 
 DIGIT_BITS = 8
@@ -146,10 +146,10 @@ class _Segmented:
                                               BITS=DIGIT_BITS)
         ties = torch.zeros(self.nblocks, dtype=torch.int64, device=self.device)
         for grp in self.radix:
-            self.launch(grp, segment_tie_count_kernel, state, ties, BLOCK=grp.tile)
+            self.launch(grp, segment_ties_kernel, state, ties, COUNT=True, BLOCK=grp.tile)
         offsets = torch.cumsum(ties, 0) - ties
         for grp in self.radix:
-            self.launch(grp, segment_write_mask_kernel, state, offsets, BLOCK=grp.tile)
+            self.launch(grp, segment_ties_kernel, state, offsets, COUNT=False, BLOCK=grp.tile)
 
 
 def _select_into(xs, gs, prevs, ks, n, m, out) -> torch.Tensor:
