@@ -62,13 +62,16 @@ class Variant:
     # None: the grid's sparsities. Else its own (N:M fixes the sparsity): it and its method run
     # there, in a table of their own.
     sparsities: tuple[float, ...] | None = None
+    # N:M: only the default prunable layers whose rows (dim 0, rest) split into groups of this
+    # size are pruned; the others stay dense (mnist_vgg's first conv has rows of 1x3x3 = 9).
+    rows_of: int | None = None
 
 
 _ERK_LAYERS = (("scope", "layer"), ("distribution", "erk"))
 VARIANTS = {
     "snip_layer": Variant("snip", _ERK_LAYERS, "SNIP, per layer (ERK)"),
     "force_layer": Variant("force", _ERK_LAYERS, "FORCE, per layer (ERK)"),
-    "force_2:4": Variant("force", (("nm", (2, 4)),), "FORCE 2:4", sparsities=(0.5,)),
+    "force_2:4": Variant("force", (("nm", (2, 4)),), "FORCE 2:4", sparsities=(0.5,), rows_of=4),
 }
 LABELS.update({name: v.label for name, v in VARIANTS.items()})
 
@@ -219,9 +222,18 @@ def _masks(spec: DemoSpec, model, train, method: str, sparsity: float, seed: int
     kw = {k: v for k, v in kw.items() if k in entry.options and v is not None}
     if method in VARIANTS:
         kw.update(VARIANTS[method].options)
+        if VARIANTS[method].rows_of:
+            kw["prunable"] = _layers_in_groups_of(model, VARIANTS[method].rows_of)
     t0 = time.perf_counter()
     masks = prune(model, data, method=entry.name, sparsity=sparsity, **kw)
     return masks, time.perf_counter() - t0
+
+
+def _layers_in_groups_of(model, m: int) -> list[str]:
+    from ._prunable import default_prunable_names
+
+    params = dict(model.named_parameters())
+    return [n for n in default_prunable_names(model) if params[n].dim() and params[n][0].numel() % m == 0]
 
 
 def _method_of(name: str) -> str:
