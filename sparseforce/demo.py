@@ -315,12 +315,26 @@ def _table(runs: list[dict], sparsities, methods, n_seeds: int, markdown: bool, 
         own = VARIANTS[v].sparsities
         if own is not None:
             rows = (VARIANTS[v].method, v)
-            text += "\n\n" + _one_table(runs, own, rows, n_seeds, markdown, show_min)
+            text += "\n\n" + _one_table(runs, own, rows, n_seeds, markdown, show_min, footer=False)
+            text += "".join(_weights_left(runs, m, s) for s in own for m in rows)
     return text + "\n\n" + _notes(runs, n_seeds, show_min)
 
 
-def _one_table(runs, sparsities, methods, n_seeds, markdown, show_min) -> str:
-    numel = next((sum(n for _, n, _ in r["layers"]) for r in runs if r["layers"]), None)
+def _weights_left(runs, method, sparsity) -> str:
+    """A line under a variant's table: the weights a row kept, and the layers it left dense."""
+    r = next((r for r in runs if r["method"] == method and r["sparsity"] == sparsity), None)
+    if r is None:
+        return ""
+    names = {n for n, _, _ in r["layers"]}
+    everything = next(x["layers"] for x in runs if x["layers"] and x["method"] == _method_of(method))
+    dense = [n for n, _, _ in everything if n not in names]
+    return (f"\n{LABELS[method]} at {_fmt_sparsity(sparsity)}: {sum(k for _, _, k in r['layers']):,} weights left"
+            + (f" ({', '.join(dense)} not pruned: its rows do not split into groups of {VARIANTS[method].rows_of})"
+               if dense else ""))
+
+
+def _one_table(runs, sparsities, methods, n_seeds, markdown, show_min, footer=True) -> str:
+    numel = next((sum(n for _, n, _ in r["layers"]) for r in runs if r["layers"]), None) if footer else None
     show_min = show_min and n_seeds > 1
 
     def cell(method, sparsity):
