@@ -11,7 +11,8 @@
 # the shared kernel tests on CUDA tensors for the reference, cuda and triton backends, the cuda
 # backend again with the candidate buffer off (SPARSEFORCE_CUDA_CANDIDATE_CAP=0: the full-data
 # fallback) and tiny (64: the candidate overflow path), the CUDA/NCCL distributed tests (they run
-# the README's `torchrun ... sparseforce ddp --device cuda [--sharded]` commands), and the
+# the README's `torchrun ... sparseforce ddp --device cuda [--sharded]` commands), the pruning
+# tests with CUDA cases, a 2:4 Linear against the dense one (the semi-structured export), and the
 # benchmark with a cap on each case. Each step has its own timeout (cut to the time left), and
 # writes its log (and JUnit XML, benchmark JSON after every case) under $OUT as it goes; the
 # summary table (step, status, seconds, expected seconds) is rewritten after every step and
@@ -22,7 +23,8 @@
 # 4-8 s; 45 s for all six with 2 jobs) bounds a 16-job build; collecting the selected tests takes
 # 2 s; pip's editable install around the build 2 s. The GPU steps are estimates from the test
 # counts (168 shared-kernel tests on CUDA tensors; 50 per candidate-cap run; 2 multi-rank + 2
-# torchrun tests) and the benchmark's cases: replace them with the seconds a real run reports.
+# torchrun tests; the 2:4 timing: 4 cases of about a second) and the benchmark's cases: replace
+# them with the seconds a real run reports.
 #
 # Environment: OUT (results; default ./gpu_check_out), BUDGET_S (default 510), MAX_CASE_S (the
 # benchmark's per-case cap, default 20), DRY_RUN=1, DRY_RUN_STEP (in a dry run, a bash snippet
@@ -152,9 +154,15 @@ done
 step distributed 70 180 "${PYTEST[@]}" tests/distributed/test_distributed.py -k "cuda or nccl" \
   --basetemp="$DEST/distributed_tmp" --junitxml="$DEST/distributed.xml"
 
-# The pruning-level tests that have CUDA cases: inverted masks on every backend, shuffle on CUDA.
+# The pruning-level tests that have CUDA cases: inverted masks on every backend, shuffle on CUDA,
+# sf.to_semi_structured's 2:4 layers against the masked dense ones.
 step tests_pruning 10 60 "${PYTEST[@]}" tests/pruning/test_conventions.py tests/pruning/test_ablations.py \
-  -k "every_backend or any_device" --junitxml="$DEST/tests_pruning.xml"
+  tests/pruning/test_semi_structured.py -k "every_backend or any_device or on_a_gpu" --junitxml="$DEST/tests_pruning.xml"
+
+# A 2:4 Linear (sf.to_semi_structured) against the dense one: 4096 x 4096 in fp16 and bf16 on 4096
+# tokens, with each of torch's semi-structured backends; a device or build refusing one is recorded
+# in the JSON, with its reason, not a failure.
+step semi_structured 5 60 python -m benchmarks.semi_structured --out "$DEST/semi_structured.json"
 
 # Every default case, each capped; the JSON is rewritten after every case.
 step bench 170 240 python -m sparseforce bench --device cuda --out "$DEST/bench" --max-case-time "$MAX_CASE_S"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import datetime as _dt
 import json
 import math
@@ -22,13 +21,14 @@ import statistics
 import subprocess
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from . import ops
+from .bench_case import Case
+from .bench_segmented import segmented_cases
 
 # ------------------------------------------------------------------------------------- layer sets
 
@@ -57,6 +57,8 @@ def layer_set(name: str) -> list[tuple[int, ...]]:
         return transformer_shapes(1e9, 2048)
     if name == "transformer-4B":
         return transformer_shapes(4e9, 4096)
+    if name == "linear-4096":  # one square Linear weight, for the per-row and N:M cases
+        return [(4096, 4096)]
     if "/" in name:  # a scaled-down copy for quick runs: every layer's output channels / factor
         base, f = name.rsplit("/", 1)
         return [(max(1, s[0] // int(f)),) + s[1:] for s in layer_set(base)]
@@ -64,19 +66,6 @@ def layer_set(name: str) -> list[tuple[int, ...]]:
 
 
 # ------------------------------------------------------------------------------------- the cases
-
-@dataclasses.dataclass
-class Case:
-    """One benchmark: ``make(impl, device)`` returns a zero-argument callable to time."""
-    name: str
-    layers: str
-    dtype: torch.dtype
-    params: int
-    floor_bytes: float  # bytes that must cross memory at least once
-    impls: list[str]
-    make: Callable[[str, torch.device], Callable[[], object]]
-    kind: str = "kernel"
-
 
 def _randn(shapes, dtype, device, seed):
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -520,6 +509,9 @@ def default_cases(device: torch.device, full: bool = False, scale: int = 1) -> l
     cases.append(select_case(resnet, 0.005, resurrect=False, backends=backends))
     cases.append(topk_case(resnet, 0.005, backends=usable("topk_masks")))
     cases.append(masked_sgd_case(resnet, backends=usable("masked_sgd_")))
+    linear = scaled("linear-4096")
+    cases += segmented_cases(resnet, layer_set(resnet), linear, layer_set(linear)[0],
+                             backends=usable("segmented_topk_masks"))
     if cuda or full:
         cases.append(select_case(scaled("transformer-1B"), 0.005, backends=fast))
     if cuda:

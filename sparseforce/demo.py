@@ -44,13 +44,39 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["run_demo", "DemoResult", "DemoSpec", "SPECS", "METHODS", "LABELS", "claim_verdict",
-           "table_from_results"]
+__all__ = ["run_demo", "DemoResult", "DemoSpec", "Variant", "SPECS", "VARIANTS", "METHODS", "LABELS",
+           "claim_verdict", "table_from_results"]
 
 LABELS = {"dense": "dense", "random": "Random", "magnitude": "Magnitude", "snip": "SNIP", "grasp": "GraSP",
           "synflow": "SynFlow", "iter_snip": "Iter SNIP", "force": "FORCE"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An extra row of a demo: a method run with a scope other than the global one, so the table
+    shows what the scope costs. It runs whenever its method does."""
+
+    method: str  # the method it varies ("force")
+    options: tuple  # the keywords it adds to the method's call, as (name, value) pairs
+    label: str
+    # None: the grid's sparsities. Else its own (N:M fixes the sparsity): it and its method run
+    # there, in a table of their own.
+    sparsities: tuple[float, ...] | None = None
+    # N:M: only the default prunable layers whose rows (dim 0, rest) split into groups of this
+    # size are pruned; the others stay dense (mnist_vgg's first conv has rows of 1x3x3 = 9).
+    rows_of: int | None = None
+
+
+_ERK_LAYERS = (("scope", "layer"), ("distribution", "erk"))
+VARIANTS = {
+    "snip_layer": Variant("snip", _ERK_LAYERS, "SNIP, per layer (ERK)"),
+    "force_layer": Variant("force", _ERK_LAYERS, "FORCE, per layer (ERK)"),
+    "force_2:4": Variant("force", (("nm", (2, 4)),), "FORCE 2:4", sparsities=(0.5,), rows_of=4),
+}
+LABELS.update({name: v.label for name, v in VARIANTS.items()})
+
 # The methods that take longest (many gradient steps, or GraSP's double backward), started first.
-SLOW_FIRST = ("force", "iter_snip", "synflow", "grasp")
+SLOW_FIRST = ("force", "force_layer", "force_2:4", "iter_snip", "synflow", "grasp")
 
 
 @dataclass(frozen=True)
@@ -70,6 +96,7 @@ class DemoSpec:
     show_min: bool = False  # the table shows each cell's lowest seed next to the mean
     wall_time_plot: bool = False
     density_methods: tuple[str, ...] = ("snip", "iter_snip", "force")
+    variants: tuple[str, ...] = ()  # VARIANTS run beside their methods
 
 
 SPECS = {
@@ -87,7 +114,8 @@ SPECS = {
         # CI's reduced run: every method and the claim check, on 500 training images, in seconds.
         quick=dict(sparsities=(0.995,), seeds=1, epochs=1, iterations=5, train_size=500),
         out_dir="sparseforce-demo-mnist", show_min=True, wall_time_plot=True,
-        density_methods=("snip", "grasp", "synflow", "iter_snip", "force")),
+        density_methods=("snip", "grasp", "synflow", "iter_snip", "force"),
+        variants=("snip_layer", "force_layer", "force_2:4")),
 }
 
 # The digits demo's settings under their historical names.
@@ -171,7 +199,7 @@ def _iterations(spec: DemoSpec, method: str, iterations: int) -> int | None:
     Iter SNIP), SynFlow's own for the data-free one, None for the one-shot methods."""
     from .pruning import METHODS
 
-    entry = METHODS.get(method)  # None for "dense"
+    entry = METHODS.get(_method_of(method))  # None for "dense"
     if entry is None or "iterations" not in entry.options:
         return None
     return iterations if entry.needs_data else _synflow_iterations(spec)
@@ -183,7 +211,7 @@ def _masks(spec: DemoSpec, model, train, method: str, sparsity: float, seed: int
     from . import data as sfdata
     from .pruning import METHODS, prune
 
-    entry = METHODS[method]
+    entry = METHODS[_method_of(method)]
     if entry.needs_data:
         data = sfdata.make_loader(train, batch_size=spec.prune_batch_size, shuffle=True, seed=seed)
         kw = {}
@@ -192,9 +220,25 @@ def _masks(spec: DemoSpec, model, train, method: str, sparsity: float, seed: int
         kw = {"seed": seed, "input_shape": sfdata.INPUT_SHAPE[spec.dataset]}
     kw["iterations"] = _iterations(spec, method, iterations)
     kw = {k: v for k, v in kw.items() if k in entry.options and v is not None}
+    if method in VARIANTS:
+        kw.update(VARIANTS[method].options)
+        if VARIANTS[method].rows_of:
+            kw["prunable"] = _layers_in_groups_of(model, VARIANTS[method].rows_of)
     t0 = time.perf_counter()
-    masks = prune(model, data, method=method, sparsity=sparsity, **kw)
+    masks = prune(model, data, method=entry.name, sparsity=sparsity, **kw)
     return masks, time.perf_counter() - t0
+
+
+def _layers_in_groups_of(model, m: int) -> list[str]:
+    from ._prunable import default_prunable_names
+
+    params = dict(model.named_parameters())
+    return [n for n in default_prunable_names(model) if params[n].dim() and params[n][0].numel() % m == 0]
+
+
+def _method_of(name: str) -> str:
+    """The package method a demo row runs (a variant's, or the row's own name)."""
+    return VARIANTS[name].method if name in VARIANTS else name
 
 
 def _run_one(task: dict) -> dict:
@@ -260,9 +304,37 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _table(runs: list[dict], sparsities, methods, n_seeds: int, markdown: bool, show_min: bool = False) -> str:
-    """The accuracy table; ``show_min`` adds each cell's lowest seed, ``(min x)``."""
-    numel = next((sum(n for _, n, _ in r["layers"]) for r in runs if r["layers"]), None)
+def _table(runs: list[dict], sparsities, methods, n_seeds: int, markdown: bool, show_min: bool = False,
+           variants=()) -> str:
+    """The accuracy table; ``show_min`` adds each cell's lowest seed, ``(min x)``. ``variants``: rows
+    after the methods' (a variant with sparsities of its own gets a table of its own, below, with
+    its method at the same sparsities)."""
+    grid_rows = tuple(methods) + tuple(v for v in variants if VARIANTS[v].sparsities is None)
+    text = _one_table(runs, sparsities, grid_rows, n_seeds, markdown, show_min)
+    for v in variants:
+        own = VARIANTS[v].sparsities
+        if own is not None:
+            rows = (VARIANTS[v].method, v)
+            text += "\n\n" + _one_table(runs, own, rows, n_seeds, markdown, show_min, footer=False)
+            text += "".join(_weights_left(runs, m, s) for s in own for m in rows)
+    return text + "\n\n" + _notes(runs, n_seeds, show_min)
+
+
+def _weights_left(runs, method, sparsity) -> str:
+    """A line under a variant's table: the weights a row kept, and the layers it left dense."""
+    r = next((r for r in runs if r["method"] == method and r["sparsity"] == sparsity), None)
+    if r is None:
+        return ""
+    names = {n for n, _, _ in r["layers"]}
+    everything = next(x["layers"] for x in runs if x["layers"] and x["method"] == _method_of(method))
+    dense = [n for n, _, _ in everything if n not in names]
+    return (f"\n{LABELS[method]} at {_fmt_sparsity(sparsity)}: {sum(k for _, _, k in r['layers']):,} weights left"
+            + (f" ({', '.join(dense)} not pruned: its rows do not split into groups of {VARIANTS[method].rows_of})"
+               if dense else ""))
+
+
+def _one_table(runs, sparsities, methods, n_seeds, markdown, show_min, footer=True) -> str:
+    numel = next((sum(n for _, n, _ in r["layers"]) for r in runs if r["layers"]), None) if footer else None
     show_min = show_min and n_seeds > 1
 
     def cell(method, sparsity):
@@ -280,7 +352,6 @@ def _table(runs: list[dict], sparsities, methods, n_seeds: int, markdown: bool, 
     header = ["method"] + [_fmt_sparsity(s) for s in sparsities]
     body = [[LABELS[m]] + [cell(m, s) for s in sparsities] for m in methods]
     foot = ["weights left"] + [f"{round(numel * (1 - s)):,}" for s in sparsities] if numel else None
-    dense = [r for r in runs if r["method"] == "dense"]
     if markdown:
         lines = ["| " + " | ".join(r) + " |" for r in [header] + body + ([foot] if foot else [])]
         lines.insert(1, "|" + "---|" * len(header))
@@ -293,6 +364,12 @@ def _table(runs: list[dict], sparsities, methods, n_seeds: int, markdown: bool, 
 
         rule = "-" * len(fmt(header))
         lines = [fmt(header), rule] + [fmt(r) for r in body] + ([rule, fmt(foot)] if foot else [])
+    return "\n".join(lines)
+
+
+def _notes(runs, n_seeds, show_min) -> str:
+    show_min = show_min and n_seeds > 1
+    dense = [r for r in runs if r["method"] == "dense"]
     notes = []
     if dense:
         m, s = _mean_std([100 * r["test_acc"] for r in dense])
@@ -302,7 +379,7 @@ def _table(runs: list[dict], sparsities, methods, n_seeds: int, markdown: bool, 
     notes.append("† a layer was left with no weights at all (layer collapse)"
                  + (" in at least one seed" if n_seeds > 1 else ""))
     notes.append("chance level: 10.0")
-    return "\n".join(lines) + "\n\n" + "\n".join(notes)
+    return "\n".join(notes)
 
 
 def table_from_results(saved: dict, markdown: bool = True) -> str:
@@ -311,7 +388,7 @@ def table_from_results(saved: dict, markdown: bool = True) -> str:
     spec = SPECS[saved.get("dataset", "digits")]  # files from before the MNIST demo are digits runs
     cfg = saved["config"]
     return _table(saved["runs"], cfg["sparsities"], cfg["methods"], cfg["seeds"], markdown=markdown,
-                  show_min=spec.show_min)
+                  show_min=spec.show_min, variants=cfg.get("variants", ()))
 
 
 def claim_verdict(runs: list[dict], sparsity: float = CLAIM_SPARSITY, margin: float = CLAIM_MARGIN) -> dict:
@@ -503,23 +580,25 @@ def run_demo(out_dir: str | None = None, *, dataset: str = "digits", sparsities=
     spec, out_dir, methods, sparsities, cfg = _grid(dataset, out_dir, methods, sparsities, seeds, epochs,
                                                     iterations, train_size, jobs, quick)
     os.makedirs(out_dir, exist_ok=True)
-    tasks = _tasks(dataset, methods, sparsities, cfg, dense)
+    variants = tuple(v for v in spec.variants if VARIANTS[v].method in methods)
+    tasks = _tasks(dataset, methods, sparsities, cfg, dense, variants)
     jobs = max(1, min(_usable_cpus() if jobs is None else jobs, len(tasks)))
     log(f"sparseforce demo: {spec.model} on {spec.data_label}, methods {', '.join(LABELS[m] for m in methods)}, "
         f"sparsities {', '.join(_fmt_sparsity(s) for s in sparsities)}, {cfg['seeds']} seed(s), "
         f"{cfg['epochs']} epochs each; {len(tasks)} runs on {jobs} process(es)")
     start = time.perf_counter()
-    runs = _run_tasks(tasks, jobs, methods, log)
+    runs = _run_tasks(tasks, jobs, methods + variants, log)
     elapsed = time.perf_counter() - start
 
-    order = {m: i for i, m in enumerate(("dense",) + tuple(methods))}
+    order = {m: i for i, m in enumerate(("dense",) + tuple(methods) + variants)}
     runs.sort(key=lambda r: (order[r["method"]], r["sparsity"], r["seed"]))
     title = (f"Test accuracy (%) of {spec.model} on {spec.data_label} after pruning at initialization and "
              f"{cfg['epochs']} epochs of training"
              + (f", mean ± std over {cfg['seeds']} seeds" if cfg["seeds"] > 1 else ""))
-    text = _table(runs, sparsities, methods, cfg["seeds"], markdown=False, show_min=spec.show_min)
+    text = _table(runs, sparsities, methods, cfg["seeds"], markdown=False, show_min=spec.show_min, variants=variants)
     verdict = claim_verdict(runs)
-    files = _write_results(out_dir, spec, dataset, methods, sparsities, cfg, runs, title, verdict, elapsed, jobs)
+    files = _write_results(out_dir, spec, dataset, methods, variants, sparsities, cfg, runs, title, verdict, elapsed,
+                           jobs)
 
     log("")
     log(title + ":")
@@ -568,11 +647,16 @@ def _grid(dataset, out_dir, methods, sparsities, seeds, epochs, iterations, trai
     return spec, out_dir, methods, sparsities, cfg
 
 
-def _tasks(dataset, methods, sparsities, cfg, dense) -> list[dict]:
+def _tasks(dataset, methods, sparsities, cfg, dense, variants=()) -> list[dict]:
     common = {"dataset": dataset, "epochs": cfg["epochs"], "iterations": cfg["iterations"],
               "train_size": cfg["train_size"]}
-    tasks = [{"method": m, "sparsity": s, "seed": seed, **common}
-             for seed in range(cfg["seeds"]) for s in sparsities for m in methods]
+    cells = [(m, s) for s in sparsities for m in methods]
+    for v in variants:
+        own = VARIANTS[v].sparsities
+        cells += [(v, s) for s in (sparsities if own is None else own)]
+        # A variant with sparsities of its own is compared with its method there.
+        cells += [(VARIANTS[v].method, s) for s in own or () if (VARIANTS[v].method, s) not in cells]
+    tasks = [{"method": m, "sparsity": s, "seed": seed, **common} for seed in range(cfg["seeds"]) for m, s in cells]
     if dense:
         tasks += [{"method": "dense", "sparsity": 0.0, "seed": seed, **common} for seed in range(cfg["seeds"])]
     # Starting the slowest first keeps the workers evenly busy.
@@ -609,11 +693,13 @@ def _run_tasks(tasks, jobs, methods, log) -> list[dict]:
     return runs
 
 
-def _write_results(out_dir, spec, dataset, methods, sparsities, cfg, runs, title, verdict, elapsed, jobs) -> list[str]:
+def _write_results(out_dir, spec, dataset, methods, variants, sparsities, cfg, runs, title, verdict, elapsed,
+                   jobs) -> list[str]:
     """results.json (the raw runs and the configuration), table.md and the plots; their paths."""
     files = []
     path = os.path.join(out_dir, "results.json")
     config = {**cfg, "sparsities": list(sparsities), "methods": list(methods), "batch_size": spec.batch_size,
+              **({"variants": list(variants)} if variants else {}),
               "prune_batch_size": spec.prune_batch_size}
     if "synflow" in methods:
         config["synflow_iterations"] = _synflow_iterations(spec)
@@ -625,10 +711,11 @@ def _write_results(out_dir, spec, dataset, methods, sparsities, cfg, runs, title
     with open(path, "w", encoding="utf-8") as f:
         json.dump(saved, f, indent=1)
     files.append(path)
-    md = _table(runs, sparsities, methods, cfg["seeds"], markdown=True, show_min=spec.show_min)
+    md = _table(runs, sparsities, methods, cfg["seeds"], markdown=True, show_min=spec.show_min, variants=variants)
     path = os.path.join(out_dir, "table.md")
     with open(path, "w", encoding="utf-8") as f:
         f.write(title + "\n\n" + md + "\n\nVerdict: " + verdict["text"] + "\n")
     files.append(path)
-    files += _plots(runs, sparsities, methods, out_dir, spec)
+    files += _plots([r for r in runs if r["sparsity"] in sparsities or r["method"] == "dense"], sparsities,
+                    methods + tuple(v for v in variants if VARIANTS[v].sparsities is None), out_dir, spec)
     return files

@@ -1,5 +1,6 @@
 // The torch layer of the CPU kernels: the ops of sparseforce/ops/library.py registered for the CPU
-// key, over the radix select (radix_select.h) and the SGD step (masked_sgd.h). Checks, contiguous
+// key, over the radix select (radix_select.h), the segmented selections (segmented_select.h) and
+// the SGD step (masked_sgd.h). Checks, contiguous
 // inputs and the outputs are common/aten_glue.h's, shared with the CUDA kernels.
 #include <algorithm>
 #include <cstdint>
@@ -13,6 +14,7 @@
 #include "../common/radix_args.h"
 #include "masked_sgd.h"
 #include "radix_select.h"
+#include "segmented_select.h"
 
 namespace sparseforce {
 namespace cpu {
@@ -63,6 +65,57 @@ std::tuple<at::Tensor, at::Tensor> radix_histogram(at::TensorList a, at::TensorL
   return {counts, index_tensor(res.nan_index, kCpu)};
 }
 
+// The segments of the gathered inputs: m == 0: ks[i] holds one k per segment of input i (its
+// rows, or 1 for the whole tensor); m > 0: groups of m keeping n each.
+std::vector<Segmented> segments_of(const Operands& ops, size_t inputs, at::TensorList ks, int64_t n, int64_t m) {
+  TORCH_CHECK_VALUE(m >= 0 && m <= 32 && n >= 0 && n <= std::max<int64_t>(m, 0), "sparseforce: n=", n, ", m=", m,
+                    " is not an N:M pattern (0 <= n <= m <= 32)");
+  TORCH_CHECK(m > 0 ? ks.empty() : ks.size() == inputs, "sparseforce: ks has ", ks.size(), " tensors for ", inputs,
+              " inputs; expected ", m > 0 ? "none (N:M)" : "one per input");
+  std::vector<Segmented> segs;
+  for (const Operand& o : ops.list) {
+    Segmented s;
+    s.op = o;
+    if (m > 0) {
+      TORCH_CHECK_VALUE(o.n % m == 0, "sparseforce: input ", o.index, " holds ", o.n, " elements, not a multiple of m=", m);
+      s.len = m;
+      s.keep = n;
+    } else {
+      const at::Tensor& k = ks[o.index];
+      TORCH_CHECK(k.scalar_type() == at::kLong && k.dim() == 1 && k.is_contiguous() && k.device().is_cpu(),
+                  "sparseforce: ks[", o.index, "] must be a contiguous 1-D int64 CPU tensor");
+      const int64_t rows = k.numel();
+      TORCH_CHECK_VALUE(rows > 0 && o.n % rows == 0, "sparseforce: ks[", o.index, "] has ", rows,
+                        " entries, which do not cut the input's ", o.n, " elements into equal segments");
+      s.len = o.n / rows;
+      s.ks = k.data_ptr<int64_t>();
+      for (int64_t r = 0; r < rows; ++r) {
+        TORCH_CHECK_VALUE(s.ks[r] >= 0 && s.ks[r] <= s.len, "sparseforce: ks[", o.index, "][", r, "]=", s.ks[r],
+                          " is outside [0, ", s.len, "]");
+      }
+    }
+    segs.push_back(s);
+  }
+  return segs;
+}
+
+at::Tensor segmented_topk_masks(at::TensorList scores, at::TensorList ks, int64_t n, int64_t m, at::TensorList out) {
+  std::vector<at::Tensor> w = writable(out, scores);
+  const Operands ops = gather(scores, {}, {}, &w, kCpu);
+  const int64_t nan = segmented_select(segments_of(ops, scores.size(), ks, n, m), false);
+  if (nan < 0) finish_out(out, w);
+  return index_tensor(nan, kCpu);
+}
+
+at::Tensor segmented_saliency_topk_masks(at::TensorList weights, at::TensorList grads, at::TensorList ks, int64_t n,
+                                         int64_t m, at::TensorList competing, at::TensorList out) {
+  std::vector<at::Tensor> w = writable(out, weights);
+  const Operands ops = gather(weights, grads, competing, &w, kCpu);
+  const int64_t nan = segmented_select(segments_of(ops, weights.size(), ks, n, m), true);
+  if (nan < 0) finish_out(out, w);
+  return index_tensor(nan, kCpu);
+}
+
 void masked_sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                  const c10::List<std::optional<at::Tensor>>& masks, double lr, double momentum, double dampening,
                  double weight_decay, bool nesterov, const c10::List<bool>& fresh) {
@@ -79,6 +132,8 @@ TORCH_LIBRARY_IMPL(sparseforce, CPU, m) {
   m.impl("saliency_topk_masks", &saliency_topk_masks);
   m.impl("radix_histogram", &radix_histogram);
   m.impl("masked_sgd_", &masked_sgd_);
+  m.impl("segmented_topk_masks", &segmented_topk_masks);
+  m.impl("segmented_saliency_topk_masks", &segmented_saliency_topk_masks);
 }
 
 }  // namespace cpu

@@ -6,6 +6,7 @@ import math
 import os
 import tempfile
 
+from .methods import nm_pair
 from .options import MODEL_NAMES, default_model
 
 
@@ -90,11 +91,31 @@ def check_data_dir(args) -> None:
         raise ValueError(f"--data-dir {args.data_dir} {what}")
 
 
+def check_nm_fits(model_name: str, dataset: str, nm: str) -> None:
+    """``--nm N:M``: every prunable layer's rows (the weight viewed as (dim 0, rest)) a multiple of
+    M, read from the model built on the meta device, so a misfit is found before any data is read."""
+    import torch
+
+    from .._prunable import prunable_parameters
+    from ..data import NUM_CLASSES
+
+    m = nm_pair(nm)[1]
+    with torch.device("meta"):
+        model = build_model(model_name, dataset, NUM_CLASSES[dataset])
+    for name, p in prunable_parameters(model, check_nan=False).items():
+        row = math.prod(p.shape[1:])
+        if row % m:
+            raise ValueError(f"--nm {nm}: the prunable layer {name!r} of --model {model_name} has rows of {row} "
+                             f"weights (its shape {tuple(p.shape)} viewed as (dim 0, rest)), not a multiple of {m}")
+
+
 def checked_model_and_data(args) -> str:
-    """The model's name (``--model`` or the data set's default), which must run on ``--dataset``,
-    whose files ``--data-dir`` must hold."""
+    """The model's name (``--model`` or the data set's default), which must run on ``--dataset``
+    (and take ``--nm``'s pattern), whose files ``--data-dir`` must hold."""
     model_name = args.model if args.model is not None else default_model(args.dataset)
     check_model_fits(model_name, args.dataset)
+    if getattr(args, "nm", None) is not None:
+        check_nm_fits(model_name, args.dataset, args.nm)
     check_data_dir(args)
     return model_name
 

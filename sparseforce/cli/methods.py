@@ -3,12 +3,14 @@
 takes the method's default."""
 from __future__ import annotations
 
+import math
+
 from .options import show_progress
 
 # Each flag and the keyword of the method that takes it.
 _KEYWORDS = {"--iterations": "iterations", "--schedule": "schedule",
              "--batches-per-iteration": "batches_per_iteration", "--distribution": "distribution",
-             "--ablation invert": "invert", "--eval-mode-scores": "train_mode"}
+             "--scope": "scope", "--nm": "nm", "--ablation invert": "invert", "--eval-mode-scores": "train_mode"}
 
 
 def method(name: str):
@@ -36,18 +38,60 @@ def refuse_unless_taken(flag: str, name: str) -> None:
         raise ValueError(f"{flag} does not apply to --method {name}; only {', '.join(takers)} take it")
 
 
+def nm_pair(text: str) -> tuple[int, int]:
+    """``--nm``'s "N:M" as the methods' ``nm=(n, m)``."""
+    n, _, m = text.partition(":")
+    return int(n), int(m)
+
+
+def fill_sparsity(args, default: float | None = None) -> None:
+    """--sparsity left out: 1 - N/M with --nm, else ``default`` (None: left for later)."""
+    if args.sparsity is None and args.nm is not None:
+        n, m = nm_pair(args.nm)
+        args.sparsity = 1 - n / m
+    elif args.sparsity is None:
+        args.sparsity = default
+
+
+def needed_ops(args) -> tuple[str, ...]:
+    """The ops the chosen method ranks with, given --scope and --nm."""
+    return method(args.method).ops_for(args.scope, args.nm)
+
+
+def _check_scope(args) -> None:
+    """--scope, --distribution, --nm and --sparsity together, for a method that ranks scores."""
+    if args.nm is not None:
+        if args.scope == "layer" or args.distribution is not None:
+            raise ValueError(f"--nm {args.nm} already fixes every layer's share (N of every M weights); leave "
+                             "--scope and --distribution out")
+        n, m = nm_pair(args.nm)
+        if args.sparsity is not None and not math.isclose(1 - args.sparsity, n / m, rel_tol=1e-9, abs_tol=1e-12):
+            raise ValueError(f"--sparsity {args.sparsity} disagrees with --nm {args.nm}, which removes "
+                             f"{1 - n / m:g} of the weights; leave --sparsity out")
+    elif args.distribution is not None and args.scope != "layer":
+        raise ValueError(f"--distribution shares the kept weights out among the layers, which --method {args.method} "
+                         "does with --scope layer only; add --scope layer")
+    elif args.distribution == "global":
+        raise ValueError("--distribution global is --scope global; with --scope layer choose uniform or erk")
+
+
 def pruning_kwargs(args) -> dict:
     """The chosen method's options; one it does not take is an error rather than ignored."""
     entry = method(args.method)
     invert = getattr(args, "ablation", None) == "invert"
     given = {"--iterations": args.iterations, "--schedule": args.schedule,
              "--batches-per-iteration": args.batches_per_iteration, "--distribution": args.distribution,
-             "--ablation invert": invert or None}
+             "--scope": args.scope, "--nm": args.nm, "--ablation invert": invert or None}
     for flag, value in given.items():
         if value is not None:
             refuse_unless_taken(flag, args.method)
     kw = {_KEYWORDS[flag]: value if value is not None else entry.options[_KEYWORDS[flag]]
           for flag, value in given.items() if _takes(entry, flag) and flag != "--ablation invert"}
+    if "scope" in kw:
+        _check_scope(args)
+        kw["nm"] = nm_pair(args.nm) if args.nm else None
+        if kw["scope"] == "layer" and kw["distribution"] is None:
+            kw["distribution"] = "uniform"  # the methods' own default for a layer scope, stored resolved
     if _steps(entry):
         kw["progress"] = show_progress(args)
     if entry.options.get("seed") is not None:
@@ -100,5 +144,7 @@ def compute_masks(args, model, loader, **extra):
 
 def announce(args, model_name: str, device) -> None:
     """The line that opens a pruning run."""
-    print(f"{args.method} on {model_name} / {args.dataset}, sparsity {args.sparsity}, device {device}"
+    print(f"{args.method} on {model_name} / {args.dataset}, sparsity {args.sparsity}"
+          + (f" ({args.nm})" if args.nm else "") + (" per layer" if args.scope == "layer" else "")
+          + f", device {device}"
           + (f", ablation {args.ablation}" if args.ablation else ""), flush=True)

@@ -15,6 +15,7 @@ METHOD_NAMES = ("force", "grasp", "iter_snip", "magnitude", "random", "snip", "s
 BACKEND_NAMES = ("auto", "reference", "cpp", "cuda", "triton")
 DATASET_NAMES = ("cifar10", "cifar100", "tinyimagenet", "imagenet", "digits", "mnist")
 DISTRIBUTION_NAMES = ("global", "uniform", "erk")  # sparseforce.pruning.DISTRIBUTIONS
+SCOPE_NAMES = ("global", "layer")  # sparseforce.pruning.SCOPES
 # The sanity checks of Frankle et al. (2021); reinit only where there is training.
 ABLATION_NAMES = ("shuffle", "reinit", "invert")
 MODEL_NAMES = ("resnet50", "vgg19_bn", "resnet50_imagenet", "vgg19_bn_imagenet", "mlp", "lenet5", "digits_cnn",
@@ -79,6 +80,23 @@ def sparsity_value(text: str) -> float:
     return value
 
 
+def nm_value(text: str) -> str:
+    """``N:M``, as typed canonically ("2:4"): keep N of every M weights, 1 <= N <= M <= 32 (0:M would
+    keep nothing, as --sparsity 1 would)."""
+    n, sep, m = text.partition(":")
+    try:
+        n, m = int(n), int(m)
+    except ValueError:
+        sep = ""
+    if not sep:
+        raise argparse.ArgumentTypeError(f"must be N:M, two integers such as 2:4 (keep N of every M weights), "
+                                         f"got {text!r}")
+    if not 1 <= n <= m <= 32:
+        raise argparse.ArgumentTypeError(f"must be N:M with 1 <= N <= M <= 32 (keep N of every M weights), "
+                                         f"got {text!r}")
+    return f"{n}:{m}"
+
+
 def dataset_name(text: str) -> str:
     key = text.lower().replace("-", "").replace("_", "")
     if key not in DATASET_NAMES:
@@ -109,11 +127,12 @@ def add_common(p, *, progress: str, backend: str, resumable: bool = False) -> No
 
 
 def add_pruning(g, *, sparsity: float, resumable: bool = False) -> None:
+    # --sparsity defaults to None so that --nm can tell a given one (which must agree) from one left out.
     g.add_argument("--method", default=None if resumable else "force", choices=METHOD_NAMES,
                    help="pruning method" + (" (default: force)" if resumable else ""))
-    g.add_argument("--sparsity", type=sparsity_value, default=None if resumable else sparsity,
-                   help="fraction of prunable weights to remove, in [0, 1)"
-                        + (f" (default: {sparsity})" if resumable else ""))
+    g.add_argument("--sparsity", type=sparsity_value, default=None,
+                   help=f"fraction of prunable weights to remove, in [0, 1) (default: {sparsity}; with --nm N:M, "
+                        "1 - N/M)")
     g.add_argument("--iterations", type=positive_int, default=None, metavar="N",
                    help="pruning steps of force, iter_snip and synflow (default: 60; synflow: 100)")
     g.add_argument("--schedule", default=None, choices=["exp", "linear"],
@@ -122,10 +141,18 @@ def add_pruning(g, *, sparsity: float, resumable: bool = False) -> None:
     g.add_argument("--batches-per-iteration", type=positive_int, default=None, metavar="N",
                    help="batches whose gradients each scoring step of force, iter_snip, snip and grasp averages "
                         "(default: 1)")
-    g.add_argument("--distribution", default=None, choices=DISTRIBUTION_NAMES,
-                   help="how --method random spreads the kept weights over the layers: global (uniformly over "
-                        "all of them), uniform (every layer at the same density) or erk (Erdos-Renyi-Kernel) "
+    g.add_argument("--scope", default=None, choices=SCOPE_NAMES,
+                   help="which weights compete for the kept places, for every method but random: global (all "
+                        "layers together) or layer (each layer keeps its own share, see --distribution) "
                         "(default: global)")
+    g.add_argument("--distribution", default=None, choices=DISTRIBUTION_NAMES,
+                   help="how the kept weights are shared out among the layers: uniform (every layer at the same "
+                        "density) or erk (Erdos-Renyi-Kernel), for --scope layer; --method random takes global too, "
+                        "uniformly over all weights (default: uniform with --scope layer, global for random)")
+    g.add_argument("--nm", type=nm_value, default=None, metavar="N:M",
+                   help="N:M sparsity, for every method but random: each prunable layer keeps N of every M "
+                        "consecutive weights along its input dimension (2:4 is what sparse tensor cores "
+                        "accelerate), so --sparsity is 1 - N/M and may be left out (default: none)")
 
 
 def add_ablation(g, choices) -> None:

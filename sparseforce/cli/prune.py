@@ -4,18 +4,20 @@ from __future__ import annotations
 import time
 
 from . import checks
-from .methods import announce, compute_masks, convention_kwargs, method, pruning_kwargs, shuffle_if_asked
+from .methods import (announce, compute_masks, convention_kwargs, fill_sparsity, method, needed_ops, pruning_kwargs,
+                      shuffle_if_asked)
 from .options import add_ablation, add_common, add_data_and_model, add_pruning, positive_int
 
 
 HELP = "compute pruning masks for a model and data set, print a per-layer table, save them"
 DESCRIPTION = ("Compute pruning masks at initialization and save them (sparseforce.Masks file). "
                "Example: sparseforce prune --dataset digits --method force --sparsity 0.99 --out masks.pt")
+SPARSITY = 0.99  # --sparsity left out (and no --nm)
 
 
 def add_arguments(p) -> None:
     add_data_and_model(p)
-    add_pruning(p, sparsity=0.99)
+    add_pruning(p, sparsity=SPARSITY)
     add_ablation(p, ("shuffle", "invert"))
     p.add_argument("--k-rounding", default="round", choices=["round", "floor", "ceil", "synflow"],
                    help="how each step's density d becomes the kept count out of N: round(N*d), floor (the official "
@@ -34,8 +36,9 @@ def _check(args):
     entry = method(args.method)
     if "backend" not in entry.options and args.backend != "auto":
         raise ValueError(f"--backend does not apply to --method {args.method}, which computes no scores")
-    checks.check_backend(args.backend, device, entry.ops)
-    pruning_kwargs(args)
+    pruning_kwargs(args)  # before filling in --sparsity, which a given --nm may not contradict
+    fill_sparsity(args, SPARSITY)
+    checks.check_backend(args.backend, device, needed_ops(args))
     convention_kwargs(args)
     model_name = checks.checked_model_and_data(args)
     checks.check_out_file(args.out)

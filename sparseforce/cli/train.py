@@ -5,7 +5,7 @@ import os
 import time
 
 from . import checks
-from .methods import ablation_seed, announce, compute_masks, method, pruning_kwargs, shuffle_if_asked
+from .methods import ablation_seed, announce, compute_masks, fill_sparsity, needed_ops, pruning_kwargs, shuffle_if_asked
 from .options import (ABLATION_NAMES, MODEL_ALIASES, add_ablation, add_common, add_data_and_model,
                       add_pruning, momentum, non_negative_float, non_negative_int, positive_float, positive_int,
                       show_progress)
@@ -90,7 +90,7 @@ def _check(args):
                              + (f"give milestones below {epochs}" if epochs > 1 else "leave --milestones out"))
     device = checks.checked_device(args.device)
     prunes = not args.resume and args.masks is None
-    checks.check_backend(args.backend, device, (method(args.method).ops if prunes else ()) + ("masked_sgd_",))
+    checks.check_backend(args.backend, device, (needed_ops(args) if prunes else ()) + ("masked_sgd_",))
     if prunes:
         pruning_kwargs(args)
     if args.ablation == "invert" and args.masks is not None and not args.resume:
@@ -121,6 +121,8 @@ def run(args) -> int:
 
     if args.masks is not None and not args.resume:
         _check_nothing_to_prune(args)
+    if not args.resume:
+        fill_sparsity(args)  # --nm's sparsity, before the defaults fill in what is left out
     resume.resume_settings(args, MODEL_ALIASES)
     device, model_name = _check(args)
     stage = {"training": False}
@@ -170,7 +172,7 @@ def _run(args, device, model_name: str, stage: dict) -> int:
     if not args.resume and args.masks is None:
         # Stored resolved, so that --resume compares what ran.
         kw = pruning_kwargs(args)
-        for k in ("iterations", "schedule", "batches_per_iteration", "distribution"):
+        for k in ("iterations", "schedule", "batches_per_iteration", "distribution", "scope"):
             setattr(args, k, kw.get(k))
     train, val, test = get_splits(key, args.data_dir, seed=args.seed, val_fraction=recipe.val_fraction,
                                   augment=recipe.augment)

@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 
 from .. import _prunable
-from . import formats
+from . import formats, nm
 from .formats import MasksFileError
-from .report import LayerDensity, LayerTable, format_percent, safe_density, shape_str
+from .report import LayerDensity, LayerTable, RowStats, RowTable, format_percent, safe_density, shape_str
 
 __all__ = ["Masks", "check_dense", "check_model", "is_sharded", "unknown_names"]
 
@@ -167,6 +167,38 @@ class Masks(collections.abc.Mapping):
             rows.append(LayerDensity(name, tuple(m.shape), m.numel(), kept,
                                      safe_density(kept, m.numel())))
         return rows
+
+    def row_stats(self) -> RowTable:
+        """One :class:`RowStats` per mask, in order: its rows (the mask viewed as (dim 0, the rest
+        flattened), as ``segment="row"`` and N:M selections view it), the least, mean and most
+        entries kept per row and the number of rows keeping nothing; ``str()`` of it is a table."""
+        self._require_full("row_stats")
+        rows = RowTable()
+        for name, m in self._masks.items():
+            matrix = nm.as_rows(m)
+            counts = matrix.sum(dim=1)
+            least, most = (int(c) for c in counts.aminmax()) if counts.numel() else (0, 0)
+            rows.append(RowStats(name, matrix.shape[0], matrix.shape[1], int(counts.sum()), least, most,
+                                 int((counts == 0).count_nonzero())))
+        return rows
+
+    def is_nm(self, n: int, m: int) -> bool:
+        """True when every mask keeps exactly ``n`` of every ``m`` consecutive entries along its
+        rows (the mask viewed as (dim 0, the rest flattened): a Linear weight's input dimension);
+        False when some mask's rows do not split into groups of ``m`` or a group keeps another
+        count. :meth:`nm_violations` says where."""
+        nm.check_nm(n, m)
+        self._require_full("is_nm")
+        return not self.nm_violations(n, m)
+
+    def nm_violations(self, n: int, m: int) -> dict:
+        """``name -> one line`` for each mask that breaks the n:m pattern of :meth:`is_nm`, in
+        order: rows that do not split into groups of ``m``, or the number of groups keeping
+        another count than ``n`` and the first of them (row, entries, kept)."""
+        nm.check_nm(n, m)
+        self._require_full("nm_violations")
+        found = {name: nm.nm_violation(mask, n, m) for name, mask in self._masks.items()}
+        return {name: why for name, why in found.items() if why is not None}
 
     def __repr__(self) -> str:
         numel = self.numel()

@@ -1,4 +1,5 @@
-"""The masks' report: per-layer densities as a table, and the percentages every report shows.
+"""The masks' report: per-layer densities and per-row kept counts as tables, and the percentages
+every report shows.
 
 Conventions: a set of masks with no elements at all (no masks, or only 0-element masks) has
 density 1.0 and sparsity 0.0, nothing has been pruned; the same holds per layer for a 0-element
@@ -12,7 +13,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, NamedTuple
 
-__all__ = ["LayerCollapseWarning", "LayerDensity", "LayerTable", "format_percent", "safe_density", "shape_str"]
+__all__ = ["LayerCollapseWarning", "LayerDensity", "LayerTable", "RowStats", "RowTable", "format_percent",
+           "safe_density", "shape_str"]
 
 
 def shape_str(shape: Iterable[int]) -> str:
@@ -81,20 +83,69 @@ class LayerTable(list):
 
         body = [(r.name, shape_str(r.shape), f"{r.numel:,}", f"{r.kept:,}", *shares(r)) for r in self]
         foot = ("total", "", f"{total.numel:,}", f"{total.kept:,}", *shares(total))
-        widths = [max(len(row[i]) for row in [header, *body, foot]) for i in range(len(header))]
-
-        def fmt(row) -> str:
-            # Names and shapes read best left-aligned, numbers right-aligned.
-            cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
-            cells += [c.rjust(w) for c, w in zip(row[2:], widths[2:])]
-            return "  ".join(cells).rstrip()
-
-        rule = "-" * len(fmt(tuple("-" * w for w in widths)))
-        return "\n".join([fmt(header), rule, *(fmt(r) for r in body), rule, fmt(foot)])
+        return _table(header, body, foot, left=2)
 
     def __repr__(self) -> str:
         return f"LayerTable({list.__repr__(self)})"
 
 
 # --------------------------------------------------------------------------------------------
-# Masks
+# per-row report
+# --------------------------------------------------------------------------------------------
+
+
+class RowStats(NamedTuple):
+    """The kept counts of one mask's rows (the mask viewed as (dim 0, the rest flattened), as the
+    row and N:M selections view it): ``min`` / ``max`` / ``mean`` kept per row and the number of
+    ``empty`` rows (nothing kept: an output unit cut off). A mask with no rows reads 0 everywhere."""
+    name: str
+    rows: int
+    row_length: int
+    kept: int
+    min: int
+    max: int
+    empty: int
+
+    @property
+    def mean(self) -> float:
+        return self.kept / self.rows if self.rows else 0.0
+
+
+class RowTable(list):
+    """A list of :class:`RowStats` whose ``str()`` is an aligned text table; the total row counts
+    the rows of every mask together (its row length is left blank: the masks' differ)."""
+
+    @property
+    def total(self) -> RowStats:
+        full = [r for r in self if r.rows]
+        return RowStats("total", sum(r.rows for r in self), 0, sum(r.kept for r in self),
+                        min((r.min for r in full), default=0), max((r.max for r in full), default=0),
+                        sum(r.empty for r in self))
+
+    def __str__(self) -> str:
+        header = ("name", "rows", "row length", "min kept", "mean kept", "max kept", "empty rows")
+
+        def cells(r, length):
+            if not r.rows:
+                return (r.name, "0", length, "-", "-", "-", "0")
+            return (r.name, f"{r.rows:,}", length, f"{r.min:,}", f"{r.mean:,.2f}", f"{r.max:,}", f"{r.empty:,}")
+
+        body = [cells(r, f"{r.row_length:,}") for r in self]
+        return _table(header, body, cells(self.total, ""), left=1)
+
+    def __repr__(self) -> str:
+        return f"RowTable({list.__repr__(self)})"
+
+
+def _table(header: tuple, body: list, foot: tuple, left: int) -> str:
+    """Rows of cells as aligned text between rules: the first ``left`` columns (names, shapes)
+    left-aligned, which read best so, the numbers right-aligned."""
+    widths = [max(len(row[i]) for row in [header, *body, foot]) for i in range(len(header))]
+
+    def fmt(row) -> str:
+        cells = [c.ljust(w) for c, w in zip(row[:left], widths)]
+        cells += [c.rjust(w) for c, w in zip(row[left:], widths[left:])]
+        return "  ".join(cells).rstrip()
+
+    rule = "-" * len(fmt(tuple("-" * w for w in widths)))
+    return "\n".join([fmt(header), rule, *(fmt(r) for r in body), rule, fmt(foot)])

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from .._prunable import prunable_names
-from .baselines import DISTRIBUTIONS, layer_counts, magnitude, random
+from ._budgets import DISTRIBUTIONS, layer_counts
+from ._scope import LAYER_DISTRIBUTIONS, SCOPES
+from .baselines import magnitude, random
 from .grasp import grasp
 from .methods import METHODS, Method
 from .progressive import force, iter_snip, snip
@@ -19,14 +21,16 @@ def prune(model, data=None, method="force", sparsity=None, **kw):
     ``data`` is ignored by the data-free ``magnitude`` and ``random`` (and read for its input
     shape only by ``synflow``); the rest of the keywords go to the method, see its docstring (a
     one-shot iterator as ``data``, the random state, the collapse warning, ``k_rounding``,
-    ``train_mode``, ``invert``)."""
+    ``train_mode``, ``invert``, and ``scope`` / ``distribution`` / ``nm`` for the methods that
+    rank scores). With ``nm=(n, m)``, ``sparsity`` may be left out: it is 1 - n/m."""
     if not isinstance(method, str):
         raise TypeError(f"method must be the name of a pruning method, one of {sorted(METHODS)}, "
                         f"got {type(method).__name__}")
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose one of {sorted(METHODS)}")
-    if sparsity is None:
-        raise ValueError("prune() needs sparsity= (the fraction of prunable weights to remove)")
+    if sparsity is None and kw.get("nm") is None:
+        raise ValueError("prune() needs sparsity= (the fraction of prunable weights to remove), or nm=(n, m) for a "
+                         "method that ranks scores")
     entry = METHODS[method]
     if not entry.takes_data:
         return entry.function(model, sparsity=sparsity, **kw)
@@ -35,4 +39,5 @@ def prune(model, data=None, method="force", sparsity=None, **kw):
 
 __all__ = ["force", "iter_snip", "snip", "grasp", "synflow", "magnitude", "random", "prune", "prunable_names",
            "METHODS", "Method", "DATA_FREE", "SCHEDULES", "K_ROUNDINGS", "densities", "keep_count", "keep_counts",
-           "layer_counts", "DISTRIBUTIONS", "official_force_densities", "synaptic_flow_densities"]
+           "layer_counts", "DISTRIBUTIONS", "SCOPES", "LAYER_DISTRIBUTIONS", "official_force_densities",
+           "synaptic_flow_densities"]

@@ -11,7 +11,8 @@ and m <- top-k of the saliency. Three layouts provide them:
 * ``Sharded``: FSDP2 (``fully_shard``): each rank holds a shard of every weight (a DTensor). The
   real forward/backward runs on the module with its local shards set to θ0 ⊙ m (FSDP gathers
   and reduce-scatters as in training), and ``sparseforce.distributed`` ranks the local shards
-  against each other from all-reduced histograms: no rank ever holds all weights or scores.
+  against each other from all-reduced histograms: no rank ever holds all weights or scores, so
+  only the global top-k is ranked (scope="layer" and nm are refused).
   The module is written during the run and restored bit for bit (weights, buffers, ``.grad``).
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import _prunable, distributed, ops
+from .. import _prunable, distributed
 from ..masks import Masks
 from ..masks.container import is_sharded
 from . import _batches, _gradients, _select, _state
@@ -41,9 +42,12 @@ def layout(model: nn.Module, prunable, group, train_mode: bool = True):
 
 
 class Replicated:
+    segmented = True  # ranks per layer or N:M (every weight is whole on this process)
+
     def __init__(self, model, params, train_mode=True):
         self.model, self.names, self.train_mode = model, list(params), train_mode
         self.theta0 = [params[n].detach() for n in self.names]  # never written
+        self.shapes = [tuple(w.shape) for w in self.theta0]
         self.numels = [w.numel() for w in self.theta0]
         self.n_total = sum(self.numels)
         self.device = _batches.model_device(params)
@@ -64,12 +68,11 @@ class Replicated:
         masked = {n: w * m for n, w, m in zip(self.names, self.theta0, masks)}
         return _gradients.mean_gradients(self.model, masked, self.buffers, batches, loss_fn)
 
-    def select(self, grads, k, prev_masks, resurrect, backend, invert=False):
+    def select(self, grads, keep, prev_masks, resurrect, backend, invert=False):
         if invert:
-            return _select.inverted_saliency_topk(ops.topk_masks, self.theta0, grads, k, prev_masks, resurrect,
-                                                  backend=backend)
-        return ops.saliency_topk_masks(self.theta0, grads, k, prev_masks=prev_masks,
-                                       resurrect=resurrect, backend=backend)
+            return _select.inverted_saliency_topk(lambda scores, kept: _select.topk(scores, kept, backend),
+                                                  self.theta0, grads, keep, prev_masks, resurrect)
+        return _select.saliency_topk(self.theta0, grads, keep, prev_masks, resurrect, backend)
 
     def result(self, masks) -> Masks:
         return Masks(dict(zip(self.names, masks)))
@@ -96,9 +99,12 @@ class DataParallel(Replicated):
 
 
 class Sharded:
+    segmented = False  # a layer's shards lie on several ranks: only the global top-k is ranked across them
+
     def __init__(self, model, params, group, train_mode=True):
         self.model, self.names, self.train_mode = model, list(params), train_mode
         self.params = [params[n] for n in self.names]
+        self.shapes = [tuple(p.shape) for p in self.params]  # a DTensor's shape is the global one
         mesh = None
         for n, p in params.items():
             if not is_sharded(p):
@@ -165,11 +171,12 @@ class Sharded:
                  for p, w in zip(self.params, self.theta0)]
         return grads, loss_sum / n
 
-    def select(self, grads, k, prev_masks, resurrect, backend, invert=False):
+    def select(self, grads, keep, prev_masks, resurrect, backend, invert=False):
         if invert:
-            return _select.inverted_saliency_topk(distributed.topk_masks, self.theta0, grads, k, prev_masks,
-                                                  resurrect, group=self.group, backend=backend)
-        return distributed.saliency_topk_masks(self.theta0, grads, k, prev_masks=prev_masks,
+            return _select.inverted_saliency_topk(
+                lambda scores, kept: distributed.topk_masks(scores, kept.ks, group=self.group, backend=backend),
+                self.theta0, grads, keep, prev_masks, resurrect)
+        return distributed.saliency_topk_masks(self.theta0, grads, keep.ks, prev_masks=prev_masks,
                                                resurrect=resurrect, group=self.group, backend=backend)
 
     def result(self, masks) -> Masks:

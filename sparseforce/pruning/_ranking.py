@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from .. import ops
+from . import _select
+from ._scope import Keep
 from .schedules import keep_count
 
 
@@ -12,11 +14,11 @@ def keep_k(n: int, sparsity: float, k_rounding) -> int:
     return keep_count(n, 1.0 - sparsity, k_rounding)
 
 
-def topk(method, names, scores, k, invert, backend) -> list[torch.Tensor]:
+def topk(method, names, scores, keep: Keep, invert, backend) -> list[torch.Tensor]:
     # Inverted: the top-k of the negated scores (-0.0 equals +0.0, ties still by position).
     if invert:
         scores = [s.neg() for s in scores]
-    return select(method, names, ops.topk_masks, scores, k, backend=backend)
+    return select(method, names, _select.topk, scores, keep, backend)
 
 
 def select(method, names, fn, *args, **kw) -> list[torch.Tensor]:

@@ -7,15 +7,16 @@ import torch
 
 from .. import _checks, _prunable, ops
 from ..masks import Masks
-from . import _batches, _collapse, _gradients, _losses, _ranking, _state
-from .schedules import check_k_rounding, check_sparsity
+from . import _batches, _collapse, _gradients, _losses, _ranking, _scope, _state
+from .schedules import check_k_rounding
 
 
 GRASP_TEMPERATURE = 200.0  # the GraSP authors' code
 
 
-def grasp(model, data, sparsity, loss_fn=None, batches_per_iteration=1, temperature=None, prunable=None,
-          backend="auto", seed=None, k_rounding="round", train_mode=True, invert=False) -> Masks:
+def grasp(model, data, sparsity=None, loss_fn=None, batches_per_iteration=1, temperature=None, prunable=None,
+          backend="auto", seed=None, k_rounding="round", train_mode=True, invert=False, scope="global",
+          distribution=None, nm=None) -> Masks:
     """GraSP (Wang et al., 2020): keep the top-k of θ ⊙ Hg (signed), H and g of the loss at θ.
 
     ``temperature`` (default 200, as the GraSP authors' code) divides the logits before the
@@ -29,9 +30,11 @@ def grasp(model, data, sparsity, loss_fn=None, batches_per_iteration=1, temperat
     ``seed``, ``k_rounding``, ``train_mode`` (False: H and g in eval mode, Synaptic-Flow's
     default), the caller's random state and modes (left as they were) and the
     :class:`sparseforce.LayerCollapseWarning` as :func:`sparseforce.force`. ``invert=True`` keeps
-    the k lowest θ ⊙ Hg (the top-k of its negation; ties by global position).
+    the k lowest θ ⊙ Hg (the top-k of its negation; ties by position). ``scope`` /
+    ``distribution`` / ``nm`` as :func:`sparseforce.force`: the signed scores ranked within each
+    layer or each group of m.
     """
-    sparsity = check_sparsity(sparsity)
+    scope, sparsity = _scope.check_scope(scope, distribution, nm, sparsity, "grasp")
     check_k_rounding(k_rounding)
     train_mode = _checks.flag("train_mode", train_mode)
     invert = _checks.flag("invert", invert)
@@ -47,10 +50,10 @@ def grasp(model, data, sparsity, loss_fn=None, batches_per_iteration=1, temperat
     seed = None if seed is None else _checks.seed(seed)
     _batches.check_data(data)
     params = _prunable.prunable_parameters(model, prunable)
-    ops.resolve(backend, "topk_masks", _batches.model_device(params))  # refused before any work
+    ops.resolve(backend, scope.op("topk_masks"), _batches.model_device(params))  # refused before any work
+    keep = _scope.one_step(scope, params, sparsity, k_rounding)
     names = list(params)
     theta = [params[n].detach() for n in names]
-    k = _ranking.keep_k(sum(w.numel() for w in theta), sparsity, k_rounding)
 
     def loss_t(output, target):
         if loss_fn is None and isinstance(target, Mapping):  # the model's own loss: nothing to scale
@@ -66,7 +69,7 @@ def grasp(model, data, sparsity, loss_fn=None, batches_per_iteration=1, temperat
         hg, n_batches = _hessian_gradient(model, data, params, names, theta, batches_per_iteration, loss_t,
                                           train_mode)
     scores = [w * (h / n_batches) for w, h in zip(theta, hg)]
-    masks = Masks(dict(zip(names, _ranking.topk("GraSP", names, scores, k, invert, backend))))
+    masks = Masks(dict(zip(names, _ranking.topk("GraSP", names, scores, keep, invert, backend))))
     return _collapse.warn_if_collapsed("GraSP", masks)
 
 

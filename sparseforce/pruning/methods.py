@@ -2,7 +2,8 @@
 CLI and the demo, so that what a method takes and runs is written in one place.
 
 Each entry's options and their defaults are read from the method's own signature (everything it
-takes besides ``model``, ``data`` and ``sparsity``).
+takes besides ``model``, ``data`` and ``sparsity``): a method that ranks scores has ``scope``,
+``distribution`` and ``nm`` among them, ``random`` only its own ``distribution``.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ._scope import SEGMENTED_OPS
 from .baselines import magnitude, random
 from .grasp import grasp
 from .progressive import force, iter_snip, snip
@@ -29,6 +31,12 @@ class Method:
     needs_data: bool  # False: data-free (magnitude, random; synflow reads at most the input shape from data)
     ops: tuple[str, ...]  # the sparseforce.ops ops its backend check resolves (invert=True also ranks with topk_masks)
     takes_data: bool  # False: the function has no data argument (magnitude, random)
+    # What it resolves instead with scope="layer" or nm (invert=True also ranks with segmented_topk_masks).
+    segmented_ops: tuple[str, ...] = ()
+
+    def ops_for(self, scope: str | None = None, nm=None) -> tuple[str, ...]:
+        """The ops a run with this ``scope`` / ``nm`` resolves (and ranks with)."""
+        return self.ops if (scope in (None, "global") and nm is None) else self.segmented_ops
 
     def __call__(self, *args, **kw):
         # METHODS mapped names to the functions themselves before it held these entries.
@@ -39,7 +47,7 @@ def _method(function: Callable, needs_data: bool, ops: tuple[str, ...]) -> Metho
     parameters = inspect.signature(function).parameters
     options = {name: p.default for name, p in parameters.items() if name not in ("model", "data", "sparsity")}
     return Method(function.__name__, function, types.MappingProxyType(options), needs_data, ops,
-                  takes_data="data" in parameters)
+                  takes_data="data" in parameters, segmented_ops=tuple(SEGMENTED_OPS[op] for op in ops))
 
 
 METHODS: Mapping[str, Method] = {m.name: m for m in (

@@ -9,12 +9,13 @@ import torch
 
 from .. import _checks, _files, _prunable, ops
 from ..masks import Masks
-from . import _batches, _collapse, _gradients, _ranking, _select, _state
-from .schedules import check_k_rounding, densities, keep_counts
+from . import _batches, _collapse, _gradients, _ranking, _scope, _select, _state
+from .schedules import check_k_rounding, densities
 
 
-def synflow(model, data=None, sparsity=0.9, iterations=100, schedule="exp", input_shape=None, prunable=None,
-            backend="auto", progress=False, k_rounding="round", invert=False) -> Masks:
+def synflow(model, data=None, sparsity=None, iterations=100, schedule="exp", input_shape=None, prunable=None,
+            backend="auto", progress=False, k_rounding="round", invert=False, scope="global", distribution=None,
+            nm=None) -> Masks:
     """SynFlow (Tanaka et al., 2020): data-free, iterative.
 
     Every parameter and float buffer is replaced by its absolute value (in float64, so deep nets
@@ -29,8 +30,10 @@ def synflow(model, data=None, sparsity=0.9, iterations=100, schedule="exp", inpu
     ``ValueError`` saying so. Dict batches carry no input shape: pass ``input_shape``.
     ``schedule`` and ``k_rounding`` as :func:`sparseforce.force` (kept counts may not grow: the
     masks are nested); ``invert=True`` keeps, at each step, the k_t lowest scores among the
-    survivors.
+    survivors. ``scope`` / ``distribution`` / ``nm`` and their steps as
+    :func:`sparseforce.iter_snip`'s (with ``nm``, ``sparsity`` may be left out).
     """
+    scope, sparsity = _scope.check_scope(scope, distribution, nm, sparsity, "synflow")
     densities(sparsity, iterations, schedule)  # checks all three before any work
     check_k_rounding(k_rounding)
     invert = _checks.flag("invert", invert)
@@ -41,11 +44,11 @@ def synflow(model, data=None, sparsity=0.9, iterations=100, schedule="exp", inpu
     else:
         _batches.check_data(data)
     params = _prunable.prunable_parameters(model, prunable)
-    ops.resolve(backend, "saliency_topk_masks", _batches.model_device(params))  # refused before any work
-    ks = keep_counts(sum(p.numel() for p in params.values()), sparsity, iterations, schedule, k_rounding,
-                     nested=True)
+    ops.resolve(backend, scope.op("saliency_topk_masks"), _batches.model_device(params))  # refused before any work
+    keeps = _scope.keeps(scope, list(params), [tuple(p.shape) for p in params.values()], sparsity, iterations,
+                         schedule, k_rounding, nested=True)
     with _state.own_rng(model):
-        masks = _synflow(model, data, ks, input_shape, params, backend, progress, invert)
+        masks = _synflow(model, data, keeps, input_shape, params, backend, progress, invert)
     return _collapse.warn_if_collapsed("SynFlow", masks)
 
 
@@ -61,7 +64,7 @@ def _check_input_shape(shape) -> tuple:
     return tuple(int(s) for s in shape)
 
 
-def _synflow(model, data, ks, input_shape, params, backend, progress, invert):
+def _synflow(model, data, keeps, input_shape, params, backend, progress, invert):
     names = list(params)
     device = _batches.model_device(params)
     if input_shape is None:
@@ -79,7 +82,7 @@ def _synflow(model, data, ks, input_shape, params, backend, progress, invert):
     positive.update(_state.buffer_copies(model, lambda b: b.abs().to(torch.float64)))
     theta = [positive[n] for n in names]
     masks = [torch.ones_like(w, dtype=torch.bool) for w in theta]
-    steps = range(len(ks))
+    steps = range(len(keeps))
     if progress:
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc="SynFlow", unit="step")
@@ -90,11 +93,12 @@ def _synflow(model, data, ks, input_shape, params, backend, progress, invert):
             grads = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
             grads = [torch.zeros_like(w) if g is None else g for w, g in zip(theta, grads)]
             if invert:
-                masks = _ranking.select("SynFlow", names, _select.inverted_saliency_topk, ops.topk_masks, theta,
-                                        grads, ks[t], masks, False, backend=backend)
+                masks = _ranking.select("SynFlow", names, _select.inverted_saliency_topk,
+                                        lambda scores, kept: _select.topk(scores, kept, backend), theta, grads,
+                                        keeps[t], masks, False)
             else:
-                masks = _ranking.select("SynFlow", names, ops.saliency_topk_masks, theta, grads, ks[t],
-                                        prev_masks=masks, resurrect=False, backend=backend)
+                masks = _ranking.select("SynFlow", names, _select.saliency_topk, theta, grads, keeps[t], masks,
+                                        False, backend)
     return Masks(dict(zip(names, masks)))
 
 

@@ -13,11 +13,13 @@ from .loaders import loader_generators
 
 # The defaults of the `train` options that --resume takes from the checkpoint; applied after it,
 # so that an option given on the command line can be told from one left out.
-# (--schedule, --batches-per-iteration and --iterations stay None: the method table resolves them
-# per method, and the CLI refuses them for a method that does not take them.)
+# (--schedule, --batches-per-iteration, --iterations, --scope, --distribution and --nm stay None: the
+# method table resolves them per method, and the CLI refuses them for a method that does not take
+# them; --sparsity is filled in from --nm first when that is given.)
 TRAIN_DEFAULTS = {"dataset": "digits", "method": "force", "sparsity": 0.995, "seed": 0, "backend": "auto",
                   "num_workers": 0}
-PRUNING_OPTIONS = ("method", "sparsity", "iterations", "schedule", "batches_per_iteration", "distribution")
+PRUNING_OPTIONS = ("method", "sparsity", "iterations", "schedule", "batches_per_iteration", "distribution", "scope",
+                   "nm")
 # What defines a run: taken from the checkpoint on --resume, and refused there with another value.
 # The recipe's numbers come from the checkpoint's config, the rest from the settings stored with it.
 RUN_OPTIONS = ("dataset", "model", "recipe", "seed", "ablation") + PRUNING_OPTIONS

@@ -90,6 +90,28 @@ def test_every_default_case_times_equivalent_work():
         torch.testing.assert_close(params["reference"][n], p, rtol=1e-5, atol=1e-6)
 
 
+def test_segmented_cases_run_small_and_keep_todays_practices_masks():
+    """Per-layer, per-row and 2:4 selection: every impl keeps the masks of today's practice
+    (random floats: no ties), and the runner times each next to its floor."""
+    cpu = torch.device("cpu")
+    cases = [c for c in bench.default_cases(cpu, scale=64) if c.name.startswith(("layer-", "row-", "nm-"))]
+    assert [c.name for c in cases] == ["layer-topk resnet50/64 float32 k=50%", "row-topk linear-4096/64 float32 k=50%",
+                                       "nm-2:4 linear-4096/64 float32"]
+    backends = set(ops.available_backends(cpu, "segmented_topk_masks")) - {"triton"}
+    for case in cases:
+        assert backends <= set(case.impls) and case.floor_bytes == 5 * case.params
+
+        def masks(impl):
+            got = case.make(impl, cpu)()
+            return flat_bool(got if isinstance(got, list) else [got])
+
+        want = masks("baseline")
+        for impl in case.impls[1:]:
+            np.testing.assert_array_equal(masks(impl), want, err_msg=f"{case.name} [{impl}]")
+    rows = bench.run_case(cases[2], cpu, 1e9, min_time=0.0)
+    assert [r["impl"] for r in rows] == cases[2].impls and all(r["times_floor"] > 0 for r in rows)
+
+
 def _sleep_case(seconds, impls=("baseline", "reference")):
     return bench.Case(f"sleep {seconds}", "none", torch.float32, 1, 1.0, list(impls),
                       lambda impl, device: (lambda: time.sleep(seconds)))

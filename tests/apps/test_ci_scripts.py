@@ -64,7 +64,7 @@ def test_dispatch_check_reports_a_missing_kernel():
 # --------------------------------------------------------------------------- scripts/gpu_check.sh
 
 GPU_STEPS = ["env", "build", "backends", "tests_cuda", "tests_cap0", "tests_cap64", "distributed", "tests_pruning",
-             "bench", "beyond_int32"]
+             "semi_structured", "bench", "beyond_int32"]
 
 
 def _gpu_check(tmp_path, **env):
@@ -90,6 +90,7 @@ def test_gpu_check_dry_run_plan_and_summary(tmp_path):
     log = (tmp_path / "gpu_check.log").read_text()
     assert "SPARSEFORCE_CUDA_CANDIDATE_CAP=0" in log and "SPARSEFORCE_CUDA_CANDIDATE_CAP=64" in log
     assert "--max-case-time" in log and "-k cuda " in log
+    assert "tests/pruning/test_semi_structured.py" in log and "benchmarks.semi_structured --out" in log
     assert all((tmp_path / f"{s}.log").is_file() for s in GPU_STEPS)
 
 
@@ -101,7 +102,7 @@ def test_gpu_check_timeouts_failures_and_the_time_budget(tmp_path):
                             MIN_STEP_S="2")
     assert time.monotonic() - start < 30
     assert proc.returncode == 1
-    assert [rows[s][0] for s in GPU_STEPS] == ["ok", "ok", "FAIL (rc=3)", "TIMEOUT"] + ["skipped (out of time)"] * 6
+    assert [rows[s][0] for s in GPU_STEPS] == ["ok", "ok", "FAIL (rc=3)", "TIMEOUT"] + ["skipped (out of time)"] * 7
     assert "built" in (tmp_path / "build.log").read_text()
     assert int(rows["tests_cuda"][3]) <= 7  # its 200 s timeout cut to the time left
 

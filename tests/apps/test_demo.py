@@ -198,16 +198,25 @@ def test_demo_mnist_quick_runs_end_to_end(tmp_path, capsys):
     assert verdicts[0] == "Verdict: " + results["claim"]["text"]
     assert "Verdict: " + results["claim"]["text"] in (out / "table.md").read_text()
     cells = {(r["method"], r["sparsity"]) for r in results["runs"]}
-    assert cells == {(m, 0.995) for m in MNIST_METHODS} | {("dense", 0.0)}
+    variants = {("snip_layer", 0.995), ("force_layer", 0.995), ("force", 0.5), ("force_2:4", 0.5)}
+    assert cells == {(m, 0.995) for m in MNIST_METHODS} | {("dense", 0.0)} | variants
+    layers = [f"features.{i}.weight" for i in (0, 4, 8, 12)] + ["fc.weight"]
     for r in results["runs"]:
         assert 0.0 <= r["test_acc"] <= 1.0 and r["prune_s"] >= 0 and r["train_s"] > 0
-        if r["method"] != "dense":
-            assert [n for n, _, _ in r["layers"]] == [f"features.{i}.weight" for i in (0, 4, 8, 12)] + ["fc.weight"]
-            assert sum(k for _, _, k in r["layers"]) == round(98_192 * 0.005)  # exactly k weights survive
+        if r["method"] == "force_2:4":  # the first conv's rows of 9 stay dense; 2 of every 4 elsewhere
+            assert [n for n, _, _ in r["layers"]] == layers[1:]
+            assert all(2 * k == n for _, n, k in r["layers"])
+        elif r["method"] != "dense":
+            assert [n for n, _, _ in r["layers"]] == layers
+            assert sum(k for _, _, k in r["layers"]) == round(98_192 * (1 - r["sparsity"]))  # exactly k survive
             assert r["masks_sha256"]
     assert {r["method"]: r["iterations"] for r in results["runs"]}["synflow"] == 100
     rows = [line for line in (out / "table.md").read_text().splitlines() if line.startswith("| ")]
-    assert rows[0] == "| method | 99.5% |" and len(rows) == 1 + 7 + 1  # header, 7 methods, weights left
+    assert rows[0] == "| method | 99.5% |" and len(rows) == 1 + 9 + 1 + 1 + 2  # 7 methods, 2 variants, then 2:4
+    assert rows[8:10] == [r for r in rows if "per layer (ERK)" in r]
+    assert rows[11] == "| method | 50% |" and rows[13].startswith("| FORCE 2:4 |")
+    text = (out / "table.md").read_text()
+    assert "FORCE 2:4 at 50%: 49,024 weights left (features.0.weight not pruned" in text
 
 
 def _runs(acc: dict, sparsity=0.995):

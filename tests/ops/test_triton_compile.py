@@ -22,6 +22,8 @@ SCRIPT = textwrap.dedent(r"""
     from sparseforce.ops.triton.digit import choose_digit_kernel
     from sparseforce.ops.triton.histogram import radix_histogram_kernel
     from sparseforce.ops.triton.mask import write_mask_kernel
+    from sparseforce.ops.triton.segment_radix import segment_histogram_kernel, segment_ties_kernel
+    from sparseforce.ops.triton.segment_rank import small_segments_kernel
     from sparseforce.ops.triton.sgd import masked_sgd_kernel
     from sparseforce.ops.triton.ties import exclusive_scan_kernel, tie_count_kernel
     from sparseforce.ops.triton.value import key_to_value_kernel
@@ -60,6 +62,21 @@ SCRIPT = textwrap.dedent(r"""
         assert compile(masked_sgd_kernel, {"table": "*i64", "rows": "*i64", "hyper": "*fp64",
                                            "P": "*" + p, "G": "*" + p, "B": "*" + p},
                        dict(HAS_MOMENTUM=True, NESTEROV=True, HAS_WD=True, F64=f64, BLOCK=4096))
+    # The segmented ops: both small-segment ranks (N:M groups of 4 and 32, rows of up to 4096)
+    # in every key width, and the per-segment radix passes.
+    for bits, x, g, sal in [(16, "fp16", "fp16", False), (32, "fp32", "fp32", True), (64, "fp64", "fp64", False)]:
+        flags = dict(KEY_BITS=bits, SALIENCY=sal, SCORE_F64=bits == 64, HAS_PREV=sal)
+        io = {"X": "*" + x, "G": "*" + g}
+        for all_pairs, segs, width in [(True, 512, 4), (True, 8, 32), (False, 64, 64), (False, 1, 4096)]:
+            compile(small_segments_kernel, {"table": "*i64", "rows": "*i64", "nan_flags": "*i64", "n_keep": "i32",
+                                            **io},
+                    dict(PER_SEGMENT_K=not all_pairs, ALL_PAIRS=all_pairs, SEGS=segs, WIDTH=width, **flags))
+        flags["BLOCK"] = 4096
+        for shift, first in [(bits - 8, True), (0, False)]:
+            compile(segment_histogram_kernel, {**SEL, "hist": "*i64", "nan_flags": "*i64", **io},
+                    dict(SHIFT=shift, BITS=8, FIRST=first, **flags))
+        for count in (True, False):
+            compile(segment_ties_kernel, {**SEL, "ties": "*i64", **io}, dict(COUNT=count, **flags))
     print("compiled")
 """)
 

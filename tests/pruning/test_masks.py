@@ -1,4 +1,5 @@
 import gc
+import math
 import os
 import pickle
 import signal
@@ -15,7 +16,7 @@ import torch.nn as nn
 
 from sparseforce import masks as masks_mod
 from sparseforce.masks import enforce
-from sparseforce.masks import LayerDensity, LayerTable, MaskHandle, Masks, MasksFileError, apply_masks
+from sparseforce.masks import LayerDensity, LayerTable, MaskHandle, Masks, MasksFileError, RowStats, RowTable, apply_masks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -807,3 +808,150 @@ def test_masks_refuse_sparse_tensors_and_meta_masks_are_not_applied():
     with pytest.raises(ValueError, match=r"mask 'conv.weight'.*meta device"):
         apply_masks(model, meta)
     assert torch.count_nonzero(model.conv.weight) == model.conv.weight.numel()
+
+
+# ---------------------------------------------------------------------------------------------
+# rows: the N:M check and the per-row statistics (masks viewed as (dim 0, the rest flattened))
+# ---------------------------------------------------------------------------------------------
+
+
+def nm_mask(shape, n, m, seed=0):
+    """A mask keeping exactly n of every m consecutive entries along its rows, the kept ones drawn at random."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.rand(math.prod(shape) // m, m, generator=g).argsort(dim=1)
+    return (order < n).reshape(shape)
+
+
+def nm_oracle(mask, n, m):
+    """The pattern by loops over rows and groups: None, "length", or (broken groups, row, start, kept)."""
+    rows = [mask.reshape(1).tolist()] if mask.dim() == 0 else mask.reshape(mask.shape[0], -1).tolist() \
+        if mask.shape[0] else []
+    length = math.prod(mask.shape[1:]) if mask.dim() else 1
+    if length % m:
+        return "length"
+    broken = [(r, s, sum(row[s:s + m])) for r, row in enumerate(rows) for s in range(0, length, m)
+              if sum(row[s:s + m]) != n]
+    return (len(broken), *broken[0]) if broken else None
+
+
+def test_is_nm_on_masks_built_to_the_pattern_and_on_broken_ones():
+    masks = Masks({"fc.weight": nm_mask((8, 16), 2, 4), "conv.weight": nm_mask((6, 3, 2, 2), 2, 4, seed=1),
+                   "no_rows": torch.zeros(0, 4, dtype=torch.bool), "empty_rows": torch.zeros(5, 0, dtype=torch.bool)})
+    assert masks.is_nm(2, 4) and masks.nm_violations(2, 4) == {}
+    assert not masks.is_nm(1, 4) and not masks.is_nm(2, 8)
+    assert Masks({"a": nm_mask((4, 32), 1, 8)}).is_nm(1, 8) and Masks({"a": nm_mask((4, 32), 8, 8)}).is_nm(8, 8)
+    assert Masks({"a": torch.zeros(4, 8, dtype=torch.bool)}).is_nm(0, 4)
+    assert Masks({}).is_nm(2, 4)
+    broken = nm_mask((8, 16), 2, 4).clone()
+    broken[3, 9] = ~broken[3, 9]  # row 3, group 8..11 now keeps 1 or 3
+    broken[5, 0:4] = True
+    kept = int(broken[3, 8:12].sum())
+    masks = Masks({"ok": nm_mask((2, 4), 2, 4), "fc.weight": broken})
+    assert not masks.is_nm(2, 4)
+    assert masks.nm_violations(2, 4) == {
+        "fc.weight": f"2 of 32 groups of 4 do not keep 2; the first: row 3, entries 8..11 keep {kept}"}
+
+
+def test_is_nm_needs_rows_that_split_into_groups_of_m():
+    masks = Masks({"fc.weight": nm_mask((4, 8), 2, 4), "odd": torch.ones(3, 10, dtype=torch.bool)})
+    assert not masks.is_nm(2, 4)
+    assert masks.nm_violations(2, 4) == {"odd": "its row length 10 (shape (3, 10)) is not a multiple of 4"}
+    assert not Masks({"bias": torch.ones(8, dtype=torch.bool)}).is_nm(2, 4)  # 8 rows of 1 entry
+    assert Masks({"bias": torch.ones(8, dtype=torch.bool), "s": torch.tensor(True)}).is_nm(1, 1)
+    assert "row length 1 (shape ())" in Masks({"s": torch.tensor(True)}).nm_violations(2, 4)["s"]
+
+
+def test_is_nm_agrees_with_loops_over_rows_and_groups():
+    g = torch.Generator().manual_seed(3)
+    for trial in range(60):
+        shape = [(6, 8), (3, 4, 2), (5, 12), (2, 2, 2, 3), (4,), (), (7, 6)][trial % 7]
+        n, m = [(2, 4), (1, 2), (3, 4), (0, 2), (1, 1), (2, 3)][trial % 6]
+        mask = (nm_mask(shape, n, m, seed=trial) if math.prod(shape[1:]) % m == 0 and shape
+                else torch.rand(shape, generator=g) < 0.5)
+        if trial % 3:  # flip a few entries
+            flat = mask.flatten()
+            flat[torch.randint(0, flat.numel(), (trial % 4,), generator=g)] ^= True
+            mask = flat.reshape(shape)
+        if trial % 5 == 0 and mask.dim() == 2:
+            mask = mask.t().contiguous().t()  # the same values, not contiguous
+        why = Masks({"x": mask}).nm_violations(n, m).get("x")
+        expect = nm_oracle(mask, n, m)
+        assert Masks({"x": mask}).is_nm(n, m) == (expect is None)
+        if expect == "length":
+            assert "is not a multiple of" in why
+        elif expect is not None:
+            count, row, start, kept = expect
+            assert why.startswith(f"{count} of ") and f"row {row}, entries {start}..{start + m - 1} keep {kept}" in why
+
+
+@pytest.mark.parametrize("n, m, error, pattern", [
+    (2.0, 4, TypeError, "n of an n:m pattern must be an int, got float 2.0"),
+    (2, True, TypeError, "m of an n:m pattern must be an int, got bool True"),
+    (2, None, TypeError, "m of an n:m pattern must be an int, got NoneType"),
+    (0, 0, ValueError, r"m of an n:m pattern must be >= 1, got n=0, m=0"),
+    (5, 4, ValueError, r"n of an n:m pattern must be in \[0, m\], got n=5, m=4"),
+    (-1, 4, ValueError, r"n of an n:m pattern must be in \[0, m\], got n=-1, m=4"),
+])
+def test_is_nm_refuses_a_bad_pattern_naming_it(n, m, error, pattern):
+    masks = hand_masks()
+    for call in (masks.is_nm, masks.nm_violations):
+        with pytest.raises(error, match=pattern):
+            call(n, m)
+
+
+def test_row_stats_counts_each_rows_kept_entries():
+    conv = torch.zeros(3, 2, 2, 2, dtype=torch.bool)
+    conv[0].fill_(True)  # 8 kept
+    conv[1, 0, 0, 1] = True  # 1 kept; row 2 keeps nothing
+    masks = Masks({"conv.weight": conv, "fc.weight": nm_mask((4, 8), 2, 4), "scalar": torch.tensor(False),
+                   "bias": torch.tensor([True, False, True]), "no_rows": torch.zeros(0, 5, dtype=torch.bool)})
+    table = masks.row_stats()
+    assert isinstance(table, RowTable) and isinstance(table, list)
+    assert table == [RowStats("conv.weight", 3, 8, 9, 0, 8, 1), RowStats("fc.weight", 4, 8, 16, 4, 4, 0),
+                     RowStats("scalar", 1, 1, 0, 0, 0, 1), RowStats("bias", 3, 1, 2, 0, 1, 1),
+                     RowStats("no_rows", 0, 5, 0, 0, 0, 0)]
+    assert table[0].mean == 3.0 and table[1].mean == 4.0 and table[4].mean == 0.0
+    assert table.total == RowStats("total", 11, 0, 27, 0, 8, 3)
+    assert [r.kept for r in table] == [r.kept for r in masks.per_layer()]
+    # a mask with no rows has no least or most kept to count in the total's
+    assert Masks({"fc.weight": nm_mask((4, 8), 2, 4), "no_rows": torch.zeros(0, 5, dtype=torch.bool)}) \
+        .row_stats().total == RowStats("total", 4, 0, 16, 4, 4, 0)
+    assert Masks({}).row_stats().total == RowStats("total", 0, 0, 0, 0, 0, 0)
+
+
+def test_row_stats_table_reads_as_aligned_columns():
+    masks = Masks({"fc.weight": nm_mask((4, 8), 2, 4), "conv.weight": torch.zeros(3, 4, dtype=torch.bool),
+                   "no_rows": torch.zeros(0, 5, dtype=torch.bool)})
+    lines = str(masks.row_stats()).splitlines()
+    assert lines[0].split("  ")[0] == "name" and "mean kept" in lines[0] and "empty rows" in lines[0]
+    rows = {line.split()[0]: line.split() for line in lines[2:] if not set(line) <= {"-"}}
+    assert rows["fc.weight"] == ["fc.weight", "4", "8", "4", "4.00", "4", "0"]
+    assert rows["conv.weight"] == ["conv.weight", "3", "4", "0", "0.00", "0", "3"]
+    assert rows["no_rows"] == ["no_rows", "0", "5", "-", "-", "-", "0"]
+    assert rows["total"] == ["total", "7", "0", "2.29", "4", "3"]  # the row length left blank
+    assert len({len(line) for line in lines}) == 1, "\n".join(lines)
+
+
+def test_masks_from_the_segmented_ops_pass_the_checks_that_view_rows_alike():
+    from sparseforce import ops
+    g = torch.Generator().manual_seed(5)
+    scores = [torch.randn(8, 16, generator=g), torch.randn(6, 3, 2, 2, generator=g), torch.randn(4, 4, generator=g)]
+    for n, m in ((2, 4), (1, 4), (3, 4), (4, 4), (1, 2), (0, 1)):
+        masks = Masks(zip("abc", ops.segmented_topk_masks(scores, None, segment=("nm", n, m), backend="reference")))
+        assert masks.is_nm(n, m), (n, m)
+    rows = ops.segmented_topk_masks(scores, [3, torch.tensor([0, 1, 2, 3, 4, 12]), 0], segment="row",
+                                    backend="reference")
+    table = Masks(zip("abc", rows)).row_stats()
+    assert [(r.rows, r.row_length, r.min, r.max, r.empty) for r in table] == [(8, 16, 3, 3, 0), (6, 12, 0, 12, 1),
+                                                                               (4, 4, 0, 0, 4)]
+
+
+def test_sharded_masks_are_gathered_first_for_the_row_checks(monkeypatch):
+    monkeypatch.setattr(Masks, "is_sharded", property(lambda self: True))
+    masks = Masks({"fc.weight": nm_mask((4, 8), 2, 4)})
+    for call in (lambda: masks.is_nm(2, 4), lambda: masks.nm_violations(2, 4), masks.row_stats):
+        with pytest.raises(ValueError, match=r"Masks\.(is_nm|nm_violations|row_stats)\(\) on sharded \(DTensor\) masks: "
+                                             r"call masks.full\(\) on every rank first"):
+            call()
+    with pytest.raises(ValueError, match="n of an n:m pattern"):  # the arguments first
+        masks.is_nm(5, 4)

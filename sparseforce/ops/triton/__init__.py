@@ -1,21 +1,23 @@
-"""The Triton backend: radix-select top-k, fused FORCE / Iter SNIP saliency, masked SGD, and the
-single radix pass of ops.key_histogram (sparseforce.distributed), as the kernels of
-``torch.ops.sparseforce_triton.*`` (the op library's schemas).
+"""The Triton backend: radix-select top-k (global and segmented), fused FORCE / Iter SNIP
+saliency, masked SGD, and the single radix pass of ops.key_histogram (sparseforce.distributed),
+as the kernels of ``torch.ops.sparseforce_triton.*`` (the op library's schemas).
 
 Runs on CUDA tensors, and on CPU tensors only under the Triton interpreter (TRITON_INTERPRET=1
 set before triton is first imported), which is how CI without a GPU tests it; ``auto`` never
 picks it on CPU (see AUTO_ORDER). This module only answers availability: importing it does not
-import triton. The first availability check imports the two entry modules, which register the
+import triton. The first availability check imports the entry modules, which register the
 kernels, so ``import sparseforce`` stays fast, and a missing or broken triton only makes the
 backend unavailable, with the reason in the error.
 
-Files: selection.py (topk / kth / saliency / histogram: launch sequences and registration) and
-sgd.py (masked SGD) are the entry modules, register.py how they register; plan.py (the per-call tables both build), layout.py
-(their columns), blocks.py (the kernels' shared start: a program's block, its loads and stores),
-keys.py (order-preserving keys, fused |w*g|), floats.py (exact bf16 conversions), histogram.py
-(a radix pass), digit.py (choosing the digit on the device), ties.py (tie counts and their
-prefix sum), mask.py (the exact-k mask pass), value.py (kth_largest's value), config.py
-(tunables), device.py (how helpers are compiled).
+Files: selection.py (topk / kth / saliency / histogram: launch sequences and registration),
+segmented.py (the segmented ops, its design in its docstring) and sgd.py (masked SGD) are the
+entry modules, register.py how they register; plan.py (the per-call tables they build),
+layout.py (their columns), blocks.py (the kernels' shared start: a program's block, its loads
+and stores), keys.py (order-preserving keys, fused |w*g|), floats.py (exact bf16 conversions),
+histogram.py (a radix pass), digit.py (choosing the digit on the device), ties.py (tie counts
+and their prefix sum), mask.py (the exact-k mask pass), value.py (kth_largest's value),
+segment_rank.py (small segments in registers), segment_radix.py (the radix passes per segment),
+config.py (tunables), device.py (how helpers are compiled).
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ def _load() -> bool:
             _loaded["error"] = f"triton could not be imported ({type(e).__name__}: {e})"
             return False
         try:
-            from . import selection, sgd  # noqa: F401  (register the kernels)
+            from . import segmented, selection, sgd  # noqa: F401  (register the kernels)
         except Exception as e:  # e.g. a triton release whose language lacks something we use
             _loaded["error"] = (f"the Triton kernels failed to load with triton {triton.__version__} "
                                 f"({type(e).__name__}: {e})")

@@ -7,7 +7,7 @@ alignment, and would stop the compiler from vectorising every block's loads and 
 import triton.language as tl
 
 from .device import device_function
-from .layout import COL_NUMEL, COL_PID0, NCOLS
+from .layout import COL_INDEX, COL_NUMEL, COL_PID0, NCOLS
 
 
 @device_function
@@ -38,3 +38,11 @@ def store_block(ptr, offs, value, valid, full):
         tl.store(ptr + offs, value)
     else:
         tl.store(ptr + offs, value, mask=valid)
+
+
+@device_function
+def report_nans(nan_flags, table, row, nan):
+    """Flags this row's tensor when ``nan`` (any shape) holds a True. Every NaN lane writes the
+    same 1 to the same flag: no reduction, and the race is benign."""
+    flag = nan.to(tl.int64)
+    tl.store(nan_flags + tl.load(table + row + COL_INDEX) + 0 * flag, flag, mask=nan)

@@ -25,6 +25,13 @@ class Config:
     dense_later_digits: bool = False
     # Programs per launch of the one-program exclusive scan: elements per loop step.
     scan_chunk: int = 1024
+    # Segmented ops: segments of at most group_width elements (N:M groups, m <= 32) are ranked by
+    # an all-pairs comparison, group_tile comparisons per program; longer ones up to row_tile
+    # elements by a bitwise select in registers, a tile of row_tile elements per program; longer
+    # ones by the radix select, blocks of `block` elements.
+    group_width: int = 32
+    group_tile: int = 8192
+    row_tile: int = 4096
 
 
 config = Config()

@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 
 from .blocks import program_block
+from .device import device_function
 from .keys import competing_keys
 from .layout import COL_INDEX, ST_NAN
 
@@ -31,14 +32,21 @@ def radix_histogram_kernel(table, rows, state, hist, nan_flags, X, G,
         # Candidate filtering: only keys whose higher digits match the k-th key's go on.
         compete = compete & ((key >> (SHIFT + BITS)) == (prefix >> (SHIFT + BITS)))
     digit = ((key >> SHIFT) & ((1 << BITS) - 1)).to(tl.int32)
+    if DENSE and FIRST and not HAS_PREV:
+        n_compete = tl.minimum(numel - local * BLOCK, BLOCK)  # every element in range competes
+    else:
+        n_compete = tl.sum(compete.to(tl.int64))
+    count_digits(hist, digit, compete, n_compete, BITS, DENSE, BLOCK)
+
+
+@device_function
+def count_digits(hist, digit, compete, n_compete, BITS: tl.constexpr, DENSE: tl.constexpr, BLOCK: tl.constexpr):
+    """Adds the digits of the competing elements (``n_compete`` of them: used when DENSE) into
+    ``hist``."""
     if DENSE:
         # tl.histogram of the block, then one atomic per non-empty bin. Non-competing elements
         # are counted in bin 0 and taken out again, rather than through tl.histogram's newer
         # mask argument, which not every supported Triton release may have.
-        if FIRST and not HAS_PREV:
-            n_compete = tl.minimum(numel - local * BLOCK, BLOCK)  # every element in range competes
-        else:
-            n_compete = tl.sum(compete.to(tl.int64))
         bins = tl.arange(0, 1 << BITS)
         counts = tl.histogram(tl.where(compete, digit, 0), 1 << BITS).to(tl.int64)
         counts = counts - tl.where(bins == 0, BLOCK - n_compete, 0)

@@ -19,12 +19,11 @@ from .layout import COL_G, COL_PREV, COL_X, ST_PREFIX
 
 
 @device_function
-def competing_keys(table, row, offs, valid, full, state, X, G,
-                   KEY_BITS: tl.constexpr, SALIENCY: tl.constexpr, SCORE_F64: tl.constexpr,
-                   HAS_PREV: tl.constexpr):
-    """For the elements ``offs`` of one table row (``full``: all of them inside the tensor):
-    their keys, which of them compete, which of those are NaN, and the k-th key's digits found
-    so far (from ``state``), in the key type.
+def element_keys(table, row, offs, valid, full, X, G,
+                 KEY_BITS: tl.constexpr, SALIENCY: tl.constexpr, SCORE_F64: tl.constexpr,
+                 HAS_PREV: tl.constexpr):
+    """For the elements ``offs`` (any shape) of one table row (``full``: all of them inside the
+    tensor): their keys, which of them compete and which of those are NaN.
 
     SALIENCY: the score is |w*g| computed here in float32 (float64 if SCORE_F64), exact for
     fp16/bf16 inputs, never written to memory. HAS_PREV (Iter SNIP): only weights alive in
@@ -47,7 +46,6 @@ def competing_keys(table, row, offs, valid, full, state, X, G,
     if HAS_PREV:
         p_ptr = tl.multiple_of(tl.load(table + row + COL_PREV).to(tl.pointer_type(tl.uint8)), 16)
         compete = compete & (load_block(p_ptr, offs, valid, full) != 0)
-    prefix = tl.load(state + ST_PREFIX).to(tl.uint64, bitcast=True)
     # Widening to the promoted dtype is exact (floats.widen), so ranking after it ranks the given
     # values. -0.0 is canonicalised on the bit pattern, and NaN tested in at least float32: the
     # interpreter compares bfloat16 by its bits, which would miss both.
@@ -56,7 +54,6 @@ def competing_keys(table, row, offs, valid, full, state, X, G,
         b = wide.to(tl.uint64, bitcast=True)
     else:
         wide = widen(s, tl.float32)
-        prefix = prefix.to(tl.uint32)
         if KEY_BITS == 32:
             b = wide.to(tl.uint32, bitcast=True)
         else:  # 16-bit keys in uint32
@@ -65,4 +62,17 @@ def competing_keys(table, row, offs, valid, full, state, X, G,
     sign = 1 << (KEY_BITS - 1)
     b = tl.where(b == sign, 0, b)
     key = b ^ tl.where((b >> (KEY_BITS - 1)) != 0, (sign << 1) - 1, sign).to(b.dtype)
+    return key, compete, nan
+
+
+@device_function
+def competing_keys(table, row, offs, valid, full, state, X, G,
+                   KEY_BITS: tl.constexpr, SALIENCY: tl.constexpr, SCORE_F64: tl.constexpr,
+                   HAS_PREV: tl.constexpr):
+    """element_keys, and the k-th key's digits found so far (from ``state``), in the key type."""
+    key, compete, nan = element_keys(table, row, offs, valid, full, X, G, KEY_BITS, SALIENCY, SCORE_F64,
+                                     HAS_PREV)
+    prefix = tl.load(state + ST_PREFIX).to(tl.uint64, bitcast=True)
+    if KEY_BITS != 64:
+        prefix = prefix.to(tl.uint32)
     return key, compete, nan, prefix

@@ -9,7 +9,7 @@ import triton.language as tl
 
 COL_NUMEL = tl.constexpr(4)
 COL_PID0 = tl.constexpr(5)     # first program of this tensor within its launch
-NCOLS = tl.constexpr(8)
+NCOLS = tl.constexpr(12)
 
 # The other columns of a selection table row.
 COL_X = tl.constexpr(0)        # scores (topk) or weights (saliency): address
@@ -18,6 +18,12 @@ COL_PREV = tl.constexpr(2)     # prev_masks (Iter SNIP), viewed as uint8: addres
 COL_OUT = tl.constexpr(3)      # output mask, viewed as uint8: address
 COL_GBLOCK = tl.constexpr(6)   # global index of its first block: tie ranks follow global order
 COL_INDEX = tl.constexpr(7)    # position in the caller's list: names the tensor in NaN errors
+
+# The segmented ops' columns: a tensor is cut into COL_SEGS segments of COL_SEGLEN elements.
+COL_SEGLEN = tl.constexpr(8)
+COL_SEGS = tl.constexpr(9)
+COL_KS = tl.constexpr(10)      # address of its int64 k per segment (unused for N:M: k = n)
+COL_SEG0 = tl.constexpr(11)    # radix path: its first segment's index in the state and histograms
 
 # Slots of the selection state: what the passes have learnt about the k-th largest key.
 ST_PREFIX = tl.constexpr(0)    # high digits of the k-th key found so far (all of it at the end)

@@ -55,24 +55,56 @@ class Launch:
     nblocks: int
 
 
-def pack(head: np.ndarray, groups: list, block: int, device: torch.device) -> tuple[torch.Tensor, list[Launch]]:
+def pack(head: np.ndarray, groups: list, device: torch.device) -> tuple[torch.Tensor, list[Launch]]:
     """Sends ``head`` (int64 slots the kernels share) and every group's tables in one copy.
 
-    ``groups``: per launch, (its element-type tensors, [(numel, {column: value}), ...]), one entry
-    per non-empty tensor; COL_NUMEL and COL_PID0 are filled in here. Returns the device copy of
-    ``head`` and the launches, in the order given."""
+    ``groups``: per launch, (its element-type tensors, [(numel, programs, {column: value}), ...]),
+    one entry per non-empty tensor, which ``programs`` consecutive programs handle; COL_NUMEL and
+    COL_PID0 are filled in here. Returns the device copy of ``head`` and the launches, in the
+    order given."""
     parts, spans, at = [head], [], head.size
     for tensors, entries in groups:
-        nblk = np.array([-(-n // block) for n, _ in entries], dtype=np.int64)
+        nprog = np.array([p for _, p, _ in entries], dtype=np.int64)
         table = np.zeros((len(entries), _NCOLS), dtype=np.int64)
-        table[:, COL_NUMEL.value] = [n for n, _ in entries]
-        table[1:, COL_PID0.value] = np.cumsum(nblk)[:-1]
-        for r, (_, cols) in enumerate(entries):
+        table[:, COL_NUMEL.value] = [n for n, _, _ in entries]
+        table[1:, COL_PID0.value] = np.cumsum(nprog)[:-1]
+        for r, (_, _, cols) in enumerate(entries):
             for col, value in cols.items():
                 table[r, col.value] = value
-        rows = np.repeat(np.arange(len(entries), dtype=np.int64), nblk)
+        rows = np.repeat(np.arange(len(entries), dtype=np.int64), nprog)
         parts += [table.reshape(-1), rows]
         spans.append((tensors, at, at + table.size, at + table.size + rows.size))
         at += table.size + rows.size
     dev = to_device(np.concatenate(parts), device)
     return dev[:head.size], [Launch(t, dev[a:b], dev[b:c], c - b) for t, a, b, c in spans]
+
+
+def blocks(n: int, block: int) -> int:
+    """Programs of ``block`` elements that cover ``n``."""
+    return -(-n // block)
+
+
+@contextlib.contextmanager
+def writing_masks(tensors, out: list[torch.Tensor]):
+    """Launches on ``tensors``' device that write the bool masks ``out``: yields their byte views.
+    A mask that is not contiguous and 16-byte aligned is written through a copy, copied back on
+    leaving."""
+    views, pending = [], []
+    for o in out:
+        w = o
+        if not o.is_contiguous() or o.data_ptr() % 16:
+            # A copy of the current contents: after a NaN, copying it back is a no-op.
+            w = o.clone(memory_format=torch.contiguous_format)
+            pending.append((o, w))
+        views.append(as_bytes(w))
+    with on_device_of(tensors):
+        yield views
+    for o, w in pending:
+        o.copy_(w)
+
+
+def nan_index(flags: torch.Tensor) -> torch.Tensor:
+    """The op library's NaN report from per-tensor flags: the first flagged tensor, or -1 (on the
+    device)."""
+    hit = flags != 0
+    return torch.where(hit.any(), hit.to(torch.int64).argmax(), -1)

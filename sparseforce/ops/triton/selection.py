@@ -24,7 +24,7 @@ from .digit import choose_digit_kernel
 from .histogram import radix_histogram_kernel
 from .layout import COL_G, COL_GBLOCK, COL_INDEX, COL_OUT, COL_PREV, COL_X, NSTATE, ST_KREM, ST_PREFIX, ST_TIES
 from .mask import write_mask_kernel
-from .plan import as_bytes, on_device_of, pack, ready
+from .plan import as_bytes, blocks, nan_index, on_device_of, pack, ready, writing_masks
 from .register import kernel
 from .ties import exclusive_scan_kernel, tie_count_kernel
 from .value import key_to_value_kernel
@@ -64,9 +64,10 @@ class _Selection:
             cols = {COL_X: x.data_ptr(), COL_G: 0 if g is None else g.data_ptr(),
                     COL_PREV: 0 if p is None else p.data_ptr(),
                     COL_OUT: 0 if outs is None else outs[i].data_ptr(), COL_GBLOCK: gblock, COL_INDEX: i}
-            gblock += -(-n // self.block)  # tie ranks follow the caller's order
+            programs = blocks(n, self.block)
+            gblock += programs  # tie ranks follow the caller's order
             key = (x.dtype, None if g is None else g.dtype)
-            groups.setdefault(key, ((x, x if g is None else g), []))[1].append((n, cols))
+            groups.setdefault(key, ((x, x if g is None else g), []))[1].append((n, programs, cols))
         self.nblocks = gblock
         head = np.zeros(NSTATE.value + len(xs), dtype=np.int64)
         head[ST_PREFIX.value] = np.array(prefix, dtype=np.uint64).view(np.int64)
@@ -77,7 +78,7 @@ class _Selection:
             head[ST_PREFIX.value] = -1  # all ones
             head[ST_TIES.value] = -1
         order = sorted(groups, key=str)
-        shared, self.launches = pack(head, [groups[key] for key in order], self.block, self.device)
+        shared, self.launches = pack(head, [groups[key] for key in order], self.device)
         self.state, self.nan_flags = shared[:NSTATE.value], shared[NSTATE.value:]
 
     def launch(self, kernel, *args, **const):
@@ -111,28 +112,13 @@ class _Selection:
             ties.zero_()
         self.launch(write_mask_kernel, ties)
 
-    def nan_index(self) -> torch.Tensor:
-        """The op library's NaN report: the first flagged tensor, or -1 (on the device)."""
-        hit = self.nan_flags != 0
-        return torch.where(hit.any(), hit.to(torch.int64).argmax(), -1)
-
 
 def _select_into(xs, gs, prevs, k, key_bits, out) -> torch.Tensor:
-    views, pending = [], []
-    for o in out:
-        w = o
-        if not o.is_contiguous() or o.data_ptr() % 16:
-            # A copy of the current contents: after a NaN, copying it back is a no-op.
-            w = o.clone(memory_format=torch.contiguous_format)
-            pending.append((o, w))
-        views.append(as_bytes(w))
-    with on_device_of(xs):
+    with writing_masks(xs, out) as views:
         sel = _Selection(xs, gs, prevs, k, key_bits, views)
         sel.find_kth_key()
         sel.write_masks()
-    for o, w in pending:
-        o.copy_(w)
-    return sel.nan_index()
+    return nan_index(sel.nan_flags)
 
 
 @kernel("topk_masks")
@@ -154,7 +140,7 @@ def kth_largest(scores, k):
         sel.find_kth_key()
         value = torch.empty((), dtype=dtype, device=sel.device)
         key_to_value_kernel[(1,)](sel.state, value, KEY_BITS=sel.flags["KEY_BITS"])
-    return value, sel.nan_index()
+    return value, nan_index(sel.nan_flags)
 
 
 @kernel("radix_histogram")
@@ -171,4 +157,4 @@ def radix_histogram(a, grads, competing, rank_dtype, shift, prefix):
         # number of bins, 65,536 here.
         sel.launch(radix_histogram_kernel, hist, sel.nan_flags, SHIFT=shift, BITS=HISTOGRAM_BITS,
                    FIRST=top, DENSE=False)
-    return hist, sel.nan_index()
+    return hist, nan_index(sel.nan_flags)

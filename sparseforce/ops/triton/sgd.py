@@ -22,7 +22,7 @@ from .config import config
 from .device import device_function
 from .floats import narrow, widen
 from .layout import SGD_BUF, SGD_FRESH, SGD_G, SGD_HAS_MASK, SGD_MASK, SGD_P
-from .plan import as_bytes, on_device_of, pack, ready, to_device
+from .plan import as_bytes, blocks, on_device_of, pack, ready, to_device
 from .register import kernel
 
 
@@ -106,13 +106,14 @@ def masked_sgd_(params, grads, momentum_buffers, masks, lr, momentum, dampening,
                 SGD_MASK: 0 if mw is None else mw.data_ptr(), SGD_FRESH: int(has_momentum and fresh[i]),
                 SGD_HAS_MASK: int(mw is not None)}
         key = (pw.dtype, gw.dtype, None if bw is None else bw.dtype)
-        groups.setdefault(key, ((pw, gw, pw if bw is None else bw), []))[1].append((n, cols))
+        entry = (n, blocks(n, config.block), cols)
+        groups.setdefault(key, ((pw, gw, pw if bw is None else bw), []))[1].append(entry)
     if not groups:
         return
     device = params[0].device
     with on_device_of(params):
         hyper = to_device(np.array([lr, momentum, 1.0 - dampening, weight_decay], dtype=np.float64), device)
-        _, launches = pack(np.zeros(0, dtype=np.int64), list(groups.values()), config.block, device)
+        _, launches = pack(np.zeros(0, dtype=np.int64), list(groups.values()), device)
         for grp in launches:
             p0, g0, b0 = grp.tensors
             masked_sgd_kernel[(grp.nblocks,)](
