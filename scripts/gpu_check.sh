@@ -137,10 +137,13 @@ for backend in ("cuda", "triton"):
         assert all(torch.equal(x, y) for x, y in zip(a, b)), (backend, k)
 print("smoke test passed")'
 
-# The shared kernel tests select by their ids: "<backend>-cuda" in test_ops*.py, "[cuda" in
-# test_triton_kernels.py, "cuda" in test_radix_histogram.py (none yet: its kernels are CPU-only).
-step tests_cuda 90 200 "${PYTEST[@]}" tests/ops/test_ops.py tests/ops/test_ops_properties.py tests/ops/test_triton_kernels.py \
-  tests/ops/test_radix_histogram.py -k cuda --junitxml="$DEST/tests_cuda.xml"
+# The shared kernel tests select by their ids: "<backend>-cuda" in test_ops*.py and
+# test_segmented.py, "[cuda" in test_triton_kernels.py, "cuda" in test_radix_histogram.py (none yet:
+# its kernels are CPU-only) and in test_triton_segmented.py. (Estimate: the 64 segmented tests per
+# backend add about 20 s, most of it Triton compiling its segmented kernels.)
+step tests_cuda 110 220 "${PYTEST[@]}" tests/ops/test_ops.py tests/ops/test_ops_properties.py tests/ops/test_triton_kernels.py \
+  tests/ops/test_radix_histogram.py tests/ops/test_segmented.py tests/ops/test_triton_segmented.py -k cuda \
+  --junitxml="$DEST/tests_cuda.xml"
 
 # The cuda backend ("cuda-cuda") with the candidate buffer off (the full-data fallback: radix to
 # the whole key, ties by per-tile quotas) and with a tiny one (bins over it take the fallback).

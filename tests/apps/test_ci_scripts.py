@@ -84,9 +84,10 @@ def test_gpu_check_dry_run_plan_and_summary(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert list(rows) == GPU_STEPS + ["total"]
     assert all(rows[s][0] == "ok" for s in GPU_STEPS)
-    # The expected seconds fit the 9 minutes one call may take, with room to spare.
+    # The expected seconds fit the 9 minutes one call may take, and the 510 s budget the script
+    # holds itself to.
     expected = [int(rows[s][2]) for s in GPU_STEPS]
-    assert int(rows["total"][2]) == sum(expected) <= 480 and int(rows["total"][3]) <= 540
+    assert int(rows["total"][2]) == sum(expected) <= 500 and int(rows["total"][3]) <= 540
     log = (tmp_path / "gpu_check.log").read_text()
     assert "SPARSEFORCE_CUDA_CANDIDATE_CAP=0" in log and "SPARSEFORCE_CUDA_CANDIDATE_CAP=64" in log
     assert "--max-case-time" in log and "-k cuda " in log
