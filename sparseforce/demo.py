@@ -315,7 +315,7 @@ def _table(runs: list[dict], sparsities, methods, n_seeds: int, markdown: bool, 
         own = VARIANTS[v].sparsities
         if own is not None:
             rows = (VARIANTS[v].method, v)
-            text += "\n\n" + _one_table(runs, own, rows, n_seeds, markdown, show_min, footer=False)
+            text += "\n\n" + _one_table(runs, own, rows, n_seeds, markdown, show_min, footer=False) + "\n"
             text += "".join(_weights_left(runs, m, s) for s in own for m in rows)
     return text + "\n\n" + _notes(runs, n_seeds, show_min)
 

@@ -329,5 +329,18 @@ def test_readme_cpu_results_are_the_committed_run():
             f"{speedup('force-select resnet50 float32 k=5.0%')}**") in prose
     assert f"(**{speedup('force-select vgg19')}** on VGG19), Iter SNIP **{speedup('itersnip-select')}**" in prose
     assert f"plain `topk_masks` **{speedup('topk ')}**" in prose
-    floors = [r["times_floor"] for c, r in cpp.items() if r["kind"] == "kernel" and not c.startswith("masked-sgd")]
+    segmented = ("layer-", "row-", "nm-")
+    floors = [r["times_floor"] for c, r in cpp.items()
+              if r["kind"] == "kernel" and not c.startswith(("masked-sgd",) + segmented)]
     assert f"Selection runs at {min(floors):.2f}–{max(floors):.2f}× the memory floor" in prose
+    assert f"A whole masked training step gains only {cpp[next(c for c in cpp if c.startswith('train-step'))]['speedup_vs_baseline']:.2f}×" in prose
+    # The segmented selections: speed-up and x floor of each, and the per-layer topk baseline's ratio.
+    layer, row, nm = (next(r for c, r in cpp.items() if c.startswith(p)) for p in segmented)
+    topk = next(r for r in saved["rows"] if r["case"] == layer["case"] and r["impl"] == "topk")
+    assert (f"**{layer['speedup_vs_baseline']:.1f}×** a `kthvalue` per layer (and "
+            f"{layer['speedup_vs_baseline'] / topk['speedup_vs_baseline']:.0f}× a `topk` per layer") in prose
+    assert f"per row on a 4096×4096 Linear **{row['speedup_vs_baseline']:.1f}×**" in prose
+    assert f"2:4 on the same **{nm['speedup_vs_baseline']:.1f}×**" in prose
+    assert f"2:4 runs at **{nm['times_floor']:.2f}×** (target ≤ 1.5×, met)" in prose
+    assert (f"per layer at **{layer['times_floor']:.2f}×** and per row at **{row['times_floor']:.2f}×** "
+            "(target ≤ 1.5×, **missed**)") in prose
