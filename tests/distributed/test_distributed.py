@@ -333,6 +333,13 @@ def _fsdp_worker(rank, world, seed):
             except (ValueError, NotImplementedError) as e:
                 out[method + "_guarded"] &= "masks.full()" in str(e)
         out[method + "_shards"] = [tuple(m.to_local().shape) for m in masks.values()]
+        # Per-layer and N:M selection rank each layer whole, which a sharded layer is not on any rank.
+        out[method + "_scopes_refused"] = []
+        for kw in ({"scope": "layer"}, {"scope": "layer", "distribution": "erk"}, {"nm": (1, 1)}):
+            try:
+                getattr(sf, method)(model, data, None if "nm" in kw else 0.9, iterations=iters, **kw)
+            except NotImplementedError as e:
+                out[method + "_scopes_refused"].append("sharded with FSDP2" in str(e))
     return out
 
 
@@ -345,6 +352,7 @@ def test_fsdp2_sharded_force_matches_one_process():
             assert res[method + "_dtensor"]
             assert res[method + "_equal"], (method, seed)
             assert res[method + "_guarded"]
+            assert res[method + "_scopes_refused"] == [True, True, True]
     # Linear(13, 3) splits its 3 rows 2 + 1: the ranks really hold different shards.
     assert results[0]["force_shards"] != results[1]["force_shards"]
 
