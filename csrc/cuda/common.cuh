@@ -21,6 +21,10 @@ constexpr int kWarps = kThreads / 32;
 // that keeps every kernel spill-free on sm_90 (tests/test_cuda_compile.py checks it).
 constexpr int kMinBlocksPerSm = 3;
 
+// A workspace carved into pieces that each start on a 256-byte boundary (the alignment of a
+// cudaMalloc, which the vector loads and the 64-bit atomics rely on).
+__host__ __device__ inline size_t align_up(size_t x) { return (x + 255) & ~size_t(255); }
+
 // ---- the one place a kernel is launched. Under SPARSEFORCE_CUDA_EMULATION (the CPU emulator of
 // tests/cuda_emu, which compiles these sources as host C++) the emulator runs the grid; otherwise
 // it is the ordinary launch. The arguments are converted to the kernel's parameter types here, as

@@ -62,18 +62,16 @@ struct SegWork {
   long long* tie_quota;        // per chunk
 };
 
-__host__ __device__ inline size_t seg_align(size_t x) { return (x + 255) & ~size_t(255); }
-
 __host__ __device__ inline SegWork seg_carve(void* base, int64_t segs, int64_t chunks) {
   char* p = static_cast<char*>(base);
   SegWork w;
   size_t off = 0;
   w.st = reinterpret_cast<SegState*>(p + off);
-  off = seg_align(off + sizeof(SegState) * size_t(segs));
+  off = align_up(off + sizeof(SegState) * size_t(segs));
   w.hist = reinterpret_cast<unsigned long long*>(p + off);
-  off = seg_align(off + sizeof(unsigned long long) * kSegBins * size_t(segs));
+  off = align_up(off + sizeof(unsigned long long) * kSegBins * size_t(segs));
   w.tie_count = reinterpret_cast<long long*>(p + off);
-  off = seg_align(off + sizeof(long long) * size_t(chunks));
+  off = align_up(off + sizeof(long long) * size_t(chunks));
   w.tie_quota = reinterpret_cast<long long*>(p + off);
   return w;
 }

@@ -50,8 +50,6 @@ struct Workspace {
   long long* cand_pos;           // cap
 };
 
-__host__ __device__ inline size_t align_up(size_t x) { return (x + 255) & ~size_t(255); }
-
 __host__ __device__ inline Workspace carve(void* base, int64_t tiles, int64_t cap) {
   char* p = static_cast<char*>(base);
   Workspace w;

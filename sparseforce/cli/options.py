@@ -80,6 +80,9 @@ def sparsity_value(text: str) -> float:
     return value
 
 
+NM_MAX_M = 32  # sparseforce.ops.MAX_NM_M, spelled out (no torch import here)
+
+
 def nm_value(text: str) -> str:
     """``N:M``, as typed canonically ("2:4"): keep N of every M weights, 1 <= N <= M <= 32 (0:M would
     keep nothing, as --sparsity 1 would)."""
@@ -91,8 +94,8 @@ def nm_value(text: str) -> str:
     if not sep:
         raise argparse.ArgumentTypeError(f"must be N:M, two integers such as 2:4 (keep N of every M weights), "
                                          f"got {text!r}")
-    if not 1 <= n <= m <= 32:
-        raise argparse.ArgumentTypeError(f"must be N:M with 1 <= N <= M <= 32 (keep N of every M weights), "
+    if not 1 <= n <= m <= NM_MAX_M:
+        raise argparse.ArgumentTypeError(f"must be N:M with 1 <= N <= M <= {NM_MAX_M} (keep N of every M weights), "
                                          f"got {text!r}")
     return f"{n}:{m}"
 

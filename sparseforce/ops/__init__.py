@@ -44,6 +44,7 @@ from . import _schema, _segments
 from ._registry import (AUTO_ORDER, KNOWN_BACKENDS, BackendUnavailableError, available_backends,
                         register_backend, resolve, resolve_name, unavailable_reason)
 from ._schema import NaNScoreError
+from ._segments import MAX_M as MAX_NM_M  # the largest m of segment=("nm", n, m)
 from . import reference as _reference  # noqa: F401  (registers the reference kernels)
 from . import triton as _triton  # noqa: F401  (registers the Triton kernels; imports triton on first use)
 from . import cpp as _cpp  # noqa: F401  (registers the C++ kernels; loads them on first use)
@@ -52,7 +53,7 @@ from . import cuda as _cuda  # noqa: F401  (registers the CUDA kernels; loads th
 __all__ = ["topk_masks", "saliency_topk_masks", "segmented_topk_masks", "segmented_saliency_topk_masks",
            "kth_largest", "masked_sgd_", "key_histogram",
            "saliency_key_histogram", "available_backends", "resolve_name", "unavailable_reason",
-           "register_backend", "BackendUnavailableError", "NaNScoreError", "KNOWN_BACKENDS", "AUTO_ORDER"]
+           "register_backend", "BackendUnavailableError", "NaNScoreError", "KNOWN_BACKENDS", "AUTO_ORDER", "MAX_NM_M"]
 
 
 def _raise_on_nan(index: torch.Tensor, message=None) -> None:

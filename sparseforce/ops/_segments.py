@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-MAX_M = 32  # N:M groups are selected inside a thread: m^2 compares, registers for m keys
+MAX_M = 32  # N:M groups are selected inside a thread: m^2 compares, registers for m keys (ops.MAX_NM_M)
 
 SEGMENT_HELP = "segment must be 'tensor', 'row' or ('nm', n, m)"
 

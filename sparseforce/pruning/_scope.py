@@ -35,12 +35,12 @@ from collections.abc import Mapping, Sequence
 from fractions import Fraction
 
 from .. import _checks
+from .. import ops
 from ._budgets import apportion, layer_counts
 from .schedules import check_sparsity, densities, keep_count, keep_counts
 
 SCOPES = ("global", "layer")
 LAYER_DISTRIBUTIONS = ("uniform", "erk")
-MAX_M = 32  # the ops' limit: an N:M group is selected inside one thread
 # The op a segmented selection takes in place of each global one.
 SEGMENTED_OPS = {"topk_masks": "segmented_topk_masks", "saliency_topk_masks": "segmented_saliency_topk_masks"}
 
@@ -97,9 +97,9 @@ def _check_nm(nm) -> tuple[int, int]:
         raise TypeError(f"nm must be a pair (n, m), keeping n of every m consecutive weights, got "
                         f"{_checks.describe(nm) if not isinstance(nm, Sequence) else repr(nm)}")
     n, m = (_checks.integer(f"nm[{i}]", v) for i, v in enumerate(nm))
-    if not (1 <= m <= MAX_M and 0 <= n <= m):
+    if not (1 <= m <= ops.MAX_NM_M and 0 <= n <= m):
         raise ValueError(f"nm=(n, m) keeps n of every m consecutive weights and needs 0 <= n <= m and 1 <= m <= "
-                         f"{MAX_M}, got ({n}, {m})")
+                         f"{ops.MAX_NM_M}, got ({n}, {m})")
     return n, m
 
 

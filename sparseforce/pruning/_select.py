@@ -36,7 +36,7 @@ def negated_saliency(weights, grads) -> list[torch.Tensor]:
     input is float64 (exact for fp16/bf16)."""
     scores = []
     for w, g in zip(weights, grads):
-        dtype = torch.float64 if torch.float64 in (w.dtype, g.dtype) else torch.float32
+        dtype = _schema.saliency_dtype(w, g)
         scores.append((w.to(dtype) * g.to(dtype)).abs().neg_())
     return scores
 

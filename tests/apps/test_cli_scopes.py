@@ -121,3 +121,9 @@ def test_train_with_masks_refuses_nm(tmp_path, capsys):
                  "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "--masks" in err and "--nm 2:4" in err and "--sparsity" not in err
+
+
+def test_cli_nm_limit_is_the_ops():
+    from sparseforce import ops
+    from sparseforce.cli import options
+    assert options.NM_MAX_M == ops.MAX_NM_M
