@@ -55,6 +55,8 @@ SCHEMAS = {
     "masked_sgd_":
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor?[] masks, float lr, "
         "float momentum, float dampening, float weight_decay, bool nesterov, bool[] fresh) -> ()",
+    "drop_grow_masks":
+        "(Tensor[] weights, Tensor[] scores, Tensor[] masks, Tensor keeps, Tensor grows, Tensor(a!)[] out) -> Tensor",
 }
 
 # The compiled extension's kernels and the Triton kernels (see the module docstring).
@@ -94,6 +96,10 @@ def _fake_masked_sgd_(params, grads, momentum_buffers, masks, lr, momentum, damp
     return None
 
 
+def _fake_drop_grow_masks(weights, scores, masks, keeps, grows, out):
+    return _nan_index(keeps)
+
+
 FAKES = {
     "topk_masks": _fake_topk_masks,
     "kth_largest": _fake_kth_largest,
@@ -102,6 +108,7 @@ FAKES = {
     "segmented_saliency_topk_masks": _fake_segmented_saliency_topk_masks,
     "radix_histogram": _fake_radix_histogram,
     "masked_sgd_": _fake_masked_sgd_,
+    "drop_grow_masks": _fake_drop_grow_masks,
 }
 
 _libraries = []  # torch.library.Library objects must stay alive for their definitions to
