@@ -43,8 +43,8 @@ __device__ __forceinline__ bool tile_has_nan(const Segment& seg, int64_t lo, int
   return nan;
 }
 
-// Persistent blocks over the tiles of every segment; a thread that saw a NaN folds the segment's
-// index in (rare: no aggregation).
+// Persistent blocks over the tiles of every segment; a block that saw a NaN in a tile folds the
+// segment's index in with one atomic.
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) nan_scan_kernel(const Segment* segs, int nseg,
                                                                              long long tiles,
                                                                              unsigned long long* nan_out) {
@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) nan_scan_kernel(con
       case kF32: nan = tile_has_nan<kF32>(seg, lo, hi); break;
       default: nan = tile_has_nan<kF64>(seg, lo, hi); break;
     }
-    if (nan) atomicMin(nan_out, static_cast<unsigned long long>(seg.index));
+    if (__syncthreads_or(nan) && threadIdx.x == 0) atomicMin(nan_out, static_cast<unsigned long long>(seg.index));
   }
 }
 

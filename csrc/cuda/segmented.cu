@@ -23,6 +23,8 @@
 //          segment, picks the digit holding that segment's k-th key. Once every key is known,
 //          per-chunk tie counts and a per-segment scan of them give each chunk its quota of
 //          ties, so the lowest positions win, and a last launch writes the masks.
+// A tensor's SelectFlags (launch.h) make it rank |x| and compete where prev is false, writing true
+// elsewhere: drop_grow.cu's two phases.
 // NaN: every path folds the first (lowest) input index holding a competing NaN into *nan_out with
 // atomicMin (it starts at ~0, which reads back as -1); the masks are then unspecified. Kernel
 // boundaries order every pass, so no fence is needed. All element indices are 64-bit.

@@ -26,7 +26,9 @@
 //   cand fix        sets the mask of candidates above the k-th key or tied at or below the limit.
 // The fast path (bin small after the first digit) therefore reads the inputs twice and writes the
 // masks once. Extra memory: one 4096-bin histogram, the state, two 8-byte counters per tile and
-// the candidate buffer (16 bytes x cap). All index arithmetic is 64-bit.
+// the candidate buffer (16 bytes x cap). All index arithmetic is 64-bit. A segment's SelectFlags
+// (launch.h) make it rank |x| and compete where prev is false, writing true elsewhere, and k may
+// be read on the device (k_dev): drop_grow.cu's two phases over one global segment.
 #include <cstdint>
 #include <type_traits>
 

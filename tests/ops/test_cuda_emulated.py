@@ -225,7 +225,8 @@ def test_failed_occupancy_query_is_not_reported_as_a_launch_failure():
 
 @pytest.mark.skipif(os.environ.get("SFEMU_VARIANT") == "asan", reason="already the AddressSanitizer run")
 def test_under_address_sanitizer():
-    """This file's tests and the segmented kernels' again, with the library built with AddressSanitizer + UBSan."""
+    """This file's tests and the segmented and drop/grow kernels' again, with the library built with
+    AddressSanitizer + UBSan."""
     from cuda_emu import build
     libasan = build.asan_runtime()
     if libasan is None:
@@ -234,7 +235,8 @@ def test_under_address_sanitizer():
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:detect_stack_use_after_return=0",
                UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-                        str(Path(__file__).with_name("test_cuda_emulated_segmented.py")), "-k", "not occupancy"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=1500)
+                        str(Path(__file__).with_name("test_cuda_emulated_segmented.py")),
+                        str(Path(__file__).with_name("test_cuda_emulated_drop_grow.py")), "-k", "not occupancy"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=1500)
     tail = (r.stdout[-4000:] + r.stderr[-4000:])
     assert r.returncode == 0, tail
     assert " passed" in r.stdout and "ERROR: AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr, tail

@@ -173,23 +173,29 @@ def test_global_segment_ranks_magnitudes_in_one_dtype(backend, dtype, rng):
 
 @pytest.mark.parametrize("backend", EMU)
 @pytest.mark.parametrize("segments", ["tensor", "global"])
-def test_nan_code_is_the_first_of_weights_then_scores(backend, small, segments, rng):
-    # NaN in an inactive weight or in a kept element's score is no competitor of either phase,
-    # yet reported; the code is min(2i for weights[i], 2i+1 for scores[i]).
+@pytest.mark.parametrize("nans,code", [
+    ([(1, "s", 7), (2, "s", 3)], 3),
+    ([(1, "w", 4999), (2, "s", 3)], 2),  # the last element of a tensor
+    ([(2, "s", 49)], 5),
+    ([(0, "s", 19), (1, "w", 4100), (2, "w", 0)], 1),
+    ([(2, "w", 49), (1, "s", 4999), (1, "s", 0)], 3),
+])
+def test_nan_code_is_the_first_of_weights_then_scores(backend, small, segments, nans, code, rng):
+    # A NaN weight is inactive and a NaN score's element is kept (its weight huge): neither
+    # competes in either phase, yet both are reported, in tiles of different blocks; the code is
+    # min(2i for weights[i], 2i+1 for scores[i]).
     small(64)
     shapes = [(20,), (5000,), (50,)]
-    for where, code in (((1, "s"), 3), ((1, "w"), 2), ((2, "s"), 5), ((0, "s"), 1)):
-        w, g, m = layers(shapes, rng)
-        i, which = where
-        m[i][7] = which == "s"  # a NaN weight is inactive; a NaN score's element is kept
-        w[i][7] = float("nan") if which == "w" else 1e9
-        if which == "s":
-            g[i][7] = float("nan")
-        g[2][3] = float("nan") if code < 5 else g[2][3]  # a later NaN never wins
-        keeps, grows = counts(m, rng, global_=segments == "global")
-        out = [torch.zeros(s, dtype=torch.bool) for s in shapes]
-        nan = kernel(backend)(w, g, m, torch.tensor(keeps), torch.tensor(grows), out)
-        assert int(nan) == code
+    w, g, m = layers(shapes, rng)
+    for i, which, j in nans:
+        if which == "w":
+            m[i][j], w[i][j] = False, float("nan")
+        else:
+            m[i][j], w[i][j], g[i][j] = True, 1e9, float("nan")
+    keeps, grows = counts(m, rng, global_=segments == "global")
+    out = [torch.zeros(s, dtype=torch.bool) for s in shapes]
+    nan = kernel(backend)(w, g, m, torch.tensor(keeps), torch.tensor(grows), out)
+    assert int(nan) == code
 
 
 @pytest.mark.parametrize("backend", EMU[:1])
