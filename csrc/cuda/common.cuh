@@ -58,6 +58,13 @@ inline int blocks_per_sm(K kernel) {
   return n < 1 ? 1 : n;
 }
 
+// A persistent grid: one full wave of `occ` blocks per SM, but at most `items` blocks (at least 1).
+inline unsigned wave_grid(int64_t items, int sms, int occ) {
+  int64_t g = static_cast<int64_t>(sms > 0 ? sms : 1) * occ;
+  g = g > items ? items : g;
+  return static_cast<unsigned>(g < 1 ? 1 : g);
+}
+
 // ---- dtypes: raw storage and key width of each DType
 
 template <int DT> struct RawOf;

@@ -70,9 +70,7 @@ cudaError_t launch_nan_scan(const NanScanArgs& a) {
   SF_LAUNCH(nan_init_kernel, 1, 1, 0, a.stream, nan);
   if (a.tiles > 0 && a.nseg > 0) {
     static const int occ = blocks_per_sm(nan_scan_kernel);
-    long long grid = static_cast<long long>(a.num_sms > 0 ? a.num_sms : 1) * occ;
-    grid = grid > a.tiles ? a.tiles : grid;
-    SF_LAUNCH(nan_scan_kernel, static_cast<unsigned>(grid), kThreads, 0, a.stream, a.segs, a.nseg, a.tiles, nan);
+    SF_LAUNCH(nan_scan_kernel, wave_grid(a.tiles, a.num_sms, occ), kThreads, 0, a.stream, a.segs, a.nseg, a.tiles, nan);
   }
   return cudaGetLastError();
 }

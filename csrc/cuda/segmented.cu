@@ -422,13 +422,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) seg_mask_kernel(Seg
   }
 }
 
-// A grid of at most `items` blocks and one full wave of the kernel.
-unsigned seg_grid(int64_t items, int sms, int occ) {
-  int64_t g = static_cast<int64_t>(sms) * occ;
-  g = g > items ? items : g;
-  return static_cast<unsigned>(g < 1 ? 1 : g);
-}
-
 template <bool SAL>
 cudaError_t run_segmented(const SegmentedArgs& a) {
   cudaStream_t s = a.stream;
@@ -445,23 +438,23 @@ cudaError_t run_segmented(const SegmentedArgs& a) {
   static const int mask_occ = blocks_per_sm(seg_mask_kernel<SAL>);
   const int64_t seg_threads = (a.large.segs + kThreads - 1) / kThreads;
 
-  SF_LAUNCH(seg_init_kernel, seg_grid(seg_threads, sms, init_occ), kThreads, 0, s, a.large, w, nan);
+  SF_LAUNCH(seg_init_kernel, wave_grid(seg_threads, sms, init_occ), kThreads, 0, s, a.large, w, nan);
   if (a.tiny.items > 0) {
-    SF_LAUNCH((seg_tiny_kernel<SAL>), seg_grid((a.tiny.items + kThreads - 1) / kThreads, sms, tiny_occ), kThreads, 0,
+    SF_LAUNCH((seg_tiny_kernel<SAL>), wave_grid((a.tiny.items + kThreads - 1) / kThreads, sms, tiny_occ), kThreads, 0,
               s, a.tiny, nan);
   }
   if (a.rows.items > 0) {
-    SF_LAUNCH((seg_row_kernel<SAL>), seg_grid(a.rows.items, sms, row_occ), kThreads, 0, s, a.rows, nan);
+    SF_LAUNCH((seg_row_kernel<SAL>), wave_grid(a.rows.items, sms, row_occ), kThreads, 0, s, a.rows, nan);
   }
   if (a.large.items > 0) {
     const int levels = a.large.key_bits / kSegDigitBits;
     for (int l = 0; l < levels; ++l) {
-      SF_LAUNCH((seg_hist_kernel<SAL>), seg_grid(a.large.items, sms, hist_occ), kThreads, 0, s, a.large, w, l, nan);
-      SF_LAUNCH((seg_choose_kernel<SAL>), seg_grid(seg_threads, sms, choose_occ), kThreads, 0, s, a.large, w, l);
+      SF_LAUNCH((seg_hist_kernel<SAL>), wave_grid(a.large.items, sms, hist_occ), kThreads, 0, s, a.large, w, l, nan);
+      SF_LAUNCH((seg_choose_kernel<SAL>), wave_grid(seg_threads, sms, choose_occ), kThreads, 0, s, a.large, w, l);
     }
-    SF_LAUNCH((seg_tie_count_kernel<SAL>), seg_grid(a.large.items, sms, tie_occ), kThreads, 0, s, a.large, w);
-    SF_LAUNCH(seg_tie_scan_kernel, seg_grid(a.large.segs, sms, scan_occ), kThreads, 0, s, a.large, w);
-    SF_LAUNCH((seg_mask_kernel<SAL>), seg_grid(a.large.items, sms, mask_occ), kThreads, 0, s, a.large, w);
+    SF_LAUNCH((seg_tie_count_kernel<SAL>), wave_grid(a.large.items, sms, tie_occ), kThreads, 0, s, a.large, w);
+    SF_LAUNCH(seg_tie_scan_kernel, wave_grid(a.large.segs, sms, scan_occ), kThreads, 0, s, a.large, w);
+    SF_LAUNCH((seg_mask_kernel<SAL>), wave_grid(a.large.items, sms, mask_occ), kThreads, 0, s, a.large, w);
   }
   return cudaGetLastError();
 }

@@ -12,7 +12,8 @@ number of launches however many tensors, and weak global memory across blocks (`
 import pytest
 import torch
 
-from conftest import EMULATED_CUDA
+from conftest import EMULATED_CUDA, EMULATED_CUDA_PATHS
+from cuda_emu import register
 
 pytestmark = pytest.mark.skipif(not EMULATED_CUDA, reason="the CUDA emulator is not built here (no C++ compiler, or SPARSEFORCE_TEST_NO_EMU=1)")
 
@@ -20,29 +21,11 @@ pytestmark = pytest.mark.skipif(not EMULATED_CUDA, reason="the CUDA emulator is 
 TINY, ROW, RADIX = 1, 2, 4
 
 
-def _emulated_backends():
-    if not EMULATED_CUDA:
-        return []
-    from cuda_emu import register
-    return EMULATED_CUDA + register.install.weak
-
-
-EMU = _emulated_backends()
+EMU = EMULATED_CUDA_PATHS
 
 
 def kernel(backend):
-    from cuda_emu import register
     return register.install.kernels[backend]["drop_grow_masks"]
-
-
-def paths_taken():
-    from cuda_emu import register
-    return register.install.backend.last.mode
-
-
-def launches():
-    from cuda_emu import register
-    return register.install.emulator.lib.sfemu_launches()
 
 
 @pytest.fixture
@@ -89,7 +72,7 @@ def run(backend, weights, scores, masks, keeps, grows, paths=None):
     nan = kernel(backend)(weights, scores, masks, keeps, grows, out)
     assert int(nan) == -1
     if paths is not None:
-        assert paths_taken() == paths
+        assert register.last_mode() == paths
     want = oracle(weights, scores, masks, keeps, grows)
     for i, (a, b) in enumerate(zip(out, want)):
         assert torch.equal(a, b), f"tensor {i}"
@@ -206,8 +189,8 @@ def test_many_tensors_and_fixed_launches(backend, small, segments, rng):
     def count(n_tensors):
         w, g, m = layers([((10, 300, 5000)[i % 3],) for i in range(n_tensors)], rng)
         keeps, grows = counts(m, rng, global_=segments == "global")
-        before = launches()
+        before = register.launches()
         run(backend, w, g, m, keeps, grows)
-        return launches() - before
+        return register.launches() - before
     assert count(3) == count(24)
 
