@@ -122,7 +122,7 @@ MUTANTS = {
 
 # The drop/grow and segmented kernels' tests first: with -x, a bug in drop_grow.cu or segmented.cu
 # fails there, before the AddressSanitizer rerun at the end of test_cuda_emulated.py.
-TESTS = ["tests/ops/test_cuda_emulated_drop_grow.py", "tests/ops/test_cuda_emulated_segmented.py", "tests/ops/test_segmented.py", "tests/ops/test_cuda_emulated.py",
+TESTS = ["tests/ops/test_cuda_emulated_drop_grow.py", "tests/ops/test_drop_grow.py", "tests/ops/test_cuda_emulated_segmented.py", "tests/ops/test_segmented.py", "tests/ops/test_cuda_emulated.py",
          "tests/ops/test_ops.py", "tests/ops/test_radix_histogram.py", "-k", "cuda_emu"]
 
 
