@@ -87,10 +87,10 @@ MUTANTS = {
                      "drop/grow NaN scan: the block's vote (a barrier) skipped, so only thread 0's elements count"),
     "dg_drop_ties_tensor": ("cuda/segmented.cu", "(key[j] > key[i] || (key[j] == key[i] && j < i))",
                             "(key[j] > key[i] || (key[j] == key[i] && ((t.flags & kFlagUnion) ? j < i : j > i)))",
-                            "drop phase, per tensor (thread path): equal |w| drop the lowest positions first"),
+                            "drop phase, per tensor (thread path): of equal weight magnitudes the lowest positions drop first"),
     "dg_grow_ties_tensor": ("cuda/segmented.cu", "(key[j] > key[i] || (key[j] == key[i] && j < i))",
                             "(key[j] > key[i] || (key[j] == key[i] && ((t.flags & kFlagUnion) ? j > i : j < i)))",
-                            "grow phase, per tensor (thread path): equal |score| grow the highest positions first"),
+                            "grow phase, per tensor (thread path): of equal score magnitudes the highest positions grow first"),
     "dg_drop_ties_global": ("cuda/host.cpp", "const Table t = segment_table(list, rank, false, true);",
                             "const Table t = segment_table(phase == 0 ? std::vector<Input>(list.rbegin(), list.rend()) : list, "
                             "rank, false, true);",
@@ -105,8 +105,8 @@ MUTANTS = {
                                "offered for growth (and stay)"),
     "dg_nan_not_atomic": ("cuda/drop_grow.cu", "atomicMin(nan_out, static_cast<unsigned long long>(seg.index));",
                           "*nan_out = *nan_out < static_cast<unsigned long long>(seg.index) ? *nan_out : seg.index;",
-                          "drop/grow NaN scan: blocks fold the NaN code with a plain read-min-write, not an atomic "
-                          "(caught under the weak-memory schedule only)"),
+                          "drop/grow NaN scan: blocks fold the NaN code with a plain read-min-write, not an atomic, "
+                          "so racing blocks can lose the lower code"),
     "dg_scratch_boundary": ("cuda/host.cpp", "at += in.n;", "at += in.n - 1;",
                             "each tensor's K scratch starts one byte early, on the previous tensor's last element"),
     "dg_scan_boundary": ("cuda/drop_grow.cu", "const int64_t hi = lo + kTile < seg.n ? lo + kTile : seg.n;",
