@@ -2,18 +2,20 @@
 emulator, on each of its paths.
 
 The shared tests (test_drop_grow.py) run the emulated backends on every kind of input; this file
-calls the kernel directly (the op library's signature) and forces each path: per tensor on the
-thread, row and radix paths of the segmented select (``SPARSEFORCE_CUDA_SEGMENT_SMALL``, the
-paths the host reports checked), one segment over many tensors on the global radix select (with
-and without its candidate buffer, ``SPARSEFORCE_CUDA_CANDIDATE_CAP``), ties straddling every
-drop and grow count, NaN in an inactive weight or a kept element's score, many tensors, a fixed
-number of launches however many tensors, and weak global memory across blocks (``cuda_emu_weak``).
+calls the kernel directly (the op library's signature), against the reference kernel, and forces
+each path: per tensor on the thread, row and radix paths of the segmented select
+(``SPARSEFORCE_CUDA_SEGMENT_SMALL``, the paths the host reports checked), one segment over many
+tensors on the global radix select (with and without its candidate buffer,
+``SPARSEFORCE_CUDA_CANDIDATE_CAP``), ties straddling every drop and grow count, NaN in an inactive
+weight or a kept element's score, many tensors, a fixed number of launches however many tensors,
+and weak global memory across blocks (``cuda_emu_weak``).
 """
 import pytest
 import torch
 
 from conftest import EMULATED_CUDA, EMULATED_CUDA_PATHS
 from cuda_emu import register
+from sparseforce.ops import reference
 
 pytestmark = pytest.mark.skipif(not EMULATED_CUDA, reason="the CUDA emulator is not built here (no C++ compiler, or SPARSEFORCE_TEST_NO_EMU=1)")
 
@@ -35,30 +37,6 @@ def small(monkeypatch):
     return set_small
 
 
-def oracle(weights, scores, masks, keeps, grows):
-    """The contract of dg_spec.md, by stable sorts over the flattened segments (float64 holds
-    every |x| exactly)."""
-    segments = [[i] for i in range(len(weights))] if len(keeps) == len(weights) else [list(range(len(weights)))]
-    out = [None] * len(weights)
-    for s, idx in enumerate(segments):
-        w = torch.cat([weights[i].reshape(-1).double().abs() for i in idx])
-        g = torch.cat([scores[i].reshape(-1).double().abs() for i in idx])
-        m = torch.cat([masks[i].reshape(-1) for i in idx])
-        kept = torch.zeros_like(m)
-        act = m.nonzero().flatten()
-        order = torch.sort(w[act], descending=True, stable=True).indices
-        kept[act[order[:int(keeps[s])]]] = True
-        free = (~kept).nonzero().flatten()
-        order = torch.sort(g[free], descending=True, stable=True).indices
-        new = kept.clone()
-        new[free[order[:int(grows[s])]]] = True
-        at = 0
-        for i in idx:
-            out[i] = new[at:at + weights[i].numel()].reshape(weights[i].shape)
-            at += weights[i].numel()
-    return out
-
-
 def tied(shape, rng, dtype=torch.float32, levels=5):
     """Values drawn from a few magnitudes of both signs (signed zeros among them): ties straddle
     every count."""
@@ -73,7 +51,8 @@ def run(backend, weights, scores, masks, keeps, grows, paths=None):
     assert int(nan) == -1
     if paths is not None:
         assert register.last_mode() == paths
-    want = oracle(weights, scores, masks, keeps, grows)
+    want = [torch.zeros(w.shape, dtype=torch.bool) for w in weights]
+    assert int(reference.drop_grow_masks(weights, scores, masks, keeps, grows, want)) == -1
     for i, (a, b) in enumerate(zip(out, want)):
         assert torch.equal(a, b), f"tensor {i}"
 
