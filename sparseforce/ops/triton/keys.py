@@ -46,6 +46,23 @@ def element_keys(table, row, offs, valid, full, X, G,
     if HAS_PREV:
         p_ptr = tl.multiple_of(tl.load(table + row + COL_PREV).to(tl.pointer_type(tl.uint8)), 16)
         compete = compete & (load_block(p_ptr, offs, valid, full) != 0)
+    key, nan = float_keys(s, KEY_BITS, False)
+    return key, compete, compete & nan
+
+
+@device_function
+def magnitude_keys(table, row, COL: tl.constexpr, offs, valid, full, X, KEY_BITS: tl.constexpr):
+    """The keys of |x| for the elements ``offs`` of the tensor at column COL of a table row (of
+    X's dtype), and which of them are NaN (every element in range is checked)."""
+    x_ptr = tl.multiple_of(tl.load(table + row + COL).to(tl.pointer_type(X.dtype.element_ty)), 16)
+    key, nan = float_keys(load_block(x_ptr, offs, valid, full), KEY_BITS, True)
+    return key, valid & nan
+
+
+@device_function
+def float_keys(s, KEY_BITS: tl.constexpr, MAGNITUDE: tl.constexpr):
+    """The keys of the values ``s`` (of |s| if MAGNITUDE: the sign bit cleared first) and which
+    of them are NaN."""
     # Widening to the promoted dtype is exact (floats.widen), so ranking after it ranks the given
     # values. -0.0 is canonicalised on the bit pattern, and NaN tested in at least float32: the
     # interpreter compares bfloat16 by its bits, which would miss both.
@@ -58,11 +75,12 @@ def element_keys(table, row, offs, valid, full, X, G,
             b = wide.to(tl.uint32, bitcast=True)
         else:  # 16-bit keys in uint32
             b = s.to(tl.uint16, bitcast=True).to(tl.uint32)
-    nan = compete & (wide != wide)
     sign = 1 << (KEY_BITS - 1)
+    if MAGNITUDE:
+        b = b & (sign - 1)
     b = tl.where(b == sign, 0, b)
     key = b ^ tl.where((b >> (KEY_BITS - 1)) != 0, (sign << 1) - 1, sign).to(b.dtype)
-    return key, compete, nan
+    return key, wide != wide
 
 
 @device_function
@@ -72,7 +90,13 @@ def competing_keys(table, row, offs, valid, full, state, X, G,
     """element_keys, and the k-th key's digits found so far (from ``state``), in the key type."""
     key, compete, nan = element_keys(table, row, offs, valid, full, X, G, KEY_BITS, SALIENCY, SCORE_F64,
                                      HAS_PREV)
+    return key, compete, nan, kth_prefix(state, KEY_BITS)
+
+
+@device_function
+def kth_prefix(state, KEY_BITS: tl.constexpr):
+    """The k-th key's digits found so far (from ``state``), in the key type."""
     prefix = tl.load(state + ST_PREFIX).to(tl.uint64, bitcast=True)
     if KEY_BITS != 64:
         prefix = prefix.to(tl.uint32)
-    return key, compete, nan, prefix
+    return prefix
