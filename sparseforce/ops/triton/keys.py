@@ -6,6 +6,7 @@ reference's comparisons do. NaN gets a key like any other bit pattern; the first
 it and the caller raises, so its rank never matters.
 Keys are computed in the promoted dtype of all tensors (16, 32 or 64 bits wide), which ranks
 mixed dtypes exactly like the reference's promote-then-sort. 16-bit keys live in uint32.
+magnitude_keys (drop_grow) ranks |x|: the sign bit is cleared before the transform.
 
 Written as few device functions on purpose: under the Triton interpreter (CI) every call of a
 jit helper costs milliseconds, so a chain of tiny helpers would dominate the test time.
