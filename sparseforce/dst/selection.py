@@ -16,35 +16,7 @@ from .. import distributed, ops
 
 def drop_grow(weights, scores, masks, drops, grows, segment: str, backend: str) -> list:
     """The new masks (fresh tensors; ``masks`` are only read)."""
-    op = getattr(ops, "drop_grow_masks", None)
-    if op is not None:
-        return op(weights, scores, masks, drops, grows, segment=segment, backend=backend)
-    return _sorted_drop_grow(weights, scores, masks, drops, grows, segment)
-
-
-def _sorted_drop_grow(weights, scores, masks, drops, grows, segment):
-    # Temporary, until main's ops.drop_grow_masks lands: the op's semantics with stable sorts.
-    groups = [[i] for i in range(len(weights))] if segment == "tensor" else [list(range(len(weights)))]
-    grows = drops if grows is None else grows
-    out = [torch.zeros_like(m) for m in masks]
-    for s, members in enumerate(groups):
-        if not members:
-            continue
-        w = torch.cat([weights[i].detach().reshape(-1).abs().double() for i in members])
-        g = torch.cat([scores[i].detach().reshape(-1).abs().double() for i in members])
-        m = torch.cat([masks[i].reshape(-1) for i in members])
-        active = m.nonzero().reshape(-1)
-        keep = active[torch.sort(-w[active], stable=True).indices[: active.numel() - drops[s]]]
-        new = torch.zeros_like(m)
-        new[keep] = True
-        free = (~new).nonzero().reshape(-1)
-        new[free[torch.sort(-g[free], stable=True).indices[: grows[s]]]] = True
-        offset = 0
-        for i in members:
-            n = masks[i].numel()
-            out[i].copy_(new[offset: offset + n].view(masks[i].shape))
-            offset += n
-    return out
+    return ops.drop_grow_masks(weights, scores, masks, drops, grows, segment=segment, backend=backend)
 
 
 def sharded_drop_grow(weights, scores, masks, keeps: int, grow: int, group, backend: str) -> list:

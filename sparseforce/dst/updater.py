@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .. import _checks, distributed
+from .. import _checks, distributed, ops
 from ..masks import Masks, refresh_masks
 from ..masks.container import check_model, is_sharded
 from ..optim import MaskedAdamW, MaskedSGD
@@ -68,6 +68,8 @@ class Binding:
             if local(m).device != local(p).device:
                 raise ValueError(f"mask {name!r} is on {local(m).device} but its parameter on {local(p).device}; "
                                  "move the masks first (masks.to(device))")
+        # The sharded selection runs ops.topk_masks on each rank's shards.
+        ops.resolve_name(backend, "topk_masks" if self.sharded else "drop_grow_masks", local(self.params[0]).device)
         self.group = _group(process_group, ddp_group, self.params if self.sharded else None)
         self.model, self.mask_map, self.optimizer = model, masks, optimizer
         self.gradients = None
@@ -111,6 +113,8 @@ class Binding:
             grow = drops[0] if grows is None else grows[0]
             new = sharded_drop_grow(weights, scores, old, active[0] - drops[0], grow, self.group, self.backend)
         else:
+            if segment == "global":  # the op takes one count for the one segment
+                drops, grows = drops[0], None if grows is None else grows[0]
             new = drop_grow(weights, scores, old, drops, grows, segment, self.backend)
             if self.group is not None:
                 distributed.check_same_on_all_ranks(
