@@ -36,6 +36,7 @@ class GradualMagnitude(DynamicSparsity):
         total_steps, update_every = check_steps(total_steps, update_every)
         check_backend(backend)
         sparsity = check_fraction("sparsity", sparsity)
+        regrow_fraction = check_fraction("regrow_fraction", regrow_fraction)
         if initial_sparsity is not None:
             initial_sparsity = check_fraction("initial_sparsity", initial_sparsity)
             if initial_sparsity > sparsity:
@@ -60,7 +61,7 @@ class GradualMagnitude(DynamicSparsity):
                              "target sparsity would never be reached")
         options = dict(total_steps=total_steps, sparsity=sparsity, initial_sparsity=initial_sparsity, start=start,
                        end=end, update_every=update_every,
-                       regrow_fraction=check_fraction("regrow_fraction", regrow_fraction), scope=scope,
+                       regrow_fraction=regrow_fraction, scope=scope,
                        distribution=distribution)
         super().__init__(model, masks, optimizer, backend=backend, process_group=process_group, options=options)
         self._steps = steps
