@@ -175,16 +175,23 @@ def test_masked_optimizers_and_apply_masks_follow_the_new_masks():
         opt.refresh_masks({"2.bias": torch.ones(8, dtype=torch.bool)})
 
 
-def test_the_dense_gradient_is_captured_at_update_steps_only_and_summed_over_backward_calls():
+@pytest.mark.parametrize("enforcement", ["apply_masks_before", "apply_masks_after", "masked_sgd"])
+def test_the_dense_gradient_is_captured_at_update_steps_only_and_summed_over_backward_calls(enforcement):
     model, plain = small_cnn(0), small_cnn(0)  # plain: the same masked network, no hooks
     masks = sf.Masks(random_masks(model, 0.4, 1))
-    sf.apply_masks(model, masks)
     with torch.no_grad():
-        for n, p in plain.named_parameters():
+        for n, p in list(plain.named_parameters()) + list(model.named_parameters()):
             if n in masks:
                 p.masked_fill_(~masks[n], 0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    if enforcement == "masked_sgd":
+        opt = sf.MaskedSGD(model.named_parameters(), masks, lr=0.0)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    if enforcement == "apply_masks_before":
+        sf.apply_masks(model, masks)
     rigl = sf.dst.RigL(model, masks, opt, total_steps=100, update_every=3, backend="reference")
+    if enforcement == "apply_masks_after":  # its masking hook is registered after the capture's
+        sf.apply_masks(model, masks)
     capture = rigl._binding.gradients
     names = list(masks)
     reference = dict(plain.named_parameters())
@@ -203,6 +210,12 @@ def test_the_dense_gradient_is_captured_at_update_steps_only_and_summed_over_bac
                 assert capture._grads[i][~masks[n]].any()  # dense: not masked
         opt.step()
         rigl.step()
+    assert all(g is None for g in capture._grads)
+    rigl.remove()
+    capture.arm(True)
+    opt.zero_grad()
+    x, y = data[0]
+    nn.functional.cross_entropy(model(x), y).backward()  # no capture left
     assert all(g is None for g in capture._grads)
 
 
