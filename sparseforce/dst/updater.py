@@ -58,6 +58,11 @@ class Binding:
         self.names = list(masks)
         self.params = [params[n] for n in self.names]
         self.masks = [masks[n] for n in self.names]
+        seen = {}
+        for name, p in zip(self.names, self.params):
+            if id(p) in seen:  # one tensor would be updated twice, the second time from the first's result
+                raise ValueError(f"masks {seen[id(p)]!r} and {name!r} name the same (tied) parameter; keep one of them")
+            seen[id(p)] = name
         self.sharded = any(is_sharded(p) for p in self.params)
         for name, p, m in zip(self.names, self.params, self.masks):
             if is_sharded(p) != self.sharded or is_sharded(m) != self.sharded:
@@ -94,7 +99,7 @@ class Binding:
     def dense_gradients(self, step: int) -> list:
         """The captured gradients of this step, averaged over the ranks (the same on every rank)."""
         grads = self.gradients.take()
-        if not self.sharded and all(g is None for g in grads):
+        if all(g is None for g in grads):
             raise RuntimeError(f"no gradient reached the masked parameters during step {step}: call "
                                "loss.backward() before optimizer.step() and the update's step() at every step")
         grads = [torch.zeros_like(local(p)) if g is None else g for g, p in zip(grads, self.params)]

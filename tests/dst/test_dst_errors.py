@@ -84,6 +84,15 @@ def test_argument_errors_are_one_line_and_change_nothing(method, positional, kw,
     handle.remove()
 
 
+def test_tied_parameters_named_twice_are_refused():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False), torch.nn.Linear(4, 4, bias=False))
+    model[1].weight = model[0].weight
+    masks = {"0.weight": torch.rand(4, 4) < 0.5}
+    masks["1.weight"] = masks["0.weight"].clone()
+    with pytest.raises(ValueError, match="masks '0.weight' and '1.weight' name the same \\(tied\\) parameter"):
+        sf.dst.RigL(model, masks, None, total_steps=10, backend="reference")
+
+
 def test_an_update_step_without_a_gradient_is_refused_clearly():
     model, masks, opt = _setup()
     rigl = sf.dst.RigL(model, masks, opt, total_steps=10, update_every=1, backend="reference")
