@@ -114,3 +114,18 @@ def test_load_state_dict_refuses_another_method_or_other_options():
     with pytest.raises(ValueError, match=r"state\['step'\] must be an integer >= 0"):
         rigl.load_state_dict({**state, "step": -1})
     assert rigl.steps_taken == 0
+
+
+def test_the_enforcement_helpers_check_their_arguments():
+    model, masks, opt = _setup()
+    handle = sf.apply_masks(model, masks)
+    with pytest.raises(ValueError, match="masks do not fit"):
+        sf.masks.refresh_masks(model, {"nope": torch.ones(2, dtype=torch.bool)})
+    assert sf.masks.refresh_masks(model, masks) == list(masks)
+    handle.remove()
+    assert sf.masks.refresh_masks(model, masks) == []  # nothing under apply_masks any more
+    with pytest.raises(ValueError, match="needs a tensor that requires grad"):
+        enforce.register_dense_grad_hook(torch.zeros(3), lambda g: None)
+    masked = sf.MaskedSGD(model.named_parameters(), masks, lr=0.1)
+    with pytest.raises(ValueError, match=r"has shape \(3\) but MaskedSGD masks"):
+        masked.refresh_masks({"0.weight": torch.ones(3, dtype=torch.bool)})
