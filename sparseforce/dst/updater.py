@@ -25,7 +25,7 @@ from ..masks import Masks, refresh_masks
 from ..masks.container import check_model, is_sharded
 from ..optim import MaskedAdamW, MaskedSGD
 from .gradients import DenseGradients, local
-from .selection import drop_grow, sharded_drop_grow
+from .selection import sharded_drop_grow
 
 
 def check_backend(backend) -> str:
@@ -120,7 +120,7 @@ class Binding:
         else:
             if segment == "global":  # the op takes one count for the one segment
                 drops, grows = drops[0], None if grows is None else grows[0]
-            new = drop_grow(weights, scores, old, drops, grows, segment, self.backend)
+            new = ops.drop_grow_masks(weights, scores, old, drops, grows, segment=segment, backend=self.backend)
             if self.group is not None:
                 distributed.check_same_on_all_ranks(
                     new, "the masks after the update", self.group,
