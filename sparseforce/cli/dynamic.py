@@ -122,3 +122,14 @@ def dst_options(args) -> dict | None:
     if args.dst == "gmp":
         options["sparsity"] = args.sparsity
     return options
+
+
+def check_dst_on(args, model, total_steps: int) -> None:
+    """What ``fit`` would refuse of the dst options (gmp's start after its end, no update step in
+    the run, an unavailable backend...), on the fresh model before any pruning."""
+    if args.dst is None:
+        return
+    from ..train import dynamic
+
+    config = dynamic.resolve(args.dst, dst_options(args), total_steps=total_steps, seed=args.seed)
+    dynamic.check(config, model, dynamic.dense_masks(model), args.backend)

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 
 from . import checks
-from .dynamic import add_dst, check_dst, dst_options, resolve_dst, starts_dense
+from .dynamic import add_dst, check_dst, check_dst_on, dst_options, resolve_dst, starts_dense
 from .methods import ablation_seed, announce, compute_masks, fill_sparsity, needed_ops, pruning_kwargs, shuffle_if_asked
 from .options import (ABLATION_NAMES, MODEL_ALIASES, add_ablation, add_common, add_data_and_model,
                       add_pruning, momentum, non_negative_float, non_negative_int, positive_float, positive_int,
@@ -197,6 +198,9 @@ def _run(args, device, model_name: str, stage: dict) -> int:
     torch.manual_seed(args.seed)
     model = checks.build_model(model_name, key, sfdata.NUM_CLASSES[key]).to(device)
     batch_size = args.batch_size if args.batch_size is not None else recipe.batch_size
+    if not args.resume:
+        epochs = args.epochs if args.epochs is not None else recipe.epochs
+        check_dst_on(args, model, epochs * math.ceil(len(train) / batch_size))
     # On resume the checkpoint's.
     masks = None if args.resume else _masks(args, model, train, batch_size, model_name, device)
 

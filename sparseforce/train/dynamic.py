@@ -75,6 +75,12 @@ def build(config: dict, model, masks: Masks, optimizer, backend: str):
     return dst_class(config["method"])(model, masks, optimizer, backend=backend, **options)
 
 
+def check(config: dict, model, masks: Masks, backend: str) -> None:
+    """Refuse what the dst object of ``config`` would refuse on ``model`` and ``masks``, before any
+    work: the object is built without an optimizer and unbound at once, which changes nothing."""
+    build(config, model, masks, None, backend).remove()
+
+
 def dense_masks(model) -> Masks:
     """Every prunable weight kept: where gradual magnitude pruning starts when given no masks."""
     params = dict(model.named_parameters())

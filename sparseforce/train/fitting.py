@@ -198,6 +198,8 @@ def _prepare(model, masks, ckpt, where, rec: Recipe, train_data, val_data, test_
                                     seed=seed)
     if ckpt is not None:  # before anything is built on settings that may not be the checkpoint's
         _resume.check_settings(ckpt, where, config)
+    if dst is not None:  # before the model is changed (reinit, the optimizer zeroing the pruned weights)
+        dynamic.check(config["dst"], model, masks, backend)
     if reinit is not None and ckpt is None:
         _ablations.reinit(model, reinit)  # once every argument is checked; the optimizer zeroes the pruned
 
