@@ -132,4 +132,7 @@ def check_dst_on(args, model, total_steps: int) -> None:
     from ..train import dynamic
 
     config = dynamic.resolve(args.dst, dst_options(args), total_steps=total_steps, seed=args.seed)
-    dynamic.check(config, model, dynamic.dense_masks(model), args.backend)
+    try:
+        dynamic.check(config, model, dynamic.dense_masks(model), args.backend)
+    except ValueError as exc:  # it names the options as the library spells them
+        raise ValueError(f"--dst {args.dst}: {exc}") from None

@@ -80,7 +80,8 @@ def _check(args):
 
     if args.milestones is not None and any(b <= a for a, b in zip(args.milestones, args.milestones[1:])):
         raise ValueError(f"--milestones must be increasing, got {' '.join(map(str, args.milestones))}")
-    if args.optimizer == "adamw" and args.momentum is not None:
+    # (On --resume the recipe's momentum comes back from the checkpoint's config, unused by adamw.)
+    if args.optimizer == "adamw" and args.momentum is not None and not args.resume:
         raise ValueError("--momentum does not apply to --optimizer adamw")
     if args.milestones is not None and not args.resume:
         # --resume cannot change --epochs, so a milestone at or past the last epoch stays dead.

@@ -1,6 +1,7 @@
 """fit(dst=...): dynamic sparse training in the training loop, its checkpoints, and a resume that
 ends bit-identical to an uninterrupted run wherever the first run was killed."""
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 
 import sparseforce as sf
+from same_run import assert_same_run
 from sparseforce import data as sfdata
 from sparseforce.train import CheckpointError, fit, load_checkpoint
 
@@ -57,22 +59,6 @@ def assert_pruned_zero(net, masks):
     params = dict(net.named_parameters())
     for n, m in masks.items():
         assert torch.count_nonzero(params[n].detach()[~m]) == 0, n
-
-
-def assert_same_run(a: dict, b: dict):
-    """Two checkpoints: weights, masks, optimizer state and dst state bit for bit."""
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
-    for n, m in a["masks"]["masks"].items():
-        assert torch.equal(m, b["masks"]["masks"][n]), n
-    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
-    assert sa.keys() == sb.keys()
-    for i in sa:
-        for k, v in sa[i].items():
-            assert torch.equal(v, sb[i][k]) if isinstance(v, torch.Tensor) else v == sb[i][k], (i, k)
-    assert a["dst"]["state"] == b["dst"]["state"]
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
-    assert strip(a["history"]) == strip(b["history"])
 
 
 def test_rigl_in_fit_moves_the_masks_keeps_the_counts_and_leaves_the_callers_masks(tmp_path):
@@ -207,8 +193,8 @@ def test_gmp_resumed_mid_schedule_is_bit_identical(tmp_path):
 def stopped(tmp_path):
     train, _, _ = make_data()
     net, masks = make_model()
-    fit(net, masks, train, out_dir=tmp_path, stop_after_epoch=2, **RIGL, **KW)
-    return tmp_path, train, masks
+    fit(net, masks, train, out_dir=tmp_path / "run", stop_after_epoch=2, **RIGL, **KW)
+    return tmp_path / "run", train, masks
 
 
 @pytest.mark.parametrize("change, words", [
@@ -230,13 +216,17 @@ def test_a_resume_with_other_dst_settings_is_refused(stopped, change, words):
     assert all(torch.equal(v, w0[k]) for k, v in net.state_dict().items())
 
 
-def test_a_resume_takes_the_starting_masks_and_refuses_others(stopped):
-    out, train, masks = stopped
-    net, _ = make_model()
-    fit(net, masks, train, out_dir=out, resume=True, stop_after_epoch=3, **RIGL, **KW)  # the masks it started from
+def test_a_resume_takes_the_starting_masks_and_refuses_others(stopped, tmp_path):
+    out, _, masks = stopped
+    shutil.copytree(out, tmp_path / "copy")
+    # given the masks it started from, it goes on with the checkpoint's, as without masks
+    res = fit(make_model()[0], masks, make_data()[0], out_dir=out, resume=True, **RIGL, **KW)
+    fit(make_model()[0], None, make_data()[0], out_dir=tmp_path / "copy", resume=True, **RIGL, **KW)
+    assert_same_run(load_checkpoint(out / "checkpoint.pt"), load_checkpoint(tmp_path / "copy" / "checkpoint.pt"))
+    assert res.masks != masks
     _, other = make_model(seed=9)
     with pytest.raises(CheckpointError, match="differ from those the run in .* started from"):
-        fit(net, other, train, out_dir=out, resume=True, **RIGL, **KW)
+        fit(make_model()[0], other, make_data()[0], out_dir=out, resume=True, **RIGL, **KW)
 
 
 @pytest.mark.parametrize("kw, error, words", [
