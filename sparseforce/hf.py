@@ -66,8 +66,8 @@ class DSTCallback(transformers.TrainerCallback):
             self.handle.remove()
         self.handle = apply_masks(model, self.masks)
         config = dynamic.resolve(self.method, self.options, total_steps=state.max_steps, seed=args.seed)
-        # accelerate wraps the Trainer's optimizer; the state to reset is the torch optimizer's.
-        self.dst = dynamic.build(config, model, self.masks, getattr(optimizer, "optimizer", optimizer), self.backend)
+        # (accelerate's wrapper of the Trainer's optimizer shows the wrapped one's state)
+        self.dst = dynamic.build(config, model, self.masks, optimizer, self.backend)
         if saved is not None:
             self.dst.load_state_dict(saved["state"])
 
