@@ -95,7 +95,8 @@ def _check(args):
                              + (f"give milestones below {epochs}" if epochs > 1 else "leave --milestones out"))
     device = checks.checked_device(args.device)
     prunes = not args.resume and args.masks is None and args.method is not None
-    checks.check_backend(args.backend, device, (needed_ops(args) if prunes else ()) + ("masked_sgd_",))
+    checks.check_backend(args.backend, device, (needed_ops(args) if prunes else ()) + ("masked_sgd_",)
+                         + (("drop_grow_masks",) if args.dst is not None else ()))
     if prunes:
         pruning_kwargs(args)
     if args.ablation == "invert" and args.masks is not None and not args.resume:
