@@ -116,7 +116,9 @@ def fit(model: nn.Module, masks, train_data, val_data=None, test_data=None, *, e
             after every optimizer step; ``total_steps`` is ``epochs`` x the batches per epoch, so
             ``train_data`` must have a length and a resumed run cannot change ``epochs``. The caller's
             ``masks`` are copied, not changed; the checkpoint holds the current masks, the dst state
-            and the masks it started from (what ``masks`` given on resume must equal).
+            and the masks it started from (what ``masks`` given on resume must equal). With
+            ``optimizer="adamw"`` the masked AdamW keeps a step count per weight
+            (``per_element_step=True``), so that a grown weight takes the steps of a fresh Adam.
         dst_options: the dst object's options (``update_every``, ``end``, ``drop_fraction``,
             ``scope``, ``seed`` (default: ``seed``), ``sparsity`` (gmp's target), ...); those left out
             take the method's defaults, and all are stored resolved in the checkpoint.
@@ -208,7 +210,8 @@ def _prepare(model, masks, ckpt, where, rec: Recipe, train_data, val_data, test_
         opt = MaskedSGD(named, masks, lr=rec.lr, momentum=rec.momentum, weight_decay=rec.weight_decay,
                         nesterov=rec.nesterov, backend=backend)
     else:
-        opt = MaskedAdamW(named, masks, lr=rec.lr, weight_decay=rec.weight_decay)
+        # With dst, each weight's own step count: a grown weight then takes a fresh Adam's steps.
+        opt = MaskedAdamW(named, masks, lr=rec.lr, weight_decay=rec.weight_decay, per_element_step=dst is not None)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(rec.milestones), gamma=rec.gamma)
     run = _Run(model, masks, rec, config, opt, sched, train_loader, eval_loaders, loss_fn, device, progress, verbose)
     if dst is not None:

@@ -94,15 +94,20 @@ def test_the_dst_steps_once_right_after_every_optimizer_step(monkeypatch):
     assert events == ["opt", "dst"] * 10
 
 
-def test_the_optimizer_state_follows_the_masks(tmp_path):
+@pytest.mark.parametrize("optimizer, keys", [("sgd", ["momentum_buffer"]),
+                                            ("adamw", ["exp_avg", "exp_avg_sq", "element_step"])])
+def test_the_optimizer_state_follows_the_masks(tmp_path, optimizer, keys):
     train, _, _ = make_data()
     net, masks = make_model()
-    res = fit(net, masks, train, out_dir=tmp_path, **RIGL, **{**KW, "epochs": 2})
+    res = fit(net, masks, train, out_dir=tmp_path, optimizer=optimizer, **RIGL, **{**KW, "epochs": 2})
     params = dict(net.named_parameters())
     opt = load_checkpoint(tmp_path / "checkpoint.pt")["optimizer"]["state"]
     index = {n: i for i, n in enumerate(params)}
     for n, m in res.masks.items():
-        assert torch.count_nonzero(opt[index[n]]["momentum_buffer"][~m]) == 0, n
+        for key in keys:  # adamw: a step count per weight, zero where inactive
+            assert torch.count_nonzero(opt[index[n]][key][~m]) == 0, (n, key)
+        if optimizer == "adamw":
+            assert opt[index[n]]["element_step"][m].min() < 10  # grown weights count from 0
 
 
 @pytest.mark.parametrize("dst, options", [
