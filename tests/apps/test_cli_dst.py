@@ -10,7 +10,7 @@ import pytest
 
 import sparseforce as sf
 from cli_runner import ROOT, assert_usage_error, sparseforce
-from same_run import assert_same_run
+from training_runs import assert_same_run
 from sparseforce.cli import build_parser, main
 from sparseforce.train import load_checkpoint
 

@@ -22,7 +22,8 @@ def gpt2():
     return transformers.GPT2LMHeadModel(cfg)
 
 
-ROWS = [{"input_ids": r, "labels": r} for r in torch.randint(1, 48, (64, 8), generator=torch.Generator().manual_seed(1))]
+ROWS = [{"input_ids": r, "labels": r}
+        for r in torch.randint(1, 48, (64, 8), generator=torch.Generator().manual_seed(1))]
 
 
 def trainer(model, callback, out, steps=8):

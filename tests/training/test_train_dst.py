@@ -6,38 +6,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.data import Subset
 
 import sparseforce as sf
-from same_run import assert_same_run
-from sparseforce import data as sfdata
 from sparseforce.train import CheckpointError, fit, load_checkpoint
+from training_runs import Net, assert_same_run, make_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Net(nn.Module):
-    """Conv + BN + dropout (the global RNG), as in test_train.py."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.drop = nn.Dropout(0.2)
-        self.fc = nn.Linear(8 * 16, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.bn(self.conv(x))), 2)
-        return self.fc(self.drop(x.flatten(1)))
-
-
-def make_data():
-    gen = torch.Generator().manual_seed(7)
-    aug = sfdata.Compose([sfdata.RandomCrop(8, padding=1, generator=gen)])
-    return (Subset(sfdata.Digits(train=True, transform=aug), range(160)),
-            Subset(sfdata.Digits(train=True), range(160, 200)), Subset(sfdata.Digits(train=False), range(64)))
 
 
 def make_model(seed=0, sparsity=0.8):
@@ -177,7 +151,7 @@ def test_a_killed_rigl_run_resumed_ends_bit_identical(tmp_path, optimizer, cut):
     train, val, test = make_data()
     net3, _ = make_model(seed=5)
     res = fit(net3, None, train, val, test, resume=True, **kw)
-    full, cut_ = load_checkpoint(tmp_path / "full" / "checkpoint.pt"), load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    full, cut_ = (load_checkpoint(tmp_path / run / "checkpoint.pt") for run in ("full", "cut"))
     assert full["dst"]["state"]["step"] == 20
     assert_same_run(full, cut_)
     assert res.masks == sf.Masks(full["masks"]["masks"])
@@ -252,7 +226,8 @@ def test_a_resume_takes_the_starting_masks_and_refuses_others(stopped, tmp_path)
     (dict(dst="rigl", dst_options={"drop_fraction": 1.5}), ValueError, ["drop_fraction must be in [0, 1]"]),
     (dict(dst="rigl", dst_options={"scope": "row"}), ValueError, ["scope must be one of"]),
     (dict(dst="gmp", dst_options={"sparsity": 0.9, "start": 0.8, "end": 0.5}), ValueError, ["start must be in"]),
-    (dict(dst="gmp", dst_options={"sparsity": 0.5, "update_every": 2}, reinit=3), ValueError, ["keep", "the target keeps"]),
+    (dict(dst="gmp", dst_options={"sparsity": 0.5, "update_every": 2}, reinit=3), ValueError,
+     ["keep", "the target keeps"]),
     (dict(dst="rigl", masks=None), ValueError, ["dst='rigl' needs the sparse masks"]),
 ])
 def test_bad_dst_arguments_are_refused_before_any_work(tmp_path, kw, error, words):
