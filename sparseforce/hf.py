@@ -23,7 +23,12 @@ import collections.abc
 import os
 
 import torch
-import transformers
+
+try:
+    import transformers
+except ImportError:
+    raise ModuleNotFoundError("sparseforce.hf needs the transformers package: pip install transformers accelerate "
+                              "(or sparseforce[hf])") from None
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ._files import atomic_torch_save, load_verified

@@ -26,9 +26,10 @@ ROWS = [{"input_ids": r, "labels": r}
         for r in torch.randint(1, 48, (64, 8), generator=torch.Generator().manual_seed(1))]
 
 
-def trainer(model, callback, out, steps=8):
-    args = transformers.TrainingArguments(str(out), report_to=[], max_steps=steps, per_device_train_batch_size=8,
-                                          save_strategy="steps", save_steps=4, disable_tqdm=True, use_cpu=True,
+def trainer(model, callback, out, steps=8, accumulate=1):
+    args = transformers.TrainingArguments(str(out), report_to=[], max_steps=steps, save_strategy="steps", save_steps=4,
+                                          per_device_train_batch_size=8 // accumulate,
+                                          gradient_accumulation_steps=accumulate, disable_tqdm=True, use_cpu=True,
                                           seed=3, logging_strategy="no")
     return transformers.Trainer(model=model, args=args, train_dataset=ROWS, callbacks=[callback])
 
@@ -37,13 +38,14 @@ def counts(masks):
     return [int(m.sum()) for m in masks.values()]
 
 
-@pytest.mark.parametrize("method, options", [("rigl", {}), ("set", {"scope": "global"})])
-def test_the_callback_moves_the_masks_and_keeps_the_pruned_weights_zero(tmp_path, method, options):
+@pytest.mark.parametrize("method, options, accumulate", [("rigl", {}, 1), ("set", {"scope": "global"}, 1),
+                                                         ("rigl", {}, 2)])
+def test_the_callback_moves_the_masks_and_keeps_the_pruned_weights_zero(tmp_path, method, options, accumulate):
     model = gpt2()
     masks = sf.random(model, sparsity=0.8, seed=0)
     start = {n: m.clone() for n, m in masks.items()}
     cb = sf.hf.DSTCallback(method, masks, update_every=2, end=1.0, backend="reference", **options)
-    t = trainer(model, cb, tmp_path)
+    t = trainer(model, cb, tmp_path, accumulate=accumulate)  # stepped once per optimizer step
     t.train()
     assert cb.dst.steps_taken == 8 and type(cb.dst).__name__ == {"rigl": "RigL", "set": "SET"}[method]
     moved = [int((start[n] != m).sum()) for n, m in masks.items()]
