@@ -69,10 +69,25 @@ def resolve(dst, options, *, total_steps: int, seed: int) -> dict | None:
     return {"method": method, "total_steps": total_steps, **resolved}
 
 
-def build(config: dict, model, masks: Masks, optimizer, backend: str):
-    """The dst object of a resolved ``config`` (see :func:`resolve`), bound to the run."""
+def build(config: dict, model, masks: Masks, optimizer, backend: str, starting: Masks | None = None):
+    """The dst object of a resolved ``config`` (see :func:`resolve`), bound to the run's ``masks``.
+
+    ``starting``: a resumed run's first masks. The object is then built as it was when the run
+    began (gradual magnitude pruning checks its starting counts against the masks, which it has
+    pruned since), on the run's tensors holding those masks for the moment; the checkpoint's
+    masks go back in afterwards, and its state is loaded by the caller."""
     options = {k: v for k, v in config.items() if k != "method"}
-    return dst_class(config["method"])(model, masks, optimizer, backend=backend, **options)
+    if starting is None or starting is masks:
+        return dst_class(config["method"])(model, masks, optimizer, backend=backend, **options)
+    current = {n: m.clone() for n, m in masks.items()}
+    with torch.no_grad():
+        for n, m in masks.items():
+            m.copy_(starting[n])
+        try:
+            return dst_class(config["method"])(model, masks, optimizer, backend=backend, **options)
+        finally:
+            for n, m in masks.items():
+                m.copy_(current[n])
 
 
 def check(config: dict, model, masks: Masks, backend: str) -> None:

@@ -200,8 +200,9 @@ def _prepare(model, masks, ckpt, where, rec: Recipe, train_data, val_data, test_
                                     seed=seed)
     if ckpt is not None:  # before anything is built on settings that may not be the checkpoint's
         _resume.check_settings(ckpt, where, config)
+    starting = _resume.starting_masks(ckpt).to(device) if ckpt is not None and dst is not None else masks
     if dst is not None:  # before the model is changed (reinit, the optimizer zeroing the pruned weights)
-        dynamic.check(config["dst"], model, masks, backend)
+        dynamic.check(config["dst"], model, starting, backend)
     if reinit is not None and ckpt is None:
         _ablations.reinit(model, reinit)  # once every argument is checked; the optimizer zeroes the pruned
 
@@ -215,7 +216,7 @@ def _prepare(model, masks, ckpt, where, rec: Recipe, train_data, val_data, test_
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(rec.milestones), gamma=rec.gamma)
     run = _Run(model, masks, rec, config, opt, sched, train_loader, eval_loaders, loss_fn, device, progress, verbose)
     if dst is not None:
-        run.dst = dynamic.build(config["dst"], model, masks, opt, backend)
+        run.dst = dynamic.build(config["dst"], model, masks, opt, backend, starting=starting)
         run.initial_masks = (ckpt["dst"]["initial_masks"] if ckpt is not None
                              else Masks({n: m.clone() for n, m in masks.items()}).state_dict())
     return run

@@ -161,9 +161,7 @@ def test_a_killed_rigl_run_resumed_ends_bit_identical(tmp_path, optimizer, cut):
 
 @pytest.mark.parametrize("options", [
     {"regrow_fraction": 0.2},
-    pytest.param({"initial_sparsity": 0.5}, marks=pytest.mark.xfail(
-        strict=True, raises=ValueError, reason="GradualMagnitude(initial_sparsity=...) refuses to be rebuilt on the "
-                                               "masks it has pruned ('keeps 676 weights ... hold only 100 active')")),
+    {"initial_sparsity": 0.5},
 ])
 def test_gmp_resumed_mid_schedule_is_bit_identical(tmp_path, options):
     kw = dict(dst="gmp", dst_options={"update_every": 2, "end": 0.9, "sparsity": 0.95, **options}, **KW)
