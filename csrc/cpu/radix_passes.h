@@ -57,11 +57,14 @@ inline int64_t candidate_cap(int64_t n) {
 
 constexpr int64_t kBlock = 256;  // keys computed per block, in a buffer that stays in L1
 
+// kNanAll: a NaN counts in every element, competing or not (drop_grow_masks reports any NaN of
+// its inputs); otherwise only in the competing ones.
 template <typename P, typename In, bool Prev>
 struct ScoreSrc {
   using Key = key_t<P>;
   using Rank = P;
   static constexpr bool kPrev = Prev;
+  static constexpr bool kNanAll = false;
   const In* x;
   const uint8_t* prev;
   void keys(int64_t i0, int64_t m, Key* __restrict out) const {
@@ -83,6 +86,7 @@ struct SaliencySrc {
   // As the reference: |w*g| in float32, float64 when the inputs are float64, then promoted.
   using C = std::conditional_t<std::is_same_v<W, double>, double, float>;
   static constexpr bool kPrev = Prev;
+  static constexpr bool kNanAll = false;
   const W* w;
   const W* g;
   const uint8_t* prev;
@@ -92,6 +96,27 @@ struct SaliencySrc {
     for (int64_t j = 0; j < m; ++j) {
       const C s = std::abs(static_cast<C>(widen(a[j])) * static_cast<C>(widen(b[j])));
       out[j] = float_key(static_cast<P>(s));
+    }
+  }
+};
+
+// The keys of |x| (drop_grow_masks: drop by |w|, grow by |score|), x widened to P.
+template <typename P, typename In, bool Prev>
+struct MagnitudeSrc {
+  using Key = key_t<P>;
+  using Rank = P;
+  static constexpr bool kPrev = Prev;
+  static constexpr bool kNanAll = true;
+  const In* x;
+  const uint8_t* prev;
+  void keys(int64_t i0, int64_t m, Key* __restrict out) const {
+    const In* __restrict v = x + i0;
+    for (int64_t j = 0; j < m; ++j) {
+      if constexpr (std::is_same_v<P, In>) {
+        out[j] = magnitude_key(v[j]);
+      } else {
+        out[j] = magnitude_key(static_cast<P>(widen(v[j])));  // exact: P holds every In value
+      }
     }
   }
 };
@@ -141,6 +166,25 @@ struct KeySource {
   }
 };
 
+// The magnitude key source of one input, ranked as P (drop_grow_masks' global segment).
+template <typename P>
+struct MagnitudeSource {
+  template <typename F>
+  static void visit(const Operand& s, F&& f) {
+    dispatch_float(s.type, [&](auto tag) {
+      using In = decltype(tag);
+      if constexpr (promotes_exactly<P, In>()) {
+        const In* a = static_cast<const In*>(s.a);
+        if (s.competing != nullptr) {
+          f(MagnitudeSrc<P, In, true>{a, s.competing});
+        } else {
+          f(MagnitudeSrc<P, In, false>{a, nullptr});
+        }
+      }
+    });
+  }
+};
+
 // ---- fp32 sources read four values at a time (SSE2, part of every x86-64 CPU): the band pass
 // and the mask passes then compare keys in registers and turn the compares into bit masks
 // (movemask), where the portable loops would store, reload and pack them. Each fp32 value comes
@@ -167,6 +211,15 @@ struct F32<SaliencySrc<float, float, Prev>> {
     return _mm_andnot_ps(_mm_set1_ps(-0.0f), prod);  // |w*g|: clear the sign bit, as std::abs
   }
   static float at(const SaliencySrc<float, float, Prev>& s, int64_t i) { return std::abs(s.w[i] * s.g[i]); }
+};
+
+template <bool Prev>
+struct F32<MagnitudeSrc<float, float, Prev>> {
+  static constexpr bool ok = true;
+  static __m128 load(const MagnitudeSrc<float, float, Prev>& s, int64_t i) {
+    return _mm_andnot_ps(_mm_set1_ps(-0.0f), _mm_loadu_ps(s.x + i));
+  }
+  static float at(const MagnitudeSrc<float, float, Prev>& s, int64_t i) { return std::abs(s.x[i]); }
 };
 
 // The keys of four floats as signed integers (key ^ 0x80000000, so SSE2's signed compares order
@@ -236,7 +289,7 @@ bool band_f32(const Src& src, int64_t a, int64_t b, int shift, uint32_t lo, uint
     if constexpr (Src::kPrev) {
       const unsigned l = ~static_cast<unsigned>(_mm_movemask_epi8(dead16(src.prev + i))) & 0xffffu;
       in &= l;
-      bad |= l & bits16(_mm_castps_si128(nan[0]), _mm_castps_si128(nan[1]), _mm_castps_si128(nan[2]),
+      bad |= (Src::kNanAll ? 0xffffu : l) & bits16(_mm_castps_si128(nan[0]), _mm_castps_si128(nan[1]), _mm_castps_si128(nan[2]),
                         _mm_castps_si128(nan[3]));
       up += popcount16(l & bits16(gt[0], gt[1], gt[2], gt[3]));
       lv += popcount16(l);
@@ -260,10 +313,11 @@ bool band_f32(const Src& src, int64_t a, int64_t b, int shift, uint32_t lo, uint
     lv += i - a;
   }
   for (; i < b; ++i) {
-    if (Src::kPrev && !src.prev[i]) continue;
     const float v = L::at(src, i);
+    const bool l = !Src::kPrev || src.prev[i];
+    bad |= unsigned(v != v) & unsigned(l || Src::kNanAll);
+    if (!l) continue;
     const uint32_t key = float_key(v);
-    bad |= unsigned(v != v);
     up += key > hi;
     if (static_cast<uint32_t>(key - lo) <= width) ++h[key >> shift];
     ++lv;
@@ -379,7 +433,9 @@ bool pass_histogram_top(const Src& src, int64_t a, int64_t b, int shift, uint32_
     src.keys(i0, m, kb);
     if constexpr (Src::kPrev) {
       const uint8_t* __restrict live = src.prev + i0;
-      for (int64_t j = 0; j < m; ++j) bad |= unsigned(live[j] != 0) & unsigned(is_nan_key<typename Src::Rank>(kb[j]));
+      for (int64_t j = 0; j < m; ++j) {
+        bad |= unsigned(Src::kNanAll || live[j] != 0) & unsigned(is_nan_key<typename Src::Rank>(kb[j]));
+      }
       // Adding 0 for a pruned weight costs a store but no branch: a random prev mask would
       // mispredict half the time.
       for (int64_t j = 0; j < m; ++j) h[kb[j] >> shift] += uint32_t(live[j] != 0);
@@ -420,7 +476,7 @@ bool pass_histogram_band(const Src& src, int64_t a, int64_t b, int shift, typena
       for (int64_t j = 0; j < m; ++j) {
         const Key key = kb[j];
         const unsigned l = unsigned(p[j] != 0);
-        bad |= l & unsigned(is_nan_key<Rank>(key));
+        bad |= (l | unsigned(Src::kNanAll)) & unsigned(is_nan_key<Rank>(key));
         up += l & unsigned(key > hi);
         fl[j] = uint8_t(l & unsigned(static_cast<Key>(key - lo) <= width));
         lv += l;
