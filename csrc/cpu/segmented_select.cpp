@@ -35,8 +35,13 @@
 // their inputs. Inputs arrive contiguous (ops_cpu.cpp copies strided ones, as for the global
 // ops); positions and counts are 64-bit, a piece's histogram counts 32-bit (pieces < 2^31).
 // Non-competing elements take key 0, below every competing saliency or magnitude (|x| >= +0.0,
-// whose key is the sign bit), so they are never kept. SPARSEFORCE_CPU_SEG_SMALL=0 sends every row to the
-// radix path, a large value every segment (but N:M groups) to the rows path: the tests run both.
+// whose key is the sign bit), so they are never kept. SPARSEFORCE_CPU_SEG_SMALL=0 sends every row
+// to the radix path, a large value every segment (but N:M groups) to the rows path: the tests run
+// both. drop_grow_masks' magnitude selections have their own limit, SPARSEFORCE_CPU_DG_SMALL
+// (default 2^16), and sample a 64th of a long segment rather than a 16th: their competing sets
+// are sparse (the drop: the active weights) or their k small (the grow), where the rows path's
+// in-memory passes and the radix path's sampled random reads cost more than a wider band; both
+// measured on ResNet50's 54 layers (drop_grow.cpp).
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -59,11 +64,15 @@ namespace {
 
 constexpr int64_t kTiny = 32;
 constexpr int kRowDigit = 11;
+constexpr size_t kRowHistograms = 4;
 constexpr int64_t kItem = int64_t(1) << 16;  // elements per work item of the tiny and rows paths
 constexpr int64_t kMaxPieces = 64;
 
-int64_t small_limit() {
-  return std::clamp<int64_t>(env_int("SPARSEFORCE_CPU_SEG_SMALL", int64_t(1) << 20), 0, int64_t(1) << 30);
+int64_t small_limit(Keys kind) {
+  const bool magnitude = kind == Keys::Magnitude;
+  const int64_t limit = magnitude ? env_int("SPARSEFORCE_CPU_DG_SMALL", int64_t(1) << 16)
+                                  : env_int("SPARSEFORCE_CPU_SEG_SMALL", int64_t(1) << 20);
+  return std::clamp<int64_t>(limit, 0, int64_t(1) << 30);
 }
 
 // f(src) with the key source of `o`: its scores ranked in their own dtype, or |a*b| or |a|
@@ -289,7 +298,7 @@ bool select_tiny(const Src& src, const Segmented& s, int64_t s0, int64_t s1) {
   return bad;
 }
 
-// ---- rows (kTiny < L <= small_limit()): one segment at a time, in memory
+// ---- rows (kTiny < L <= small_limit(kind)): one segment at a time, in memory
 
 // The bin (from the top of `bins`) holding the need-th largest key; need becomes its rank there.
 inline int64_t top_bin(const uint32_t* h, int64_t bins, int64_t& need) {
@@ -311,7 +320,7 @@ struct RowScratch {
   std::vector<uint64_t> keys, cand;
   std::vector<int32_t> pos;
   std::vector<uint8_t> flags;  // padded to whole 8-byte words
-  std::vector<uint32_t> hist = std::vector<uint32_t>(size_t(1) << kRowDigit);
+  std::vector<uint32_t> hist = std::vector<uint32_t>(kRowHistograms << kRowDigit);
 
   template <typename T>
   static T* at_least(std::vector<T>& v, int64_t n) {
@@ -319,6 +328,23 @@ struct RowScratch {
     return v.data();
   }
 };
+
+// h[bin] = how many of the len keys have `bin` as their top digit (above `shift`). Equal keys in a
+// row (the non-competing ones' 0, a layer's many similar magnitudes) would chain each increment
+// on the store of the one before: kRowHistograms interleaved copies break the chain, summed after.
+template <typename Key>
+void count_top_digit(const Key* __restrict kb, int64_t len, int shift, int64_t bins, uint32_t* __restrict h) {
+  constexpr int64_t r = kRowHistograms;
+  std::fill(h, h + r * bins, 0u);
+  int64_t j = 0;
+  for (; j + r <= len; j += r) {
+    for (int64_t q = 0; q < r; ++q) ++h[q * bins + (kb[j + q] >> shift)];
+  }
+  for (; j < len; ++j) ++h[kb[j] >> shift];
+  for (int64_t q = 1; q < r; ++q) {
+    for (int64_t b = 0; b < bins; ++b) h[b] += h[q * bins + b];
+  }
+}
 
 // The flagged keys and their positions, in position order, as candidates: the flags are formed
 // by a loop that vectorises and read eight at a time, as most are 0.
@@ -357,8 +383,7 @@ bool select_row(const Src& src, int64_t i0, int64_t len, int64_t k, uint8_t* __r
   // position order; the k-th key is the need-th largest of them.
   int digit = row_digit(len);
   int shift = kBits - digit;
-  std::fill(h, h + (int64_t(1) << digit), 0u);
-  for (int64_t j = 0; j < len; ++j) ++h[kb[j] >> shift];
+  count_top_digit(kb, len, shift, int64_t(1) << digit, h);
   int64_t need = k;
   Key prefix = static_cast<Key>(top_bin(h, int64_t(1) << digit, need));
   uint8_t* __restrict fl = RowScratch::at_least(w.flags, (len + 7) & ~int64_t(7));
@@ -434,10 +459,11 @@ struct RankedAs {
 };
 
 // The band of top digits that a sample of the segment's keys puts its k-th key in (as the
-// global select places its first pass; a sample of a sixteenth of the segment, at least 4096
-// keys and at most the global sample). `scratch`: 2^16 counts.
+// global select places its first pass; a sample of a sixteenth of the segment (a 64th for
+// magnitudes), at least 4096 keys and at most the global sample). `scratch`: 2^16 counts.
 void place_band(Long& s, Keys kind, uint32_t* scratch) {
-  const int64_t want = std::min(sample_size(), std::max<int64_t>(s.view.n / 16, 4096));
+  const int64_t fraction = kind == Keys::Magnitude ? 64 : 16;
+  const int64_t want = std::min(sample_size(), std::max<int64_t>(s.view.n / fraction, 4096));
   const std::vector<Operand> one{s.view};
   const bool wide = s.view.type == at::kDouble;
   const at::ScalarType rank = kind == Keys::Saliency ? (wide ? at::kDouble : at::kFloat) : s.view.type;
@@ -678,7 +704,7 @@ void select_all_long(const std::vector<Segmented>& inputs, int64_t limit, Keys k
 
 int64_t segmented_select(const std::vector<Segmented>& inputs, Keys kind) {
   std::atomic<int64_t> nan{std::numeric_limits<int64_t>::max()};
-  const int64_t limit = small_limit();
+  const int64_t limit = small_limit(kind);
   // Work items of the tiny and rows paths: runs of whole segments of one input.
   struct Item {
     size_t input;
