@@ -57,27 +57,37 @@ inline int64_t candidate_cap(int64_t n) {
 
 constexpr int64_t kBlock = 256;  // keys computed per block, in a buffer that stays in L1
 
-// kNanAll: a NaN counts in every element, competing or not (drop_grow_masks reports any NaN of
-// its inputs); otherwise only in the competing ones.
-template <typename P, typename In, bool Prev>
+// The keys of the values x, or of |x| when Magnitude (drop_grow_masks: drop by |w|, grow by
+// |score|), x widened to P. kNanAll: a NaN counts in every element, competing or not
+// (drop_grow_masks reports any NaN of its inputs); otherwise only in the competing ones.
+template <typename P, typename In, bool Prev, bool Magnitude = false>
 struct ScoreSrc {
   using Key = key_t<P>;
   using Rank = P;
   static constexpr bool kPrev = Prev;
-  static constexpr bool kNanAll = false;
+  static constexpr bool kNanAll = Magnitude;
   const In* x;
   const uint8_t* prev;
   void keys(int64_t i0, int64_t m, Key* __restrict out) const {
     const In* __restrict v = x + i0;
     for (int64_t j = 0; j < m; ++j) {
+      P p;
       if constexpr (std::is_same_v<P, In>) {
-        out[j] = float_key(v[j]);
+        p = v[j];
       } else {
-        out[j] = float_key(static_cast<P>(widen(v[j])));  // exact: P holds every In value
+        p = static_cast<P>(widen(v[j]));  // exact: P holds every In value
+      }
+      if constexpr (Magnitude) {
+        out[j] = magnitude_key(p);
+      } else {
+        out[j] = float_key(p);
       }
     }
   }
 };
+
+template <typename P, typename In, bool Prev>
+using MagnitudeSrc = ScoreSrc<P, In, Prev, true>;
 
 template <typename P, typename W, bool Prev>
 struct SaliencySrc {
@@ -100,27 +110,6 @@ struct SaliencySrc {
   }
 };
 
-// The keys of |x| (drop_grow_masks: drop by |w|, grow by |score|), x widened to P.
-template <typename P, typename In, bool Prev>
-struct MagnitudeSrc {
-  using Key = key_t<P>;
-  using Rank = P;
-  static constexpr bool kPrev = Prev;
-  static constexpr bool kNanAll = true;
-  const In* x;
-  const uint8_t* prev;
-  void keys(int64_t i0, int64_t m, Key* __restrict out) const {
-    const In* __restrict v = x + i0;
-    for (int64_t j = 0; j < m; ++j) {
-      if constexpr (std::is_same_v<P, In>) {
-        out[j] = magnitude_key(v[j]);
-      } else {
-        out[j] = magnitude_key(static_cast<P>(widen(v[j])));  // exact: P holds every In value
-      }
-    }
-  }
-};
-
 template <typename P, typename In>
 constexpr bool promotes_exactly() {
   return std::is_same_v<P, In> || std::is_same_v<P, double> ||
@@ -138,9 +127,9 @@ void dispatch_float(at::ScalarType t, F&& f) {
   }
 }
 
-// The key source of one input: its scores (Saliency false) or |a*b|, ranked as P; those of
-// the competing elements only when it has a competing mask.
-template <typename P, bool Saliency>
+// The key source of one input: its scores (Saliency false; their magnitudes when Magnitude) or
+// |a*b|, ranked as P; those of the competing elements only when it has a competing mask.
+template <typename P, bool Saliency, bool Magnitude = false>
 struct KeySource {
   template <typename F>
   static void visit(const Operand& s, F&& f) {
@@ -153,32 +142,13 @@ struct KeySource {
           if constexpr (Saliency) {
             f(SaliencySrc<P, In, Prev>{a, static_cast<const In*>(s.b), s.competing});
           } else {
-            f(ScoreSrc<P, In, Prev>{a, s.competing});
+            f(ScoreSrc<P, In, Prev, Magnitude>{a, s.competing});
           }
         };
         if (s.competing != nullptr) {
           with(std::true_type{});
         } else {
           with(std::false_type{});
-        }
-      }
-    });
-  }
-};
-
-// The magnitude key source of one input, ranked as P (drop_grow_masks' global segment).
-template <typename P>
-struct MagnitudeSource {
-  template <typename F>
-  static void visit(const Operand& s, F&& f) {
-    dispatch_float(s.type, [&](auto tag) {
-      using In = decltype(tag);
-      if constexpr (promotes_exactly<P, In>()) {
-        const In* a = static_cast<const In*>(s.a);
-        if (s.competing != nullptr) {
-          f(MagnitudeSrc<P, In, true>{a, s.competing});
-        } else {
-          f(MagnitudeSrc<P, In, false>{a, nullptr});
         }
       }
     });

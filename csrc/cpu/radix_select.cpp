@@ -297,7 +297,7 @@ Result select_magnitude(const std::vector<Operand>& inputs, int64_t n, int64_t k
   Result res;
   dispatch_float(rank, [&](auto tag) {
     using P = decltype(tag);
-    res = radix_select<P, MagnitudeSource<P>>(inputs, n, k, true);
+    res = radix_select<P, KeySource<P, false, true>>(inputs, n, k, true);
   });
   return res;
 }

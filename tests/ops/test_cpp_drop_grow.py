@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import sparseforce.ops as ops
+from test_cpp_segmented import tied
 
 pytestmark = pytest.mark.skipif("cpp" not in ops.available_backends("cpu"),
                                 reason="the cpp backend is not available here")
@@ -25,26 +26,12 @@ PATHS = {"default": {},
 
 @pytest.fixture(params=list(PATHS))
 def path(request, monkeypatch):
+    """The path's knobs set; torch's thread count (which a test may change) restored after."""
     for name, value in PATHS[request.param].items():
         monkeypatch.setenv(name, value)
-    return request.param
-
-
-@pytest.fixture
-def threads():
-    before = torch.get_num_threads()
-    yield torch.set_num_threads
-    torch.set_num_threads(before)
-
-
-def tied(shape, gen, dtype=torch.float32, levels=3):
-    """Few distinct magnitudes of both signs (long runs of ties), both zeros, and ±inf."""
-    v = torch.randint(-levels, levels + 1, shape, generator=gen).to(torch.float64) / 2
-    flat = v.view(-1)
-    flat[::7] = -0.0
-    flat[3::11] = float("inf")
-    flat[5::13] = float("-inf")
-    return v.to(dtype)
+    threads = torch.get_num_threads()
+    yield request.param
+    torch.set_num_threads(threads)
 
 
 def active(shapes, gen, density):
@@ -83,7 +70,7 @@ def updates(weights, scores, masks):
 def test_every_path_per_tensor_and_global(path, dtype, rng):
     """Tensors of the tiny (<= 32), rows and (past 2^16 by default) radix lengths, non-contiguous ones."""
     shapes = [(4, 8), (5,), (40, 33), (70_000,), (3, 3, 3, 3), ()]
-    weights = [tied(s, rng, dtype) for s in shapes]
+    weights = [tied(s, rng, dtype, levels=3) for s in shapes]
     weights[2] = weights[2].t().contiguous().t()
     scores = [tied(s, rng, dtype, levels=5) for s in shapes]
     for density in (0.05, 0.5, 1.0):
@@ -99,10 +86,10 @@ def test_mixed_dtypes_rank_in_their_own_or_the_promoted_dtype(path, rng):
 
 
 @pytest.mark.parametrize("n_threads", [1, 3])
-def test_long_segments_in_many_pieces(path, n_threads, threads, rng):
+def test_long_segments_in_many_pieces(path, n_threads, rng):
     """Three threads cut a 600k-element tensor into pieces of 64k (ties and candidates span piece
     borders) and the global select into chunks that span tensors."""
-    threads(n_threads)
+    torch.set_num_threads(n_threads)
     shapes = [(600, 1000), (300_000,), (150, 40)]
     weights = [tied(shapes[0], rng), torch.randn(shapes[1], generator=rng), tied(shapes[2], rng, torch.bfloat16)]
     scores = [torch.randn(shapes[0], generator=rng), tied(shapes[1], rng), tied(shapes[2], rng, torch.bfloat16)]
