@@ -259,8 +259,8 @@ bool band_f32(const Src& src, int64_t a, int64_t b, int shift, uint32_t lo, uint
     if constexpr (Src::kPrev) {
       const unsigned l = ~static_cast<unsigned>(_mm_movemask_epi8(dead16(src.prev + i))) & 0xffffu;
       in &= l;
-      bad |= (Src::kNanAll ? 0xffffu : l) & bits16(_mm_castps_si128(nan[0]), _mm_castps_si128(nan[1]), _mm_castps_si128(nan[2]),
-                        _mm_castps_si128(nan[3]));
+      bad |= (Src::kNanAll ? 0xffffu : l) & bits16(_mm_castps_si128(nan[0]), _mm_castps_si128(nan[1]),
+                                                   _mm_castps_si128(nan[2]), _mm_castps_si128(nan[3]));
       up += popcount16(l & bits16(gt[0], gt[1], gt[2], gt[3]));
       lv += popcount16(l);
     } else {
