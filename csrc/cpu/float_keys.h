@@ -3,6 +3,7 @@
 // then works on plain integer digits. Written branch-free so key loops vectorise.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -69,6 +70,15 @@ inline uint16_t half_bits_key(uint16_t bits) {
 
 inline uint16_t float_key(c10::Half v) { return half_bits_key(v.x); }
 inline uint16_t float_key(c10::BFloat16 v) { return half_bits_key(v.x); }
+
+// The key of |v| (drop_grow_masks ranks magnitudes): the key of v with its sign bit cleared, so
+// -0.0 and +0.0 share one and every key is a non-negative float's. fp32/fp64 go through
+// float_key (v + 0, as the fp32 SSE2 passes form keys) so that a signalling NaN keys alike on
+// both.
+inline uint32_t magnitude_key(float v) { return float_key(std::abs(v)); }
+inline uint64_t magnitude_key(double v) { return float_key(std::abs(v)); }
+inline uint16_t magnitude_key(c10::Half v) { return order_bits(uint16_t(v.x & 0x7fffu)); }
+inline uint16_t magnitude_key(c10::BFloat16 v) { return order_bits(uint16_t(v.x & 0x7fffu)); }
 
 // The exact float/double value of an fp16/bf16/fp32/fp64 element (widening is exact).
 inline float widen(c10::Half v) { return static_cast<float>(v); }

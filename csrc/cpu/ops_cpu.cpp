@@ -1,7 +1,7 @@
 // The torch layer of the CPU kernels: the ops of sparseforce/ops/library.py registered for the CPU
-// key, over the radix select (radix_select.h), the segmented selections (segmented_select.h) and
-// the SGD step (masked_sgd.h). Checks, contiguous
-// inputs and the outputs are common/aten_glue.h's, shared with the CUDA kernels.
+// key, over the radix select (radix_select.h), the segmented selections (segmented_select.h), the
+// drop/grow update (drop_grow.h) and the SGD step (masked_sgd.h). Checks, contiguous inputs and
+// the outputs are common/aten_glue.h's, shared with the CUDA kernels.
 #include <algorithm>
 #include <cstdint>
 #include <tuple>
@@ -12,6 +12,7 @@
 
 #include "../common/aten_glue.h"
 #include "../common/radix_args.h"
+#include "drop_grow.h"
 #include "masked_sgd.h"
 #include "radix_select.h"
 #include "segmented_select.h"
@@ -102,7 +103,7 @@ std::vector<Segmented> segments_of(const Operands& ops, size_t inputs, at::Tenso
 at::Tensor segmented_topk_masks(at::TensorList scores, at::TensorList ks, int64_t n, int64_t m, at::TensorList out) {
   std::vector<at::Tensor> w = writable(out, scores);
   const Operands ops = gather(scores, {}, {}, &w, kCpu);
-  const int64_t nan = segmented_select(segments_of(ops, scores.size(), ks, n, m), false);
+  const int64_t nan = segmented_select(segments_of(ops, scores.size(), ks, n, m), Keys::Scores);
   if (nan < 0) finish_out(out, w);
   return index_tensor(nan, kCpu);
 }
@@ -111,7 +112,57 @@ at::Tensor segmented_saliency_topk_masks(at::TensorList weights, at::TensorList 
                                          int64_t m, at::TensorList competing, at::TensorList out) {
   std::vector<at::Tensor> w = writable(out, weights);
   const Operands ops = gather(weights, grads, competing, &w, kCpu);
-  const int64_t nan = segmented_select(segments_of(ops, weights.size(), ks, n, m), true);
+  const int64_t nan = segmented_select(segments_of(ops, weights.size(), ks, n, m), Keys::Saliency);
+  if (nan < 0) finish_out(out, w);
+  return index_tensor(nan, kCpu);
+}
+
+// keeps / grows of drop_grow_masks: one count per tensor, or one for all (`global`).
+void check_counts(const at::Tensor& t, const char* name, int64_t segments) {
+  TORCH_CHECK(t.scalar_type() == at::kLong && t.dim() == 1 && t.is_contiguous() && t.device().is_cpu() &&
+                  t.numel() == segments,
+              "sparseforce: ", name, " must be a contiguous 1-D int64 CPU tensor of ", segments, " entries");
+}
+
+at::Tensor drop_grow_masks(at::TensorList weights, at::TensorList scores, at::TensorList masks, const at::Tensor& keeps,
+                           const at::Tensor& grows, at::TensorList out) {
+  const size_t t = weights.size();
+  TORCH_CHECK(scores.size() == t && masks.size() == t, "sparseforce: weights, scores and masks hold ", t, ", ",
+              scores.size(), " and ", masks.size(), " tensors; expected one of each per tensor");
+  const bool global = keeps.numel() == 1 && t > 1;
+  const int64_t segments = global ? 1 : static_cast<int64_t>(t);
+  check_counts(keeps, "keeps", segments);
+  check_counts(grows, "grows", segments);
+  int64_t n = 0;
+  for (size_t i = 0; i < t; ++i) {
+    check_float(weights[i], "weights", i, kCpu);
+    TORCH_CHECK(scores[i].sizes() == weights[i].sizes(), "sparseforce: scores[", i, "] and weights[", i,
+                "] differ in shape");
+    TORCH_CHECK(masks[i].scalar_type() == at::kBool && masks[i].sizes() == weights[i].sizes() &&
+                    masks[i].device() == kCpu,
+                "sparseforce: masks[", i, "] must be a bool CPU tensor of weights[", i, "]'s shape");
+    n += weights[i].numel();
+  }
+  const int64_t* k = keeps.data_ptr<int64_t>();
+  const int64_t* g = grows.data_ptr<int64_t>();
+  for (int64_t s = 0; s < segments; ++s) {
+    const int64_t len = global ? n : weights[s].numel();
+    TORCH_CHECK_VALUE(k[s] >= 0 && k[s] <= len && g[s] >= 0 && g[s] <= len - k[s], "sparseforce: keeps[", s,
+                      "]=", k[s], " and grows[", s, "]=", g[s], " do not fit a segment of ", len, " elements");
+  }
+  std::vector<at::Tensor> w = writable(out, weights);
+  // The survivors of the drop, one scratch byte per element.
+  const at::Tensor scratch = at::empty({n}, at::TensorOptions().dtype(at::kBool));
+  std::vector<at::Tensor> kept;
+  int64_t pos = 0;
+  for (const at::Tensor& x : weights) {
+    kept.push_back(scratch.narrow(0, pos, x.numel()).view(x.sizes()));
+    pos += x.numel();
+  }
+  const Operands wo = gather(weights, {}, masks, &kept, kCpu);
+  const Operands so = gather(scores, {}, {}, &w, kCpu);
+  DropGrow update{wo.list, so.list, k, g, global, promoted_dtype(weights), promoted_dtype(scores)};
+  const int64_t nan = drop_grow(update);
   if (nan < 0) finish_out(out, w);
   return index_tensor(nan, kCpu);
 }
@@ -134,6 +185,7 @@ TORCH_LIBRARY_IMPL(sparseforce, CPU, m) {
   m.impl("masked_sgd_", &masked_sgd_);
   m.impl("segmented_topk_masks", &segmented_topk_masks);
   m.impl("segmented_saliency_topk_masks", &segmented_saliency_topk_masks);
+  m.impl("drop_grow_masks", &drop_grow_masks);
 }
 
 }  // namespace cpu

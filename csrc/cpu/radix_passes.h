@@ -57,24 +57,37 @@ inline int64_t candidate_cap(int64_t n) {
 
 constexpr int64_t kBlock = 256;  // keys computed per block, in a buffer that stays in L1
 
-template <typename P, typename In, bool Prev>
+// The keys of the values x, or of |x| when Magnitude (drop_grow_masks: drop by |w|, grow by
+// |score|), x widened to P. kNanAll: a NaN counts in every element, competing or not
+// (drop_grow_masks reports any NaN of its inputs); otherwise only in the competing ones.
+template <typename P, typename In, bool Prev, bool Magnitude = false>
 struct ScoreSrc {
   using Key = key_t<P>;
   using Rank = P;
   static constexpr bool kPrev = Prev;
+  static constexpr bool kNanAll = Magnitude;
   const In* x;
   const uint8_t* prev;
   void keys(int64_t i0, int64_t m, Key* __restrict out) const {
     const In* __restrict v = x + i0;
     for (int64_t j = 0; j < m; ++j) {
+      P p;
       if constexpr (std::is_same_v<P, In>) {
-        out[j] = float_key(v[j]);
+        p = v[j];
       } else {
-        out[j] = float_key(static_cast<P>(widen(v[j])));  // exact: P holds every In value
+        p = static_cast<P>(widen(v[j]));  // exact: P holds every In value
+      }
+      if constexpr (Magnitude) {
+        out[j] = magnitude_key(p);
+      } else {
+        out[j] = float_key(p);
       }
     }
   }
 };
+
+template <typename P, typename In, bool Prev>
+using MagnitudeSrc = ScoreSrc<P, In, Prev, true>;
 
 template <typename P, typename W, bool Prev>
 struct SaliencySrc {
@@ -83,6 +96,7 @@ struct SaliencySrc {
   // As the reference: |w*g| in float32, float64 when the inputs are float64, then promoted.
   using C = std::conditional_t<std::is_same_v<W, double>, double, float>;
   static constexpr bool kPrev = Prev;
+  static constexpr bool kNanAll = false;
   const W* w;
   const W* g;
   const uint8_t* prev;
@@ -113,9 +127,9 @@ void dispatch_float(at::ScalarType t, F&& f) {
   }
 }
 
-// The key source of one input: its scores (Saliency false) or |a*b|, ranked as P; those of
-// the competing elements only when it has a competing mask.
-template <typename P, bool Saliency>
+// The key source of one input: its scores (Saliency false; their magnitudes when Magnitude) or
+// |a*b|, ranked as P; those of the competing elements only when it has a competing mask.
+template <typename P, bool Saliency, bool Magnitude = false>
 struct KeySource {
   template <typename F>
   static void visit(const Operand& s, F&& f) {
@@ -128,7 +142,7 @@ struct KeySource {
           if constexpr (Saliency) {
             f(SaliencySrc<P, In, Prev>{a, static_cast<const In*>(s.b), s.competing});
           } else {
-            f(ScoreSrc<P, In, Prev>{a, s.competing});
+            f(ScoreSrc<P, In, Prev, Magnitude>{a, s.competing});
           }
         };
         if (s.competing != nullptr) {
@@ -167,6 +181,15 @@ struct F32<SaliencySrc<float, float, Prev>> {
     return _mm_andnot_ps(_mm_set1_ps(-0.0f), prod);  // |w*g|: clear the sign bit, as std::abs
   }
   static float at(const SaliencySrc<float, float, Prev>& s, int64_t i) { return std::abs(s.w[i] * s.g[i]); }
+};
+
+template <bool Prev>
+struct F32<MagnitudeSrc<float, float, Prev>> {
+  static constexpr bool ok = true;
+  static __m128 load(const MagnitudeSrc<float, float, Prev>& s, int64_t i) {
+    return _mm_andnot_ps(_mm_set1_ps(-0.0f), _mm_loadu_ps(s.x + i));
+  }
+  static float at(const MagnitudeSrc<float, float, Prev>& s, int64_t i) { return std::abs(s.x[i]); }
 };
 
 // The keys of four floats as signed integers (key ^ 0x80000000, so SSE2's signed compares order
@@ -236,8 +259,8 @@ bool band_f32(const Src& src, int64_t a, int64_t b, int shift, uint32_t lo, uint
     if constexpr (Src::kPrev) {
       const unsigned l = ~static_cast<unsigned>(_mm_movemask_epi8(dead16(src.prev + i))) & 0xffffu;
       in &= l;
-      bad |= l & bits16(_mm_castps_si128(nan[0]), _mm_castps_si128(nan[1]), _mm_castps_si128(nan[2]),
-                        _mm_castps_si128(nan[3]));
+      bad |= (Src::kNanAll ? 0xffffu : l) & bits16(_mm_castps_si128(nan[0]), _mm_castps_si128(nan[1]),
+                                                   _mm_castps_si128(nan[2]), _mm_castps_si128(nan[3]));
       up += popcount16(l & bits16(gt[0], gt[1], gt[2], gt[3]));
       lv += popcount16(l);
     } else {
@@ -260,10 +283,11 @@ bool band_f32(const Src& src, int64_t a, int64_t b, int shift, uint32_t lo, uint
     lv += i - a;
   }
   for (; i < b; ++i) {
-    if (Src::kPrev && !src.prev[i]) continue;
     const float v = L::at(src, i);
+    const bool l = !Src::kPrev || src.prev[i];
+    bad |= unsigned(v != v) & unsigned(l || Src::kNanAll);
+    if (!l) continue;
     const uint32_t key = float_key(v);
-    bad |= unsigned(v != v);
     up += key > hi;
     if (static_cast<uint32_t>(key - lo) <= width) ++h[key >> shift];
     ++lv;
@@ -379,7 +403,9 @@ bool pass_histogram_top(const Src& src, int64_t a, int64_t b, int shift, uint32_
     src.keys(i0, m, kb);
     if constexpr (Src::kPrev) {
       const uint8_t* __restrict live = src.prev + i0;
-      for (int64_t j = 0; j < m; ++j) bad |= unsigned(live[j] != 0) & unsigned(is_nan_key<typename Src::Rank>(kb[j]));
+      for (int64_t j = 0; j < m; ++j) {
+        bad |= unsigned(Src::kNanAll || live[j] != 0) & unsigned(is_nan_key<typename Src::Rank>(kb[j]));
+      }
       // Adding 0 for a pruned weight costs a store but no branch: a random prev mask would
       // mispredict half the time.
       for (int64_t j = 0; j < m; ++j) h[kb[j] >> shift] += uint32_t(live[j] != 0);
@@ -420,7 +446,7 @@ bool pass_histogram_band(const Src& src, int64_t a, int64_t b, int shift, typena
       for (int64_t j = 0; j < m; ++j) {
         const Key key = kb[j];
         const unsigned l = unsigned(p[j] != 0);
-        bad |= l & unsigned(is_nan_key<Rank>(key));
+        bad |= (l | unsigned(Src::kNanAll)) & unsigned(is_nan_key<Rank>(key));
         up += l & unsigned(key > hi);
         fl[j] = uint8_t(l & unsigned(static_cast<Key>(key - lo) <= width));
         lv += l;

@@ -1,6 +1,7 @@
-// The CPU radix select behind topk_masks, saliency_topk_masks (FORCE / Iter SNIP), kth_largest
-// and radix_histogram, over a list of inputs that is never concatenated (radix_select.h; the
-// torch layer is ops_cpu.cpp; the key sources and the passes are radix_passes.h's).
+// The CPU radix select behind topk_masks, saliency_topk_masks (FORCE / Iter SNIP), kth_largest,
+// radix_histogram and drop_grow_masks' global segment, over a list of inputs that is never
+// concatenated (radix_select.h; the torch layer is ops_cpu.cpp; the key sources and the passes
+// are radix_passes.h's).
 //
 // Radix select on order-preserving integer keys (float_keys.h), 16-bit digits:
 //   pass 1      every chunk of the global index space histograms the top digit of every key
@@ -290,6 +291,15 @@ Result select_scores(const std::vector<Operand>& inputs, int64_t n, int64_t k, a
 Result select_saliency(const std::vector<Operand>& inputs, int64_t n, int64_t k, bool wide) {
   return wide ? radix_select<double, KeySource<double, true>>(inputs, n, k, true)
               : radix_select<float, KeySource<float, true>>(inputs, n, k, true);
+}
+
+Result select_magnitude(const std::vector<Operand>& inputs, int64_t n, int64_t k, at::ScalarType rank) {
+  Result res;
+  dispatch_float(rank, [&](auto tag) {
+    using P = decltype(tag);
+    res = radix_select<P, KeySource<P, false, true>>(inputs, n, k, true);
+  });
+  return res;
 }
 
 void store_value(uint64_t key, at::ScalarType rank, void* dst) {

@@ -31,6 +31,11 @@ Result select_scores(const std::vector<Operand>& inputs, int64_t n, int64_t k, a
 // saliency_topk_masks: the keys of |a*b|, ranked in float64 when `wide`, else float32.
 Result select_saliency(const std::vector<Operand>& inputs, int64_t n, int64_t k, bool wide);
 
+// drop_grow_masks' global segment: the masks (each input's `out`) keeping the k largest |x| of
+// the competing elements (0 <= k <= competing), x ranked as `rank`, which holds every input
+// dtype exactly. A NaN anywhere in an input is reported, competing or not.
+Result select_magnitude(const std::vector<Operand>& inputs, int64_t n, int64_t k, at::ScalarType rank);
+
 // The value of `key` (a key of `rank`) written as a `rank` scalar; the zero key is +0.0's.
 void store_value(uint64_t key, at::ScalarType rank, void* dst);
 

@@ -34,9 +34,14 @@
 // The tiny and rows paths run as one parallel region over work items of whole segments of all
 // their inputs. Inputs arrive contiguous (ops_cpu.cpp copies strided ones, as for the global
 // ops); positions and counts are 64-bit, a piece's histogram counts 32-bit (pieces < 2^31).
-// Non-competing elements take key 0, below every competing saliency (|a*b| >= +0.0, whose key
-// is the sign bit), so they are never kept. SPARSEFORCE_CPU_SEG_SMALL=0 sends every row to the
-// radix path, a large value every segment (but N:M groups) to the rows path: the tests run both.
+// Non-competing elements take key 0, below every competing saliency or magnitude (|x| >= +0.0,
+// whose key is the sign bit), so they are never kept. SPARSEFORCE_CPU_SEG_SMALL=0 sends every row
+// to the radix path, a large value every segment (but N:M groups) to the rows path: the tests run
+// both. drop_grow_masks' magnitude selections have their own limit, SPARSEFORCE_CPU_DG_SMALL
+// (default 2^16), and sample a 64th of a long segment rather than a 16th: their competing sets
+// are sparse (the drop: the active weights) or their k small (the grow), where the rows path's
+// in-memory passes and the radix path's sampled random reads cost more than a wider band; both
+// measured on ResNet50's 54 layers (drop_grow.cpp).
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -59,22 +64,34 @@ namespace {
 
 constexpr int64_t kTiny = 32;
 constexpr int kRowDigit = 11;
+constexpr size_t kRowHistograms = 4;
 constexpr int64_t kItem = int64_t(1) << 16;  // elements per work item of the tiny and rows paths
 constexpr int64_t kMaxPieces = 64;
 
-int64_t small_limit() {
-  return std::clamp<int64_t>(env_int("SPARSEFORCE_CPU_SEG_SMALL", int64_t(1) << 20), 0, int64_t(1) << 30);
+int64_t small_limit(Keys kind) {
+  const bool magnitude = kind == Keys::Magnitude;
+  const int64_t limit = magnitude ? env_int("SPARSEFORCE_CPU_DG_SMALL", int64_t(1) << 16)
+                                  : env_int("SPARSEFORCE_CPU_SEG_SMALL", int64_t(1) << 20);
+  return std::clamp<int64_t>(limit, 0, int64_t(1) << 30);
 }
 
-// f(src) with the key source of `o`: its scores ranked in their own dtype, or |a*b| (competing
-// elements only when it has a mask), as the global ops form them.
+// f(src) with the key source of `o`: its scores ranked in their own dtype, or |a*b| or |a|
+// (competing elements only when it has a mask), as the global ops form them.
 template <typename F>
-void visit_keys(const Operand& o, bool saliency, F&& f) {
+void visit_keys(const Operand& o, Keys kind, F&& f) {
   dispatch_float(o.type, [&](auto tag) {
     using In = decltype(tag);
     const In* a = static_cast<const In*>(o.a);
-    if (!saliency) {
+    if (kind == Keys::Scores) {
       f(ScoreSrc<In, In, false>{a, nullptr});
+      return;
+    }
+    if (kind == Keys::Magnitude) {
+      if (o.competing != nullptr) {
+        f(MagnitudeSrc<In, In, true>{a, o.competing});
+      } else {
+        f(MagnitudeSrc<In, In, false>{a, nullptr});
+      }
       return;
     }
     using P = std::conditional_t<std::is_same_v<In, double>, double, float>;
@@ -98,7 +115,7 @@ bool live_keys(const Src& src, int64_t i0, int64_t m, typename Src::Key* __restr
     const uint8_t* __restrict live = src.prev + i0;
     for (int64_t j = 0; j < m; ++j) {
       const bool l = live[j] != 0;
-      bad |= unsigned(l) & unsigned(is_nan_key<typename Src::Rank>(kb[j]));
+      bad |= unsigned(l || Src::kNanAll) & unsigned(is_nan_key<typename Src::Rank>(kb[j]));
       kb[j] = l ? kb[j] : Key(0);
     }
   } else {
@@ -238,7 +255,7 @@ int64_t keep_by4_f32(const Src& src, const Segmented& s, int64_t s0, int64_t s1,
       const __m128i live = _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(p4), zero), zero);
       const __m128 dead = _mm_castsi128_ps(_mm_cmpeq_epi32(live, zero));
       x = _mm_or_ps(_mm_andnot_ps(dead, x), _mm_and_ps(dead, _mm_set1_ps(-std::numeric_limits<float>::infinity())));
-      isnan = _mm_andnot_ps(dead, isnan);
+      if constexpr (!Src::kNanAll) isnan = _mm_andnot_ps(dead, isnan);
     }
     nan = _mm_or_ps(nan, isnan);
     return _mm_castps_si128(x);
@@ -281,7 +298,7 @@ bool select_tiny(const Src& src, const Segmented& s, int64_t s0, int64_t s1) {
   return bad;
 }
 
-// ---- rows (kTiny < L <= small_limit()): one segment at a time, in memory
+// ---- rows (kTiny < L <= small_limit(kind)): one segment at a time, in memory
 
 // The bin (from the top of `bins`) holding the need-th largest key; need becomes its rank there.
 inline int64_t top_bin(const uint32_t* h, int64_t bins, int64_t& need) {
@@ -303,7 +320,7 @@ struct RowScratch {
   std::vector<uint64_t> keys, cand;
   std::vector<int32_t> pos;
   std::vector<uint8_t> flags;  // padded to whole 8-byte words
-  std::vector<uint32_t> hist = std::vector<uint32_t>(size_t(1) << kRowDigit);
+  std::vector<uint32_t> hist = std::vector<uint32_t>(kRowHistograms << kRowDigit);
 
   template <typename T>
   static T* at_least(std::vector<T>& v, int64_t n) {
@@ -311,6 +328,23 @@ struct RowScratch {
     return v.data();
   }
 };
+
+// h[bin] = how many of the len keys have `bin` as their top digit (above `shift`). Equal keys in a
+// row (the non-competing ones' 0, a layer's many similar magnitudes) would chain each increment
+// on the store of the one before: kRowHistograms interleaved copies break the chain, summed after.
+template <typename Key>
+void count_top_digit(const Key* __restrict kb, int64_t len, int shift, int64_t bins, uint32_t* __restrict h) {
+  constexpr int64_t r = kRowHistograms;
+  std::fill(h, h + r * bins, 0u);
+  int64_t j = 0;
+  for (; j + r <= len; j += r) {
+    for (int64_t q = 0; q < r; ++q) ++h[q * bins + (kb[j + q] >> shift)];
+  }
+  for (; j < len; ++j) ++h[kb[j] >> shift];
+  for (int64_t q = 1; q < r; ++q) {
+    for (int64_t b = 0; b < bins; ++b) h[b] += h[q * bins + b];
+  }
+}
 
 // The flagged keys and their positions, in position order, as candidates: the flags are formed
 // by a loop that vectorises and read eight at a time, as most are 0.
@@ -349,8 +383,7 @@ bool select_row(const Src& src, int64_t i0, int64_t len, int64_t k, uint8_t* __r
   // position order; the k-th key is the need-th largest of them.
   int digit = row_digit(len);
   int shift = kBits - digit;
-  std::fill(h, h + (int64_t(1) << digit), 0u);
-  for (int64_t j = 0; j < len; ++j) ++h[kb[j] >> shift];
+  count_top_digit(kb, len, shift, int64_t(1) << digit, h);
   int64_t need = k;
   Key prefix = static_cast<Key>(top_bin(h, int64_t(1) << digit, need));
   uint8_t* __restrict fl = RowScratch::at_least(w.flags, (len + 7) & ~int64_t(7));
@@ -409,41 +442,46 @@ struct Piece {
   int64_t count = 0;            // Candidates: its number of candidates
 };
 
-int key_bits(const Operand& o, bool saliency) {
-  if (saliency) return o.type == at::kDouble ? 64 : 32;
+int key_bits(const Operand& o, Keys kind) {
+  if (kind == Keys::Saliency) return o.type == at::kDouble ? 64 : 32;
   return static_cast<int>(c10::elementSize(o.type) * 8);
 }
 
 // sample_band's view of a segment: its key source, which ranks as P.
-template <typename P, bool Saliency>
+template <typename P, Keys Kind>
 struct RankedAs {
   template <typename F>
   static void visit(const Operand& o, F&& f) {
-    visit_keys(o, Saliency, [&](const auto& src) {
+    visit_keys(o, Kind, [&](const auto& src) {
       if constexpr (std::is_same_v<typename std::decay_t<decltype(src)>::Rank, P>) f(src);
     });
   }
 };
 
 // The band of top digits that a sample of the segment's keys puts its k-th key in (as the
-// global select places its first pass; a sample of a sixteenth of the segment, at least 4096
-// keys and at most the global sample). `scratch`: 2^16 counts.
-void place_band(Long& s, bool saliency, uint32_t* scratch) {
-  const int64_t want = std::min(sample_size(), std::max<int64_t>(s.view.n / 16, 4096));
+// global select places its first pass; a sample of a sixteenth of the segment (a 64th for
+// magnitudes), at least 4096 keys and at most the global sample). `scratch`: 2^16 counts.
+void place_band(Long& s, Keys kind, uint32_t* scratch) {
+  const int64_t fraction = kind == Keys::Magnitude ? 64 : 16;
+  const int64_t want = std::min(sample_size(), std::max<int64_t>(s.view.n / fraction, 4096));
   const std::vector<Operand> one{s.view};
-  const at::ScalarType rank = saliency ? (s.view.type == at::kDouble ? at::kDouble : at::kFloat) : s.view.type;
+  const bool wide = s.view.type == at::kDouble;
+  const at::ScalarType rank = kind == Keys::Saliency ? (wide ? at::kDouble : at::kFloat) : s.view.type;
   dispatch_float(rank, [&](auto tag) {
     using P = decltype(tag);
-    if (saliency) {
-      sample_band<P, RankedAs<P, true>>(one, s.view.n, s.k, s.shift, want, s.lo_bin, s.hi_bin, scratch);
-    } else {
-      sample_band<P, RankedAs<P, false>>(one, s.view.n, s.k, s.shift, want, s.lo_bin, s.hi_bin, scratch);
+    auto sample = [&](auto policy) {
+      sample_band<P, decltype(policy)>(one, s.view.n, s.k, s.shift, want, s.lo_bin, s.hi_bin, scratch);
+    };
+    switch (kind) {
+      case Keys::Scores: sample(RankedAs<P, Keys::Scores>{}); return;
+      case Keys::Saliency: sample(RankedAs<P, Keys::Saliency>{}); return;
+      case Keys::Magnitude: sample(RankedAs<P, Keys::Magnitude>{}); return;
     }
   });
 }
 
 // One batch of long segments, every pass over all of them together.
-void select_long(std::vector<Long>& segs, std::vector<Piece>& pieces, bool saliency, std::atomic<int64_t>& nan) {
+void select_long(std::vector<Long>& segs, std::vector<Piece>& pieces, Keys kind, std::atomic<int64_t>& nan) {
   const int64_t np = static_cast<int64_t>(pieces.size());
   const int64_t ns = static_cast<int64_t>(segs.size());
   std::vector<uint32_t> hist(static_cast<size_t>(np * kBins));
@@ -463,7 +501,7 @@ void select_long(std::vector<Long>& segs, std::vector<Piece>& pieces, bool salie
   // The first pass: the top digit of every key, or of those in the segment's band.
   for_each_item(ns, [&](int64_t i) {
     Long& s = segs[i];
-    if (s.k >= 1 && (s.view.competing != nullptr || s.k < s.view.n)) place_band(s, saliency, hist.data() + s.first * kBins);
+    if (s.k >= 1 && (s.view.competing != nullptr || s.k < s.view.n)) place_band(s, kind, hist.data() + s.first * kBins);
   });
   auto top_pass = [&](const std::vector<int64_t>& ps) {
     for_each_item(static_cast<int64_t>(ps.size()), [&](int64_t t) {
@@ -473,7 +511,7 @@ void select_long(std::vector<Long>& segs, std::vector<Piece>& pieces, bool salie
       std::fill(h, h + kBins, 0u);
       pc.above = pc.live = 0;
       bool bad = false;
-      visit_keys(s.view, saliency, [&](const auto& src) {
+      visit_keys(s.view, kind, [&](const auto& src) {
         using Key = typename std::decay_t<decltype(src)>::Key;
         if (!s.banded()) {
           bad = pass_histogram_top(src, pc.a, pc.b, s.shift, h);
@@ -567,7 +605,7 @@ void select_long(std::vector<Long>& segs, std::vector<Piece>& pieces, bool salie
       const Long& s = segs[pc.seg];
       uint32_t* h = hist.data() + todo[t] * kBins;
       std::fill(h, h + kBins, 0u);
-      visit_keys(s.view, saliency, [&](const auto& src) {
+      visit_keys(s.view, kind, [&](const auto& src) {
         using Key = typename std::decay_t<decltype(src)>::Key;
         pass_histogram(src, pc.a, pc.b, s.shift, static_cast<Key>(s.prefix), h);
       });
@@ -589,7 +627,7 @@ void select_long(std::vector<Long>& segs, std::vector<Piece>& pieces, bool salie
       }
       return;
     }
-    visit_keys(s.view, saliency, [&](const auto& src) {
+    visit_keys(s.view, kind, [&](const auto& src) {
       using Key = typename std::decay_t<decltype(src)>::Key;
       if (s.step == Long::Step::Exact) {
         int64_t quota = pc.base;
@@ -605,7 +643,7 @@ void select_long(std::vector<Long>& segs, std::vector<Piece>& pieces, bool salie
   for_each_item(ns, [&](int64_t i) {
     Long& s = segs[i];
     if (s.step != Long::Step::Candidates) return;
-    visit_keys(s.view, saliency, [&](const auto& src) {
+    visit_keys(s.view, kind, [&](const auto& src) {
       using Key = typename std::decay_t<decltype(src)>::Key;
       keep_candidates(reinterpret_cast<const Key*>(s.cand_keys.data()), s.cand_dst.data(),
                       static_cast<int64_t>(s.cand_dst.size()), s.need);
@@ -617,7 +655,7 @@ void select_long(std::vector<Long>& segs, std::vector<Piece>& pieces, bool salie
 bool is_long(const Segmented& in, int64_t limit) { return in.ks != nullptr && in.len > limit; }
 
 // The long segments of `inputs`, batch by batch.
-void select_all_long(const std::vector<Segmented>& inputs, int64_t limit, bool saliency, std::atomic<int64_t>& nan) {
+void select_all_long(const std::vector<Segmented>& inputs, int64_t limit, Keys kind, std::atomic<int64_t>& nan) {
   int64_t total = 0;
   for (const Segmented& s : inputs) {
     if (is_long(s, limit)) total += s.op.n;
@@ -629,7 +667,7 @@ void select_all_long(const std::vector<Segmented>& inputs, int64_t limit, bool s
   std::vector<Long> segs;
   std::vector<Piece> pieces;
   auto flush = [&]() {
-    if (!segs.empty()) select_long(segs, pieces, saliency, nan);
+    if (!segs.empty()) select_long(segs, pieces, kind, nan);
     segs.clear();
     pieces.clear();
   };
@@ -650,7 +688,7 @@ void select_all_long(const std::vector<Segmented>& inputs, int64_t limit, bool s
       s.view.offset = 0;
       s.k = k_of(in, r);
       s.need = s.k;
-      s.shift = key_bits(in.op, saliency) - kDigit;
+      s.shift = key_bits(in.op, kind) - kDigit;
       s.first = static_cast<int64_t>(pieces.size());
       s.pieces = n_pieces;
       for (int64_t q = 0; q < n_pieces; ++q) {
@@ -664,9 +702,9 @@ void select_all_long(const std::vector<Segmented>& inputs, int64_t limit, bool s
 
 }  // namespace
 
-int64_t segmented_select(const std::vector<Segmented>& inputs, bool saliency) {
+int64_t segmented_select(const std::vector<Segmented>& inputs, Keys kind) {
   std::atomic<int64_t> nan{std::numeric_limits<int64_t>::max()};
-  const int64_t limit = small_limit();
+  const int64_t limit = small_limit(kind);
   // Work items of the tiny and rows paths: runs of whole segments of one input.
   struct Item {
     size_t input;
@@ -684,7 +722,7 @@ int64_t segmented_select(const std::vector<Segmented>& inputs, bool saliency) {
     const Item& it = items[t];
     const Segmented& in = inputs[it.input];
     bool bad = false;
-    visit_keys(in.op, saliency, [&](const auto& src) {
+    visit_keys(in.op, kind, [&](const auto& src) {
       if (in.len <= kTiny) {
         bad = select_tiny(src, in, it.s0, it.s1);
         return;
@@ -695,7 +733,7 @@ int64_t segmented_select(const std::vector<Segmented>& inputs, bool saliency) {
     });
     if (bad) note_nan(nan, in.op.index);
   });
-  select_all_long(inputs, limit, saliency, nan);
+  select_all_long(inputs, limit, kind, nan);
   const int64_t lowest = nan.load();
   return lowest == std::numeric_limits<int64_t>::max() ? -1 : lowest;
 }

@@ -1,6 +1,7 @@
-// The CPU segmented selections behind segmented_topk_masks and segmented_saliency_topk_masks:
-// many independent exact top-k selections at once (design: segmented_select.cpp). No torch
-// tensors here: ops_cpu.cpp is the torch layer. NaN is reported, never raised.
+// The CPU segmented selections behind segmented_topk_masks, segmented_saliency_topk_masks and
+// drop_grow_masks' per-tensor segments: many independent exact top-k selections at once (design:
+// segmented_select.cpp). No torch tensors here: ops_cpu.cpp is the torch layer. NaN is reported,
+// never raised.
 #pragma once
 
 #include <cstdint>
@@ -20,11 +21,15 @@ struct Segmented {
   int64_t keep = 0;
 };
 
-// Writes every input's mask (op.out). The keys are the scores in their own dtype, or |a*b| in
-// float32 (float64 for float64 inputs) when `saliency`; only competing elements compete, and
-// every segment holds at least its k of them. Returns the lowest Operand::index of an input
-// holding a competing NaN (the masks are then unspecified), or -1.
-int64_t segmented_select(const std::vector<Segmented>& inputs, bool saliency);
+// What the selections rank: the scores in their own dtype; |a*b| in float32 (float64 for
+// float64 inputs); or |a| in a's dtype (drop_grow_masks, where a NaN anywhere in a is reported,
+// competing or not).
+enum class Keys { Scores, Saliency, Magnitude };
+
+// Writes every input's mask (op.out) from the keys of `kind`; only competing elements compete
+// (none are for Scores), and every segment holds at least its k of them. Returns the lowest
+// Operand::index of an input holding a reported NaN (the masks are then unspecified), or -1.
+int64_t segmented_select(const std::vector<Segmented>& inputs, Keys kind);
 
 }  // namespace cpu
 }  // namespace sparseforce
