@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _schema, _segments
+from . import _drop_grow, _schema, _segments
 from ._registry import (AUTO_ORDER, KNOWN_BACKENDS, BackendUnavailableError, available_backends,
                         register_backend, resolve, resolve_name, unavailable_reason)
 from ._schema import NaNScoreError
@@ -51,6 +51,7 @@ from . import cpp as _cpp  # noqa: F401  (registers the C++ kernels; loads them 
 from . import cuda as _cuda  # noqa: F401  (registers the CUDA kernels; loads them on first use)
 
 __all__ = ["topk_masks", "saliency_topk_masks", "segmented_topk_masks", "segmented_saliency_topk_masks",
+           "drop_grow_masks",
            "kth_largest", "masked_sgd_", "key_histogram",
            "saliency_key_histogram", "available_backends", "resolve_name", "unavailable_reason",
            "register_backend", "BackendUnavailableError", "NaNScoreError", "KNOWN_BACKENDS", "AUTO_ORDER", "MAX_NM_M"]
@@ -173,6 +174,42 @@ def segmented_saliency_topk_masks(weights, grads, ks, *, prev_masks=None, resurr
     kernel = resolve(backend, "segmented_saliency_topk_masks", device)
     competing = _schema.competing(prev_masks, resurrect)
     return _segmented(kernel, (weights, grads), plan, out, competing, _schema.saliency_nan_message)
+
+
+def _drop_grow_nan_message(code: int) -> str:
+    i, what = divmod(code, 2)
+    return f"{('weights', 'scores')[what]}[{i}] contains NaN; NaN cannot be ranked"
+
+
+def drop_grow_masks(weights, scores, masks, drops, grows=None, *, segment="tensor", out=None,
+                    backend="auto") -> list[torch.Tensor]:
+    """One dynamic-sparse-training update of ``masks`` (RigL, SET, gradual magnitude pruning), for
+    every tensor in one call.
+
+    Per segment (``segment="tensor"``: each tensor, ``drops``/``grows`` one count per tensor;
+    ``"global"``: all tensors together, one count each), with A the active elements (``masks``
+    True): keep the A - drops largest |w| among the active elements, then grow the ``grows``
+    (default: ``drops``, so the count never changes) largest |score| among the elements not kept,
+    the ones just dropped included. Ties at either threshold go to the lowest position (tensor
+    order, then row-major), |-0.0| == |+0.0|, ±inf are ordinary values, NaN anywhere in
+    ``weights`` or ``scores`` raises :class:`NaNScoreError` naming the tensor. ``out`` may be
+    exactly ``masks`` (the in-place update). Returns the new masks.
+    """
+    weights, scores, masks, device = _drop_grow.tensors_args(weights, scores, masks)
+    out = _drop_grow.out_arg(out, weights, scores, masks)
+    plan = _drop_grow.counts(masks, drops, grows, segment, device)
+    kernel = resolve(backend, "drop_grow_masks", device)
+    new = _masks_like(weights)
+    if not sum(w.numel() for w in weights):
+        return new if out is None else out
+    _raise_on_nan(kernel(weights, scores, masks, plan.keeps, plan.grows, new), _drop_grow_nan_message)
+    if plan.error:
+        raise ValueError(plan.error)
+    if out is None:
+        return new
+    for o, m in zip(out, new):
+        o.copy_(m)
+    return out
 
 
 def masked_sgd_(params, grads, momentum_buffers, masks, *, lr, momentum=0.0, dampening=0.0,

@@ -54,7 +54,7 @@ def check_has_values(*named_lists) -> None:
                                  "first (e.g. module.to_empty(device=...) and initialize it)")
 
 
-def _float_list(name: str, tensors) -> list[torch.Tensor]:
+def float_list(name: str, tensors) -> list[torch.Tensor]:
     out = _tensor_list(name, tensors)
     for i, t in enumerate(out):
         if t.dtype not in FLOAT_DTYPES:
@@ -94,7 +94,7 @@ def check_k(k, n: int, what: str = "scores", lowest: int = 0) -> int:
     return k
 
 
-def _bool_list(name: str, tensors, like, count_message: str, like_name: str) -> list[torch.Tensor]:
+def bool_list(name: str, tensors, like, count_message: str, like_name: str) -> list[torch.Tensor]:
     """One bool tensor per tensor of ``like``, each of its shape (``out``, ``prev_masks``)."""
     tensors = _tensor_list(name, tensors)
     if len(tensors) != len(like):
@@ -110,7 +110,7 @@ def _bool_list(name: str, tensors, like, count_message: str, like_name: str) -> 
 def check_out(out, like: list[torch.Tensor]) -> list[torch.Tensor] | None:
     if out is None:
         return None
-    out = _bool_list("out", out, like, f"there are {len(like)} inputs", "its input")
+    out = bool_list("out", out, like, f"there are {len(like)} inputs", "its input")
     for i, (o, t) in enumerate(zip(out, like)):
         if o.device != t.device:
             raise ValueError(f"out[{i}] is on {o.device} but its input is on {t.device}")
@@ -189,7 +189,7 @@ def check_no_overlap(written, read, hint: str = "") -> None:
             reach_written = span
 
 
-def _named(name: str, tensors) -> list[tuple[str, torch.Tensor]]:
+def named(name: str, tensors) -> list[tuple[str, torch.Tensor]]:
     return [(f"{name}[{i}]", t) for i, t in enumerate(tensors) if t is not None]
 
 
@@ -201,7 +201,7 @@ def topk_masks_args(scores, k, out):
 
 def scores_arg(scores):
     """The scores of a selection, checked, and their device."""
-    scores = _float_list("scores", scores)
+    scores = float_list("scores", scores)
     device = common_device(("scores", scores))
     check_has_values(("scores", scores))
     return scores, device
@@ -211,12 +211,12 @@ def scores_out(out, scores):
     """A score selection's ``out``, checked: bool, the scores' shapes, sharing no memory with them."""
     out = check_out(out, scores)
     if out is not None:
-        check_no_overlap(_named("out", out), _named("scores", scores))
+        check_no_overlap(named("out", out), named("scores", scores))
     return out
 
 
 def kth_largest_args(scores, k):
-    scores = _float_list("scores", scores)
+    scores = float_list("scores", scores)
     device = common_device(("scores", scores))
     check_has_values(("scores", scores))
     n = sum(s.numel() for s in scores)
@@ -225,8 +225,8 @@ def kth_largest_args(scores, k):
 
 
 def _weights_and_grads(weights, grads):
-    weights = _float_list("weights", weights)
-    grads = _float_list("grads", grads)
+    weights = float_list("weights", weights)
+    grads = float_list("grads", grads)
     if len(weights) != len(grads):
         raise ValueError(f"weights has {len(weights)} tensors but grads has {len(grads)}")
     for i, (w, g) in enumerate(zip(weights, grads)):
@@ -238,7 +238,7 @@ def _weights_and_grads(weights, grads):
 def _prev_masks(prev_masks, like, name: str):
     if prev_masks is None:
         return None
-    return _bool_list("prev_masks", prev_masks, like, f"{name} has {len(like)}", name + "[{i}]")
+    return bool_list("prev_masks", prev_masks, like, f"{name} has {len(like)}", name + "[{i}]")
 
 
 def competing(prev_masks, resurrect: bool) -> list[torch.Tensor]:
@@ -271,7 +271,7 @@ def saliency_out(out, weights, grads, prev_masks):
         # out[i] may be exactly prev_masks[i] (the in-place Iter SNIP update: every backend reads
         # an element's prev before writing its mask); that prev is then checked as out[i].
         prev = [(f"prev_masks[{i}]", m) for i, m in enumerate(prev_masks or []) if not same_view(m, out[i])]
-        check_no_overlap(_named("out", out), _named("weights", weights) + _named("grads", grads) + prev,
+        check_no_overlap(named("out", out), named("weights", weights) + named("grads", grads) + prev,
                          " (only out[i] may be exactly prev_masks[i], the in-place update)")
     return out
 
@@ -314,7 +314,7 @@ def radix_histogram_args(a, grads, prev_masks, rank_dtype, shift, prefix):
     if saliency:
         a, grads = _weights_and_grads(a, grads)
     else:
-        a = _float_list(name, a)
+        a = float_list(name, a)
     prev_masks = _prev_masks(prev_masks, a, name)
     if rank_dtype not in KEY_BITS:
         raise TypeError(f"rank_dtype must be one of fp16, bf16, fp32, fp64, got {rank_dtype}")
@@ -336,8 +336,8 @@ def radix_histogram_args(a, grads, prev_masks, rank_dtype, shift, prefix):
 
 
 def masked_sgd_args(params, grads, momentum_buffers, masks, lr, momentum, dampening, weight_decay, nesterov):
-    params = _float_list("params", params)
-    grads = _float_list("grads", grads)
+    params = float_list("params", params)
+    grads = float_list("grads", grads)
     n = len(params)
     if len(grads) != n:
         raise ValueError(f"params has {n} tensors but grads has {len(grads)}")
@@ -362,8 +362,8 @@ def masked_sgd_args(params, grads, momentum_buffers, masks, lr, momentum, dampen
                 raise ValueError(f"masks[{i}] must be None or a torch.bool tensor of shape {tuple(p.shape)}")
     device = common_device(("params", params), ("grads", grads), ("momentum_buffers", momentum_buffers),
                            ("masks", masks))
-    check_no_overlap(_named("params", params) + _named("momentum_buffers", momentum_buffers),
-                     _named("grads", grads) + _named("masks", masks))
+    check_no_overlap(named("params", params) + named("momentum_buffers", momentum_buffers),
+                     named("grads", grads) + named("masks", masks))
     hyper = {}
     for name, v in (("lr", lr), ("momentum", momentum), ("dampening", dampening), ("weight_decay", weight_decay)):
         if isinstance(v, torch.Tensor):

@@ -52,7 +52,7 @@ def parse_segment(segment) -> tuple[str, int, int]:
         raise ValueError(f"{SEGMENT_HELP}, got {segment!r}")
     if not isinstance(segment, (tuple, list)) or len(segment) != 3 or segment[0] != "nm":
         raise ValueError(f"{SEGMENT_HELP}, got {segment!r}")
-    n, m = (_integer(v, name) for v, name in ((segment[1], "n"), (segment[2], "m")))
+    n, m = (integer(v, name) for v, name in ((segment[1], "n"), (segment[2], "m")))
     if not 1 <= m <= MAX_M:
         raise ValueError(f"segment ('nm', n, m) needs 1 <= m <= {MAX_M}, got m={m}")
     if not 0 <= n <= m:
@@ -60,7 +60,7 @@ def parse_segment(segment) -> tuple[str, int, int]:
     return "nm", n, m
 
 
-def _integer(value, what: str) -> int:
+def integer(value, what: str) -> int:
     if isinstance(value, bool) or isinstance(value, float):
         raise TypeError(f"{what} must be an integer, got {type(value).__name__} {value!r}")
     if isinstance(value, torch.Tensor):
@@ -96,14 +96,14 @@ def _per_row(k, i: int, name: str, n_rows: int, length: int) -> torch.Tensor:
                 raise ValueError(f"ks[{i}][{r}]={int(k[r])} is outside [0, {length}]: the rows of {name}[{i}] "
                                  f"hold {length} elements")
         return k
-    value = _integer(k, f"ks[{i}]")
+    value = integer(k, f"ks[{i}]")
     if not 0 <= value <= length:
         raise ValueError(f"ks[{i}]={value} is outside [0, {length}]: the rows of {name}[{i}] hold {length} elements")
     return torch.full((n_rows,), value, dtype=torch.int64)
 
 
 def _per_tensor(k, i: int, name: str, numel: int) -> torch.Tensor:
-    value = _integer(k, f"ks[{i}]")
+    value = integer(k, f"ks[{i}]")
     if not 0 <= value <= numel:
         raise ValueError(f"ks[{i}]={value} is outside [0, {numel}]: {name}[{i}] holds {numel} elements")
     return torch.tensor([value], dtype=torch.int64)

@@ -24,6 +24,13 @@ Conventions of the schemas, the same on every backend:
   n. Unlike the global ops, ``out`` never shares memory with an input (the front hands these
   kernels masks it owns) and its contents are unspecified when a NaN is reported, so a one-pass
   kernel needs no NaN pre-pass.
+* ``drop_grow_masks``: one dynamic-sparse-training update (``_drop_grow``). ``keeps`` and
+  ``grows`` are int64 tensors of S entries on the inputs' device: S == len(weights) is one segment
+  per tensor, S == 1 one segment over all of them (global positions). Per segment: K = the
+  ``keeps[s]`` largest |w| among ``masks``' True elements, then G = the ``grows[s]`` largest |score|
+  among the elements not in K; ``out`` = K | G. The NaN index is a code: 2i for ``weights[i]``,
+  2i+1 for ``scores[i]``, the lowest one holding a NaN anywhere. ``out`` never shares memory with
+  an input and is unspecified on NaN, as for the segmented ops.
 * ``radix_histogram``'s counts are the 2**16 counts of one radix digit; its NaN index is
   meaningful on the top pass (shift = key width - 16) only.
 * ``masked_sgd_``: ``momentum_buffers`` is empty when momentum == 0; ``fresh[i]``: the buffer
@@ -49,6 +56,8 @@ SCHEMAS = {
     "segmented_saliency_topk_masks":
         "(Tensor[] weights, Tensor[] grads, Tensor[] ks, int n, int m, Tensor[] competing, Tensor(a!)[] out)"
         " -> Tensor",
+    "drop_grow_masks":
+        "(Tensor[] weights, Tensor[] scores, Tensor[] masks, Tensor keeps, Tensor grows, Tensor(a!)[] out) -> Tensor",
     "radix_histogram":
         "(Tensor[] a, Tensor[] grads, Tensor[] competing, ScalarType rank_dtype, int shift, int prefix)"
         " -> (Tensor, Tensor)",
@@ -85,6 +94,10 @@ def _fake_segmented_saliency_topk_masks(weights, grads, ks, n, m, competing, out
     return _nan_index(weights[0])
 
 
+def _fake_drop_grow_masks(weights, scores, masks, keeps, grows, out):
+    return _nan_index(weights[0])
+
+
 def _fake_radix_histogram(a, grads, competing, rank_dtype, shift, prefix):
     return a[0].new_empty((HISTOGRAM_BINS,), dtype=torch.int64), _nan_index(a[0])
 
@@ -100,6 +113,7 @@ FAKES = {
     "saliency_topk_masks": _fake_saliency_topk_masks,
     "segmented_topk_masks": _fake_segmented_topk_masks,
     "segmented_saliency_topk_masks": _fake_segmented_saliency_topk_masks,
+    "drop_grow_masks": _fake_drop_grow_masks,
     "radix_histogram": _fake_radix_histogram,
     "masked_sgd_": _fake_masked_sgd_,
 }

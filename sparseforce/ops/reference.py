@@ -126,6 +126,34 @@ def segmented_saliency_topk_masks(weights, grads, ks, n, m, competing, out):
     return _index(nan, weights[0].device)
 
 
+def _magnitudes(tensors) -> torch.Tensor:
+    """|x| of every tensor, flat, in float32 (float64 if one is): exact, so ranked exactly."""
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    return _flat(tensors, dtype).abs()
+
+
+def _drop_grow_nan(weights, scores) -> int:
+    for i, (w, s) in enumerate(zip(weights, scores)):
+        for code, t in ((2 * i, w), (2 * i + 1, s)):
+            if bool(torch.isnan(t).any()):
+                return code
+    return -1
+
+
+def drop_grow_masks(weights, scores, masks, keeps, grows, out):
+    # One segment per tensor, or (one count, several tensors) one over all of them.
+    nan = _drop_grow_nan(weights, scores)
+    if nan < 0:
+        per_tensor = keeps.numel() == len(weights)
+        groups = [[i] for i in range(len(weights))] if per_tensor else [list(range(len(weights)))]
+        for s, group in enumerate(groups):
+            active = _flat([masks[i] for i in group], torch.bool)
+            kept = _keep_top_k(_magnitudes([weights[i] for i in group]), int(keeps[s]), active)
+            grown = _keep_top_k(_magnitudes([scores[i] for i in group]), int(grows[s]), ~kept)
+            _write(kept | grown, [out[i] for i in group])
+    return _index(nan, weights[0].device)
+
+
 @torch.no_grad()
 def masked_sgd_(params, grads, momentum_buffers, masks, lr, momentum, dampening, weight_decay, nesterov, fresh):
     """torch.optim.SGD's single-tensor step, with pruned entries of d_p, buf and p held at 0."""
@@ -201,4 +229,4 @@ def radix_histogram(a, grads, competing, rank_dtype, shift, prefix):
 register_backend("reference", lambda device: None, {
     "topk_masks": topk_masks, "kth_largest": kth_largest, "saliency_topk_masks": saliency_topk_masks,
     "segmented_topk_masks": segmented_topk_masks, "segmented_saliency_topk_masks": segmented_saliency_topk_masks,
-    "radix_histogram": radix_histogram, "masked_sgd_": masked_sgd_})
+    "drop_grow_masks": drop_grow_masks, "radix_histogram": radix_histogram, "masked_sgd_": masked_sgd_})
