@@ -111,6 +111,27 @@ class _MaskedOptimizer(torch.optim.Optimizer):
         by_param = self._mask_of
         return Masks({n: by_param[p] for n, p in self._names.items() if p in by_param})
 
+    def refresh_masks(self, masks) -> None:
+        """Enforce ``masks`` (a subset of the names given at creation, same shapes) from the next
+        ``step()`` on: dynamic sparse training changes the masks in place, and a mask this optimizer
+        moved to its parameter's device is a copy that must follow. Neither the weights nor the
+        state are touched (:mod:`sparseforce.dst` zeroes both where it drops or grows)."""
+        masks = masks if isinstance(masks, Masks) else Masks(masks)
+        by_name = {n: self._names.get(n) for n in masks}
+        unknown = [n for n, p in by_name.items() if p is None or p not in self._mask_of]
+        if unknown:
+            raise ValueError(unknown_names(unknown, [n for n, p in self._names.items() if p in self._mask_of],
+                                           f"masked by {type(self).__name__}"))
+        for name, m in masks.items():
+            held = self._mask_of[by_name[name]]
+            if tuple(m.shape) != tuple(held.shape):
+                raise ValueError(f"mask {name!r} has shape {shape_str(m.shape)} but {type(self).__name__} masks "
+                                 f"{name!r} with shape {shape_str(held.shape)}")
+        for name, m in masks.items():
+            held = self._mask_of[by_name[name]]
+            if held is not m:
+                held.copy_(m)
+
     @staticmethod
     def _closure_loss(closure):
         if closure is None:

@@ -19,7 +19,8 @@ Public names:
 * :class:`MasksFileError` -- raised by :meth:`Masks.load` for a file that is corrupt, truncated
   or not a masks file (a ``ValueError``).
 * :func:`apply_masks` -- zero pruned weights and keep them zero under any torch optimizer;
-  returns a :class:`MaskHandle` whose ``remove()`` stops the enforcement.
+  returns a :class:`MaskHandle` whose ``remove()`` stops the enforcement; :func:`refresh_masks`
+  makes it enforce masks changed in place (dynamic sparse training).
 
 The modules: :mod:`~sparseforce.masks.container` (``Masks``), :mod:`~sparseforce.masks.report`
 (the per-layer and per-row tables and the percentages), :mod:`~sparseforce.masks.nm` (masks as
@@ -30,7 +31,7 @@ plain dicts of tensors) and :mod:`~sparseforce.masks.enforce` (``apply_masks`` a
 from __future__ import annotations
 
 from .container import Masks
-from .enforce import MaskHandle, apply_masks
+from .enforce import MaskHandle, apply_masks, refresh_masks
 from .formats import FORMAT, FORMAT_VERSION, MasksFileError
 from .report import LayerCollapseWarning, LayerDensity, LayerTable, RowStats, RowTable, format_percent
 
@@ -47,5 +48,6 @@ __all__ = [
     "RowTable",
     "apply_masks",
     "format_percent",
+    "refresh_masks",
 ]
 

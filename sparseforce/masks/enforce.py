@@ -1,5 +1,7 @@
 """Masks enforced during training: :func:`apply_masks` zeroes the pruned weights and keeps them zero
-under any torch optimizer until the returned :class:`MaskHandle` is removed."""
+under any torch optimizer until the returned :class:`MaskHandle` is removed; :func:`refresh_masks`
+makes it enforce new masks (dynamic sparse training), and :func:`register_dense_grad_hook` shows a
+parameter's gradients before its hook masks them."""
 from __future__ import annotations
 
 import collections.abc
@@ -14,17 +16,18 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .container import Masks, check_dense, check_model
 
-__all__ = ["MaskHandle", "apply_masks"]
+__all__ = ["MaskHandle", "apply_masks", "refresh_masks", "register_dense_grad_hook"]
 
 
 class _Entry:
     """The pruned-positions mask of one parameter, shared by its grad hook and the step hook."""
 
-    __slots__ = ("pruned", "active")
+    __slots__ = ("pruned", "active", "dense_hooks")
 
-    def __init__(self, pruned: torch.Tensor):
+    def __init__(self, pruned: torch.Tensor, dense_hooks: list):
         self.pruned = pruned  # True where the weight is pruned
         self.active = True
+        self.dense_hooks = dense_hooks  # the parameter's list in _DENSE_HOOKS (shared, not copied)
 
     def pruned_on(self, device: torch.device) -> torch.Tensor:
         # The parameter can move after apply_masks (model.to("cuda") keeps the Parameter
@@ -40,6 +43,8 @@ class _Entry:
 _REGISTRY: "WeakIdKeyDictionary" = WeakIdKeyDictionary()
 _LOCK = threading.RLock()
 _STEP_HOOK = None  # RemovableHandle of the global optimizer step post-hook, while needed
+# Parameter -> the functions of register_dense_grad_hook, called by the masking hook before it masks.
+_DENSE_HOOKS: "WeakIdKeyDictionary" = WeakIdKeyDictionary()
 
 
 def _make_grad_hook(entry: _Entry):
@@ -47,6 +52,8 @@ def _make_grad_hook(entry: _Entry):
     def hook(grad: torch.Tensor) -> Optional[torch.Tensor]:
         if not entry.active:
             return None
+        for fn in tuple(entry.dense_hooks):
+            fn(grad)
         # Zero gradients mean momentum / Adam moments of pruned weights stay exactly zero,
         # so the optimizer state is as if those weights did not exist.
         return grad.masked_fill(entry.pruned_on(grad.device), 0)
@@ -177,7 +184,7 @@ def apply_masks(model: nn.Module, masks: Union[Masks, Mapping[str, torch.Tensor]
             old = _REGISTRY.get(p)
             if old is not None:
                 old.active = False  # superseded: its grad hook becomes a no-op
-            entry = _Entry(pruned)
+            entry = _Entry(pruned, _dense_hooks_of(p))
             # Frozen parameters get no gradient (and torch refuses the hook); the step hook
             # still covers them if they are unfrozen later.
             hook_handle = (p.register_hook(_make_grad_hook(entry)) if p.requires_grad
@@ -186,3 +193,74 @@ def apply_masks(model: nn.Module, masks: Union[Masks, Mapping[str, torch.Tensor]
             records.append((weakref.ref(p), entry, hook_handle))
         _ensure_step_hook()
     return MaskHandle(records, [name for _, _, name in plan.values()])
+
+
+def _dense_hooks_of(p: torch.Tensor) -> list:
+    hooks = _DENSE_HOOKS.get(p)
+    if hooks is None:
+        hooks = _DENSE_HOOKS[p] = []
+    return hooks
+
+
+def refresh_masks(model: nn.Module, masks: Union[Masks, Mapping[str, torch.Tensor]]) -> list:
+    """Make :func:`apply_masks` enforce ``masks`` from now on for the parameters it already masks
+    (dynamic sparse training changes the masks in place; the enforced copy must follow).
+
+    Only the enforcement changes (the gradient hook and the step hook use the new masks); the
+    weights are not touched, and parameters that no active :func:`apply_masks` masks are skipped.
+    Unknown names or other shapes are a ``ValueError`` before anything changes. Returns the names
+    refreshed.
+    """
+    check_model(model)
+    masks = masks if isinstance(masks, Masks) else Masks(masks)
+    masks.check(model)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    refreshed = []
+    with _LOCK:
+        for name, mask in masks.items():
+            p = params[name]
+            entry = _REGISTRY.get(p)
+            if entry is not None and entry.active:
+                # A new tensor, swapped in whole, so a hook never sees a half-written mask.
+                entry.pruned = (~mask).to(p.device)
+                refreshed.append(name)
+    return refreshed
+
+
+class _DenseHookHandle:
+    """``remove()`` stops calling the function given to :func:`register_dense_grad_hook`."""
+
+    def __init__(self, hooks: list, fn, tensor_handle):
+        self._hooks, self._fn, self._tensor_handle = hooks, fn, tensor_handle
+
+    def remove(self) -> None:
+        with _LOCK:
+            if self._fn in self._hooks:
+                self._hooks.remove(self._fn)
+            self._tensor_handle.remove()
+
+
+def register_dense_grad_hook(param: torch.Tensor, fn) -> _DenseHookHandle:
+    """Call ``fn(grad)`` with every gradient autograd delivers for ``param``, as computed: before
+    :func:`apply_masks`' hook zeroes its pruned entries, whether the masks were applied before or
+    after this call, or never. ``fn`` must not modify ``grad``; it is called once per gradient.
+
+    Tensor hooks run in the order they were registered, so a hook of its own registered after
+    :func:`apply_masks` would see the masked gradient: the masking hook calls ``fn`` itself while
+    it is active, and ``fn``'s own tensor hook calls it only when no active mask covers ``param``.
+    Returns a handle whose ``remove()`` undoes this.
+    """
+    if not isinstance(param, torch.Tensor) or not param.requires_grad:
+        raise ValueError("register_dense_grad_hook needs a tensor that requires grad")
+    pref = weakref.ref(param)  # the hook must not keep the parameter alive
+
+    def unmasked(grad: torch.Tensor) -> None:
+        p = pref()
+        entry = _REGISTRY.get(p) if p is not None else None
+        if entry is None or not entry.active:
+            fn(grad)
+
+    with _LOCK:
+        hooks = _dense_hooks_of(param)
+        hooks.append(fn)
+        return _DenseHookHandle(hooks, fn, param.register_hook(unmasked))
