@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from . import ops
 from ._prunable import prunable_parameters
 from .bench_case import Case, Unavailable, text_table
+from .dst import RigL
 from .optim import MaskedSGD
 from .pruning import random as random_masks
 
@@ -38,17 +39,24 @@ def _count(build: Callable[[], torch.nn.Module]) -> int:
 
 
 def rigl_state(build: Callable[[], torch.nn.Module], device) -> dict:
-    """The prunable weights of ``build()``: ERK masks at 90 % (``sf.random``, seed 0), random fp32
-    weights and momentum buffers (0 where inactive) and dense gradients, each layer's drop count.
-    Seeded: every impl of a case starts from the same state."""
-    model = build()
-    masks = [m.to(device) for m in random_masks(model, sparsity=SPARSITY, distribution="erk", seed=0).values()]
+    """``build()`` on ``device`` with ERK masks at 90 % (``sf.random``, seed 0) on its prunable
+    weights, random fp32 values in them and in their momentum buffers (0 where inactive), random
+    dense gradients, each layer's drop count. Seeded: every impl of a case starts from the same
+    state."""
+    model = build().to(device)
+    params = list(prunable_parameters(model, check_nan=False).values())
+    mask_map = random_masks(model, sparsity=SPARSITY, distribution="erk", seed=0)
+    masks = list(mask_map.values())
     gen = torch.Generator(device=device).manual_seed(1)
-    weights, grads, bufs = ([torch.randn(m.shape, generator=gen, device=device) for m in masks] for _ in range(3))
-    torch._foreach_mul_(weights, masks)
+    weights = [p.detach() for p in params]
+    with torch.no_grad():
+        for w, m in zip(weights, masks):
+            w.copy_(torch.randn(w.shape, generator=gen, device=device) * m)
+    grads, bufs = ([torch.randn(m.shape, generator=gen, device=device) for m in masks] for _ in range(2))
     torch._foreach_mul_(bufs, masks)
     drops = [math.floor(DROP_FRACTION * int(m.count_nonzero())) for m in masks]
-    return {"weights": weights, "grads": grads, "masks": masks, "bufs": bufs, "drops": drops}
+    return {"model": model, "params": params, "mask_map": mask_map, "weights": weights, "grads": grads,
+            "masks": masks, "bufs": bufs, "drops": drops}
 
 
 def port_rigl_update(weights, grads, masks, bufs, drops) -> None:
@@ -76,6 +84,38 @@ def fused_rigl_update(state: dict, backend: str) -> Callable[[], None]:
         torch._foreach_mul_(w, m)
         torch._foreach_mul_(b, m)
     return update
+
+
+RIGL = "sf.dst.RigL"
+
+
+def rigl_impl(backend: str) -> str:
+    return f"{RIGL} [{backend}]"
+
+
+def dst_rigl_update(state: dict, backend: str) -> Callable[[], None]:
+    """``sf.dst.RigL.step()`` at an update step (one every step, drop fraction 0.3), the momentum
+    buffers held by a ``torch.optim.SGD``. Autograd first delivers the dense gradients to the
+    parameters (``torch.autograd.grad`` of the parameters by themselves) so RigL's capture copies
+    them as in training: the copy is part of what an update costs."""
+    params, grads = state["params"], state["grads"]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for p, b in zip(params, state["bufs"]):
+        opt.state[p]["momentum_buffer"] = b
+    rigl = RigL(state["model"], state["mask_map"], opt, total_steps=2**40, update_every=1,
+                drop_fraction=DROP_FRACTION, backend=backend)
+
+    def update():
+        torch.autograd.grad(params, params, grads)
+        rigl.step()
+    return update
+
+
+def our_update(impl: str, state: dict) -> Callable[[], None]:
+    """Our update as ``impl`` names it: a backend of the op, or ``rigl_impl(backend)``."""
+    if impl.startswith(RIGL):
+        return dst_rigl_update(state, impl[len(RIGL) + 2:-1])
+    return fused_rigl_update(state, impl)
 
 
 def sparsimony_update(build: Callable[[], torch.nn.Module], device) -> Callable[[], None]:
@@ -107,7 +147,7 @@ def sparsimony_update(build: Callable[[], torch.nn.Module], device) -> Callable[
 
 def rigl_update_case(layers: str, build: Callable[[], torch.nn.Module], backends=()) -> Case:
     """One RigL update on ``build()``'s prunable weights: the ports' per-layer ``topk``, sparsimony
-    when it runs, and our op on every backend in ``backends``."""
+    when it runs, and ours as each of ``backends`` names it (:func:`our_update`)."""
     n = _count(build)
 
     def make(impl, device):
@@ -117,7 +157,7 @@ def rigl_update_case(layers: str, build: Callable[[], torch.nn.Module], backends
         if impl == "baseline":
             return lambda: port_rigl_update(state["weights"], state["grads"], state["masks"], state["bufs"],
                                             state["drops"])
-        return fused_rigl_update(state, impl)
+        return our_update(impl, state)
 
     return Case(f"rigl-update {layers} ERK {SPARSITY:.0%} drop={DROP_FRACTION:.0%}", layers, torch.float32, n,
                 n * UPDATE_BYTES_PER_WEIGHT, ["baseline", "sparsimony", *backends], make)
@@ -134,7 +174,7 @@ def update_cost_case(layers: str, build: Callable[[], torch.nn.Module], model_an
     (:func:`format_update_cost`)."""
     def make(impl, device):
         if impl != TRAIN_STEP:
-            return fused_rigl_update(rigl_state(build, device), impl)
+            return our_update(impl, rigl_state(build, device))
         model, x, y = model_and_batch(batch, device)
         masks = random_masks(model, sparsity=SPARSITY, distribution="erk", seed=0)
         opt = MaskedSGD(model.named_parameters(), masks, lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -169,8 +209,9 @@ def format_update_cost(rows: list[dict]) -> str:
 
 def dst_cases(layers: str, build: Callable[[], torch.nn.Module], model_and_batch: Callable, batch: int,
               backends=()) -> list[Case]:
-    """The update on every backend in ``backends``; its cost against a step on the first compiled
-    one (the reference is there to check, not to train with)."""
+    """The update on our op on every backend in ``backends`` and as ``sf.dst.RigL`` on the first
+    compiled one (the reference is there to check, not to train with); its cost against a step."""
     fast = [b for b in backends if b != "reference"][:1] or list(backends[:1])
-    return [rigl_update_case(layers, build, backends=backends),
-            update_cost_case(layers, build, model_and_batch, batch, backends=fast)]
+    ours = [*fast, *map(rigl_impl, fast)]
+    return [rigl_update_case(layers, build, backends=[*backends, *map(rigl_impl, fast)]),
+            update_cost_case(layers, build, model_and_batch, batch, backends=ours)]

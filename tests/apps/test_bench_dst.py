@@ -23,15 +23,16 @@ def dst_default_cases():
     return [c for c in bench.default_cases(CPU, scale=64) if c.name.startswith("rigl-")]
 
 
-BACKENDS = dst_default_cases()[0].impls[2:]
+OURS = dst_default_cases()[0].impls[2:]  # the op on every backend, then sf.dst.RigL on the first compiled one
 
 
 def test_the_default_set_holds_both_cases_with_every_usable_backend():
     update, cost = dst_default_cases()
     assert update.name == f"rigl-update {LAYERS} ERK 90% drop=30%" and cost.name == f"rigl-cost {LAYERS} b=32 every=100"
-    assert update.impls == ["baseline", "sparsimony", *BACKENDS]
-    assert set(BACKENDS) == set(ops.available_backends(CPU, "drop_grow_masks")) - {"triton"}
-    assert cost.impls == [bench_dst.TRAIN_STEP, next((b for b in BACKENDS if b != "reference"), "reference")]
+    backends = [b for b in ops.available_backends(CPU, "drop_grow_masks") if b != "triton"]
+    fast = next((b for b in backends if b != "reference"), "reference")
+    assert update.impls == ["baseline", "sparsimony", *backends, f"sf.dst.RigL [{fast}]"]
+    assert cost.impls == [bench_dst.TRAIN_STEP, fast, f"sf.dst.RigL [{fast}]"]
     n = sum(p.numel() for p in prunable_parameters(build()).values())
     assert update.params == cost.params == n and update.floor_bytes == 22 * n
     assert bench.dst_batch(torch.device("cuda")) == 128
@@ -43,16 +44,16 @@ def _one_update(impl):
     if impl == "baseline":
         bench_dst.port_rigl_update(*(state[k] for k in ("weights", "grads", "masks", "bufs", "drops")))
     else:
-        bench_dst.fused_rigl_update(state, impl)()
+        bench_dst.our_update(impl, state)()
     return before, state
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_the_fused_update_is_the_ports_update(backend):
-    """Random floats, no ties: the ports' per-layer topk and our op keep, drop and grow the same
-    weights, and zero the same weights and momentum."""
+@pytest.mark.parametrize("impl", OURS)
+def test_our_update_is_the_ports_update(impl):
+    """Random floats, no ties: the ports' per-layer topk, our op and sf.dst.RigL keep, drop and grow
+    the same weights, and zero the same weights and momentum."""
     before, want = _one_update("baseline")
-    _, got = _one_update(backend)
+    _, got = _one_update(impl)
     for key in ("masks", "weights", "bufs"):
         for a, b in zip(got[key], want[key]):
             assert torch.equal(a, b), key
@@ -68,7 +69,7 @@ def test_the_fused_update_is_the_ports_update(backend):
 
 def test_update_case_runs_small_with_its_floor_and_says_why_sparsimony_did_not(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "sparsimony", None)  # as in CI: not installed
-    case = bench_dst.rigl_update_case(LAYERS, build, backends=BACKENDS)
+    case = bench_dst.rigl_update_case(LAYERS, build, backends=OURS)
     rows = bench.run_case(case, CPU, 1e9, min_time=0.0)
     assert [r["impl"] for r in rows] == case.impls
     missing = rows[1]
@@ -76,8 +77,8 @@ def test_update_case_runs_small_with_its_floor_and_says_why_sparsimony_did_not(m
     for r in rows[:1] + rows[2:]:
         assert r["median_s"] > 0 and r["times_floor"] > 0 and r["floor_s"] == case.floor_bytes / 1e9
         assert r["speedup_vs_baseline"] > 0
-    table = bench.format_table(rows)
-    assert "| sparsimony | unavailable | sparsimony not importable" in table
+    cells = [[c.strip() for c in line.split("|")] for line in bench.format_table(rows).splitlines()]
+    assert cells[3][1:3] == ["sparsimony", "unavailable"] and cells[3][3].startswith("sparsimony not importable (")
     assert bench.plot(rows, tmp_path / "plot.png", "tiny") and (tmp_path / "plot.png").stat().st_size > 1000
 
 
@@ -100,12 +101,12 @@ def test_sparsimony_that_imports_but_fails_is_unavailable_with_the_reason(monkey
 
 def test_cost_case_runs_small_and_reports_the_updates_share_of_training():
     case = bench_dst.update_cost_case(LAYERS, build, lambda b, dev: bench._model_and_batch("resnet50", b, dev, 64), 2,
-                                      backends=BACKENDS)
+                                      backends=OURS)
     rows = bench.run_case(case, CPU, 1e9, min_time=0.0)
     assert [r["impl"] for r in rows] == case.impls and all(r["median_s"] > 0 for r in rows)
     assert all(r["speedup_vs_baseline"] is None and r["floor_s"] is None for r in rows)  # a ratio, not a race
     lines = bench_dst.format_update_cost(rows).splitlines()
-    assert "update / 100 steps" in lines[0] and len(lines) == 2 + len(BACKENDS)
+    assert "update / 100 steps" in lines[0] and len(lines) == 2 + len(OURS)
     step = rows[0]["median_s"]
     for r, line in zip(rows[1:], lines[2:]):
         share = r["median_s"] / 100 / step
