@@ -82,12 +82,24 @@ def test_update_case_runs_small_with_its_floor_and_says_why_sparsimony_did_not(m
     assert bench.plot(rows, tmp_path / "plot.png", "tiny") and (tmp_path / "plot.png").stat().st_size > 1000
 
 
-def test_sparsimony_that_imports_but_fails_is_unavailable_with_the_reason(monkeypatch):
+def _fake_sparsimony(monkeypatch) -> dict:
+    """Empty modules where sparsimony's would be (a version without the names imported)."""
     fake = {}
     for name in ("sparsimony", "sparsimony.distributions", "sparsimony.distributions.base", "sparsimony.dst",
                  "sparsimony.dst.rigl", "sparsimony.schedulers", "sparsimony.schedulers.base"):
         fake[name] = types.ModuleType(name)
         monkeypatch.setitem(sys.modules, name, fake[name])
+    return fake
+
+
+def test_sparsimony_without_the_names_it_needs_is_unavailable(monkeypatch):
+    _fake_sparsimony(monkeypatch)
+    with pytest.raises(Unavailable, match=r"^sparsimony not importable \(cannot import name 'ERKDistribution'"):
+        bench_dst.sparsimony_update(build, CPU)
+
+
+def test_sparsimony_that_imports_but_fails_is_unavailable_with_the_reason(monkeypatch):
+    fake = _fake_sparsimony(monkeypatch)
 
     def broken(*args, **kwargs):
         raise AttributeError("module 'torch.ao' has no attribute 'pruning'\nmore")
