@@ -27,12 +27,12 @@ _LAZY = {"Masks": "masks", "MasksFileError": "masks", "LayerCollapseWarning": "m
                                          "prune", "prunable_names")}}
 # Every public submodule is an attribute too (`sf.models.resnet50()`, as `torch.optim` is), loaded
 # on first access like the names above.
-_SUBMODULES = ("ablations", "bench", "cli", "data", "ddp", "demo", "distributed", "dst", "durations", "export", "masks",
-               "models", "ops", "optim", "pruning", "train")
+_SUBMODULES = ("ablations", "bench", "cli", "data", "ddp", "demo", "distributed", "dst", "durations", "export", "hf",
+               "masks", "models", "ops", "optim", "pruning", "train")
 
 if TYPE_CHECKING:
-    from . import (ablations, bench, cli, data, ddp, demo, distributed, dst, durations, export, masks, models, ops,
-                   optim, pruning, train)
+    from . import (ablations, bench, cli, data, ddp, demo, distributed, dst, durations, export, hf, masks, models,
+                   ops, optim, pruning, train)
     from .export import to_semi_structured
     from .masks import LayerCollapseWarning, Masks, MasksFileError, apply_masks
     from .optim import MaskedAdamW, MaskedSGD

@@ -75,6 +75,18 @@ def _emulated_cuda_backends():
 
 EMULATED_CUDA = _emulated_cuda_backends()
 
+
+def _emulated_path_backends():
+    if not EMULATED_CUDA:
+        return []
+    from cuda_emu import register
+    return EMULATED_CUDA + register.install.weak
+
+
+# The path tests of the CUDA kernels (tests/ops/test_cuda_emulated*.py) run the emulated backends
+# and the weak-memory schedule too, where the build has it.
+EMULATED_CUDA_PATHS = _emulated_path_backends()
+
 # Every available backend on every available device, and the emulated CUDA backends on CPU
 # tensors; the shared kernel tests run once per pair.
 BACKEND_DEVICE = [pytest.param(b, d, id=f"{b}-{d}") for d in DEVICES for b in backends_for(d)] + \

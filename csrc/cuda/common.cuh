@@ -46,6 +46,25 @@ inline void launch_kernel(const char* file, int line, void (*kernel)(P...), dim3
 #define SF_LAUNCH(kernel, grid, block, smem, stream, ...) \
   ::sparseforce::cuda::launch_kernel(__FILE__, __LINE__, kernel, grid, block, smem, stream, __VA_ARGS__)
 
+// Resident blocks of kThreads threads per SM for `kernel`, at least 1 (1 if the query fails: the
+// runtime keeps that error, which the launcher's final cudaGetLastError() must not see).
+template <class K>
+inline int blocks_per_sm(K kernel) {
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0) != cudaSuccess) {
+    (void)cudaGetLastError();
+    n = 1;
+  }
+  return n < 1 ? 1 : n;
+}
+
+// A persistent grid: one full wave of `occ` blocks per SM, but at most `items` blocks (at least 1).
+inline unsigned wave_grid(int64_t items, int sms, int occ) {
+  int64_t g = static_cast<int64_t>(sms > 0 ? sms : 1) * occ;
+  g = g > items ? items : g;
+  return static_cast<unsigned>(g < 1 ? 1 : g);
+}
+
 // ---- dtypes: raw storage and key width of each DType
 
 template <int DT> struct RawOf;
@@ -84,6 +103,25 @@ __device__ __forceinline__ uint64_t key64(double v) {
   b = (b << 1) == 0 ? 0ull : b;
   return b ^ (uint64_t(int64_t(b) >> 63) | 0x8000000000000000ull);
 }
+
+// |x| on the bits (the sign bit cleared): exact in every dtype, -0.0 becomes +0.0, NaN stays NaN.
+template <int DT>
+__device__ __forceinline__ raw_t<DT> abs_raw(raw_t<DT> x) {
+  if constexpr (DT == kF16 || DT == kBF16) {
+    return raw_t<DT>(x & 0x7fffu);
+  } else if constexpr (DT == kF32) {
+    return __uint_as_float(__float_as_uint(x) & 0x7fffffffu);
+  } else {
+    return __longlong_as_double(__double_as_longlong(x) & 0x7fffffffffffffffll);
+  }
+}
+
+// Whether an element with mask byte `p` competes under SelectFlags `flags` (kFlagUnion: the
+// unset ones do), and the byte written for one that does not (kFlagUnion: true, it is in prev).
+__device__ __forceinline__ bool competes_under(int32_t flags, uint8_t p) {
+  return (p != 0) != ((flags & kFlagUnion) != 0);
+}
+__device__ __forceinline__ uint8_t resting_byte(int32_t flags) { return uint8_t((flags & kFlagUnion) != 0); }
 
 // Inverse of the mapping (the zero key comes back as +0.0).
 __device__ __forceinline__ uint64_t unorder_bits(uint64_t key, int bits) {

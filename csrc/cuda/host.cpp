@@ -87,6 +87,7 @@ Table segment_table(const std::vector<Input>& inputs, int32_t rank, bool salienc
     s.dtype = in.dtype;
     s.index = in.index;
     s.aligned = aligned16(s.a) && aligned16(s.b) && aligned16(s.prev) && aligned16(s.out);
+    s.flags = in.flags;
     t.n += in.n;
     t.tiles += (in.n + kTile - 1) / kTile;
     t.segs.push_back(s);
@@ -112,6 +113,36 @@ int64_t candidate_cap(int64_t n) {
   return cap < 0 ? 0 : cap;
 }
 
+namespace {
+
+// Enqueues the select over a non-empty table (k, or *k_dev on the device); the workspace `ws`
+// (select_workspace_bytes(t.tiles, cap)) holds its state at offset 0. The table's memory is
+// freed on return, before the kernels have run, as masked_sgd's.
+cudaError_t enqueue_select(Device& dev, const Table& t, int64_t k, const int64_t* k_dev, int64_t cap,
+                           int32_t rank_dtype, bool saliency, bool write_masks, void* value_out, void* ws) {
+  const size_t table_bytes = sizeof(Segment) * t.segs.size();
+  Buffer table(dev, table_bytes);
+  dev.upload(table.get(), t.segs.data(), table_bytes);
+  SelectArgs a{};
+  a.segs = static_cast<const Segment*>(table.get());
+  a.nseg = static_cast<int32_t>(t.segs.size());
+  a.rank_dtype = rank_dtype;
+  a.saliency = saliency ? 1 : 0;
+  a.write_masks = write_masks ? 1 : 0;
+  a.n = t.n;
+  a.tiles = t.tiles;
+  a.k = k;
+  a.k_dev = k_dev;
+  a.cap = cap;
+  a.workspace = ws;
+  a.value_out = write_masks ? nullptr : value_out;
+  a.num_sms = dev.num_sms();
+  a.stream = dev.stream();
+  return launch_select(a);
+}
+
+}  // namespace
+
 Result select(Device& dev, const std::vector<Input>& inputs, int64_t k, int32_t rank_dtype, bool saliency,
               bool write_masks, void* value_out) {
   const Table t = segment_table(inputs, rank_dtype, saliency, write_masks);
@@ -127,26 +158,8 @@ Result select(Device& dev, const std::vector<Input>& inputs, int64_t k, int32_t 
   if (!write_masks && value_out == nullptr) return bad_input(-1);
 
   const int64_t cap = candidate_cap(t.n);
-  const size_t table_bytes = sizeof(Segment) * t.segs.size();
-  Buffer table(dev, table_bytes);
-  dev.upload(table.get(), t.segs.data(), table_bytes);
   Buffer ws(dev, select_workspace_bytes(t.tiles, cap));
-
-  SelectArgs a{};
-  a.segs = static_cast<const Segment*>(table.get());
-  a.nseg = static_cast<int32_t>(t.segs.size());
-  a.rank_dtype = rank_dtype;
-  a.saliency = saliency ? 1 : 0;
-  a.write_masks = write_masks ? 1 : 0;
-  a.n = t.n;
-  a.tiles = t.tiles;
-  a.k = k;
-  a.cap = cap;
-  a.workspace = ws.get();
-  a.value_out = write_masks ? nullptr : value_out;
-  a.num_sms = dev.num_sms();
-  a.stream = dev.stream();
-  const cudaError_t e = launch_select(a);
+  const cudaError_t e = enqueue_select(dev, t, k, nullptr, cap, rank_dtype, saliency, write_masks, value_out, ws.get());
   if (e != cudaSuccess) return launch_failed(e);
 
   // The state sits at offset 0 of the workspace; reading it is the call's one synchronisation,
@@ -253,7 +266,7 @@ Result segmented_select(Device& dev, const std::vector<SegInput>& inputs, bool s
     if (in.n == 0) continue;
     // item_begin, seg_begin: SegPath::add; chunks: the radix path's.
     SegTensor t{in.a, saliency ? in.b : nullptr, in.prev, in.out, in.ks, in.k_all, in.rows, in.n / in.rows, 0, 0, 0,
-                in.dtype, in.index};
+                in.dtype, in.index, in.flags, 0};
     const int32_t bits = saliency ? std::max(32, key_bits(in.dtype)) : key_bits(in.dtype);
     if (t.len <= std::min(small, kSegTinyMax)) {
       tiny.add(t, t.rows, bits);
@@ -282,6 +295,94 @@ Result segmented_select(Device& dev, const std::vector<SegInput>& inputs, bool s
   if (e != cudaSuccess) return launch_failed(e);
   Result r;
   r.mode = (tiny.items > 0 ? kSegPathTiny : 0) | (rows.items > 0 ? kSegPathRow : 0) | (large.items > 0 ? kSegPathRadix : 0);
+  return r;
+}
+
+namespace {
+
+// The dtype both rank in exactly (torch's promotion of two float dtypes).
+int32_t promote(int32_t x, int32_t y) {
+  if (x == y) return x;
+  return x == kF64 || y == kF64 ? kF64 : kF32;
+}
+
+}  // namespace
+
+Result drop_grow(Device& dev, const std::vector<DropGrowInput>& inputs, const int64_t* keeps, const int64_t* grows,
+                 bool global, int64_t* nan_out) {
+  if (nan_out == nullptr || keeps == nullptr || grows == nullptr) return bad_input(-1);
+  // NaN codes 2i and 2i+1 must fit the Segment's int32 index.
+  if (inputs.size() > static_cast<size_t>(INT32_MAX / 2)) return bad_input(-1);
+  // drops: weights, the active ones competing, into K; grows: scores, those outside K competing.
+  std::vector<Input> drops, grows_in, all;
+  int64_t n = 0;
+  for (const DropGrowInput& in : inputs) {
+    const bool missing = in.n > 0 && (in.w == nullptr || in.s == nullptr || in.mask == nullptr || in.out == nullptr);
+    if (in.n < 0 || !known_dtype(in.w_dtype) || !known_dtype(in.s_dtype) || missing) return bad_input(in.index);
+    if (in.n == 0) continue;
+    all.push_back(Input{in.w, nullptr, nullptr, nullptr, in.n, in.w_dtype, 2 * in.index});
+    all.push_back(Input{in.s, nullptr, nullptr, nullptr, in.n, in.s_dtype, 2 * in.index + 1});
+    n += in.n;
+  }
+  Buffer kept(dev, static_cast<size_t>(std::max<int64_t>(n, 1)));  // K, a byte per element
+  int64_t at = 0;
+  for (const DropGrowInput& in : inputs) {
+    if (in.n == 0) continue;
+    uint8_t* k = static_cast<uint8_t*>(kept.get()) + at;
+    at += in.n;
+    drops.push_back(Input{in.w, nullptr, in.mask, k, in.n, in.w_dtype, 2 * in.index, kFlagAbs});
+    grows_in.push_back(Input{in.s, nullptr, k, in.out, in.n, in.s_dtype, 2 * in.index + 1, kFlagAbs | kFlagUnion});
+  }
+
+  // Every element of both lists, one tile list: the NaN code (written even when all are empty).
+  const Table scan = segment_table(all, kF64, false, false);  // any dtype ranks as float64
+  if (scan.bad != INT32_MIN) return bad_input(scan.bad);
+  {
+    const size_t table_bytes = sizeof(Segment) * scan.segs.size();
+    Buffer table(dev, std::max<size_t>(table_bytes, 1));
+    if (table_bytes != 0) dev.upload(table.get(), scan.segs.data(), table_bytes);
+    NanScanArgs a{};
+    a.segs = static_cast<const Segment*>(table.get());
+    a.nseg = static_cast<int32_t>(scan.segs.size());
+    a.num_sms = dev.num_sms();
+    a.tiles = scan.tiles;
+    a.nan_out = nan_out;
+    a.stream = dev.stream();
+    const cudaError_t e = launch_nan_scan(a);
+    if (e != cudaSuccess) return launch_failed(e);
+  }
+  Result r;
+  if (n == 0) return r;
+
+  if (!global) {
+    // Each tensor one segment (a row of its whole length), k on the device at keeps + index; the
+    // selections' own NaN reports (competing elements only) go to a scratch scalar.
+    Buffer scratch(dev, sizeof(int64_t));
+    std::vector<SegInput> seg[2];
+    for (int phase = 0; phase < 2; ++phase) {
+      for (const Input& in : phase == 0 ? drops : grows_in) {
+        const int64_t* k = (phase == 0 ? keeps : grows) + in.index / 2;
+        seg[phase].push_back(SegInput{in.a, nullptr, in.prev, in.out, k, 0, in.n, 1, in.dtype, in.index, in.flags});
+      }
+      const Result p = segmented_select(dev, seg[phase], false, static_cast<int64_t*>(scratch.get()));
+      if (p.status != kOk) return p;
+      r.mode |= p.mode;
+    }
+    return r;
+  }
+
+  // One segment over all tensors: the global select, each phase ranking in its list's promoted dtype.
+  for (int phase = 0; phase < 2; ++phase) {
+    const std::vector<Input>& list = phase == 0 ? drops : grows_in;
+    int32_t rank = list[0].dtype;
+    for (const Input& in : list) rank = promote(rank, in.dtype);
+    const Table t = segment_table(list, rank, false, true);
+    if (t.bad != INT32_MIN) return bad_input(t.bad);
+    const int64_t cap = candidate_cap(t.n);
+    Buffer ws(dev, select_workspace_bytes(t.tiles, cap));
+    const cudaError_t e = enqueue_select(dev, t, 0, phase == 0 ? keeps : grows, cap, rank, false, true, nullptr, ws.get());
+    if (e != cudaSuccess) return launch_failed(e);
+  }
   return r;
 }
 

@@ -58,6 +58,7 @@ struct Input {
   int64_t n;
   int32_t dtype;        // DType of a and b
   int32_t index;
+  int32_t flags = 0;    // SelectFlag bits (launch.h)
 };
 
 // SPARSEFORCE_CUDA_CANDIDATE_CAP, read per call, or the default for n elements.
@@ -91,6 +92,7 @@ struct SegInput {
   int64_t rows;
   int32_t dtype;        // DType of a and b
   int32_t index;
+  int32_t flags = 0;    // SelectFlag bits (launch.h)
 };
 
 // SPARSEFORCE_CUDA_SEGMENT_SMALL, read per call: the longest segment selected without histograms
@@ -101,6 +103,26 @@ int64_t segment_small_limit();
 // for float64 inputs). `nan_out`: device int64 scalar receiving the first index holding a
 // competing NaN, else -1. Enqueued, no synchronisation.
 Result segmented_select(Device& dev, const std::vector<SegInput>& inputs, bool saliency, int64_t* nan_out);
+
+// One tensor of drop_grow_masks, contiguous; the weights and scores may differ in dtype. Inputs
+// with n == 0 are skipped; index is the tensor's position in the caller's list.
+struct DropGrowInput {
+  const void* w;
+  const void* s;
+  const uint8_t* mask;  // the active set
+  uint8_t* out;         // the new mask
+  int64_t n;
+  int32_t w_dtype, s_dtype;
+  int32_t index;
+};
+
+// drop_grow_masks (drop_grow.cu). keeps, grows: device int64[S], S = the number of tensors
+// (`global` false: tensor i is segment i, at keeps + index) or 1 (`global`: one segment over all
+// tensors, positions in input order). nan_out: device int64 scalar receiving min(2i for a NaN in
+// weights[i], 2i+1 in scores[i]), else -1. Enqueued, no synchronisation. Result.mode: the
+// SegPathBits the per-tensor selections took (0 for the global select).
+Result drop_grow(Device& dev, const std::vector<DropGrowInput>& inputs, const int64_t* keeps, const int64_t* grows,
+                 bool global, int64_t* nan_out);
 
 struct SgdInput {
   void* p;

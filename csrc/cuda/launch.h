@@ -22,6 +22,14 @@ constexpr int64_t kTile = 4096;
 constexpr int kDigitBits = 12;
 constexpr int kBins = 1 << kDigitBits;
 
+// How an input of a selection ranks and competes beyond the defaults (the fused drop/grow's two
+// phases, drop_grow.cu): bits of Segment::flags and SegTensor::flags.
+enum SelectFlag : int32_t {
+  kFlagAbs = 1,    // rank |a| (the sign bit cleared; not with saliency, which is |a*b| already)
+  kFlagUnion = 2,  // the elements with prev FALSE compete, and those with prev true are written
+                   // true: out = prev OR (the selected ones)
+};
+
 // One input tensor (a contiguous run of global positions [offset, offset + n)).
 struct Segment {
   const void* a;         // scores, or weights
@@ -34,7 +42,7 @@ struct Segment {
   int32_t dtype;         // DType of a (and b)
   int32_t index;         // position in the caller's list, for NaN reports
   int32_t aligned;       // a, b are 16-byte and prev, out 16-byte aligned: vector loads/stores
-  int32_t pad_;
+  int32_t flags;         // SelectFlag bits
 };
 static_assert(sizeof(Segment) == 72, "Segment layout must agree between nvcc and the host compiler");
 
@@ -81,6 +89,7 @@ struct SelectArgs {
   int64_t n;             // elements in all (> 0)
   int64_t tiles;         // tiles in all
   int64_t k;             // 0 <= k <= n (k >= 1 for kth_largest)
+  const int64_t* k_dev;  // non-null: k is read on the device from here instead (no host round trip)
   int64_t cap;           // largest bin resolved from a candidate list
   void* workspace;       // select_workspace_bytes(tiles, cap), any contents
   void* value_out;       // kth_largest: a device scalar of rank_dtype; else null
@@ -140,8 +149,10 @@ struct SegTensor {
   int64_t chunks;        // radix path: chunks of kTile elements per segment
   int32_t dtype;         // DType of a and b (saliency ranks in float32, float64 for float64)
   int32_t index;         // position in the caller's list, for NaN reports
+  int32_t flags;         // SelectFlag bits
+  int32_t pad_;
 };
-static_assert(sizeof(SegTensor) == 96, "SegTensor layout must agree between nvcc and the host compiler");
+static_assert(sizeof(SegTensor) == 104, "SegTensor layout must agree between nvcc and the host compiler");
 
 // The tensors of one path, ordered by item_begin (each has at least one item).
 struct SegList {
@@ -168,6 +179,21 @@ size_t segmented_workspace_bytes(int64_t segs, int64_t chunks);
 
 // Enqueues every path on args.stream: no host synchronisation.
 cudaError_t launch_segmented(const SegmentedArgs& args);
+
+// ---- drop_grow_masks (drop_grow.cu): its selections are the two above, with SelectFlags; its own
+// kernel is the NaN scan over every element (not only the competing ones).
+
+struct NanScanArgs {
+  const Segment* segs;   // device copy: every weights and scores tensor, index = its NaN code
+  int32_t nseg;
+  int32_t num_sms;
+  int64_t tiles;
+  int64_t* nan_out;      // device int64 scalar: the lowest index of a segment holding a NaN, else -1
+  cudaStream_t stream;
+};
+
+// Enqueues the scan on args.stream (no host synchronisation); nan_out is written even if nseg == 0.
+cudaError_t launch_nan_scan(const NanScanArgs& args);
 
 struct SgdSegment {
   void* p;

@@ -193,17 +193,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) masked_sgd_kernel(c
 cudaError_t launch_masked_sgd(const SgdArgs& a) {
   if (a.tiles <= 0 || a.nseg <= 0) return cudaSuccess;
   const Hyper h{a.lr, a.momentum, a.dampening, a.weight_decay, a.nesterov};
-  static const int occ = [] {
-    int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, masked_sgd_kernel, kThreads, 0) != cudaSuccess) {
-      (void)cudaGetLastError();  // the fallback stands; the launch below must not report this error
-      n = 1;
-    }
-    return n < 1 ? 1 : n;
-  }();
-  long long grid = static_cast<long long>(a.num_sms > 0 ? a.num_sms : 1) * occ;
-  grid = grid > a.tiles ? a.tiles : grid;
-  SF_LAUNCH(masked_sgd_kernel, static_cast<unsigned>(grid), kThreads, 0, a.stream, a.segs, a.nseg, a.tiles, h);
+  static const int occ = blocks_per_sm(masked_sgd_kernel);
+  SF_LAUNCH(masked_sgd_kernel, wave_grid(a.tiles, a.num_sms, occ), kThreads, 0, a.stream, a.segs, a.nseg, a.tiles, h);
   return cudaGetLastError();
 }
 

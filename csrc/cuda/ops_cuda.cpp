@@ -229,6 +229,45 @@ at::Tensor segmented_saliency_topk_masks(at::TensorList weights, at::TensorList 
   return segmented(weights, grads, ks, n, m, competing, out);
 }
 
+// ---- drop_grow_masks: no host synchronisation (keeps, grows and the NaN code stay on the device)
+
+at::Tensor drop_grow_masks(at::TensorList weights, at::TensorList scores, at::TensorList masks, const at::Tensor& keeps,
+                           const at::Tensor& grows, at::TensorList out) {
+  const at::Device dev = device_of(weights, "weights");
+  const c10::cuda::CUDAGuard guard(dev);
+  TORCH_CHECK(scores.size() == weights.size() && masks.size() == weights.size(), "sparseforce (cuda): weights has ",
+              weights.size(), " tensors, scores ", scores.size(), ", masks ", masks.size());
+  const int64_t segs = keeps.numel();
+  for (const at::Tensor* t : {&keeps, &grows}) {
+    TORCH_CHECK(t->scalar_type() == at::kLong && t->dim() == 1 && t->is_contiguous() && t->device() == dev &&
+                    t->numel() == segs && (segs == static_cast<int64_t>(weights.size()) || segs == 1),
+                "sparseforce (cuda): keeps and grows must be contiguous 1-D int64 tensors on ", dev,
+                " with one entry per tensor or one in all");
+  }
+  for (size_t i = 0; i < weights.size(); ++i) {
+    TORCH_CHECK(scores[i].sizes() == weights[i].sizes(), "sparseforce (cuda): scores[", i, "] and weights[", i,
+                "] differ in shape");
+  }
+  std::vector<at::Tensor> w = writable(out, weights);
+  // The active set competes in the drop phase; the scores gathered alike (same shapes, so the
+  // same non-empty tensors in the same order).
+  const Operands drop = gather(weights, {}, masks, &w, dev);
+  const Operands grow = gather(scores, {}, {}, nullptr, dev);
+  std::vector<host::DropGrowInput> inputs;
+  for (size_t j = 0; j < drop.list.size(); ++j) {
+    const Operand& a = drop.list[j];
+    const Operand& b = grow.list[j];
+    inputs.push_back(host::DropGrowInput{a.a, b.a, a.competing, a.out, a.n, dtype_code(a.type), dtype_code(b.type),
+                                         static_cast<int32_t>(a.index)});
+  }
+  at::Tensor nan = at::empty({}, at::TensorOptions().dtype(at::kLong).device(dev));
+  TorchCudaDevice device(dev);
+  check_result(host::drop_grow(device, inputs, keeps.data_ptr<int64_t>(), grows.data_ptr<int64_t>(),
+                               segs == 1 && weights.size() > 1, nan.data_ptr<int64_t>()));
+  finish_out(out, w);  // stream-ordered; on NaN the masks are unspecified anyway
+  return nan;
+}
+
 // ---- radix_histogram: no host synchronisation
 
 std::tuple<at::Tensor, at::Tensor> radix_histogram(at::TensorList a, at::TensorList grads, at::TensorList competing,
@@ -276,6 +315,7 @@ TORCH_LIBRARY_IMPL(sparseforce, CUDA, m) {
   m.impl("segmented_saliency_topk_masks", &segmented_saliency_topk_masks);
   m.impl("radix_histogram", &radix_histogram);
   m.impl("masked_sgd_", &masked_sgd_);
+  m.impl("drop_grow_masks", &drop_grow_masks);
 }
 
 }  // namespace cuda

@@ -23,6 +23,8 @@
 //          segment, picks the digit holding that segment's k-th key. Once every key is known,
 //          per-chunk tie counts and a per-segment scan of them give each chunk its quota of
 //          ties, so the lowest positions win, and a last launch writes the masks.
+// A tensor's SelectFlags (launch.h) make it rank |x| and compete where prev is false, writing true
+// elsewhere: drop_grow.cu's two phases.
 // NaN: every path folds the first (lowest) input index holding a competing NaN into *nan_out with
 // atomicMin (it starts at ~0, which reads back as -1); the masks are then unspecified. Kernel
 // boundaries order every pass, so no fence is needed. All element indices are 64-bit.
@@ -89,7 +91,9 @@ __device__ __forceinline__ int find_tensor(const SegTensor* ts, int count, int64
 
 __device__ __forceinline__ int64_t k_of(const SegTensor& t, int64_t row) { return t.ks != nullptr ? t.ks[row] : t.k_all; }
 
-__device__ __forceinline__ bool competes(const SegTensor& t, int64_t j) { return t.prev == nullptr || t.prev[j] != 0; }
+__device__ __forceinline__ bool competes(const SegTensor& t, int64_t j) {
+  return t.prev == nullptr || competes_under(t.flags, t.prev[j]);
+}
 
 // body(PT, DT) for the tensor's dtype: scores rank in their own dtype, saliencies in float32
 // (float64 for float64 inputs).
@@ -107,7 +111,7 @@ __device__ __forceinline__ void dispatch_dtype(int dtype, Body&& body) {
 template <int PT, int DT, bool SAL>
 __device__ __forceinline__ uint64_t key_at(const SegTensor& t, int64_t j) {
   const raw_t<DT>* a = static_cast<const raw_t<DT>*>(t.a);
-  const raw_t<DT> x = a[j];
+  const raw_t<DT> x = !SAL && (t.flags & kFlagAbs) != 0 ? abs_raw<DT>(a[j]) : a[j];
   const raw_t<DT> y = SAL ? static_cast<const raw_t<DT>*>(t.b)[j] : x;
   return uint64_t(make_key<PT, DT, SAL>(x, y));
 }
@@ -156,7 +160,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) seg_tiny_kernel(Seg
       for (int i = 0; i < len; ++i) {
         int64_t beats = 0;
         for (int j = 0; j < len; ++j) beats += comp[j] && (key[j] > key[i] || (key[j] == key[i] && j < i));
-        t.out[base + i] = uint8_t(comp[i] && beats < k);
+        t.out[base + i] = comp[i] ? uint8_t(beats < k) : resting_byte(t.flags);
       }
       if (nan) report_nan(nan_out, t.index);
     });
@@ -237,7 +241,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) seg_row_kernel(SegL
       long long ties = 0;
       const long long rank = seen + block_inclusive_scan<long long>(tie ? 1 : 0, scratch, &ties) - (tie ? 1 : 0);
       seen += ties;
-      if (i < len) t.out[base + i] = uint8_t(comp[v] && (all || (need > 0 && (key[v] > prefix || (tie && rank < need)))));
+      if (i < len) {
+        t.out[base + i] = comp[v] ? uint8_t(all || (need > 0 && (key[v] > prefix || (tie && rank < need))))
+                                  : resting_byte(t.flags);
+      }
     }
   }
 }
@@ -386,7 +393,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) seg_mask_kernel(Seg
     uint8_t* out = c.t->out;
     if (st.mode != kSegDone) {
       for (int64_t j = c.lo + threadIdx.x; j < c.hi; j += kThreads) {
-        out[j] = uint8_t(st.mode == kSegAll && competes(*c.t, j));
+        out[j] = competes(*c.t, j) ? uint8_t(st.mode == kSegAll) : resting_byte(c.t->flags);
       }
       continue;
     }
@@ -400,7 +407,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) seg_mask_kernel(Seg
         const bool live = j < c.hi && competes(*c.t, j);
         const uint64_t key = live ? key_at<PT, DT, SAL>(*c.t, j) : 0;
         const bool tie = live && key == st.prefix;
-        bool keep = live && key > st.prefix;
+        bool keep = live ? key > st.prefix : resting_byte(c.t->flags) != 0;
         if (partial) {
           long long total = 0;
           const long long rank = seen + block_inclusive_scan<long long>(tie ? 1 : 0, scratch, &total) - (tie ? 1 : 0);
@@ -415,56 +422,39 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) seg_mask_kernel(Seg
   }
 }
 
-template <class K>
-int seg_blocks_per_sm(K kernel) {
-  int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0) != cudaSuccess) {
-    (void)cudaGetLastError();  // the fallback is fine; the launcher's final check must not see it
-    n = 1;
-  }
-  return n < 1 ? 1 : n;
-}
-
-// A grid of at most `items` blocks and one full wave of the kernel.
-unsigned seg_grid(int64_t items, int sms, int occ) {
-  int64_t g = static_cast<int64_t>(sms) * occ;
-  g = g > items ? items : g;
-  return static_cast<unsigned>(g < 1 ? 1 : g);
-}
-
 template <bool SAL>
 cudaError_t run_segmented(const SegmentedArgs& a) {
   cudaStream_t s = a.stream;
   const int sms = a.num_sms > 0 ? a.num_sms : 1;
   auto* nan = reinterpret_cast<unsigned long long*>(a.nan_out);
   const SegWork w = seg_carve(a.workspace, a.large.segs, a.large.items);
-  static const int init_occ = seg_blocks_per_sm(seg_init_kernel);
-  static const int tiny_occ = seg_blocks_per_sm(seg_tiny_kernel<SAL>);
-  static const int row_occ = seg_blocks_per_sm(seg_row_kernel<SAL>);
-  static const int hist_occ = seg_blocks_per_sm(seg_hist_kernel<SAL>);
-  static const int choose_occ = seg_blocks_per_sm(seg_choose_kernel<SAL>);
-  static const int tie_occ = seg_blocks_per_sm(seg_tie_count_kernel<SAL>);
-  static const int scan_occ = seg_blocks_per_sm(seg_tie_scan_kernel);
-  static const int mask_occ = seg_blocks_per_sm(seg_mask_kernel<SAL>);
+  static const int init_occ = blocks_per_sm(seg_init_kernel);
+  static const int tiny_occ = blocks_per_sm(seg_tiny_kernel<SAL>);
+  static const int row_occ = blocks_per_sm(seg_row_kernel<SAL>);
+  static const int hist_occ = blocks_per_sm(seg_hist_kernel<SAL>);
+  static const int choose_occ = blocks_per_sm(seg_choose_kernel<SAL>);
+  static const int tie_occ = blocks_per_sm(seg_tie_count_kernel<SAL>);
+  static const int scan_occ = blocks_per_sm(seg_tie_scan_kernel);
+  static const int mask_occ = blocks_per_sm(seg_mask_kernel<SAL>);
   const int64_t seg_threads = (a.large.segs + kThreads - 1) / kThreads;
 
-  SF_LAUNCH(seg_init_kernel, seg_grid(seg_threads, sms, init_occ), kThreads, 0, s, a.large, w, nan);
+  SF_LAUNCH(seg_init_kernel, wave_grid(seg_threads, sms, init_occ), kThreads, 0, s, a.large, w, nan);
   if (a.tiny.items > 0) {
-    SF_LAUNCH((seg_tiny_kernel<SAL>), seg_grid((a.tiny.items + kThreads - 1) / kThreads, sms, tiny_occ), kThreads, 0,
+    SF_LAUNCH((seg_tiny_kernel<SAL>), wave_grid((a.tiny.items + kThreads - 1) / kThreads, sms, tiny_occ), kThreads, 0,
               s, a.tiny, nan);
   }
   if (a.rows.items > 0) {
-    SF_LAUNCH((seg_row_kernel<SAL>), seg_grid(a.rows.items, sms, row_occ), kThreads, 0, s, a.rows, nan);
+    SF_LAUNCH((seg_row_kernel<SAL>), wave_grid(a.rows.items, sms, row_occ), kThreads, 0, s, a.rows, nan);
   }
   if (a.large.items > 0) {
     const int levels = a.large.key_bits / kSegDigitBits;
     for (int l = 0; l < levels; ++l) {
-      SF_LAUNCH((seg_hist_kernel<SAL>), seg_grid(a.large.items, sms, hist_occ), kThreads, 0, s, a.large, w, l, nan);
-      SF_LAUNCH((seg_choose_kernel<SAL>), seg_grid(seg_threads, sms, choose_occ), kThreads, 0, s, a.large, w, l);
+      SF_LAUNCH((seg_hist_kernel<SAL>), wave_grid(a.large.items, sms, hist_occ), kThreads, 0, s, a.large, w, l, nan);
+      SF_LAUNCH((seg_choose_kernel<SAL>), wave_grid(seg_threads, sms, choose_occ), kThreads, 0, s, a.large, w, l);
     }
-    SF_LAUNCH((seg_tie_count_kernel<SAL>), seg_grid(a.large.items, sms, tie_occ), kThreads, 0, s, a.large, w);
-    SF_LAUNCH(seg_tie_scan_kernel, seg_grid(a.large.segs, sms, scan_occ), kThreads, 0, s, a.large, w);
-    SF_LAUNCH((seg_mask_kernel<SAL>), seg_grid(a.large.items, sms, mask_occ), kThreads, 0, s, a.large, w);
+    SF_LAUNCH((seg_tie_count_kernel<SAL>), wave_grid(a.large.items, sms, tie_occ), kThreads, 0, s, a.large, w);
+    SF_LAUNCH(seg_tie_scan_kernel, wave_grid(a.large.segs, sms, scan_occ), kThreads, 0, s, a.large, w);
+    SF_LAUNCH((seg_mask_kernel<SAL>), wave_grid(a.large.items, sms, mask_occ), kThreads, 0, s, a.large, w);
   }
   return cudaGetLastError();
 }

@@ -26,7 +26,9 @@
 //   cand fix        sets the mask of candidates above the k-th key or tied at or below the limit.
 // The fast path (bin small after the first digit) therefore reads the inputs twice and writes the
 // masks once. Extra memory: one 4096-bin histogram, the state, two 8-byte counters per tile and
-// the candidate buffer (16 bytes x cap). All index arithmetic is 64-bit.
+// the candidate buffer (16 bytes x cap). All index arithmetic is 64-bit. A segment's SelectFlags
+// (launch.h) make it rank |x| and compete where prev is false, writing true elsewhere, and k may
+// be read on the device (k_dev): drop_grow.cu's two phases over one global segment.
 #include <cstdint>
 #include <type_traits>
 
@@ -127,6 +129,8 @@ __device__ __forceinline__ void for_groups(const TileRef& ref, bool use_prev, F&
   const Raw* b = static_cast<const Raw*>(ref.seg.b);
   const uint8_t* prev = use_prev ? ref.seg.prev : nullptr;
   const bool vec = ref.seg.aligned != 0;
+  const int32_t flags = ref.seg.flags;
+  const bool abs = !SAL && (flags & kFlagAbs) != 0;
   for (int64_t base = ref.lo; base < ref.hi; base += int64_t(kThreads) * V) {
     const int64_t j0 = base + int64_t(threadIdx.x) * V;
     const int64_t left = ref.hi - j0;
@@ -141,17 +145,18 @@ __device__ __forceinline__ void for_groups(const TileRef& ref, bool use_prev, F&
       if (prev != nullptr) load_vec<uint8_t, V>(prev + j0, pm);
       #pragma unroll
       for (int v = 0; v < V; ++v) {
-        key[v] = make_key<PT, DT, SAL>(x[v], SAL ? y[v] : x[v]);
-        live[v] = prev == nullptr || pm[v] != 0;
+        const Raw xv = abs ? abs_raw<DT>(x[v]) : x[v];
+        key[v] = make_key<PT, DT, SAL>(xv, SAL ? y[v] : xv);
+        live[v] = prev == nullptr || competes_under(flags, pm[v]);
       }
     } else {
       #pragma unroll
       for (int v = 0; v < V; ++v) {
         if (v < cnt) {
-          const Raw x = a[j0 + v];
+          const Raw x = abs ? abs_raw<DT>(a[j0 + v]) : a[j0 + v];
           const Raw y = SAL ? b[j0 + v] : x;
           key[v] = make_key<PT, DT, SAL>(x, y);
-          live[v] = prev == nullptr || prev[j0 + v] != 0;
+          live[v] = prev == nullptr || competes_under(flags, prev[j0 + v]);
         } else {
           key[v] = 0;
           live[v] = false;
@@ -232,10 +237,10 @@ __device__ __forceinline__ void flush_hist(const uint32_t* sh, unsigned long lon
 
 // ---- kernels
 
-__global__ void init_kernel(Workspace w, long long k) {
+__global__ void init_kernel(Workspace w, long long k, const int64_t* k_dev) {
   if (threadIdx.x == 0) {
     SelectState s{};
-    s.need = k;
+    s.need = k_dev != nullptr ? *k_dev : k;
     s.nan_index = INT64_MAX;
     s.pos_limit = INT64_MAX;
     s.mode = kModeRadix;
@@ -251,7 +256,6 @@ struct SelParams {
   int nseg;
   int write_masks;
   long long tiles;
-  long long k;
   long long cap;
 };
 
@@ -320,7 +324,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) hist_kernel(SelPara
   flush_hist(sh, w.hist, bins);
   if (!last_block_done(&st->blocks_done)) return;
 
-  const long long need = l == 0 ? p.k : st->need;
+  const long long need = st->need;  // level 0: k
   const Choice c = choose_digit(w.hist, width, need);
   if (threadIdx.x == 0) {
     SelectState s = *st;
@@ -331,13 +335,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) hist_kernel(SelPara
       if (s.nan_index != INT64_MAX) {
         s.mode = kModeErrNaN;
         decided = true;
-      } else if (p.k > c.total) {
+      } else if (need > c.total) {
         s.mode = kModeErrK;
         decided = true;
-      } else if (p.write_masks && p.k == 0) {
+      } else if (p.write_masks && need == 0) {
         s.mode = kModeNone;
         decided = true;
-      } else if (p.write_masks && p.k == c.total) {
+      } else if (p.write_masks && need == c.total) {
         s.mode = kModeAll;
         decided = true;
       }
@@ -418,10 +422,13 @@ __device__ __forceinline__ void mask_tile(const Workspace& w, const TileRef& ref
   const int64_t lo = ref.lo, hi = ref.hi;
   uint8_t* out = ref.seg.out;
 
+  const int32_t flags = ref.seg.flags;
+  const uint8_t rest = resting_byte(flags);  // what an element that does not compete gets
   if (mode == kModeNone || mode == kModeAll) {
     const uint8_t* prev = ref.seg.prev;
     for (int64_t j = lo + threadIdx.x; j < hi; j += kThreads) {
-      out[j] = mode == kModeNone ? uint8_t(0) : (prev != nullptr ? uint8_t(prev[j] != 0) : uint8_t(1));
+      const bool live = prev == nullptr || competes_under(flags, prev[j]);
+      out[j] = live ? uint8_t(mode == kModeAll) : rest;
     }
     return;
   }
@@ -450,7 +457,7 @@ __device__ __forceinline__ void mask_tile(const Workspace& w, const TileRef& ref
         #pragma unroll
         for (int v = 0; v < V; ++v) {
           const uint64_t h = uint64_t(key[v]) >> shift;
-          keep[v] = uint8_t(live[v] && h > prefix);
+          keep[v] = live[v] ? uint8_t(h > prefix) : rest;
           mine += (live[v] && h == prefix) ? 1 : 0;
         }
         if (masks) store(j0, keep, cnt);
@@ -497,7 +504,7 @@ __device__ __forceinline__ void mask_tile(const Workspace& w, const TileRef& ref
       #pragma unroll
       for (int v = 0; v < V; ++v) {
         const uint64_t kv = key[v];
-        keep[v] = uint8_t(live[v] && kv > kth);
+        keep[v] = live[v] ? uint8_t(kv > kth) : rest;
         mine += (live[v] && kv == kth) ? 1 : 0;
       }
       if (partial) {
@@ -644,23 +651,11 @@ __global__ void value_kernel(Workspace w, void* out, int bits) {
   }
 }
 
-template <class K>
-int blocks_per_sm(K kernel) {
-  int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0) != cudaSuccess) {
-    // The fallback below is fine, but the runtime keeps the error, and the launcher's final
-    // cudaGetLastError() would report it as a launch failure.
-    (void)cudaGetLastError();
-    n = 1;
-  }
-  return n < 1 ? 1 : n;
-}
-
 template <int PT, bool SAL>
 cudaError_t run(const SelectArgs& a) {
   constexpr int bits = key_bits<PT>;
   const Workspace w = carve(a.workspace, a.tiles, a.cap);
-  const SelParams p{a.segs, a.nseg, a.write_masks, a.tiles, a.k, a.cap};
+  const SelParams p{a.segs, a.nseg, a.write_masks, a.tiles, a.cap};
   cudaStream_t s = a.stream;
   const int sms = a.num_sms > 0 ? a.num_sms : 1;
 
@@ -681,7 +676,7 @@ cudaError_t run(const SelectArgs& a) {
   cg = cg > cand_blocks_needed ? cand_blocks_needed : cg;
   const unsigned cand_grid = static_cast<unsigned>(cg < 1 ? 1 : cg);
 
-  SF_LAUNCH(init_kernel, 1, kThreads, 0, s, w, a.k);
+  SF_LAUNCH(init_kernel, 1, kThreads, 0, s, w, a.k, a.k_dev);
   const int L = num_levels(bits);
   for (int l = 0; l < L; ++l) {
     const Level lv = level_of(bits, l);

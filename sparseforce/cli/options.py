@@ -67,6 +67,7 @@ positive_float = _checked(float, "a finite number > 0", lambda v: math.isfinite(
 non_negative_float = _checked(float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
 fraction = _checked(float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 open_fraction = _checked(float, "a number strictly between 0 and 1", lambda v: 0 < v < 1)
+end_fraction = _checked(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
 momentum = _checked(float, "a number in [0, 1)", lambda v: 0 <= v < 1)  # 1 and above: no decay, diverges
 
 

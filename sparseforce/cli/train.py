@@ -1,10 +1,13 @@
 """``sparseforce train``: prune (or load masks), then train with the paper's recipe, resumable."""
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import time
 
 from . import checks
+from .dynamic import add_dst, check_dst, check_dst_on, dst_options, resolve_dst, starts_dense
 from .methods import ablation_seed, announce, compute_masks, fill_sparsity, needed_ops, pruning_kwargs, shuffle_if_asked
 from .options import (ABLATION_NAMES, MODEL_ALIASES, add_ablation, add_common, add_data_and_model,
                       add_pruning, momentum, non_negative_float, non_negative_int, positive_float, positive_int,
@@ -38,6 +41,7 @@ def add_arguments(p) -> None:
                    help="train with these masks (a file from `sparseforce prune`) instead of pruning "
                         "(default: prune with --method)")
     add_ablation(g, ABLATION_NAMES)
+    add_dst(p.add_argument_group("dynamic sparse training (the masks change during training)"))
     g = p.add_argument_group("training (defaults: the recipe's)")
     g.add_argument("--recipe", default=None, choices=["cifar", "tinyimagenet"],  # train.RECIPES, not imported here
                    help="cifar: 350 epochs, lr 0.1 /10 at 150 and 250; tinyimagenet: 300 epochs, /10 at 150 and 225 "
@@ -76,7 +80,8 @@ def _check(args):
 
     if args.milestones is not None and any(b <= a for a, b in zip(args.milestones, args.milestones[1:])):
         raise ValueError(f"--milestones must be increasing, got {' '.join(map(str, args.milestones))}")
-    if args.optimizer == "adamw" and args.momentum is not None:
+    # (On --resume the recipe's momentum comes back from the checkpoint's config, unused by adamw.)
+    if args.optimizer == "adamw" and args.momentum is not None and not args.resume:
         raise ValueError("--momentum does not apply to --optimizer adamw")
     if args.milestones is not None and not args.resume:
         # --resume cannot change --epochs, so a milestone at or past the last epoch stays dead.
@@ -89,8 +94,9 @@ def _check(args):
                              f"after the last epoch (--epochs {epochs}{whose}) never takes effect; "
                              + (f"give milestones below {epochs}" if epochs > 1 else "leave --milestones out"))
     device = checks.checked_device(args.device)
-    prunes = not args.resume and args.masks is None
-    checks.check_backend(args.backend, device, (needed_ops(args) if prunes else ()) + ("masked_sgd_",))
+    prunes = not args.resume and args.masks is None and args.method is not None
+    checks.check_backend(args.backend, device, (needed_ops(args) if prunes else ()) + ("masked_sgd_",)
+                         + (("drop_grow_masks",) if args.dst is not None else ()))
     if prunes:
         pruning_kwargs(args)
     if args.ablation == "invert" and args.masks is not None and not args.resume:
@@ -104,25 +110,33 @@ def _check(args):
 
 
 def _check_nothing_to_prune(args) -> None:
-    """A fresh run on --masks prunes nothing: a pruning option given with it would be ignored."""
+    """A fresh run on --masks, or gmp starting dense, prunes nothing at initialization: a pruning
+    option given would be ignored (gmp's --sparsity is its target)."""
     from ..train.resume import PRUNING_OPTIONS, option_flag, show_value
 
     given = [f"{option_flag(k)} {show_value(getattr(args, k))}" for k in PRUNING_OPTIONS
-             if getattr(args, k) is not None]
+             if getattr(args, k) is not None and not (k == "sparsity" and args.dst == "gmp")]
+    if args.masks is None and args.ablation is not None:
+        given.append(f"--ablation {args.ablation}")
     if given:
         one = len(given) == 1
-        raise ValueError(f"--masks trains the masks it loads and prunes nothing, so {', '.join(given)} "
-                         f"{'does' if one else 'do'} not apply; leave {'it' if one else 'them'} out, or prune "
-                         "instead of --masks")
+        why, instead = (("--masks trains the masks it loads and prunes nothing", "prune instead of --masks")
+                        if args.masks is not None else
+                        ("--dst gmp without --method starts from every weight kept and prunes nothing at "
+                         "initialization", "add --method and --dst-initial-sparsity"))
+        raise ValueError(f"{why}, so {', '.join(given)} {'does' if one else 'do'} not apply; leave "
+                         f"{'it' if one else 'them'} out, or {instead}")
 
 
 def run(args) -> int:
     from ..train import resume
 
-    if args.masks is not None and not args.resume:
-        _check_nothing_to_prune(args)
     if not args.resume:
+        if args.masks is not None or starts_dense(args):
+            _check_nothing_to_prune(args)
+        check_dst(args)
         fill_sparsity(args)  # --nm's sparsity, before the defaults fill in what is left out
+        resolve_dst(args)  # stored resolved, so that --resume compares what runs
     resume.resume_settings(args, MODEL_ALIASES)
     device, model_name = _check(args)
     stage = {"training": False}
@@ -140,8 +154,15 @@ def _masks(args, model, train, batch_size: int, model_name: str, device):
     if args.masks:
         masks = Masks.load(args.masks, model=model)
         print(f"loaded masks from {args.masks}")
+    elif args.method is None:
+        from ..train.dynamic import dense_masks
+
+        masks = dense_masks(model)
+        print(f"gmp starts from every prunable weight kept and prunes to sparsity {args.sparsity}")
     else:
         loader = sfdata.make_loader(train, batch_size=batch_size, shuffle=True, seed=args.seed)
+        if args.dst_initial_sparsity is not None:  # gmp's start; --sparsity is its target
+            args = argparse.Namespace(**{**vars(args), "sparsity": args.dst_initial_sparsity})
         announce(args, model_name, device)
         start = time.perf_counter()
         masks = compute_masks(args, model, loader)
@@ -169,7 +190,7 @@ def _run(args, device, model_name: str, stage: dict) -> int:
     key = args.dataset
     recipe_name = _recipe_name(args)
     recipe = RECIPES[recipe_name]
-    if not args.resume and args.masks is None:
+    if not args.resume and args.masks is None and args.method is not None:
         # Stored resolved, so that --resume compares what ran.
         kw = pruning_kwargs(args)
         for k in ("iterations", "schedule", "batches_per_iteration", "distribution", "scope"):
@@ -179,6 +200,9 @@ def _run(args, device, model_name: str, stage: dict) -> int:
     torch.manual_seed(args.seed)
     model = checks.build_model(model_name, key, sfdata.NUM_CLASSES[key]).to(device)
     batch_size = args.batch_size if args.batch_size is not None else recipe.batch_size
+    if not args.resume:
+        epochs = args.epochs if args.epochs is not None else recipe.epochs
+        check_dst_on(args, model, epochs * math.ceil(len(train) / batch_size))
     # On resume the checkpoint's.
     masks = None if args.resume else _masks(args, model, train, batch_size, model_name, device)
 
@@ -186,8 +210,9 @@ def _run(args, device, model_name: str, stage: dict) -> int:
     meta = {k: getattr(args, k) for k in RUN_OPTIONS + PLACE_OPTIONS + ("masks",)}
     meta.update(dataset=key, model=model_name, recipe=recipe_name,
                 data_dir=os.path.abspath(args.data_dir) if args.data_dir else None)
-    if args.masks:
-        meta.update(dict.fromkeys(PRUNING_OPTIONS))  # nothing was pruned
+    if args.masks or args.method is None:
+        # Nothing was pruned (gmp's --sparsity is its target).
+        meta.update(dict.fromkeys(k for k in PRUNING_OPTIONS if not (k == "sparsity" and args.dst == "gmp")))
     stage["training"] = True
     result = fit(model, masks, train, val, test, recipe=recipe, epochs=args.epochs, lr=args.lr,
                  momentum=args.momentum, weight_decay=args.weight_decay, milestones=args.milestones,
@@ -195,7 +220,12 @@ def _run(args, device, model_name: str, stage: dict) -> int:
                  resume=args.resume, overwrite=args.overwrite, seed=args.seed, num_workers=args.num_workers,
                  progress=show_progress(args), verbose=True, backend=args.backend,
                  stop_after_epoch=args.stop_after_epoch, meta=meta,
-                 reinit=ablation_seed(args.seed) if args.ablation == "reinit" else None)
+                 reinit=ablation_seed(args.seed) if args.ablation == "reinit" else None,
+                 dst=args.dst, dst_options=dst_options(args))
+    if args.dst is not None:
+        result.masks.save(os.path.join(args.out, "final_masks.pt"))
+        print(f"the masks after training (--dst {args.dst}), density {result.masks.density():.4%}: "
+              f"{os.path.join(args.out, 'final_masks.pt')}")
     final, best = result.final, result.best
     if final is not None:
         done = final["epoch"] >= result.recipe.epochs

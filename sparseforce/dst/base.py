@@ -43,6 +43,8 @@ class DynamicSparsity:
 
     def _start(self) -> None:
         """The last step of a constructor, after every check: register what training needs."""
+        if self._binding.sharded:
+            self._binding.enforce()
         if self._wants_gradients():
             self._binding.capture_gradients()
         self._arm()

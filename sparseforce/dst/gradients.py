@@ -8,8 +8,9 @@ is disarmed at every step but the update steps: it then returns at once, and not
 kept. The object arms it (:meth:`DenseGradients.arm`) right after the step before an update step,
 so during that step's backward each parameter's gradient is cloned once (summed over several
 backward calls: gradient accumulation), and :meth:`DenseGradients.take` hands the copies over and
-disarms it. The hook sees each rank's local gradient (before DDP averages ``.grad``): the caller
-averages the copies over the ranks.
+disarms it. Every gradient autograd computes for the parameters during the armed step counts
+(a ``torch.autograd.grad`` call on them too, a gradient penalty's say). The hook sees each rank's
+local gradient (before DDP averages ``.grad``): the caller averages the copies over the ranks.
 
 FSDP2-sharded parameters never receive their gradient through autograd on the sharded tensor
 (FSDP reduce-scatters into ``.grad``), and their masks are not enforced on the gradient

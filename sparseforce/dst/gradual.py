@@ -1,6 +1,8 @@
 """Gradual magnitude pruning (Zhu & Gupta, 2017), with GraNet's optional regrowth."""
 from __future__ import annotations
 
+import math
+
 from .. import _checks
 from ..pruning import keep_count, layer_counts
 from .base import DynamicSparsity, check_fraction, check_scope, check_steps
@@ -36,6 +38,7 @@ class GradualMagnitude(DynamicSparsity):
         total_steps, update_every = check_steps(total_steps, update_every)
         check_backend(backend)
         sparsity = check_fraction("sparsity", sparsity)
+        regrow_fraction = check_fraction("regrow_fraction", regrow_fraction)
         if initial_sparsity is not None:
             initial_sparsity = check_fraction("initial_sparsity", initial_sparsity)
             if initial_sparsity > sparsity:
@@ -60,7 +63,7 @@ class GradualMagnitude(DynamicSparsity):
                              "target sparsity would never be reached")
         options = dict(total_steps=total_steps, sparsity=sparsity, initial_sparsity=initial_sparsity, start=start,
                        end=end, update_every=update_every,
-                       regrow_fraction=check_fraction("regrow_fraction", regrow_fraction), scope=scope,
+                       regrow_fraction=regrow_fraction, scope=scope,
                        distribution=distribution)
         super().__init__(model, masks, optimizer, backend=backend, process_group=process_group, options=options)
         self._steps = steps
@@ -70,7 +73,7 @@ class GradualMagnitude(DynamicSparsity):
     def _budgets(self) -> tuple[list[int], list[int]]:
         o, b = self._options, self._binding
         shapes = b.shapes
-        n = sum(_numel(s) for s in shapes)
+        n = sum(math.prod(s) for s in shapes)
         active = b.active()
         final = keep_count(n, 1.0 - o["sparsity"])
         initial = sum(active) if o["initial_sparsity"] is None else keep_count(n, 1.0 - o["initial_sparsity"])
@@ -127,10 +130,3 @@ class GradualMagnitude(DynamicSparsity):
                 and final == self._final):
             raise ValueError("state's schedule (initial and final counts) does not fit these masks")
         self._initial = [int(i) for i in initial]
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

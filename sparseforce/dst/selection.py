@@ -1,7 +1,5 @@
-"""The selection of one update: which weights stay, which grow (see ``ops.drop_grow_masks``).
-
-Unsharded weights: one ``ops.drop_grow_masks`` call per update over every masked tensor. FSDP2
-shards: only ``segment="global"``, as two exact top-k selections over every rank's shards from
+"""The selection of one update on FSDP2 shards (unsharded weights take one ``ops.drop_grow_masks``
+call per update over every masked tensor, made by the updater): only ``segment="global"``, as two exact top-k selections over every rank's shards from
 all-reduced key histograms (``sparseforce.distributed``): keep = the top-(A - d) of |w| among the
 active weights, then grow = the top-g of |score| among the weights outside keep. Ties go to the
 lowest position of the shards laid end to end in rank order (rank, tensor, element), the same on
@@ -11,12 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import distributed, ops
-
-
-def drop_grow(weights, scores, masks, drops, grows, segment: str, backend: str) -> list:
-    """The new masks (fresh tensors; ``masks`` are only read)."""
-    return ops.drop_grow_masks(weights, scores, masks, drops, grows, segment=segment, backend=backend)
+from .. import distributed
 
 
 def sharded_drop_grow(weights, scores, masks, keeps: int, grow: int, group, backend: str) -> list:

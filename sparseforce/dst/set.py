@@ -36,9 +36,9 @@ class SET(RigL):
         generator = torch.Generator().manual_seed(seed)
         scores = []
         for p in self._binding.params:
-            full = torch.rand(p.shape, generator=generator)
-            if hasattr(p, "device_mesh"):
+            full = torch.rand(p.shape, generator=generator).to(local(p).device)
+            if self._binding.sharded:  # this rank's shard of the full draw, cut locally (no collective)
                 from torch.distributed.tensor import distribute_tensor
                 full = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)
-            scores.append(local(full).to(local(p).device))
+            scores.append(local(full))
         return scores

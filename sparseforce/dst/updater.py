@@ -25,7 +25,7 @@ from ..masks import Masks, refresh_masks
 from ..masks.container import check_model, is_sharded
 from ..optim import MaskedAdamW, MaskedSGD
 from .gradients import DenseGradients, local
-from .selection import drop_grow, sharded_drop_grow
+from .selection import sharded_drop_grow
 
 
 def check_backend(backend) -> str:
@@ -58,6 +58,11 @@ class Binding:
         self.names = list(masks)
         self.params = [params[n] for n in self.names]
         self.masks = [masks[n] for n in self.names]
+        seen = {}
+        for name, p in zip(self.names, self.params):
+            if id(p) in seen:  # one tensor would be updated twice, the second time from the first's result
+                raise ValueError(f"masks {seen[id(p)]!r} and {name!r} name the same (tied) parameter; keep one of them")
+            seen[id(p)] = name
         self.sharded = any(is_sharded(p) for p in self.params)
         for name, p, m in zip(self.names, self.params, self.masks):
             if is_sharded(p) != self.sharded or is_sharded(m) != self.sharded:
@@ -94,7 +99,7 @@ class Binding:
     def dense_gradients(self, step: int) -> list:
         """The captured gradients of this step, averaged over the ranks (the same on every rank)."""
         grads = self.gradients.take()
-        if not self.sharded and all(g is None for g in grads):
+        if all(g is None for g in grads):
             raise RuntimeError(f"no gradient reached the masked parameters during step {step}: call "
                                "loss.backward() before optimizer.step() and the update's step() at every step")
         grads = [torch.zeros_like(local(p)) if g is None else g for g, p in zip(grads, self.params)]
@@ -115,7 +120,7 @@ class Binding:
         else:
             if segment == "global":  # the op takes one count for the one segment
                 drops, grows = drops[0], None if grows is None else grows[0]
-            new = drop_grow(weights, scores, old, drops, grows, segment, self.backend)
+            new = ops.drop_grow_masks(weights, scores, old, drops, grows, segment=segment, backend=self.backend)
             if self.group is not None:
                 distributed.check_same_on_all_ranks(
                     new, "the masks after the update", self.group,

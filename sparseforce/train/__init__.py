@@ -31,6 +31,10 @@ What ``fit`` writes to ``out_dir``:
 
 ``resume=True`` restores all of that; on CPU (``num_workers=0``, same thread count) the weights
 after the remaining epochs are bit-identical to those of an uninterrupted run.
+
+Dynamic sparse training (``dst="rigl" | "set" | "gmp"``, :mod:`sparseforce.dst`) steps its object
+after every optimizer step; the checkpoint then also holds its settings (resolved, in the config),
+its state and the masks it started from, so a run killed anywhere resumes bit-identical too.
 """
 from __future__ import annotations
 

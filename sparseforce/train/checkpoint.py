@@ -16,6 +16,7 @@ import torch
 
 from .._files import atomic_torch_save, load_verified
 from ..masks import Masks
+from .dynamic import DST_METHODS
 
 CHECKPOINT_FORMAT = "sparseforce.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -182,16 +183,38 @@ def _check_fields(ckpt: dict, path: str) -> None:
         refuse("optimizer.param_groups", groups, "a list of dicts")
     if not isinstance(ckpt["scheduler"], dict):
         refuse("scheduler", ckpt["scheduler"], "a state_dict")
-    masks = ckpt.get("masks")
-    if masks is not None:
-        need(masks, "masks", ("masks",))
-        try:
-            Masks(masks["masks"])
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path!r} is not a valid checkpoint: masks: {exc}") from None
+    if ckpt.get("masks") is not None:
+        _check_masks(ckpt["masks"], "masks", path)
     if not isinstance(ckpt.get("meta", {}), dict):
         refuse("meta", ckpt["meta"], "a dict")
+    _check_dst(ckpt, path)
     _check_random_states(ckpt, path)
+
+
+def _check_dst(ckpt: dict, path: str) -> None:
+    """Dynamic sparse training: its resolved settings in the config, its state and starting masks."""
+    refuse, need = _refuse(path), _need(path)
+    config = ckpt["config"].get("dst")
+    if config is None:
+        return
+    need(config, "config.dst", ("method", "total_steps"))
+    if config["method"] not in DST_METHODS:
+        refuse("config.dst.method", config["method"], " or ".join(map(repr, DST_METHODS)))
+    if not (_is_int(config["total_steps"]) and config["total_steps"] >= 1):
+        refuse("config.dst.total_steps", config["total_steps"], "an integer >= 1")
+    need(ckpt.get("dst"), "dst", ("state", "initial_masks"))
+    if not isinstance(ckpt["dst"]["state"], dict):
+        refuse("dst.state", ckpt["dst"]["state"], "the dst object's state_dict")
+    _check_masks(ckpt["dst"]["initial_masks"], "dst.initial_masks", path)
+
+
+def _check_masks(payload, name: str, path: str) -> None:
+    """A ``Masks.state_dict()``."""
+    _need(path)(payload, name, ("masks",))
+    try:
+        Masks(payload["masks"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path!r} is not a valid checkpoint: {name}: {exc}") from None
 
 
 def _check_random_states(ckpt: dict, path: str) -> None:
@@ -234,15 +257,16 @@ def _check_random_states(ckpt: dict, path: str) -> None:
 
 
 def write_checkpoint(path: str, *, epoch: int, config: dict, model, optimizer, scheduler, masks: Masks,
-                     generators, history: list[dict], meta: dict | None) -> None:
+                     generators, history: list[dict], meta: dict | None, dst: dict | None = None) -> None:
     """Write the state after ``epoch`` atomically over ``path``, with the global random states and
-    those of the data loader's ``generators``."""
+    those of the data loader's ``generators``; ``dst``: ``{"state": the dst object's state_dict(),
+    "initial_masks": the Masks.state_dict() it started from}`` under dynamic sparse training."""
     atomic_torch_save({
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": epoch,
         "config": config, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "masks": masks.state_dict() if len(masks) else None,
         "rng": rng_state(), "loader": {"generators": [g.get_state() for g in generators]},
-        "history": history, "meta": meta or {},
+        "history": history, "meta": meta or {}, **({"dst": dst} if dst is not None else {}),
     }, path)
 
 

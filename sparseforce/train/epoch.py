@@ -57,9 +57,12 @@ class Totals:
 
 
 def train_epoch(model: nn.Module, optimizer, batches, loss_fn: Callable, device,
-                on_batch: Callable[[int, Totals], None] | None = None) -> Totals:
-    """One optimizer step per batch of ``batches`` with ``model`` in train mode; ``on_batch(i,
-    totals)`` after each. The caller checks ``totals.samples`` (an empty pass is its error)."""
+                on_batch: Callable[[int, Totals], None] | None = None,
+                after_step: Callable[[], object] | None = None) -> Totals:
+    """One optimizer step per batch of ``batches`` with ``model`` in train mode; ``after_step()``
+    right after each ``optimizer.step()`` (a dst object's ``step``: the masks may change there),
+    ``on_batch(i, totals)`` once the batch is counted. The caller checks ``totals.samples`` (an
+    empty pass is its error)."""
     model.train()
     totals = Totals(device)
     for i, batch in enumerate(batches):
@@ -70,6 +73,8 @@ def train_epoch(model: nn.Module, optimizer, batches, loss_fn: Callable, device,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
         totals.add(loss, out, targets)
         if on_batch is not None:
             on_batch(i, totals)

@@ -16,6 +16,7 @@ from .. import _checks
 from .. import ablations as _ablations
 from ..masks import Masks
 from ..optim import MaskedAdamW, MaskedSGD
+from . import dynamic
 from . import resume as _resume
 from .checkpoint import write_checkpoint
 from .epoch import evaluate, model_device, train_epoch
@@ -31,6 +32,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     out_dir: str | None = None
     recipe: Recipe | None = None
+    masks: Masks | None = None  # as training left them (dynamic sparse training changes them)
 
     @property
     def final(self) -> dict | None:
@@ -62,6 +64,8 @@ class _Run:
     device: torch.device
     progress: bool
     verbose: bool
+    dst: Any = None  # the sparseforce.dst object updating the masks, if any
+    initial_masks: dict | None = None  # with dst: the masks it started from, as Masks.state_dict()
 
 
 def fit(model: nn.Module, masks, train_data, val_data=None, test_data=None, *, epochs: int | None = None,
@@ -71,7 +75,8 @@ def fit(model: nn.Module, masks, train_data, val_data=None, test_data=None, *, e
         loss_fn: Callable | None = None, device=None, out_dir=None, resume=False, overwrite: bool = False,
         seed: int = 0, num_workers: int = 0, progress: bool | None = None, verbose: bool = False,
         backend: str = "auto", callback: Callable[[dict], Any] | None = None,
-        stop_after_epoch: int | None = None, meta: dict | None = None, reinit: int | None = None) -> FitResult:
+        stop_after_epoch: int | None = None, meta: dict | None = None, reinit: int | None = None,
+        dst: str | None = None, dst_options: dict | None = None) -> FitResult:
     """Train ``model`` with pruned weights held at exactly 0; evaluate, log and checkpoint every epoch.
 
     Args:
@@ -105,8 +110,21 @@ def fit(model: nn.Module, masks, train_data, val_data=None, test_data=None, *, e
             state untouched), then applies the masks and trains: the reinit ablation of Frankle
             et al. (2021), the same masks from a fresh initialization. Not applied when resuming
             (the checkpoint's weights are restored).
+        dst: dynamic sparse training, the masks updated during training: ``"rigl"``
+            (:class:`sparseforce.dst.RigL`), ``"set"`` (``SET``) or ``"gmp"`` (``GradualMagnitude``,
+            which starts from every prunable weight kept when ``masks`` is None). Its ``step()`` runs
+            after every optimizer step; ``total_steps`` is ``epochs`` x the batches per epoch, so
+            ``train_data`` must have a length and a resumed run cannot change ``epochs``. The caller's
+            ``masks`` are copied, not changed; the checkpoint holds the current masks, the dst state
+            and the masks it started from (what ``masks`` given on resume must equal). With
+            ``optimizer="adamw"`` the masked AdamW keeps a step count per weight
+            (``per_element_step=True``), so that a grown weight takes the steps of a fresh Adam.
+        dst_options: the dst object's options (``update_every``, ``end``, ``drop_fraction``,
+            ``scope``, ``seed`` (default: ``seed``), ``sparsity`` (gmp's target), ...); those left out
+            take the method's defaults, and all are stored resolved in the checkpoint.
 
-    Returns a :class:`FitResult` (``history``, ``final``, ``best``).
+    Returns a :class:`FitResult` (``history``, ``final``, ``best``, ``masks``); with ``dst`` every
+    row also has the masks' ``density`` after that epoch.
     """
     rec = resolve_recipe(recipe, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          nesterov=nesterov, milestones=milestones, gamma=gamma, batch_size=batch_size,
@@ -114,6 +132,7 @@ def fit(model: nn.Module, masks, train_data, val_data=None, test_data=None, *, e
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     seed = _checks.seed(seed)
+    dynamic.check_method(dst)
     reinit = None if reinit is None else _checks.seed(reinit, "reinit")
     device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
@@ -122,11 +141,11 @@ def fit(model: nn.Module, masks, train_data, val_data=None, test_data=None, *, e
     run = _prepare(model, masks, ckpt, where, rec, train_data, val_data, test_data, seed=seed,
                    num_workers=num_workers, backend=backend, loss_fn=loss_fn or F.cross_entropy, device=device,
                    progress=sys.stderr.isatty() if progress is None else bool(progress), verbose=verbose,
-                   reinit=reinit)
+                   reinit=reinit, dst=dst, dst_options=dst_options)
     history, start = [], 0
     if ckpt is not None:
-        history, start = _resume.restore(ckpt, where, run.config, model, run.optimizer, run.scheduler,
-                                         run.train_loader)
+        history, start = _resume.restore(ckpt, where, model, run.optimizer, run.scheduler, run.train_loader,
+                                         run.dst)
         if verbose:
             print(f"resumed from {where} after epoch {start}", flush=True)
     if out_dir is not None:
@@ -141,8 +160,8 @@ def fit(model: nn.Module, masks, train_data, val_data=None, test_data=None, *, e
         if callback is not None:
             callback(history[-1])
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < rec.epochs:
-            return FitResult(history, out_dir, rec)
-    result = FitResult(history, out_dir, rec)
+            return FitResult(history, out_dir, rec, run.masks)
+    result = FitResult(history, out_dir, rec, run.masks)
     if out_dir is not None and history:
         write_result(out_dir, {"final": result.final, "best": result.best, "epochs": rec.epochs,
                                "recipe": dataclasses.asdict(rec), "density": run.masks.density()})
@@ -150,14 +169,22 @@ def fit(model: nn.Module, masks, train_data, val_data=None, test_data=None, *, e
 
 
 def _prepare(model, masks, ckpt, where, rec: Recipe, train_data, val_data, test_data, *, seed, num_workers,
-             backend, loss_fn, device, progress, verbose, reinit) -> _Run:
-    """The masks (the checkpoint's when resuming), the loaders and the optimizer of a run; the
-    model re-initialized first if asked (not when resuming: the checkpoint's weights come back)."""
+             backend, loss_fn, device, progress, verbose, reinit, dst, dst_options) -> _Run:
+    """The masks (the checkpoint's when resuming), the loaders, the optimizer and the dst object of
+    a run; the model re-initialized first if asked (not when resuming: the checkpoint's weights
+    come back)."""
     if masks is not None and not isinstance(masks, Masks):
         masks = Masks(masks)
     if ckpt is not None:
         masks = _resume.resumed_masks(masks, ckpt, where)
+    elif dst == "gmp" and masks is None:
+        masks = dynamic.dense_masks(model)
+    elif dst is not None and not masks:
+        raise ValueError(f"dst={dst!r} needs the sparse masks it starts from, e.g. sf.random(model, sparsity, "
+                         "distribution='erk') or FORCE's")
     masks = masks.check(model).to(device) if masks is not None else Masks()
+    if dst is not None:  # it changes them in place: the caller's stay as they were
+        masks = Masks({n: m.clone() for n, m in masks.items()})
 
     train_loader = as_loader(train_data, rec.batch_size, True, seed, num_workers)
     if train_loader is None:
@@ -166,6 +193,16 @@ def _prepare(model, masks, ckpt, where, rec: Recipe, train_data, val_data, test_
     eval_loaders = {split: as_loader(data, eval_bs, False, seed, num_workers)
                     for split, data in (("val", val_data), ("test", test_data))}
     config = run_config(rec, getattr(train_loader, "batch_size", None) or rec.batch_size)
+    if dst is not None and not hasattr(train_loader, "__len__"):
+        raise ValueError(f"dst={dst!r} needs train_data with a length (a Dataset or DataLoader): its schedule "
+                         "spans epochs x batches per epoch")
+    config["dst"] = dynamic.resolve(dst, dst_options, total_steps=rec.epochs * len(train_loader) if dst else 0,
+                                    seed=seed)
+    if ckpt is not None:  # before anything is built on settings that may not be the checkpoint's
+        _resume.check_settings(ckpt, where, config)
+    starting = _resume.starting_masks(ckpt).to(device) if ckpt is not None and dst is not None else masks
+    if dst is not None:  # before the model is changed (reinit, the optimizer zeroing the pruned weights)
+        dynamic.check(config["dst"], model, starting, backend)
     if reinit is not None and ckpt is None:
         _ablations.reinit(model, reinit)  # once every argument is checked; the optimizer zeroes the pruned
 
@@ -174,10 +211,15 @@ def _prepare(model, masks, ckpt, where, rec: Recipe, train_data, val_data, test_
         opt = MaskedSGD(named, masks, lr=rec.lr, momentum=rec.momentum, weight_decay=rec.weight_decay,
                         nesterov=rec.nesterov, backend=backend)
     else:
-        opt = MaskedAdamW(named, masks, lr=rec.lr, weight_decay=rec.weight_decay)
+        # With dst, each weight's own step count: a grown weight then takes a fresh Adam's steps.
+        opt = MaskedAdamW(named, masks, lr=rec.lr, weight_decay=rec.weight_decay, per_element_step=dst is not None)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(rec.milestones), gamma=rec.gamma)
-    return _Run(model, masks, rec, config, opt, sched, train_loader, eval_loaders, loss_fn, device, progress,
-                verbose)
+    run = _Run(model, masks, rec, config, opt, sched, train_loader, eval_loaders, loss_fn, device, progress, verbose)
+    if dst is not None:
+        run.dst = dynamic.build(config["dst"], model, masks, opt, backend, starting=starting)
+        run.initial_masks = (ckpt["dst"]["initial_masks"] if ckpt is not None
+                             else Masks({n: m.clone() for n, m in masks.items()}).state_dict())
+    return run
 
 
 def _epoch(run: _Run, epoch: int) -> dict:
@@ -197,7 +239,8 @@ def _epoch(run: _Run, epoch: int) -> dict:
         batches = bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}/{run.recipe.epochs}",
                              unit="batch", leave=True, dynamic_ncols=True)
     totals = train_epoch(run.model, run.optimizer, batches, run.loss_fn, run.device,
-                         None if bar is None else _bar_postfix(bar, n_batches, cur_lr))
+                         None if bar is None else _bar_postfix(bar, n_batches, cur_lr),
+                         after_step=None if run.dst is None else run.dst.step)
     if totals.samples == 0:
         raise ValueError("train_data yielded no batches")
     run.scheduler.step()
@@ -207,6 +250,8 @@ def _epoch(run: _Run, epoch: int) -> dict:
         if data is not None:
             m = evaluate(run.model, data, run.loss_fn, run.device)
             row[f"{split}_loss"], row[f"{split}_acc"] = m["loss"], m["acc"]
+    if run.dst is not None:
+        row["density"] = run.masks.density()
     row["time_s"] = round(time.perf_counter() - t0, 3)
     if bar is not None:
         extra = {k: f"{row[k]:.2%}" for k in ("val_acc", "test_acc") if k in row}
@@ -236,5 +281,7 @@ def _save(run: _Run, epoch: int, history: list[dict], ckpt_path: str, meta: dict
     """The checkpoint after ``epoch``, then the logs rewritten from its history."""
     write_checkpoint(ckpt_path, epoch=epoch, config=run.config, model=run.model, optimizer=run.optimizer,
                      scheduler=run.scheduler, masks=run.masks, generators=loader_generators(run.train_loader),
-                     history=history, meta=meta)
+                     history=history, meta=meta,
+                     dst=None if run.dst is None else {"state": run.dst.state_dict(),
+                                                       "initial_masks": run.initial_masks})
     write_logs(os.path.dirname(ckpt_path), history)

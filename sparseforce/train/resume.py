@@ -20,9 +20,12 @@ TRAIN_DEFAULTS = {"dataset": "digits", "method": "force", "sparsity": 0.995, "se
                   "num_workers": 0}
 PRUNING_OPTIONS = ("method", "sparsity", "iterations", "schedule", "batches_per_iteration", "distribution", "scope",
                    "nm")
+# Dynamic sparse training (sparseforce.cli.dynamic.DST_OPTIONS, spelled out: no cli import here).
+DST_OPTIONS = ("dst", "dst_update_every", "dst_end", "dst_drop_fraction", "dst_scope", "dst_start",
+               "dst_regrow_fraction", "dst_distribution", "dst_initial_sparsity")
 # What defines a run: taken from the checkpoint on --resume, and refused there with another value.
 # The recipe's numbers come from the checkpoint's config, the rest from the settings stored with it.
-RUN_OPTIONS = ("dataset", "model", "recipe", "seed", "ablation") + PRUNING_OPTIONS
+RUN_OPTIONS = ("dataset", "model", "recipe", "seed", "ablation") + PRUNING_OPTIONS + DST_OPTIONS
 RECIPE_OPTIONS = ("epochs", "lr", "momentum", "weight_decay", "milestones", "batch_size", "optimizer")
 # Where and how the run is computed: taken from the checkpoint unless given again.
 PLACE_OPTIONS = ("data_dir", "device", "backend", "num_workers")
@@ -52,37 +55,60 @@ def find_checkpoint(out_dir: str | None, resume, overwrite: bool):
 
 
 def saved_masks(ckpt: dict) -> Masks:
-    """The masks a checkpoint trained with (empty for a dense run)."""
+    """The masks a checkpoint trained with when it was written (empty for a dense run)."""
     return Masks(ckpt["masks"]["masks"]) if ckpt.get("masks") is not None else Masks()
 
 
+def starting_masks(ckpt: dict) -> Masks:
+    """The masks the run in a checkpoint started from: with dynamic sparse training the ones its
+    dst object began with, else the (unchanging) masks it trained with."""
+    if ckpt["config"].get("dst") is not None:
+        return Masks(ckpt["dst"]["initial_masks"]["masks"])
+    return saved_masks(ckpt)
+
+
 def resumed_masks(masks, ckpt: dict, where: str) -> Masks:
-    """The checkpoint's masks; ``masks`` given as well must be the same."""
+    """The checkpoint's masks; ``masks`` given as well must be those the run started from."""
     saved = saved_masks(ckpt)
-    if masks is not None and masks != saved:
-        raise CheckpointError(f"the masks given differ from those in {where!r}; pass masks=None to use "
-                              "the checkpoint's")
-    return saved if masks is None else masks
+    if masks is not None and masks != starting_masks(ckpt):
+        raise CheckpointError(f"the masks given differ from those the run in {where!r} started from; pass "
+                              "masks=None to use the checkpoint's")
+    dynamic = ckpt["config"].get("dst") is not None
+    return saved if masks is None or dynamic else masks
 
 
-def restore(ckpt: dict, where: str, config: dict, model, optimizer, scheduler, train_loader):
-    """Put the run back as the checkpoint left it: weights, optimizer, schedule, the loader's
-    generators and the global random states. Returns ``(history, completed epochs)``."""
+def check_settings(ckpt: dict, where: str, config: dict) -> None:
+    """A resumed run's settings are the checkpoint's, but for ``epochs`` (unless the masks follow a
+    schedule over all the steps)."""
     old = dict(ckpt["config"])
     diff = {k: (old.get(k), v) for k, v in config.items() if k != "epochs" and old.get(k) != v}
+    dst = config.get("dst")
+    if dst is not None and old.get("dst") is not None and old["epochs"] != config["epochs"]:
+        raise CheckpointError(f"{where!r} was written for {old['epochs']} epochs, and dynamic sparse training "
+                              f"(dst={dst['method']!r}) schedules its updates over all of them: resume with epochs="
+                              f"{old['epochs']}")
     if diff:
         raise CheckpointError(
             f"{where!r} was written with other settings: "
             + ", ".join(f"{k}={a!r} there, {b!r} now" for k, (a, b) in diff.items())
             + " (resume with the same settings; a changed epochs count rescales the milestones "
               "unless they are given explicitly)")
+
+
+def restore(ckpt: dict, where: str, model, optimizer, scheduler, train_loader, dst=None):
+    """Put the run back as the checkpoint left it (its settings checked by :func:`check_settings`):
+    weights, optimizer, schedule, the dst object's state, the loader's generators and the global
+    random states. Returns ``(history, completed epochs)``."""
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"{where!r} holds weights of another model: {exc}") from None
-    for name, obj in (("optimizer", optimizer), ("scheduler", scheduler)):
+    parts = [("optimizer", optimizer, ckpt["optimizer"]), ("scheduler", scheduler, ckpt["scheduler"])]
+    if dst is not None:
+        parts.append(("dst", dst, ckpt["dst"]["state"]))
+    for name, obj, state in parts:
         try:
-            obj.load_state_dict(ckpt[name])
+            obj.load_state_dict(state)
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"{where!r}: the {name} state does not fit this run: "
                                   f"{type(exc).__name__}: {first_line(exc)}") from None
@@ -119,7 +145,7 @@ def take_run_settings(args, ckpt: dict, path: str, model_aliases) -> None:
     normal = {"dataset": _data.canonical_name, "model": lambda m: model_aliases.get(m, m),
               "milestones": lambda ms: [int(m) for m in ms]}
     conflicts = []
-    if args.masks is not None and Masks.load(args.masks) != saved_masks(ckpt):
+    if args.masks is not None and Masks.load(args.masks) != starting_masks(ckpt):
         conflicts.append(f"--masks: {args.masks} holds other masks than the checkpoint's")
     args.masks = meta.get("masks")
     for k, was in stored.items():
@@ -158,7 +184,8 @@ def resume_settings(args, model_aliases) -> None:
         raise ValueError(f"{args.out!r} already holds a checkpoint: add --resume to continue it, --overwrite to "
                          "start again, or choose another --out")
     for k, v in TRAIN_DEFAULTS.items():
-        if getattr(args, k) is None:
+        # gmp without --method starts dense rather than pruned by the default method.
+        if getattr(args, k) is None and not (k == "method" and args.dst == "gmp"):
             setattr(args, k, v)
 
 

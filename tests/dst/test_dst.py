@@ -33,6 +33,8 @@ OPTIMIZERS = {
     "masked_sgd": lambda m, masks: (sf.MaskedSGD(m.named_parameters(), masks, lr=0.05, momentum=0.9,
                                                  weight_decay=5e-4), False),
     "masked_adamw": lambda m, masks: (sf.MaskedAdamW(m.named_parameters(), masks, lr=1e-3, amsgrad=True), False),
+    "masked_adamw_per_element": lambda m, masks: (sf.MaskedAdamW(m.named_parameters(), masks, lr=1e-3,
+                                                                 per_element_step=True), False),
 }
 
 METHODS = {
@@ -175,16 +177,23 @@ def test_masked_optimizers_and_apply_masks_follow_the_new_masks():
         opt.refresh_masks({"2.bias": torch.ones(8, dtype=torch.bool)})
 
 
-def test_the_dense_gradient_is_captured_at_update_steps_only_and_summed_over_backward_calls():
+@pytest.mark.parametrize("enforcement", ["apply_masks_before", "apply_masks_after", "masked_sgd"])
+def test_the_dense_gradient_is_captured_at_update_steps_only_and_summed_over_backward_calls(enforcement):
     model, plain = small_cnn(0), small_cnn(0)  # plain: the same masked network, no hooks
     masks = sf.Masks(random_masks(model, 0.4, 1))
-    sf.apply_masks(model, masks)
     with torch.no_grad():
-        for n, p in plain.named_parameters():
+        for n, p in list(plain.named_parameters()) + list(model.named_parameters()):
             if n in masks:
                 p.masked_fill_(~masks[n], 0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    if enforcement == "masked_sgd":
+        opt = sf.MaskedSGD(model.named_parameters(), masks, lr=0.0)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    if enforcement == "apply_masks_before":
+        sf.apply_masks(model, masks)
     rigl = sf.dst.RigL(model, masks, opt, total_steps=100, update_every=3, backend="reference")
+    if enforcement == "apply_masks_after":  # its masking hook is registered after the capture's
+        sf.apply_masks(model, masks)
     capture = rigl._binding.gradients
     names = list(masks)
     reference = dict(plain.named_parameters())
@@ -203,6 +212,12 @@ def test_the_dense_gradient_is_captured_at_update_steps_only_and_summed_over_bac
                 assert capture._grads[i][~masks[n]].any()  # dense: not masked
         opt.step()
         rigl.step()
+    assert all(g is None for g in capture._grads)
+    rigl.remove()
+    capture.arm(True)
+    opt.zero_grad()
+    x, y = data[0]
+    nn.functional.cross_entropy(model(x), y).backward()  # no capture left
     assert all(g is None for g in capture._grads)
 
 
@@ -255,7 +270,7 @@ def test_the_callers_rng_is_untouched(method):
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-@pytest.mark.parametrize("optimizer", ["sgd", "masked_adamw"])
+@pytest.mark.parametrize("optimizer", ["sgd", "masked_adamw_per_element"])
 def test_resuming_from_state_dict_mid_run_gives_the_uninterrupted_masks(method, optimizer):
     data = batches(8, 40)
 
@@ -287,3 +302,37 @@ def test_resuming_from_state_dict_mid_run_gives_the_uninterrupted_masks(method, 
     assert dst.steps_taken == 19
     _train(model, opt, dst, data[19:])
     assert all(torch.equal(masks[n], want[n]) for n in want)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_masked_adamw_per_element_step_agrees_without_growth_and_restarts_grown_weights(amsgrad):
+    def adamw(per_element):
+        model = small_cnn(0)
+        masks = sf.Masks(random_masks(model, 0.4, 1))
+        return model, masks, sf.MaskedAdamW(model.named_parameters(), masks, lr=1e-2, weight_decay=0.0,
+                                            amsgrad=amsgrad, per_element_step=per_element)
+
+    runs = {}
+    for per_element in (False, True):
+        model, masks, opt = adamw(per_element)
+        _train(model, opt, type("NoDst", (), {"step": lambda self: None})(), batches(1, 10))
+        runs[per_element] = [p.detach().clone() for p in model.parameters()]
+    for a, b in zip(runs[False], runs[True]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # A grown weight's first step: fresh Adam's lr * g / (|g| + eps) with its own step; with the
+    # tensor's (31 here) its zero moments are corrected as if 31 steps old: about 0.57 lr.
+    first = {}
+    for per_element in (False, True):
+        model, masks, opt = adamw(per_element)
+        rigl = sf.dst.RigL(model, masks, opt, total_steps=1000, update_every=30, backend="reference")
+        data = batches(2, 31)
+        _train(model, opt, rigl, data[:29])
+        before = {n: m.clone() for n, m in masks.items()}
+        _train(model, opt, rigl, data[29:30])  # step 30: an update
+        grown = {n: ~before[n] & m for n, m in masks.items()}
+        _train(model, opt, rigl, data[30:])
+        params = dict(model.named_parameters())
+        first[per_element] = torch.cat([params[n].detach()[g & (params[n].grad != 0)] for n, g in grown.items()])
+        assert first[per_element].numel() > 10
+    assert float(first[True].abs().max()) <= 1e-2 * (1 + 1e-5) and float(first[True].abs().median()) > 0.99e-2
+    assert abs(float(first[False].abs().median()) - 0.574e-2) < 0.01e-2

@@ -33,7 +33,8 @@ TORCH_NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSION
 # The kernels that touch every element: a spill there is a local-memory round trip in the loop
 # that sets the speed, so none is allowed. The others run once or over a short list per selection.
 HOT_KERNELS = {"hist_kernel", "tie_count_kernel", "mask_kernel", "masked_sgd_kernel", "digit_hist_kernel",
-               "seg_tiny_kernel", "seg_row_kernel", "seg_hist_kernel", "seg_tie_count_kernel", "seg_mask_kernel"}
+               "seg_tiny_kernel", "seg_row_kernel", "seg_hist_kernel", "seg_tie_count_kernel", "seg_mask_kernel",
+               "nan_scan_kernel"}
 _HOT_PATTERN = re.compile(r"radix|key_hist|histogram")  # a radix-histogram kernel, whatever its name
 # sm_90's limit on a kernel's static __shared__ arrays (more needs dynamic shared memory).
 STATIC_SMEM_LIMIT = 48 * 1024

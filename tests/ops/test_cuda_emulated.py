@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import sparseforce.ops as ops
-from conftest import EMULATED_CUDA
+from conftest import EMULATED_CUDA, EMULATED_CUDA_PATHS
+from cuda_emu import register
 from sparseforce.ops import NaNScoreError
 
 pytestmark = pytest.mark.skipif(not EMULATED_CUDA, reason="the CUDA emulator is not built here (no C++ compiler, or SPARSEFORCE_TEST_NO_EMU=1)")
@@ -27,19 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CAND_DONE, KNOWN, ALL, NONE, ERR_NAN, ERR_K = 3, 4, 5, 6, 7, 8
 
 
-def _emulated_backends():
-    if not EMULATED_CUDA:
-        return []
-    from cuda_emu import register
-    return EMULATED_CUDA + register.install.weak  # the weak-memory schedule where the build has it
-
-
-EMU = _emulated_backends()
-
-
-def last_mode():
-    from cuda_emu import register
-    return register.install.backend.last.mode
+EMU = EMULATED_CUDA_PATHS
 
 
 def same_masks(a, b):
@@ -49,7 +38,7 @@ def same_masks(a, b):
 def check_topk(backend, scores, k, mode=None):
     got = ops.topk_masks(scores, k, backend=backend)
     if mode is not None:
-        assert last_mode() == mode
+        assert register.last_mode() == mode
     want = ops.topk_masks(scores, k, backend="reference")
     assert same_masks(got, want)
     assert sum(int(m.sum()) for m in got) == k
@@ -96,7 +85,7 @@ def test_nan_names_the_first_tensor(backend):
     scores = [torch.ones(5000), torch.tensor([1.0, float("nan")]), torch.tensor([float("nan")])]
     with pytest.raises(NaNScoreError) as e:
         ops.topk_masks(scores, 3, backend=backend)
-    assert e.value.index == 1 and last_mode() == ERR_NAN
+    assert e.value.index == 1 and register.last_mode() == ERR_NAN
 
 
 @pytest.mark.parametrize("backend", EMU)
@@ -124,10 +113,9 @@ def test_iter_snip_k_above_survivors(backend):
         ops.saliency_topk_masks(w, g, 2001, prev_masks=prev, resurrect=False, backend=backend)
     # The op front refuses that before the selection runs; the select's own guard, reached by
     # calling the kernel directly:
-    from cuda_emu import register
     with pytest.raises(ValueError, match="prev_masks keep only 2000"):
         register.install.kernels[backend]["saliency_topk_masks"](w, g, 2001, prev, [torch.empty(6000, dtype=torch.bool)])
-    assert last_mode() == ERR_K
+    assert register.last_mode() == ERR_K
 
 
 def _bin_heavy_scores(m, rest, rng):
@@ -225,7 +213,8 @@ def test_failed_occupancy_query_is_not_reported_as_a_launch_failure():
 
 @pytest.mark.skipif(os.environ.get("SFEMU_VARIANT") == "asan", reason="already the AddressSanitizer run")
 def test_under_address_sanitizer():
-    """This file's tests and the segmented kernels' again, with the library built with AddressSanitizer + UBSan."""
+    """This file's tests and the segmented and drop/grow kernels' again, with the library built with
+    AddressSanitizer + UBSan."""
     from cuda_emu import build
     libasan = build.asan_runtime()
     if libasan is None:
@@ -234,7 +223,8 @@ def test_under_address_sanitizer():
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:detect_stack_use_after_return=0",
                UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-                        str(Path(__file__).with_name("test_cuda_emulated_segmented.py")), "-k", "not occupancy"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=1500)
+                        str(Path(__file__).with_name("test_cuda_emulated_segmented.py")),
+                        str(Path(__file__).with_name("test_cuda_emulated_drop_grow.py")), "-k", "not occupancy"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=1500)
     tail = (r.stdout[-4000:] + r.stderr[-4000:])
     assert r.returncode == 0, tail
     assert " passed" in r.stdout and "ERROR: AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr, tail

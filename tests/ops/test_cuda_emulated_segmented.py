@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import sparseforce.ops as ops
-from conftest import EMULATED_CUDA
+from conftest import EMULATED_CUDA, EMULATED_CUDA_PATHS
+from cuda_emu import register
 from sparseforce.ops import NaNScoreError
 
 pytestmark = pytest.mark.skipif(not EMULATED_CUDA, reason="the CUDA emulator is not built here (no C++ compiler, or SPARSEFORCE_TEST_NO_EMU=1)")
@@ -19,24 +20,7 @@ pytestmark = pytest.mark.skipif(not EMULATED_CUDA, reason="the CUDA emulator is 
 TINY, ROW, RADIX = 1, 2, 4
 
 
-def _emulated_backends():
-    if not EMULATED_CUDA:
-        return []
-    from cuda_emu import register
-    return EMULATED_CUDA + register.install.weak
-
-
-EMU = _emulated_backends()
-
-
-def paths_taken():
-    from cuda_emu import register
-    return register.install.backend.last.mode
-
-
-def launches():
-    from cuda_emu import register
-    return register.install.emulator.lib.sfemu_launches()
+EMU = EMULATED_CUDA_PATHS
 
 
 @pytest.fixture
@@ -50,7 +34,7 @@ def small(monkeypatch):
 def check(backend, scores, ks, segment, paths=None):
     got = ops.segmented_topk_masks(scores, ks, segment=segment, backend=backend)
     if paths is not None:
-        assert paths_taken() == paths
+        assert register.last_mode() == paths
     want = ops.segmented_topk_masks(scores, ks, segment=segment, backend="reference")
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 
@@ -59,7 +43,7 @@ def check_saliency(backend, w, g, ks, segment, prev=None, resurrect=True, paths=
     kw = dict(segment=segment, prev_masks=prev, resurrect=resurrect)
     got = ops.segmented_saliency_topk_masks(w, g, ks, backend=backend, **kw)
     if paths is not None:
-        assert paths_taken() == paths
+        assert register.last_mode() == paths
     want = ops.segmented_saliency_topk_masks(w, g, ks, backend="reference", **kw)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 
@@ -154,7 +138,7 @@ def test_launches_do_not_grow_with_the_number_of_tensors(backend, small, rng):
     small(64)
     def count(n_tensors):
         scores = [torch.randn(300, generator=rng) for _ in range(n_tensors)]
-        before = launches()
+        before = register.launches()
         ops.segmented_topk_masks(scores, [100] * n_tensors, segment="tensor", backend=backend)
-        return launches() - before
+        return register.launches() - before
     assert count(2) == count(25)

@@ -20,6 +20,8 @@ SCRIPT = textwrap.dedent(r"""
     import triton
     from triton.backends.compiler import GPUTarget
     from sparseforce.ops.triton.digit import choose_digit_kernel
+    from sparseforce.ops.triton.drop_grow_radix import drop_grow_histogram_kernel, drop_grow_ties_kernel
+    from sparseforce.ops.triton.drop_grow_tile import drop_grow_tile_kernel
     from sparseforce.ops.triton.histogram import radix_histogram_kernel
     from sparseforce.ops.triton.mask import write_mask_kernel
     from sparseforce.ops.triton.segment_radix import segment_histogram_kernel, segment_ties_kernel
@@ -77,6 +79,22 @@ SCRIPT = textwrap.dedent(r"""
                     dict(SHIFT=shift, BITS=8, FIRST=first, **flags))
         for count in (True, False):
             compile(segment_ties_kernel, {**SEL, "ties": "*i64", **io}, dict(COUNT=count, **flags))
+    # drop_grow_masks: the one-pass tiles (both selections, weights and scores of different
+    # widths) and the radix passes of both phases in every key width.
+    for (w, w_bits), (s, s_bits) in [(("fp32", 32), ("bf16", 16)), (("fp16", 16), ("fp64", 64))]:
+        for all_pairs, width in [(True, 32), (False, 4096)]:
+            compile(drop_grow_tile_kernel, {"table": "*i64", "nan_flags": "*i64", "keeps": "*i64", "grows": "*i64",
+                                            "W": "*" + w, "S": "*" + s},
+                    dict(W_BITS=w_bits, S_BITS=s_bits, ALL_PAIRS=all_pairs, WIDTH=width))
+    for bits, x in [(16, "bf16"), (32, "fp32"), (64, "fp64")]:
+        for grow in (False, True):
+            flags = dict(GROW=grow, KEY_BITS=bits, BLOCK=4096)
+            for shift, first in [(bits - 8, True), (0, False)]:
+                vec = compile(drop_grow_histogram_kernel, {**SEL, "hist": "*i64", "nan_flags": "*i64", "X": "*" + x},
+                              dict(SHIFT=shift, BITS=8, FIRST=first, **flags))
+                assert vec, ("drop_grow_histogram_kernel", bits, "does not vectorise its loads")
+            for count in (True, False):
+                compile(drop_grow_ties_kernel, {**SEL, "ties": "*i64", "X": "*" + x}, dict(COUNT=count, **flags))
     print("compiled")
 """)
 

@@ -14,42 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.data import Subset
 
 import sparseforce as sf
-from sparseforce import data as sfdata
 from sparseforce.cli import main
 from sparseforce.train import RECIPES, CheckpointError, fit, load_checkpoint
+from training_runs import Net, make_data
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Net(nn.Module):
-    """Conv + BN (running statistics) + dropout (draws from the global torch RNG)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.drop = nn.Dropout(0.2)
-        self.fc = nn.Linear(8 * 16, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.bn(self.conv(x))), 2)
-        return self.fc(self.drop(x.flatten(1)))
-
-
-def make_data():
-    # A random crop with its own generator, so the augmentation stream must be checkpointed too.
-    gen = torch.Generator().manual_seed(7)
-    aug = sfdata.Compose([sfdata.RandomCrop(8, padding=1, generator=gen)])
-    train = Subset(sfdata.Digits(train=True, transform=aug), range(160))
-    test = Subset(sfdata.Digits(train=False), range(64))
-    val = Subset(sfdata.Digits(train=True), range(160, 200))
-    return train, val, test
 
 
 def make_model(seed=0):

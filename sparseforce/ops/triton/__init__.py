@@ -10,14 +10,16 @@ kernels, so ``import sparseforce`` stays fast, and a missing or broken triton on
 backend unavailable, with the reason in the error.
 
 Files: selection.py (topk / kth / saliency / histogram: launch sequences and registration),
-segmented.py (the segmented ops, its design in its docstring) and sgd.py (masked SGD) are the
-entry modules, register.py how they register; plan.py (the per-call tables they build),
-layout.py (their columns), blocks.py (the kernels' shared start: a program's block, its loads
-and stores), keys.py (order-preserving keys, fused |w*g|), floats.py (exact bf16 conversions),
+segmented.py (the segmented ops, its design in its docstring), drop_grow.py (the fused drop/grow
+step of dynamic sparse training, likewise) and sgd.py (masked SGD) are the entry modules,
+register.py how they register; plan.py (the per-call tables they build), layout.py (their
+columns), blocks.py (the kernels' shared start: a program's block, its loads and stores),
+keys.py (order-preserving keys, fused |w*g|, magnitudes), floats.py (exact bf16 conversions),
 histogram.py (a radix pass), digit.py (choosing the digit on the device), ties.py (tie counts
 and their prefix sum), mask.py (the exact-k mask pass), value.py (kth_largest's value),
 segment_rank.py (small segments in registers), segment_radix.py (the radix passes per segment),
-config.py (tunables), device.py (how helpers are compiled).
+radix_passes.py (their launch sequence), drop_grow_tile.py and drop_grow_radix.py (the drop/grow
+paths), config.py (tunables), device.py (how helpers are compiled).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def _load() -> bool:
             _loaded["error"] = f"triton could not be imported ({type(e).__name__}: {e})"
             return False
         try:
-            from . import segmented, selection, sgd  # noqa: F401  (register the kernels)
+            from . import drop_grow, segmented, selection, sgd  # noqa: F401  (register the kernels)
         except Exception as e:  # e.g. a triton release whose language lacks something we use
             _loaded["error"] = (f"the Triton kernels failed to load with triton {triton.__version__} "
                                 f"({type(e).__name__}: {e})")

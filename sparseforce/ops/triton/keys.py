@@ -6,6 +6,7 @@ reference's comparisons do. NaN gets a key like any other bit pattern; the first
 it and the caller raises, so its rank never matters.
 Keys are computed in the promoted dtype of all tensors (16, 32 or 64 bits wide), which ranks
 mixed dtypes exactly like the reference's promote-then-sort. 16-bit keys live in uint32.
+magnitude_keys (drop_grow) ranks |x|: the sign bit is cleared before the transform.
 
 Written as few device functions on purpose: under the Triton interpreter (CI) every call of a
 jit helper costs milliseconds, so a chain of tiny helpers would dominate the test time.
@@ -46,6 +47,23 @@ def element_keys(table, row, offs, valid, full, X, G,
     if HAS_PREV:
         p_ptr = tl.multiple_of(tl.load(table + row + COL_PREV).to(tl.pointer_type(tl.uint8)), 16)
         compete = compete & (load_block(p_ptr, offs, valid, full) != 0)
+    key, nan = float_keys(s, KEY_BITS, False)
+    return key, compete, compete & nan
+
+
+@device_function
+def magnitude_keys(table, row, COL: tl.constexpr, offs, valid, full, X, KEY_BITS: tl.constexpr):
+    """The keys of |x| for the elements ``offs`` of the tensor at column COL of a table row (of
+    X's dtype), and which of them are NaN (every element in range is checked)."""
+    x_ptr = tl.multiple_of(tl.load(table + row + COL).to(tl.pointer_type(X.dtype.element_ty)), 16)
+    key, nan = float_keys(load_block(x_ptr, offs, valid, full), KEY_BITS, True)
+    return key, valid & nan
+
+
+@device_function
+def float_keys(s, KEY_BITS: tl.constexpr, MAGNITUDE: tl.constexpr):
+    """The keys of the values ``s`` (of |s| if MAGNITUDE: the sign bit cleared first) and which
+    of them are NaN."""
     # Widening to the promoted dtype is exact (floats.widen), so ranking after it ranks the given
     # values. -0.0 is canonicalised on the bit pattern, and NaN tested in at least float32: the
     # interpreter compares bfloat16 by its bits, which would miss both.
@@ -58,11 +76,12 @@ def element_keys(table, row, offs, valid, full, X, G,
             b = wide.to(tl.uint32, bitcast=True)
         else:  # 16-bit keys in uint32
             b = s.to(tl.uint16, bitcast=True).to(tl.uint32)
-    nan = compete & (wide != wide)
     sign = 1 << (KEY_BITS - 1)
+    if MAGNITUDE:
+        b = b & (sign - 1)
     b = tl.where(b == sign, 0, b)
     key = b ^ tl.where((b >> (KEY_BITS - 1)) != 0, (sign << 1) - 1, sign).to(b.dtype)
-    return key, compete, nan
+    return key, wide != wide
 
 
 @device_function
@@ -72,7 +91,13 @@ def competing_keys(table, row, offs, valid, full, state, X, G,
     """element_keys, and the k-th key's digits found so far (from ``state``), in the key type."""
     key, compete, nan = element_keys(table, row, offs, valid, full, X, G, KEY_BITS, SALIENCY, SCORE_F64,
                                      HAS_PREV)
+    return key, compete, nan, kth_prefix(state, KEY_BITS)
+
+
+@device_function
+def kth_prefix(state, KEY_BITS: tl.constexpr):
+    """The k-th key's digits found so far (from ``state``), in the key type."""
     prefix = tl.load(state + ST_PREFIX).to(tl.uint64, bitcast=True)
     if KEY_BITS != 64:
         prefix = prefix.to(tl.uint32)
-    return key, compete, nan, prefix
+    return prefix

@@ -13,7 +13,7 @@ NCOLS = tl.constexpr(12)
 
 # The other columns of a selection table row.
 COL_X = tl.constexpr(0)        # scores (topk) or weights (saliency): address
-COL_G = tl.constexpr(1)        # grads (saliency): address
+COL_G = tl.constexpr(1)        # grads (saliency), or the scores (drop/grow's one-pass tiles): address
 COL_PREV = tl.constexpr(2)     # prev_masks (Iter SNIP), viewed as uint8: address
 COL_OUT = tl.constexpr(3)      # output mask, viewed as uint8: address
 COL_GBLOCK = tl.constexpr(6)   # global index of its first block: tie ranks follow global order
@@ -24,6 +24,10 @@ COL_SEGLEN = tl.constexpr(8)
 COL_SEGS = tl.constexpr(9)
 COL_KS = tl.constexpr(10)      # address of its int64 k per segment (unused for N:M: k = n)
 COL_SEG0 = tl.constexpr(11)    # radix path: its first segment's index in the state and histograms
+
+# The drop/grow tables (drop_grow.py) also use COL_SEG0 (the segment's index) and COL_INDEX (the
+# NaN code of COL_X's tensor: 2i for weights[i], 2i+1 for scores[i]), and:
+COL_TIE0 = tl.constexpr(8)     # global index of its segment's first block: tie ranks count from there
 
 # Slots of the selection state: what the passes have learnt about the k-th largest key.
 ST_PREFIX = tl.constexpr(0)    # high digits of the k-th key found so far (all of it at the end)

@@ -84,6 +84,11 @@ def blocks(n: int, block: int) -> int:
     return -(-n // block)
 
 
+def tile_width(n: int) -> int:
+    """The width of a register tile holding ``n`` elements: a power of two, at least 2."""
+    return max(2, 1 << (n - 1).bit_length())
+
+
 @contextlib.contextmanager
 def writing_masks(tensors, out: list[torch.Tensor]):
     """Launches on ``tensors``' device that write the bool masks ``out``: yields their byte views.

@@ -45,11 +45,19 @@ def segment_histogram_kernel(table, rows, state, hist, nan_flags, X, G,
                                                KEY_BITS, SALIENCY, SCORE_F64, HAS_PREV)
     if FIRST:
         report_nans(nan_flags, table, row, nan)
-    else:
+    count_segment_digits(hist + seg * (1 << BITS), key, compete, prefix, SHIFT, BITS, FIRST, BLOCK)
+
+
+@device_function
+def count_segment_digits(hist, key, compete, prefix, SHIFT: tl.constexpr, BITS: tl.constexpr,
+                         FIRST: tl.constexpr, BLOCK: tl.constexpr):
+    """Adds the digit at SHIFT of a block's competing keys into its segment's histogram ``hist``:
+    on the first pass every one (tl.histogram), later only those whose higher digits are the
+    k-th key's (``prefix``)."""
+    if not FIRST:
         compete = compete & ((key >> (SHIFT + BITS)) == (prefix >> (SHIFT + BITS)))
     digit = ((key >> SHIFT) & ((1 << BITS) - 1)).to(tl.int32)
-    # The first pass counts every element (tl.histogram); later ones only the candidates left.
-    count_digits(hist + seg * (1 << BITS), digit, compete, tl.sum(compete.to(tl.int64)), BITS, FIRST, BLOCK)
+    count_digits(hist, digit, compete, tl.sum(compete.to(tl.int64)), BITS, FIRST, BLOCK)
 
 
 @triton.jit

@@ -56,7 +56,17 @@ def small_segments_kernel(table, rows, nan_flags, n_keep, X, G,
     key, compete, nan = element_keys(table, row, offs, valid, False, X, G, KEY_BITS, SALIENCY, SCORE_F64,
                                      HAS_PREV)
     report_nans(nan_flags, table, row, nan)
-    k = segment_ks(table, row, seg, n_keep, PER_SEGMENT_K)
+    keep = select_in_tile(key, compete, segment_ks(table, row, seg, n_keep, PER_SEGMENT_K), KEY_BITS, ALL_PAIRS,
+                          SEGS, WIDTH)
+    out = tl.load(table + row + COL_OUT).to(tl.pointer_type(tl.uint8))
+    tl.store(out + offs, keep.to(tl.uint8), mask=valid)
+
+
+@device_function
+def select_in_tile(key, compete, k, KEY_BITS: tl.constexpr, ALL_PAIRS: tl.constexpr, SEGS: tl.constexpr,
+                   WIDTH: tl.constexpr):
+    """Which of the [SEGS, WIDTH] keys are kept: in each row the k (a [SEGS, 1] column or a
+    scalar) largest competing ones, ties by position."""
     if ALL_PAIRS:
         col = tl.arange(0, WIDTH)
         mine = key[:, :, None]
@@ -75,5 +85,4 @@ def small_segments_kernel(table, rows, nan_flags, n_keep, X, G,
         tied = (compete & (key == kth)).to(tl.int32)
         rank = tl.cumsum(tied, axis=1) - tied
         keep = above | ((tied != 0) & (rank < k - tl.sum(above.to(tl.int32), axis=1)[:, None]))
-    out = tl.load(table + row + COL_OUT).to(tl.pointer_type(tl.uint8))
-    tl.store(out + offs, keep.to(tl.uint8), mask=valid)
+    return keep

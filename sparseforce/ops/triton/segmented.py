@@ -34,20 +34,13 @@ import torch
 
 from .._schema import saliency_dtype
 from .config import config
-from .digit import choose_digit_kernel
 from .layout import (COL_G, COL_GBLOCK, COL_INDEX, COL_KS, COL_OUT, COL_PREV, COL_SEG0, COL_SEGLEN,
                      COL_SEGS, COL_X, NSTATE, ST_KREM)
-from .plan import as_bytes, blocks, nan_index, pack, ready, writing_masks
+from .plan import as_bytes, blocks, nan_index, pack, ready, tile_width, writing_masks
+from .radix_passes import DIGIT_BITS, select_segments
 from .register import kernel
 from .segment_radix import segment_histogram_kernel, segment_ties_kernel
 from .segment_rank import small_segments_kernel
-
-DIGIT_BITS = 8
-
-
-def _width(n: int) -> int:
-    """The tile width holding ``n`` elements: a power of two, at least 2."""
-    return max(2, 1 << (n - 1).bit_length())
 
 
 class _Group:
@@ -81,7 +74,7 @@ class _Segmented:
             cols = {COL_X: x.data_ptr(), COL_G: 0 if g is None else g.data_ptr(),
                     COL_PREV: 0 if p is None else p.data_ptr(), COL_OUT: outs[i].data_ptr(),
                     COL_INDEX: i, COL_SEGLEN: length, COL_SEGS: segs, COL_KS: 0 if m else ks[i].data_ptr()}
-            width = _width(length)
+            width = tile_width(length)
             if length <= config.group_width:
                 path, tile = "all pairs", max(1, config.group_tile // (width * width))
             elif length <= config.row_tile:
@@ -131,25 +124,18 @@ class _Segmented:
             return
         state = torch.zeros((self.segments, NSTATE.value), dtype=torch.int64, device=self.device)
         state[:, ST_KREM.value] = torch.cat([k for grp in self.radix for k in grp.ks])
-        hist = torch.empty(self.segments << DIGIT_BITS, dtype=torch.int64, device=self.device)
-        for p in range(max(self.widths) // DIGIT_BITS):
-            hist.zero_()
-            for key_bits, (first, count) in self.widths.items():
-                shift = key_bits - DIGIT_BITS * (p + 1)
-                if shift < 0:
-                    continue
-                for grp in self.radix:
-                    if grp.key_bits == key_bits:
-                        self.launch(grp, segment_histogram_kernel, state, hist, self.nan_flags, SHIFT=shift,
-                                    BITS=DIGIT_BITS, FIRST=p == 0, BLOCK=grp.tile)
-                choose_digit_kernel[(count,)](hist[first << DIGIT_BITS:], state[first:], SHIFT=shift,
-                                              BITS=DIGIT_BITS)
-        ties = torch.zeros(self.nblocks, dtype=torch.int64, device=self.device)
-        for grp in self.radix:
-            self.launch(grp, segment_ties_kernel, state, ties, COUNT=True, BLOCK=grp.tile)
-        offsets = torch.cumsum(ties, 0) - ties
-        for grp in self.radix:
-            self.launch(grp, segment_ties_kernel, state, offsets, COUNT=False, BLOCK=grp.tile)
+
+        def histogram(hist, key_bits, shift, first):
+            for grp in self.radix:
+                if grp.key_bits == key_bits:
+                    self.launch(grp, segment_histogram_kernel, state, hist, self.nan_flags, SHIFT=shift,
+                                BITS=DIGIT_BITS, FIRST=first, BLOCK=grp.tile)
+
+        def ties(buffer, count):
+            for grp in self.radix:
+                self.launch(grp, segment_ties_kernel, state, buffer, COUNT=count, BLOCK=grp.tile)
+
+        select_segments(state, self.widths, histogram, ties, self.nblocks)
 
 
 def _select_into(xs, gs, prevs, ks, n, m, out) -> torch.Tensor:

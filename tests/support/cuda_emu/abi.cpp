@@ -26,6 +26,7 @@ extern "C" const char* sfemu_guard_remove(void* p);
 namespace {
 
 using sparseforce::cuda::host::Device;
+using sparseforce::cuda::host::DropGrowInput;
 using sparseforce::cuda::host::Input;
 using sparseforce::cuda::host::Result;
 using sparseforce::cuda::host::SegInput;
@@ -180,6 +181,18 @@ int32_t sfemu_segmented(int32_t count, const void* const* a, const void* const* 
                            ks != nullptr ? ks[i] : nullptr, k_all[i], n[i], rows[i], dtype[i], i});
     }
     return sparseforce::cuda::host::segmented_select(dev, v, saliency != 0, nan_out);
+  });
+}
+
+// drop_grow_masks over `count` tensors; keeps, grows: int64[S] (S == count, or S == 1 and
+// global); nan_out: int64 scalar.
+int32_t sfemu_drop_grow(int32_t count, const void* const* w, const void* const* s, const uint8_t* const* mask,
+                        uint8_t* const* out, const int64_t* n, const int32_t* w_dtype, const int32_t* s_dtype,
+                        const int64_t* keeps, const int64_t* grows, int32_t global, int64_t* nan_out, Result* res) {
+  return guarded(res, [&](Device& dev) {
+    std::vector<DropGrowInput> v;
+    for (int32_t i = 0; i < count; ++i) v.push_back(DropGrowInput{w[i], s[i], mask[i], out[i], n[i], w_dtype[i], s_dtype[i], i});
+    return sparseforce::cuda::host::drop_grow(dev, v, keeps, grows, global != 0, nan_out);
   });
 }
 

@@ -98,6 +98,9 @@ class Backend:
         lib.sfemu_segmented.argtypes = [ctypes.c_int32, _PP, _PP, _PP, _PP, _PP, _I64P, _I64P, _I64P, _I32P,
                                         ctypes.c_int32, _P, ctypes.POINTER(Result)]
         lib.sfemu_segmented.restype = ctypes.c_int32
+        lib.sfemu_drop_grow.argtypes = [ctypes.c_int32, _PP, _PP, _PP, _PP, _I64P, _I32P, _I32P, _P, _P,
+                                        ctypes.c_int32, _P, ctypes.POINTER(Result)]
+        lib.sfemu_drop_grow.restype = ctypes.c_int32
         if lib.sfemu_result_size() != ctypes.sizeof(Result):
             raise EmulatorError(f"{self.path}: Result is {lib.sfemu_result_size()} bytes in C, "
                                 f"{ctypes.sizeof(Result)} here")
@@ -244,6 +247,22 @@ class Backend:
         prev = [c.contiguous() for c in competing] if competing else None
         return self._segmented(a, b, prev, ks, n, m, out)
 
+    def drop_grow_masks(self, weights, scores, masks, keeps, grows, out):
+        # ops_cuda.cpp's drop_grow_masks: contiguous inputs, keeps/grows read on the device.
+        ws, ss, ms = [w.contiguous() for w in weights], [s.contiguous() for s in scores], [m.contiguous() for m in masks]
+        new = [self._empty(t.shape, torch.bool) for t in weights]
+        nan = self._empty((), torch.int64)
+        keeps, grows = keeps.contiguous(), grows.contiguous()
+        self._call(self.lib.sfemu_drop_grow, len(ws), _ptrs([_ptr(t) for t in ws]), _ptrs([_ptr(t) for t in ss]),
+                   _ptrs([_ptr(t) for t in ms]), _ptrs([_ptr(t) for t in new]), _i64([t.numel() for t in ws]),
+                   _i32([DTYPE_CODE[t.dtype] for t in ws]), _i32([DTYPE_CODE[t.dtype] for t in ss]),
+                   keeps.data_ptr(), grows.data_ptr(), int(keeps.numel() == 1 and len(ws) > 1), nan.data_ptr())
+        if int(nan) < 0:  # on NaN the masks are unspecified
+            self._check_written(new)
+            for o, mask in zip(out, new):
+                o.copy_(mask)
+        return nan.clone()
+
     def radix_histogram(self, a, grads, competing, rank_dtype, shift, prefix):
         saliency = bool(grads)
         xs, gs, prev = [], [], []
@@ -303,7 +322,7 @@ class Backend:
                "saliency_topk_masks": self.saliency_topk_masks,
                "segmented_topk_masks": self.segmented_topk_masks,
                "segmented_saliency_topk_masks": self.segmented_saliency_topk_masks, "radix_histogram": self.radix_histogram,
-               "masked_sgd_": self.masked_sgd_}
+               "masked_sgd_": self.masked_sgd_, "drop_grow_masks": self.drop_grow_masks}
         return {name: self._guarded_op(fn) for name, fn in ops.items()}
 
 

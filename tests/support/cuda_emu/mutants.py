@@ -83,11 +83,46 @@ MUTANTS = {
                         "if (true) {", "radix path: levels after the first count keys outside the segment's prefix"),
     "seg_partial_quota": ("cuda/segmented.cu", "keep |= tie && quota > 0;", "keep |= tie;",
                           "radix path: a chunk whose quota of ties is 0 keeps its ties anyway"),
+    "dg_scan_vote": ("cuda/drop_grow.cu", "if (__syncthreads_or(nan) && threadIdx.x == 0)", "if (nan && threadIdx.x == 0)",
+                     "drop/grow NaN scan: the block's vote (a barrier) skipped, so only thread 0's elements count"),
+    "dg_drop_ties_tensor": ("cuda/segmented.cu", "(key[j] > key[i] || (key[j] == key[i] && j < i))",
+                            "(key[j] > key[i] || (key[j] == key[i] && ((t.flags & kFlagUnion) ? j < i : j > i)))",
+                            "drop phase, per tensor (thread path): of equal weight magnitudes the lowest positions drop first"),
+    "dg_grow_ties_tensor": ("cuda/segmented.cu", "(key[j] > key[i] || (key[j] == key[i] && j < i))",
+                            "(key[j] > key[i] || (key[j] == key[i] && ((t.flags & kFlagUnion) ? j > i : j < i)))",
+                            "grow phase, per tensor (thread path): of equal score magnitudes the highest positions grow first"),
+    "dg_drop_ties_global": ("cuda/host.cpp", "const Table t = segment_table(list, rank, false, true);",
+                            "const Table t = segment_table(phase == 0 ? std::vector<Input>(list.rbegin(), list.rend()) : list, "
+                            "rank, false, true);",
+                            "drop phase, global: the tensors' positions run in reverse, so ties across tensors go wrong"),
+    "dg_grow_ties_global": ("cuda/host.cpp", "const Table t = segment_table(list, rank, false, true);",
+                            "const Table t = segment_table(phase == 1 ? std::vector<Input>(list.rbegin(), list.rend()) : list, "
+                            "rank, false, true);",
+                            "grow phase, global: the tensors' positions run in reverse, so ties across tensors go wrong"),
+    "dg_dropped_not_offered": ("cuda/host.cpp", "grows_in.push_back(Input{in.s, nullptr, k, in.out,",
+                               "grows_in.push_back(Input{in.s, nullptr, in.mask, in.out,",
+                               "the grow phase competes outside the old mask, not outside K: dropped weights are never "
+                               "offered for growth (and stay)"),
+    "dg_nan_not_atomic": ("cuda/drop_grow.cu", "atomicMin(nan_out, static_cast<unsigned long long>(seg.index));",
+                          "*nan_out = *nan_out < static_cast<unsigned long long>(seg.index) ? *nan_out : seg.index;",
+                          "drop/grow NaN scan: blocks fold the NaN code with a plain read-min-write, not an atomic, "
+                          "so racing blocks can lose the lower code"),
+    "dg_scratch_boundary": ("cuda/host.cpp", "at += in.n;", "at += in.n - 1;",
+                            "each tensor's K scratch starts one byte early, on the previous tensor's last element"),
+    "dg_scan_boundary": ("cuda/drop_grow.cu", "const int64_t hi = lo + kTile < seg.n ? lo + kTile : seg.n;",
+                         "const int64_t hi = lo + kTile < seg.n ? lo + kTile : seg.n - 1;",
+                         "drop/grow NaN scan: each tensor's last element is never checked"),
+    "dg_union_rest": ("cuda/common.cuh", "return uint8_t((flags & kFlagUnion) != 0);", "return uint8_t(0);",
+                      "the grow phase writes false, not K, for the elements outside its competition"),
+    "dg_signed_global": ("cuda/select.cu", "const bool abs = !SAL && (flags & kFlagAbs) != 0;", "const bool abs = false;",
+                         "global select: kFlagAbs ignored, values rank signed"),
+    "dg_k_dev_ignored": ("cuda/select.cu", "s.need = k_dev != nullptr ? *k_dev : k;", "s.need = k;",
+                         "global select: the k on the device is ignored (the host's placeholder 0 is used)"),
 }
 
-# The segmented kernels' tests first: with -x, a bug in segmented.cu fails there, before the
-# AddressSanitizer rerun at the end of test_cuda_emulated.py.
-TESTS = ["tests/ops/test_cuda_emulated_segmented.py", "tests/ops/test_segmented.py", "tests/ops/test_cuda_emulated.py",
+# The drop/grow and segmented kernels' tests first: with -x, a bug in drop_grow.cu or segmented.cu
+# fails there, before the AddressSanitizer rerun at the end of test_cuda_emulated.py.
+TESTS = ["tests/ops/test_cuda_emulated_drop_grow.py", "tests/ops/test_drop_grow.py", "tests/ops/test_cuda_emulated_segmented.py", "tests/ops/test_segmented.py", "tests/ops/test_cuda_emulated.py",
          "tests/ops/test_ops.py", "tests/ops/test_radix_histogram.py", "-k", "cuda_emu"]
 
 

@@ -70,3 +70,13 @@ def install(variant: str = "default") -> list[str]:
     install.emulator = emulator
     install.weak = list(extra)
     return list(BACKENDS)
+
+
+def last_mode() -> int:
+    """host.h's Result.mode of the last call (a segmented select: the SegPathBits of the paths taken)."""
+    return install.backend.last.mode
+
+
+def launches() -> int:
+    """Kernel launches so far, in this process."""
+    return install.emulator.lib.sfemu_launches()
