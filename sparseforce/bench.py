@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .bench_case import Case
+from .bench_case import Case, Unavailable, text_table
+from .bench_dst import dst_cases, format_update_cost
 from .bench_segmented import segmented_cases
 
 # ------------------------------------------------------------------------------------- layer sets
@@ -130,7 +131,14 @@ def topk_case(layers: str, density: float, backends=()) -> Case:
                 ["baseline", *backends], make)
 
 
+MASKED_SGD = "MaskedSGD"  # the optimizer class (backend "auto") beside its kernel's backends
+
+
 def masked_sgd_case(layers: str, backends=()) -> Case:
+    """One step of SGD (momentum 0.9, Nesterov, weight decay 5e-4) on the layers' weights under 5 %
+    random masks: ``torch.optim.SGD(foreach=True)`` then a mask multiply (the baseline), our kernel
+    on every backend, and the ``MaskedSGD`` optimizer as a training loop calls it (target: within
+    1.5x the baseline)."""
     shapes = layer_set(layers)
     n = sum(math.prod(s) for s in shapes)
     hp = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
@@ -151,11 +159,19 @@ def masked_sgd_case(layers: str, backends=()) -> Case:
                 opt.step()
                 torch._foreach_mul_(params, masks)
             return step
+        if impl == MASKED_SGD:
+            from .optim import MaskedSGD
+            named = [(f"w{i}", torch.nn.Parameter(x)) for i, x in enumerate(p)]
+            for (_, q), gg in zip(named, g):
+                q.grad = gg
+            opt = MaskedSGD(named, {name: m for (name, _), m in zip(named, masks)}, **hp)
+            opt.step()  # creates the momentum buffers, as for the baseline
+            return opt.step
         bufs = [torch.zeros_like(x) for x in p]
         return lambda: ops.masked_sgd_(p, g, bufs, masks, backend=impl, **hp)
 
     # read p, g, buf, mask; write p, buf
-    return Case(f"masked-sgd {layers}", layers, torch.float32, n, n * 21, ["baseline", *backends], make)
+    return Case(f"masked-sgd {layers}", layers, torch.float32, n, n * 21, ["baseline", *backends, MASKED_SGD], make)
 
 
 def _force_official(model, batch, sparsity, iterations):
@@ -287,7 +303,7 @@ def format_breakdown(rows: list[dict]) -> str:
     lines = [[r["case"], r["variant"], _fmt_time(r["total_s"]), _fmt_time(r["step_s"]),
               f"{r['gradients_share']:.1%}", f"{r['selection_share']:.1%}", f"{r['other_share']:.1%}",
               "yes" if r["same_masks_as_plain"] else "NO"] for r in rows]
-    return _text_table(header, lines)
+    return text_table(header, lines)
 
 
 # --------------------------------------------------------------- FORCE past 2^31 prunable weights
@@ -441,7 +457,7 @@ def format_beyond_int32(rows: list[dict]) -> str:
                       _fmt_time(r["step_s"]) if "step_s" in r else "",
                       f"{r['selection_share']:.1%} of a step" if "selection_share" in r else "", mem,
                       f"{r['kept']:,} / {r['k']:,}"])
-    return _text_table(header, lines)
+    return text_table(header, lines)
 
 
 def train_step_case(model_name: str, batch: int, density: float = 0.05, backends=(), scale: int = 1) -> Case:
@@ -490,6 +506,13 @@ def end_to_end_size(device: torch.device, full: bool = False) -> tuple[int, int]
     return (128, 60) if device.type == "cuda" else (8, 10 if full else 3)
 
 
+def dst_batch(device: torch.device) -> int:
+    """The batch of the RigL cost case's training step: CIFAR's 128 on a GPU; 32 on a CPU, where a
+    ResNet50 step at 128 takes about 13 s on one thread (a smaller batch only raises the share the
+    update costs, so the ratio stays conservative)."""
+    return 128 if device.type == "cuda" else 32
+
+
 def default_cases(device: torch.device, full: bool = False, scale: int = 1) -> list[Case]:
     """The standard set. ``scale`` > 1 divides every layer's output channels, in the layer sets and
     in the end-to-end ResNet50 (quick runs)."""
@@ -517,6 +540,9 @@ def default_cases(device: torch.device, full: bool = False, scale: int = 1) -> l
     if cuda:
         cases.append(select_case(scaled("transformer-4B"), 0.005, dtype=torch.bfloat16, backends=fast))
     batch, iterations = end_to_end_size(device, full)
+    cases += dst_cases(resnet, lambda: _build_model("resnet50", scale),
+                       lambda b, dev: _model_and_batch("resnet50", b, dev, scale), dst_batch(device),
+                       backends=usable("drop_grow_masks"))
     first = fast[:1] or ["reference"]
     cases.append(force_run_case("resnet50", batch, 1, backends=first, scale=scale))  # one full FORCE iteration
     cases.append(force_run_case("resnet50", batch, iterations, backends=first, scale=scale))
@@ -628,6 +654,8 @@ def run_case(case: Case, device: torch.device, bandwidth: float, min_time: float
             reps = 2 if case.kind == "end-to-end" else 3
             row.update(measure(fn, device, min_time=min_time, min_reps=reps, deadline=deadline))
             del fn
+        except Unavailable as e:  # e.g. an optional package not installed: said, not a failure
+            row["unavailable"] = str(e)
         except (RuntimeError, MemoryError, ValueError) as e:  # e.g. the baseline out of memory at 4 B
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
         if device.type == "cuda":
@@ -663,14 +691,6 @@ def environment(device: torch.device) -> dict:
             "git_commit": commit, "host": platform.node()}
 
 
-def _text_table(header: list[str], lines: list[list]) -> str:
-    """Columns padded to their widest cell, ``|``-separated, a dashed rule under the header."""
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    out = [" | ".join(h.ljust(w) for h, w in zip(header, widths)), "-|-".join("-" * w for w in widths)]
-    out += [" | ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in lines]
-    return "\n".join(out)
-
-
 def _fmt_time(s):
     if s is None:
         return "-"
@@ -695,8 +715,9 @@ def format_table(rows: list[dict]) -> str:
     header = ["case", "impl", "median", "IQR (or range)", "vs baseline", "x floor", "peak extra"]
     lines = []
     for r in rows:
-        if "error" in r:
-            lines.append([r["case"], r["impl"], "failed", r["error"][:60], "", "", ""])
+        if "error" in r or "unavailable" in r:
+            lines.append([r["case"], r["impl"], "failed" if "error" in r else "unavailable",
+                          (r.get("error") or r["unavailable"])[:60], "", "", ""])
             continue
         mem = r.get("peak_extra_bytes")
         lines.append([
@@ -706,7 +727,7 @@ def format_table(rows: list[dict]) -> str:
             f"{r['times_floor']:.2f}" if r.get("times_floor") else "-",
             "-" if mem is None else f"{mem / 2**20:,.0f} MiB",
         ])
-    return _text_table(header, lines)
+    return text_table(header, lines)
 
 
 # One colour per implementation, the same in every run's plot.
@@ -863,6 +884,8 @@ def _run(device, full, out_dir, min_time, only, echo, cases, scale, max_case_s, 
         stem.with_suffix(".json").write_text(json.dumps({**header, "rows": rows, "complete": False}, indent=1,
                                                         default=str))
     table = format_table(rows) if rows else ""
+    cost = format_update_cost(rows)
+    table += ("\n\n" if table and cost else "") + cost
     beyond = []
     if beyond_case:
         beyond = force_beyond_int32(dev, echo=echo)
