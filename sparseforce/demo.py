@@ -65,18 +65,32 @@ class Variant:
     # N:M: only the default prunable layers whose rows (dim 0, rest) split into groups of this
     # size are pruned; the others stay dense (mnist_vgg's first conv has rows of 1x3x3 = 9).
     rows_of: int | None = None
+    # Dynamic sparse training from the method's masks: fit's ``dst`` and ``dst_options``.
+    dst: str | None = None
+    dst_options: tuple = ()
 
 
 _ERK_LAYERS = (("scope", "layer"), ("distribution", "erk"))
+_ERK = (("distribution", "erk"),)
+_DST_SPARSITIES = (0.99, 0.995)
+# The demo's runs are short (6 epochs of 79 steps): an update every 50 steps gives RigL / SET
+# seven updates before 75 % of the steps, where the default 100 would give three.
+_DST_OPTIONS = (("update_every", 50),)
 VARIANTS = {
     "snip_layer": Variant("snip", _ERK_LAYERS, "SNIP, per layer (ERK)"),
     "force_layer": Variant("force", _ERK_LAYERS, "FORCE, per layer (ERK)"),
     "force_2:4": Variant("force", (("nm", (2, 4)),), "FORCE 2:4", sparsities=(0.5,), rows_of=4),
+    "random_erk": Variant("random", _ERK, "Random (ERK), static", sparsities=_DST_SPARSITIES),
+    "rigl_erk": Variant("random", _ERK, "RigL from random (ERK)", _DST_SPARSITIES, dst="rigl",
+                        dst_options=_DST_OPTIONS),
+    "set_erk": Variant("random", _ERK, "SET from random (ERK)", _DST_SPARSITIES, dst="set", dst_options=_DST_OPTIONS),
+    "rigl_force": Variant("force", (), "RigL from FORCE", _DST_SPARSITIES, dst="rigl", dst_options=_DST_OPTIONS),
+    "set_force": Variant("force", (), "SET from FORCE", _DST_SPARSITIES, dst="set", dst_options=_DST_OPTIONS),
 }
 LABELS.update({name: v.label for name, v in VARIANTS.items()})
 
 # The methods that take longest (many gradient steps, or GraSP's double backward), started first.
-SLOW_FIRST = ("force", "force_layer", "force_2:4", "iter_snip", "synflow", "grasp")
+SLOW_FIRST = ("force", "force_layer", "force_2:4", "rigl_force", "set_force", "iter_snip", "synflow", "grasp")
 
 
 @dataclass(frozen=True)
@@ -115,7 +129,8 @@ SPECS = {
         quick=dict(sparsities=(0.995,), seeds=1, epochs=1, iterations=5, train_size=500),
         out_dir="sparseforce-demo-mnist", show_min=True, wall_time_plot=True,
         density_methods=("snip", "grasp", "synflow", "iter_snip", "force"),
-        variants=("snip_layer", "force_layer", "force_2:4")),
+        variants=("snip_layer", "force_layer", "force_2:4", "random_erk", "rigl_erk", "set_erk", "rigl_force",
+                  "set_force")),
 }
 
 # The digits demo's settings under their historical names.
@@ -269,13 +284,17 @@ def _run_one(task: dict) -> dict:
                 masks, prune_s = _masks(spec, model, train, method, sparsity, seed, task["iterations"])
         t1 = time.perf_counter()
         # Only the final accuracies are reported: no per-epoch evaluation (about 10 % of the time).
+        variant = VARIANTS.get(method)
+        dynamic = {"dst": variant.dst, "dst_options": dict(variant.dst_options)} if variant and variant.dst else {}
         res = fit(model, masks, train, None, None, recipe="cifar", epochs=task["epochs"], batch_size=spec.batch_size,
-                  seed=seed, progress=False)
+                  seed=seed, progress=False, **dynamic)
         t2 = time.perf_counter()
         final = dict(res.final)
         for split, ds in (("val", val), ("test", test)):
             m = evaluate(model, sfdata.make_loader(ds, batch_size=512, shuffle=False))
             final[f"{split}_acc"] = m["acc"]
+        if dynamic:
+            masks = res.masks  # where dynamic sparse training left them
         layers = [(r.name, r.numel, r.kept) for r in masks.per_layer()] if masks is not None else []
         return {**{k: task[k] for k in ("method", "sparsity", "seed", "epochs")},
                 "iterations": _iterations(spec, method, task["iterations"]),
@@ -311,12 +330,17 @@ def _table(runs: list[dict], sparsities, methods, n_seeds: int, markdown: bool, 
     its method at the same sparsities)."""
     grid_rows = tuple(methods) + tuple(v for v in variants if VARIANTS[v].sparsities is None)
     text = _one_table(runs, sparsities, grid_rows, n_seeds, markdown, show_min)
+    tables: dict[tuple, list[str]] = {}  # the variants sharing sparsities of their own share a table
     for v in variants:
         own = VARIANTS[v].sparsities
         if own is not None:
-            rows = (VARIANTS[v].method, v)
-            text += "\n\n" + _one_table(runs, own, rows, n_seeds, markdown, show_min, footer=False) + "\n"
-            text += "".join(_weights_left(runs, m, s) for s in own for m in rows)
+            rows = tables.setdefault(own, [])
+            rows += [m for m in (VARIANTS[v].method, v) if m not in rows]
+    for own, rows in tables.items():
+        text += "\n\n" + _one_table(runs, own, sorted(rows, key=lambda m: m in VARIANTS), n_seeds, markdown,
+                                     show_min, footer=False) + "\n"
+        text += "".join(_weights_left(runs, m, s) for s in own for m in rows
+                        if any(VARIANTS[v].rows_of for v in rows if v in VARIANTS))
     return text + "\n\n" + _notes(runs, n_seeds, show_min)
 
 

@@ -199,7 +199,9 @@ def test_demo_mnist_quick_runs_end_to_end(tmp_path, capsys):
     assert "Verdict: " + results["claim"]["text"] in (out / "table.md").read_text()
     cells = {(r["method"], r["sparsity"]) for r in results["runs"]}
     variants = {("snip_layer", 0.995), ("force_layer", 0.995), ("force", 0.5), ("force_2:4", 0.5)}
-    assert cells == {(m, 0.995) for m in MNIST_METHODS} | {("dense", 0.0)} | variants
+    dst_rows = ("random_erk", "rigl_erk", "set_erk", "rigl_force", "set_force")
+    dynamic = {(m, s) for m in dst_rows + ("random", "force") for s in (0.99, 0.995)}  # their own sparsities
+    assert cells == {(m, 0.995) for m in MNIST_METHODS} | {("dense", 0.0)} | variants | dynamic
     layers = [f"features.{i}.weight" for i in (0, 4, 8, 12)] + ["fc.weight"]
     for r in results["runs"]:
         assert 0.0 <= r["test_acc"] <= 1.0 and r["prune_s"] >= 0 and r["train_s"] > 0
@@ -212,9 +214,13 @@ def test_demo_mnist_quick_runs_end_to_end(tmp_path, capsys):
             assert r["masks_sha256"]
     assert {r["method"]: r["iterations"] for r in results["runs"]}["synflow"] == 100
     rows = [line for line in (out / "table.md").read_text().splitlines() if line.startswith("| ")]
-    assert rows[0] == "| method | 99.5% |" and len(rows) == 1 + 9 + 1 + 1 + 2  # 7 methods, 2 variants, then 2:4
+    assert rows[0] == "| method | 99.5% |"  # 7 methods and 2 variants, then 2:4, then dynamic sparse training
     assert rows[8:10] == [r for r in rows if "per layer (ERK)" in r]
     assert rows[11] == "| method | 50% |" and rows[13].startswith("| FORCE 2:4 |")
+    assert rows[14] == "| method | 99% | 99.5% |" and len(rows) == 14 + 8  # Random, FORCE, then the 5 dst rows
+    assert [r.split(" | ")[0] for r in rows[15:]] == [
+        "| Random", "| FORCE", "| Random (ERK), static", "| RigL from random (ERK)", "| SET from random (ERK)",
+        "| RigL from FORCE", "| SET from FORCE"]
     text = (out / "table.md").read_text()
     assert "FORCE 2:4 at 50%: 49,024 weights left (features.0.weight not pruned" in text
 
