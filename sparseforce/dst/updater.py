@@ -3,11 +3,13 @@ the active counts, the selection call, and what follows it.
 
 After the selection (one ``ops.drop_grow_masks`` call, or the sharded form) the new masks are
 copied into the caller's mask tensors (in place: every holder of them sees the change), then every
-weight that is not active both before and after the update is set to exactly 0 (the dropped ones,
-and the grown ones, which start at 0), and so is every optimizer state tensor of the weight's
-shape at those positions (SGD's ``momentum_buffer``, Adam's ``exp_avg``/``exp_avg_sq``/
-``max_exp_avg_sq``, any optimizer's per-element state). A weight dropped and grown back in the same
-update never left the active set: its value and state are kept. Scalar state (Adam's ``step``) is
+weight that changed side is set to exactly 0 (the dropped ones, and the grown ones, which start at
+0), and so is every optimizer state tensor of the weight's shape at those positions (SGD's
+``momentum_buffer``, Adam's ``exp_avg``/``exp_avg_sq``/``max_exp_avg_sq``, any optimizer's
+per-element state). A weight dropped and grown back in the same update never left the active set:
+its value and state are kept. The weights inactive before and after are not written: the
+enforcement (``apply_masks``, a masked optimizer) holds them and their state at 0, and an update
+moves a few percent of the weights, so writing only those is the cheap part of an update. Scalar state (Adam's ``step``) is
 per tensor and left alone. Last, the enforcement follows: ``apply_masks``' registry
 (:func:`sparseforce.masks.refresh_masks`) and a masked optimizer's own masks
 (``MaskedSGD``/``MaskedAdamW.refresh_masks``).
@@ -127,17 +129,22 @@ class Binding:
                     hint=": the weights must be the same on every rank (wrap the model in DistributedDataParallel)")
         with torch.no_grad():
             for p, m, n in zip(self.params, old, new):
-                reset = ~(m & n)
-                local(p).masked_fill_(reset, 0)
+                # Only the weights that changed side (dropped, or grown) are written: the others
+                # inactive are 0 already (the enforcement keeps them so), and an update changes a
+                # few percent of the weights, so their positions cost less than a pass over every
+                # weight and state tensor.
+                changed = _Positions(m ^ n)
+                changed.zero(local(p))
                 m.copy_(n)
-                self._reset_state(p, reset)
+                self._reset_state(p, changed)
         self.refresh()
 
-    def _reset_state(self, p, reset) -> None:
+    def _reset_state(self, p, positions: "_Positions") -> None:
+        """Zero ``p``'s per-element optimizer state at ``positions``."""
         state = self.optimizer.state.get(p) if self.optimizer is not None else None
         for v in (state or {}).values():
             if isinstance(v, torch.Tensor) and v.dim() and v.shape == p.shape:
-                local(v).masked_fill_(reset, 0)
+                positions.zero(local(v))
 
     def refresh(self) -> None:
         if self.sharded:
@@ -150,13 +157,29 @@ class Binding:
         """Sharded masks only: zero the inactive weights and their state (nothing else does)."""
         with torch.no_grad():
             for p, m in zip(self.params, self.masks):
-                reset = ~local(m)
-                local(p).masked_fill_(reset, 0)
-                self._reset_state(p, reset)
+                inactive = _Positions(~local(m))
+                inactive.zero(local(p))
+                self._reset_state(p, inactive)
 
     def remove(self) -> None:
         if self.gradients is not None:
             self.gradients.remove()
+
+
+class _Positions:
+    """The True entries of a bool tensor, to zero in tensors of its shape: by their flat indices
+    where a tensor is contiguous (few positions: cheaper than a pass over every element), by the
+    mask itself where it is not (a channels-last weight, say)."""
+
+    def __init__(self, where: torch.Tensor):
+        self.where = where
+        self.flat = where.reshape(-1).nonzero().view(-1)
+
+    def zero(self, t: torch.Tensor) -> None:
+        if t.is_contiguous():
+            t.view(-1).index_fill_(0, self.flat, 0)
+        else:
+            t.masked_fill_(self.where, 0)
 
 
 def _group(process_group, ddp_group, sharded_params):

@@ -89,13 +89,13 @@ def counts(masks: list[torch.Tensor], drops, grows, segment, device: torch.devic
         drops = _count_list(drops, "drops", len(masks))
         grows = drops if grows is None else _count_list(grows, "grows", len(masks))
         where = [f"masks[{i}]" for i in range(len(masks))]
-        active = [int(n) for n in torch.stack([m.sum() for m in masks]).tolist()] if masks else []
+        active = [int(n) for n in torch.stack([m.count_nonzero() for m in masks]).tolist()] if masks else []
         sizes = [m.numel() for m in masks]
     else:
         drops = [_count(drops, "drops")]
         grows = drops if grows is None else [_count(grows, "grows")]
         where = ["masks"]
-        active = [int(sum(int(m.sum()) for m in masks))]
+        active = [int(torch.stack([m.count_nonzero() for m in masks]).sum()) if masks else 0]
         sizes = [sum(m.numel() for m in masks)]
     error = None
     for name, d, g, a, n in zip(where, drops, grows, active, sizes):
