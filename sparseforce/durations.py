@@ -17,7 +17,7 @@ DURATIONS: dict[str, str] = {
     "sparseforce demo --quick": "about 10 s",
     "sparseforce demo --dataset mnist": "about 13 minutes",
     "sparseforce demo --dataset mnist --quick": "about 10 s",
-    "sparseforce bench": "about 2 minutes",
+    "sparseforce bench": "about 2.5 minutes",
     "sparseforce bench --quick": "about 15 s",
     "python -m pytest -q": "about 9 minutes",
 }

@@ -331,7 +331,7 @@ def test_readme_cpu_results_are_the_committed_run():
     assert f"plain `topk_masks` **{speedup('topk ')}**" in prose
     segmented = ("layer-", "row-", "nm-")
     floors = [r["times_floor"] for c, r in cpp.items()
-              if r["kind"] == "kernel" and not c.startswith(("masked-sgd",) + segmented)]
+              if r["kind"] == "kernel" and not c.startswith(("masked-sgd", "rigl-") + segmented)]
     assert f"Selection runs at {min(floors):.2f}–{max(floors):.2f}× the memory floor" in prose
     assert f"A whole masked training step gains only {cpp[next(c for c in cpp if c.startswith('train-step'))]['speedup_vs_baseline']:.2f}×" in prose
     # The segmented selections: speed-up and x floor of each, and the per-layer topk baseline's ratio.
@@ -344,3 +344,16 @@ def test_readme_cpu_results_are_the_committed_run():
     assert f"2:4 runs at **{nm['times_floor']:.2f}×** (target ≤ 1.5×, met)" in prose
     assert (f"per layer at **{layer['times_floor']:.2f}×** and per row at **{row['times_floor']:.2f}×** "
             "(target ≤ 1.5×, **missed**)") in prose
+    # Dynamic sparse training: the RigL update (the op, the whole sf.dst.RigL update), its cost in
+    # training and the masked step.
+    rigl = {r["impl"]: r for r in saved["rows"] if r["case"].startswith("rigl-update")}
+    cost = {r["impl"]: r for r in saved["rows"] if r["case"].startswith("rigl-cost")}
+    ours = rigl["sf.dst.RigL [cpp]"]
+    assert f"`ops.drop_grow_masks` with the same zeroing **{rigl['cpp']['speedup_vs_baseline']:.1f}×**" in prose
+    assert f"**{ours['speedup_vs_baseline']:.1f}×** (target ≥ 10×, **missed**), at {ours['times_floor']:.1f}× the memory floor" in prose
+    share = cost["sf.dst.RigL [cpp]"]["median_s"] / 100 / cost["train-step"]["median_s"]
+    assert f"**{share:.3%}** of training".replace("%", " %") in prose
+    assert f"batch 32 takes {cost['train-step']['median_s']:.2f} s here" in prose
+    masked = next(r for r in saved["rows"] if r["case"].startswith("masked-sgd") and r["impl"] == "MaskedSGD")
+    assert f"`MaskedSGD`, runs at {masked['speedup_vs_baseline']:.1f}× the speed" in prose
+    assert f"Why {ours['speedup_vs_baseline']:.1f}× and not 10×" in prose
