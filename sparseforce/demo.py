@@ -73,8 +73,8 @@ class Variant:
 _ERK_LAYERS = (("scope", "layer"), ("distribution", "erk"))
 _ERK = (("distribution", "erk"),)
 _DST_SPARSITIES = (0.99, 0.995)
-# The demo's runs are short (6 epochs of 79 steps): an update every 50 steps gives RigL / SET
-# seven updates before 75 % of the steps, where the default 100 would give three.
+# The demo's runs are short (6 epochs of 57 steps): an update every 50 steps gives RigL / SET
+# five updates before 75 % of the steps, where the default 100 would give two.
 _DST_OPTIONS = (("update_every", 50),)
 VARIANTS = {
     "snip_layer": Variant("snip", _ERK_LAYERS, "SNIP, per layer (ERK)"),

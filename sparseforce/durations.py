@@ -15,7 +15,7 @@ DURATIONS: dict[str, str] = {
     "pip install --no-build-isolation -e .": "about 30 s",  # the C++ extension's build, torch present
     "sparseforce demo": "about 4 minutes",
     "sparseforce demo --quick": "about 10 s",
-    "sparseforce demo --dataset mnist": "about 13 minutes",
+    "sparseforce demo --dataset mnist": "about 14 minutes",
     "sparseforce demo --dataset mnist --quick": "about 10 s",
     "sparseforce bench": "about 2.5 minutes",
     "sparseforce bench --quick": "about 15 s",

@@ -370,6 +370,13 @@ def test_readme_mnist_table_is_the_committed_run():
     for name in ("accuracy_vs_sparsity.png", "layer_density.png", "wall_time.png"):
         assert (folder / name).read_bytes()[:8] == PNG and f"{folder.relative_to(root).as_posix()}/{name}" in prose
     assert all(r["masks_sha256"] for r in saved["runs"] if r["method"] != "dense")
+    # The dynamic-sparse-training paragraph quotes cells of the table: each mean ± std it quotes is one.
+    moving = prose[prose.index("**What moving the masks buys.**"):prose.index("Plots:")]
+    quoted = re.findall(r"\d+\.\d ± \d+\.\d", moving)
+    assert len(quoted) >= 4 and all(q in table for q in quoted), quoted
+    means = {(r["method"], r["sparsity"]) for r in saved["runs"]}
+    assert {(m, s) for m in ("rigl_erk", "set_erk", "rigl_force", "set_force", "random_erk")
+            for s in (0.99, 0.995)} <= means
 
 
 def test_cli_mnist_offline_prune_and_demo_usage_errors(tmp_path, capsys):
