@@ -357,3 +357,10 @@ def test_readme_cpu_results_are_the_committed_run():
     masked = next(r for r in saved["rows"] if r["case"].startswith("masked-sgd") and r["impl"] == "MaskedSGD")
     assert f"`MaskedSGD`, runs at {masked['speedup_vs_baseline']:.1f}× the speed" in prose
     assert f"Why {ours['speedup_vs_baseline']:.1f}× and not 10×" in prose
+    # sparsimony's row, from the run made where it imports (its own environment).
+    other = re.search(r"`(benchmarks/results/rigl-sparsimony-[\d-]+/cpu-[\d-]+\.json)`", prose).group(1)
+    rows = {r["impl"]: r for r in json.loads((root / other).read_text(encoding="utf-8"))["rows"]}
+    theirs, ours_there = rows["sparsimony"], rows["sf.dst.RigL [cpp]"]
+    assert f"RigL update at **{theirs['speedup_vs_baseline']:.2f}×** the ports'" in prose
+    assert f"`sf.dst.RigL` at **{ours_there['speedup_vs_baseline']:.1f}×**" in prose
+    assert f"{theirs['median_s'] / ours_there['median_s']:.1f}× faster than sparsimony" in prose
