@@ -13,20 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sparseforce.ops as ops
-from conftest import BACKEND_DEVICE, oracle_keep
+from conftest import BACKEND_DEVICE, flat64, flat_bool, oracle_keep
 from test_ops import DTYPES, random_scores
-
-
-def flat64(tensors):
-    if not tensors:
-        return np.zeros(0)
-    return np.concatenate([t.detach().to("cpu", torch.float64).reshape(-1).numpy() for t in tensors])
-
-
-def flat_bool(tensors):
-    if not tensors:
-        return np.zeros(0, dtype=bool)
-    return np.concatenate([t.detach().cpu().reshape(-1).numpy() for t in tensors])
 
 
 def oracle(weights, scores, masks, drops, grows, segment):
