@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 import sparseforce as sf
-import sparseforce.ops as ops
 from conftest import BACKEND_DEVICE
 from dst_oracle import batches, random_masks, small_cnn
 
@@ -249,10 +248,6 @@ def test_every_backend_gives_the_reference_masks(backend, method, scope):
         _train(model, opt, dst[method](), batches(6, 24), lambda t: history.append([m.clone() for m in masks.values()]))
         return history
 
-    try:
-        ops.drop_grow_masks([torch.ones(2)], [torch.ones(2)], [torch.ones(2, dtype=torch.bool)], [1], backend=backend)
-    except (NotImplementedError, ops.BackendUnavailableError) as e:  # its branch is not merged here yet
-        pytest.skip(f"{backend} has no drop_grow_masks kernel here: {str(e).splitlines()[0][:120]}")
     want, got = run("reference"), run(backend)
     for t, (a, b) in enumerate(zip(want, got), start=1):
         assert all(torch.equal(x, y) for x, y in zip(a, b)), (backend, t)
