@@ -157,7 +157,8 @@ class Binding:
         """Sharded masks only: zero the inactive weights and their state (nothing else does)."""
         with torch.no_grad():
             for p, m in zip(self.params, self.masks):
-                inactive = _Positions(~local(m))
+                # Most weights are inactive: one masked fill, not a list of their positions.
+                inactive = _Positions(~local(m), by_mask=True)
                 inactive.zero(local(p))
                 self._reset_state(p, inactive)
 
@@ -169,14 +170,15 @@ class Binding:
 class _Positions:
     """The True entries of a bool tensor, to zero in tensors of its shape: by their flat indices
     where a tensor is contiguous (few positions: cheaper than a pass over every element), by the
-    mask itself where it is not (a channels-last weight, say)."""
+    mask itself where it is not (a channels-last weight, say) or where most entries are True
+    (``by_mask``)."""
 
-    def __init__(self, where: torch.Tensor):
+    def __init__(self, where: torch.Tensor, by_mask: bool = False):
         self.where = where
-        self.flat = where.reshape(-1).nonzero().view(-1)
+        self.flat = None if by_mask else where.reshape(-1).nonzero().view(-1)
 
     def zero(self, t: torch.Tensor) -> None:
-        if t.is_contiguous():
+        if self.flat is not None and t.is_contiguous():
             t.view(-1).index_fill_(0, self.flat, 0)
         else:
             t.masked_fill_(self.where, 0)

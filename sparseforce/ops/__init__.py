@@ -132,6 +132,11 @@ def _segmented(kernel, inputs, plan, out, competing=None, nan_message=None) -> l
             _raise_on_nan(kernel(*inputs, *_plan_args(plan.zero()), *extra, masks), nan_message)
             raise ValueError(short)
     _raise_on_nan(kernel(*inputs, *_plan_args(plan), *extra, masks), nan_message)
+    return _hand_over(masks, out)
+
+
+def _hand_over(masks, out) -> list[torch.Tensor]:
+    """Masks the front owns, as the result: themselves, or copied into the caller's ``out``."""
     if out is None:
         return masks
     for o, m in zip(out, masks):
@@ -205,11 +210,7 @@ def drop_grow_masks(weights, scores, masks, drops, grows=None, *, segment="tenso
     _raise_on_nan(kernel(weights, scores, masks, plan.keeps, plan.grows, new), _drop_grow_nan_message)
     if plan.error:
         raise ValueError(plan.error)
-    if out is None:
-        return new
-    for o, m in zip(out, new):
-        o.copy_(m)
-    return out
+    return _hand_over(new, out)
 
 
 def masked_sgd_(params, grads, momentum_buffers, masks, *, lr, momentum=0.0, dampening=0.0,
