@@ -27,11 +27,11 @@ _LAZY = {"Masks": "masks", "MasksFileError": "masks", "LayerCollapseWarning": "m
                                          "prune", "prunable_names")}}
 # Every public submodule is an attribute too (`sf.models.resnet50()`, as `torch.optim` is), loaded
 # on first access like the names above.
-_SUBMODULES = ("ablations", "bench", "cli", "data", "ddp", "demo", "distributed", "dst", "durations", "export", "hf",
+_SUBMODULES = ("ablations", "bench", "cli", "compat", "data", "ddp", "demo", "distributed", "dst", "durations", "export", "hf",
                "masks", "models", "ops", "optim", "pruning", "train")
 
 if TYPE_CHECKING:
-    from . import (ablations, bench, cli, data, ddp, demo, distributed, dst, durations, export, hf, masks, models,
+    from . import (ablations, bench, cli, compat, data, ddp, demo, distributed, dst, durations, export, hf, masks, models,
                    ops, optim, pruning, train)
     from .export import to_semi_structured
     from .masks import LayerCollapseWarning, Masks, MasksFileError, apply_masks

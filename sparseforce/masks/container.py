@@ -218,6 +218,39 @@ class Masks(collections.abc.Mapping):
         self._require_full("state_dict")
         return formats.payload(self._masks)
 
+    # -- torch's own formats --------------------------------------------------------------------
+
+    @classmethod
+    def from_torch_prune(cls, model: nn.Module) -> "Masks":
+        """The masks of a model pruned with ``torch.nn.utils.prune`` (or :mod:`sparseforce.compat.prune`):
+        one bool mask per ``<name>_mask`` buffer, named by its parameter (``fc.weight``, not
+        ``fc.weight_orig``), in the model's order. The model is only read."""
+        from . import torch_prune
+        return cls(torch_prune.read(model))
+
+    def to_torch_prune(self, model: nn.Module) -> nn.Module:
+        """Prune ``model`` with these masks through ``torch.nn.utils.prune.custom_from_mask``
+        (``weight_orig``, ``weight_mask``, the forward pre-hook), as ``torch.nn.utils.prune`` does:
+        a parameter pruned before keeps the product of both masks. Every mask is checked against
+        the model before any is applied. Returns ``model``."""
+        from . import torch_prune
+        torch_prune.write(self, model)
+        return model
+
+    @classmethod
+    def from_torch_ao(cls, model: nn.Module) -> "Masks":
+        """The masks of a model prepared by a ``torch.ao.pruning`` sparsifier (its ``FakeSparsity``
+        parametrizations), named by the parametrized tensor (``fc.weight``). The model is only read."""
+        from . import torch_ao
+        return cls(torch_ao.read(model))
+
+    def to_torch_ao(self, model: nn.Module) -> nn.Module:
+        """Write these masks into the ``FakeSparsity`` masks of a model prepared by a
+        ``torch.ao.pruning`` sparsifier, every mask checked before any is written. Returns ``model``."""
+        from . import torch_ao
+        torch_ao.write(self, model)
+        return model
+
     # -- model compatibility -------------------------------------------------------------------
 
     def check(self, model: nn.Module) -> "Masks":
