@@ -27,6 +27,9 @@ The groups' ``sparsity_level`` (set by ``defaults``, the config or a scheduler) 
   the pattern) or 0 (not pruned yet: an all-ones mask, as schedulers start), nothing else. The
   default level is 1 - n/m.
 
+ao's own sparsifiers, schedulers and ``FakeSparsity`` are re-exported, so ``from sparseforce.compat
+import ao as pruning`` can replace ``import torch.ao.pruning as pruning``.
+
 ``random`` ranks nothing: its scope is its own ``distribution`` ("global", or "uniform" / "erk" with
 ``scope="layer"``), with one level for all groups and no ``nm``.
 """
@@ -38,14 +41,18 @@ from fractions import Fraction
 
 import torch
 from torch import nn
-from torch.ao.pruning import BaseSparsifier
+from torch.ao.pruning import BaseScheduler, BaseSparsifier, CubicSL, FakeSparsity, LambdaSL, WeightNormSparsifier
 from torch.nn.utils import parametrize
 
 from .. import pruning
 from ..masks import torch_ao
 from ..pruning import _scope, schedules
 
-__all__ = ["Sparsifier"]
+__all__ = [
+    "Sparsifier",
+    # torch.ao.pruning's own, re-exported so that `import torch.ao.pruning as pruning` can change alone
+    "BaseSparsifier", "WeightNormSparsifier", "FakeSparsity", "BaseScheduler", "LambdaSL", "CubicSL",
+]
 
 # The keywords Sparsifier sets itself from the groups and its own arguments.
 _RESERVED = ("model", "data", "sparsity", "prunable", "scope", "distribution", "nm", "backend")
@@ -79,11 +86,12 @@ class Sparsifier(BaseSparsifier):
         if method == "random" and (nm is not None or not isinstance(distribution, (str, type(None)))):
             raise ValueError("method 'random' takes scope='global', or scope='layer' with distribution 'uniform' "
                              "or 'erk', and no nm")
-        defaults = {"sparsity_level": default_level, **(defaults or {})}
-        defaults["sparsity_level"] = self._level("defaults", defaults["sparsity_level"])
-        super().__init__(defaults)
         self.method, self.data, self.backend, self.options = method, data, backend, options
         self._pending: dict | None = None
+        defaults = {"sparsity_level": default_level, **(defaults or {})}
+        defaults["sparsity_level"] = self._level("defaults", defaults["sparsity_level"])
+        self._check_levels({"defaults": defaults["sparsity_level"]})
+        super().__init__(defaults)
 
     def prepare(self, model: nn.Module, config) -> None:
         """ao's ``prepare``, after checking the whole config against ``model`` (tensors that exist,
@@ -145,37 +153,42 @@ class Sparsifier(BaseSparsifier):
         masks.update(pruning.prune(model, self.data, method=self.method, **kw, **self.options))
         return masks
 
-    def _selection(self, levels: dict, shapes: dict) -> dict | None:
-        """``sparsity`` / ``prunable`` / scope keywords of the one call for these group levels and
-        tensor shapes (None: nothing is pruned), or the error saying why the levels do not fit."""
+    def _check_levels(self, levels: dict) -> None:
+        """Raise unless the groups' ``levels`` (name -> level) fit the scope (see the module's docstring)."""
         scope = self._scope
         if scope.nm is not None:
             n, m = scope.nm
-            pattern = 1.0 - n / m
-            off = {k: v for k, v in levels.items() if v != 0 and not math.isclose(v, pattern, rel_tol=1e-9,
+            off = {k: v for k, v in levels.items() if v != 0 and not math.isclose(v, 1.0 - n / m, rel_tol=1e-9,
                                                                                    abs_tol=1e-12)}
             if off:
-                raise ValueError(f"nm=({n}, {m}) prunes a group to sparsity_level {pattern!r} (or 0: not yet), but "
-                                 f"{_show(off)}")
+                raise ValueError(f"nm=({n}, {m}) prunes a group to sparsity_level {1.0 - n / m!r} (or 0: not yet), "
+                                 f"but {_show(off)}")
+        elif len(set(levels.values())) > 1 and not (scope.name == "layer" and scope.distribution == "uniform"
+                                                    and self.method != "random"):
+            how = "method 'random' draws every group at one level" if self.method == "random" else \
+                "scope='global' ranks all groups together" if scope.name == "global" else \
+                f"distribution={_show_distribution(scope.distribution)} shares one level out among the groups"
+            raise ValueError(f"{how}, so they need one sparsity_level, but {_show(levels)}; give them one level or "
+                             "use scope='layer' without a distribution (each group at its own level)")
+
+    def _selection(self, levels: dict, shapes: dict) -> dict | None:
+        """``sparsity`` / ``prunable`` / scope keywords of the one call for these group levels and
+        tensor shapes (None: nothing is pruned), or the error saying why they do not fit."""
+        self._check_levels(levels)
+        scope = self._scope
+        if scope.nm is not None:
             pruned = [k for k, v in levels.items() if v != 0]
             _scope.check_layers(scope, pruned, [shapes[k] for k in pruned])
             return {"prunable": pruned, "nm": scope.nm} if pruned else None
         names = list(levels)
-        distinct = set(levels.values())
-        if len(distinct) > 1 and not (scope.name == "layer" and scope.distribution == "uniform"
-                                      and self.method != "random"):
-            how = "scope='global' ranks all groups together" if scope.name == "global" else \
-                f"distribution={_show_distribution(scope.distribution)} shares one level out among the groups" \
-                if self.method != "random" else "method 'random' draws every group at one level"
-            raise ValueError(f"{how}, so they need one sparsity_level, but {_show(levels)}; give them one level or "
-                             "use scope='layer' without a distribution (each group at its own level)")
+        _scope.check_layers(scope, names, [shapes[n] for n in names])
         kw = {"prunable": names}
         if self.method == "random":
             kw["distribution"] = "global" if scope.name == "global" else scope.distribution
         elif scope.name == "layer":
             kw["scope"] = "layer"
             kw["distribution"] = scope.distribution if scope.distribution != "uniform" else None
-        _scope.check_layers(scope, names, [shapes[n] for n in names])
+        distinct = set(levels.values())
         if len(distinct) == 1:
             return {**kw, "sparsity": distinct.pop()}
         sizes = {n: math.prod(shapes[n]) for n in names}

@@ -42,6 +42,19 @@ def _sparsifier(method, level=0.5, **kw):
     return Sparsifier(method, _data(), defaults={"sparsity_level": level}, **OPTIONS.get(method, {}), **kw)
 
 
+def _stepped(method, level, **kw):
+    """A fresh model prepared (every Linear weight) and stepped once by a sparsifier of ``method``."""
+    model, sparsifier = _model(), _sparsifier(method, level, **kw)
+    sparsifier.prepare(model, None)
+    sparsifier.step()
+    return model, sparsifier
+
+
+def _set_level(sparsifier, level):
+    for group in sparsifier.groups:
+        group["sparsity_level"] = level
+
+
 def _masks(model):
     return sf.Masks.from_torch_ao(model)
 
@@ -104,23 +117,16 @@ def test_masks_are_the_method_called_directly(method, scope):
     kw = {"global": {}, "layer": {"scope": "layer"}, "erk": {"scope": "layer", "distribution": "erk"},
           "nm": {"nm": (1, 4)}}[scope]
     level = 0.75 if scope == "nm" else 0.6
-    model = _model()
-    sparsifier = _sparsifier(method, level, **kw)
-    sparsifier.prepare(model, None)
-    sparsifier.step()
+    model, _ = _stepped(method, level, **kw)
     direct = kw if method != "random" else {"distribution": {"global": "global", "layer": "uniform",
                                                                  "erk": "erk"}[scope]}
     assert _masks(model) == _expected(_model(), method, level, **direct)
 
 
 def test_the_method_sees_the_effective_weights_under_plain_names():
-    model = _model()
-    sparsifier = _sparsifier("magnitude", 0.5)
-    sparsifier.prepare(model, None)
-    sparsifier.step()
+    model, sparsifier = _stepped("magnitude", 0.5)
     first = _masks(model)
-    for group in sparsifier.groups:
-        group["sparsity_level"] = 0.3
+    _set_level(sparsifier, 0.3)
     sparsifier.step()
     # pruned weights are zero now, so the 20% kept back are the first zeros, not the dense top-70%
     assert _masks(model) == sf.magnitude(_masked_copy(_model(), first), sparsity=0.3)
@@ -177,15 +183,25 @@ def test_an_ao_scheduler_drives_it(method, scope, schedule):
     assert kept == round(0.2 * (128 + 256 + 64))
 
 
-def test_enable_mask_update_false_keeps_the_masks():
+class _Unread:
+    def __iter__(self):
+        raise AssertionError("the method ran: data was read")
+
+
+def test_enable_mask_update_false_does_not_run_the_method():
     model = _model()
-    sparsifier = _sparsifier("magnitude", 0.5)
+    sparsifier = Sparsifier("force", _Unread(), defaults={"sparsity_level": 0.5}, iterations=2)
     sparsifier.prepare(model, None)
+    sparsifier.enable_mask_update = False
     sparsifier.step()
+    assert all(bool(m.all()) for m in _masks(model).values())
+
+
+def test_enable_mask_update_false_keeps_the_masks():
+    model, sparsifier = _stepped("magnitude", 0.5)
     first = _masks(model)
     sparsifier.enable_mask_update = False
-    for group in sparsifier.groups:
-        group["sparsity_level"] = 0.9
+    _set_level(sparsifier, 0.9)
     sparsifier.step()
     assert _masks(model) == first
     sparsifier.enable_mask_update = True
@@ -220,10 +236,7 @@ def test_random_keeps_the_global_rng_and_is_its_seeded_draw():
 
 
 def test_converters_round_trip_with_both_sparsifiers():
-    ours, theirs = _model(), _model()
-    sparsifier = _sparsifier("snip", 0.6)
-    sparsifier.prepare(ours, None)
-    sparsifier.step()
+    (ours, _), theirs = _stepped("snip", 0.6), _model()
     weight_norm = WeightNormSparsifier(sparsity_level=0.3, sparse_block_shape=(1, 1), zeros_per_block=1)
     weight_norm.prepare(theirs, None)
     weight_norm.step()
@@ -248,6 +261,8 @@ def test_converters_round_trip_with_both_sparsifiers():
     (("random",), {"nm": (2, 4)}, ValueError, "method 'random' takes"),
     (("magnitude",), {"defaults": {"sparsity_level": 1.5}}, ValueError, "defaults: sparsity_level 1.5"),
     (("magnitude",), {"defaults": [0.5]}, TypeError, "defaults must be a dict"),
+    (("magnitude",), {"nm": (1, 4), "defaults": {"sparsity_level": 0.5}}, ValueError,
+     r"nm=\(1, 4\) prunes a group to sparsity_level 0.75 \(or 0: not yet\), but the groups' levels are 'defaults': 0.5"),
 ])
 def test_bad_arguments_raise_at_construction(args, kw, error, words):
     with pytest.raises(error, match=words):
@@ -280,10 +295,7 @@ def test_a_bad_config_raises_at_prepare_and_leaves_the_model(sparsifier, config,
 
 
 def test_a_level_set_apart_raises_at_step_and_leaves_the_masks():
-    model = _model()
-    sparsifier = _sparsifier("magnitude", 0.5)
-    sparsifier.prepare(model, None)
-    sparsifier.step()
+    model, sparsifier = _stepped("magnitude", 0.5)
     first, before = _masks(model), _state(model)
     sparsifier.groups[0]["sparsity_level"] = 0.9
     with pytest.raises(ValueError, match="need one sparsity_level"):
