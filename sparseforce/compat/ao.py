@@ -44,7 +44,7 @@ from torch import nn
 from torch.ao.pruning import BaseScheduler, BaseSparsifier, CubicSL, FakeSparsity, LambdaSL, WeightNormSparsifier
 from torch.nn.utils import parametrize
 
-from .. import pruning
+from .. import ops, pruning
 from ..masks import torch_ao
 from ..pruning import _scope, schedules
 
@@ -86,6 +86,10 @@ class Sparsifier(BaseSparsifier):
         if method == "random" and (nm is not None or not isinstance(distribution, (str, type(None)))):
             raise ValueError("method 'random' takes scope='global', or scope='layer' with distribution 'uniform' "
                              "or 'erk', and no nm")
+        if backend != "auto" and backend not in ops.KNOWN_BACKENDS or method == "random" and backend != "auto":
+            raise ValueError(f"backend must be 'auto' or one of {ops.KNOWN_BACKENDS} (method 'random' uses no "
+                             f"kernel: 'auto' only), got {backend!r}")
+        self._ops = entry.ops_for(scope, nm)
         self.method, self.data, self.backend, self.options = method, data, backend, options
         self._pending: dict | None = None
         defaults = {"sparsity_level": default_level, **(defaults or {})}
@@ -114,6 +118,8 @@ class Sparsifier(BaseSparsifier):
                 raise ValueError(f"config[{i}]: tensor_fqn {name!r} is configured twice")
             levels[name] = self._level(f"config[{i}]", entry.get("sparsity_level", self.defaults["sparsity_level"]))
         self._selection(levels, {n: tuple(params[n].shape) for n in levels})
+        for op in self._ops:  # the backend on the model's device: an unavailable one says why
+            ops.resolve(self.backend, op, next(iter(params[n] for n in levels)).device)
         super().prepare(model, config)
 
     def step(self, use_path: bool = True) -> None:
@@ -147,8 +153,7 @@ class Sparsifier(BaseSparsifier):
         masks = {n: torch.ones_like(params[n], dtype=torch.bool) for n in levels}
         if kw is None:
             return masks
-        entry = pruning.METHODS[self.method]
-        if "backend" in entry.options:
+        if self._ops:
             kw["backend"] = self.backend
         masks.update(pruning.prune(model, self.data, method=self.method, **kw, **self.options))
         return masks

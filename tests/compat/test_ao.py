@@ -1,6 +1,7 @@
 """sparseforce.compat.ao.Sparsifier in torch.ao.pruning's own flow (prepare / step / squash_mask,
 LambdaSL and CubicSL), against sparseforce's methods called directly on the same weights."""
 import copy
+import io
 
 import pytest
 import torch
@@ -248,6 +249,21 @@ def test_converters_round_trip_with_both_sparsifiers():
     assert _masks(ours) == other
 
 
+def test_state_dict_restores_masks_and_levels_through_a_checkpoint():
+    model, sparsifier = _stepped("magnitude", 0.7)
+    buffer = io.BytesIO()
+    torch.save(sparsifier.state_dict(), buffer)
+    buffer.seek(0)
+    fresh, restored = _model(seed=1), Sparsifier()
+    restored.prepare(fresh, None)
+    restored.load_state_dict(torch.load(buffer, weights_only=False))  # ao's state is a defaultdict
+    assert _masks(fresh) == _masks(model)
+    assert [g["sparsity_level"] for g in restored.groups] == [0.7] * 3
+    _set_level(restored, 0.5)
+    restored.step()
+    assert _masks(fresh) == sf.magnitude(_masked_copy(_model(seed=1), _masks(model)), sparsity=0.5)
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, kw, error, words", [
@@ -261,8 +277,11 @@ def test_converters_round_trip_with_both_sparsifiers():
     (("random",), {"nm": (2, 4)}, ValueError, "method 'random' takes"),
     (("magnitude",), {"defaults": {"sparsity_level": 1.5}}, ValueError, "defaults: sparsity_level 1.5"),
     (("magnitude",), {"defaults": [0.5]}, TypeError, "defaults must be a dict"),
+    (("magnitude",), {"backend": "fast"}, ValueError, "backend must be 'auto' or one of"),
+    (("random",), {"backend": "cpp"}, ValueError, "method 'random' uses no kernel"),
     (("magnitude",), {"nm": (1, 4), "defaults": {"sparsity_level": 0.5}}, ValueError,
-     r"nm=\(1, 4\) prunes a group to sparsity_level 0.75 \(or 0: not yet\), but the groups' levels are 'defaults': 0.5"),
+     r"nm=\(1, 4\) prunes a group to sparsity_level 0.75 \(or 0: not yet\), but the groups' levels are "
+     r"'defaults': 0.5"),
 ])
 def test_bad_arguments_raise_at_construction(args, kw, error, words):
     with pytest.raises(error, match=words):
@@ -284,6 +303,8 @@ def test_bad_arguments_raise_at_construction(args, kw, error, words):
      "missing '2.weight', '4.weight'"),
     (lambda: Sparsifier(), [{"tensor_fqn": "0.weight", "sparsity_level": -1}], ValueError, r"config\[0\]"),
     (lambda: Sparsifier(), ["0.weight"], TypeError, r"config\[0\] must be a dict"),
+    (lambda: Sparsifier(backend="cuda"), None, sf.ops.BackendUnavailableError,
+     "backend 'cuda' is not available for topk_masks on cpu"),
 ])
 def test_a_bad_config_raises_at_prepare_and_leaves_the_model(sparsifier, config, error, words):
     model = _model()
