@@ -138,7 +138,7 @@ def _targets(parameters) -> list:
     pairs = list(parameters)
     seen = set()
     for i, pair in enumerate(pairs):
-        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], nn.Module)
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], nn.Module)
                 and isinstance(pair[1], str)):
             raise TypeError(f"parameters[{i}] must be a (module, name) pair, got {pair!r:.80}")
         module, name = pair
@@ -194,8 +194,23 @@ def _select(pairs: list, scores: list, method, rule: str, backend: str) -> list:
         for s in scores[1:]:
             dtype = torch.promote_types(dtype, s.dtype)  # parameters_to_vector's cat
         scores = _random_scores(competing, dtype)
-    with torch.no_grad():
-        return _exact_rank([s.detach() for s in scores], competing, nprune, backend)
+    scores = [_blank_pruned(s.detach(), c, m) for s, c, m in zip(scores, competing, old)]
+    try:
+        with torch.no_grad():
+            return _exact_rank(scores, competing, nprune, backend)
+    except ops.NaNScoreError as e:
+        module, name = pairs[e.index // 2]  # drop_grow_masks numbers (tensor, weights|scores) pairs
+        raise ops.NaNScoreError(e.index // 2, f"the importance scores of ({type(module).__name__}, {name!r}) "
+                                f"(parameters[{e.index // 2}]) contain NaN; NaN cannot be ranked") from None
+
+
+def _blank_pruned(scores: torch.Tensor, competing: torch.Tensor, old_mask) -> torch.Tensor:
+    """The scores with a NaN in an entry pruned before zeroed: it does not compete, so torch never
+    sees it (``weight`` = ``weight_orig * mask`` is NaN there when ``weight_orig`` is ±inf or NaN).
+    Copied only for a tensor holding one."""
+    if old_mask is None or not bool(scores.isnan().any()):
+        return scores
+    return scores.masked_fill(~competing, 0)
 
 
 def _apply(pairs: list, keep: list) -> None:
@@ -232,10 +247,8 @@ def _one(module, name, method, rule, importance_scores, backend, caller):
     if not isinstance(name, str):
         raise TypeError(f"{caller}(): name must be a str, got {type(name).__name__}")
     _check_prunable(module, name, caller + "()")
-    if importance_scores is None:  # torch ranks the original (unmasked) tensor; only unpruned entries compete
-        importance_scores = getattr(module, f"{name}_orig", None)
-        if importance_scores is None:
-            importance_scores = getattr(module, name)
+    if importance_scores is None:  # torch ranks module.<name> as it is (the masked tensor once pruned)
+        importance_scores = getattr(module, name)
     pairs = [(module, name)]
     _apply(pairs, _select(pairs, [importance_scores], method, rule, backend))
     return module
