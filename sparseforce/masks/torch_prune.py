@@ -10,9 +10,11 @@ from torch.nn.utils import prune
 
 def _pruned_names(module: nn.Module) -> list:
     """The names of ``module``'s tensors pruned by ``torch.nn.utils.prune``, in the order they were
-    first pruned (the order of their hooks)."""
-    return [hook._tensor_name for hook in module._forward_pre_hooks.values()
-            if isinstance(hook, prune.BasePruningMethod) and f"{hook._tensor_name}_mask" in module._buffers]
+    first pruned (the order of their ``_orig`` parameters; a hook moves to the end at every prune)."""
+    hooked = {hook._tensor_name for hook in module._forward_pre_hooks.values()
+              if isinstance(hook, prune.BasePruningMethod)}
+    first_pruned = [name[:-len("_orig")] for name in module._parameters if name.endswith("_orig")]
+    return [name for name in first_pruned if name in hooked and f"{name}_mask" in module._buffers]
 
 
 def read(model: nn.Module) -> dict:
