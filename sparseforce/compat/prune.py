@@ -14,7 +14,10 @@ largest |score| among the weights not pruned yet), so:
 * exactly the amount asked is pruned, and among equal scores at the threshold the lowest position
   (parameters in the order given, then row-major) is kept, on every backend and run. Where no score
   ties at the threshold the masks are torch's; where some do, torch keeps whichever ``topk`` returns;
-* a NaN score raises ``ValueError`` naming the parameter (torch ranks NaN as the largest).
+* a NaN score raises ``ValueError`` naming the parameter (torch ranks NaN as the largest), even
+  with ``amount=0``. Only the entries not pruned yet compete, as in torch, so a NaN in an entry
+  pruned before is no error: ``weight`` (= ``weight_orig * weight_mask``, the default scores, as
+  torch's) is NaN there whenever the pruned ``weight_orig`` is ±inf or NaN.
 
 The masks are applied through torch's own reparametrisation (``prune.custom_from_mask``: the
 ``<name>_orig`` parameter, the ``<name>_mask`` buffer, the forward pre-hook), so ``prune.remove``,
@@ -24,8 +27,10 @@ work as before. The one visible difference: the hook holds a ``CustomFromMask`` 
 hold the method (``L1Unstructured(amount)``).
 
 ``RandomUnstructured`` draws the same numbers from the global RNG as torch does (the draw is the
-op's job), so on the CPU its masks are torch's. A pruning method of your own (any other
-``BasePruningMethod``) runs as torch runs it, through torch's ``global_unstructured``.
+op's job), so on the CPU its masks are torch's where no two draws tie: fp32/fp64 draws rarely
+do, bf16/fp16 draws often, and then the lowest positions are kept as for L1. A pruning method of
+your own (any other ``BasePruningMethod``) runs as torch runs it, through torch's
+``global_unstructured``.
 Every argument is checked before any module is changed. ``backend=`` (keyword-only, an addition
 to torch's signatures) picks the ops backend.
 """

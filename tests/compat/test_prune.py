@@ -266,6 +266,31 @@ def test_global_random_is_torchs(dtypes, gen):
         assert_same(ours, theirs)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_random_half_draws_tie_and_the_lowest_positions_are_kept(dtype, gen):
+    """bf16/fp16 draws repeat often, so torch's topk picks among ties; ours prunes exactly the
+    amount of largest draws of torch's own stream (the same RNG state after), ties by position."""
+    lin = nn.Linear(40, 30).to(dtype)
+    lin_t = copy.deepcopy(lin)
+    seed = int(torch.randint(0, 2 ** 31, (1,), generator=gen))
+    torch.manual_seed(seed)
+    u = torch.rand(1200, dtype=dtype)
+    want_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    prune.random_unstructured(lin, "weight", amount=0.4)
+    assert torch.equal(torch.get_rng_state(), want_state)
+    torch.manual_seed(seed)
+    tp.random_unstructured(lin_t, "weight", amount=0.4)
+    assert torch.equal(torch.get_rng_state(), want_state)
+    want = oracle_keep(-u.double().numpy(), 1200 - 480)
+    np.testing.assert_array_equal(flat_bool([lin.weight_mask == 1]), want)
+    assert int(lin_t.weight_mask.sum()) == 720
+
+
+def test_no_parameters_is_a_no_op():
+    prune.global_unstructured([], pruning_method=prune.L1Unstructured, amount=0.5)  # torch: torch.cat() error
+
+
 def test_exact_random_class_in_torchs_global_unstructured(gen):
     ours, _ = make_net(gen)
     theirs, onto = twins(ours)
@@ -354,6 +379,8 @@ def test_nan_raises_naming_the_parameter_and_changes_nothing(gen):
     assert_unchanged(net, before)
     with pytest.raises(ValueError, match=r"Linear, 'weight'.*NaN"):
         prune.l1_unstructured(net.fc1, "weight", amount=3)
+    with pytest.raises(ValueError, match=r"Linear, 'weight'.*NaN"):
+        prune.global_unstructured(pairs(net), pruning_method=prune.L1Unstructured, amount=0)
     assert_unchanged(net, before)
 
 
