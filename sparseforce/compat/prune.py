@@ -234,7 +234,8 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, *, b
     if not isinstance(importance_scores, dict):
         raise TypeError("global_unstructured(): importance_scores must be of type dict")
     if not (isinstance(pruning_method, type) and issubclass(pruning_method, BasePruningMethod)):
-        raise TypeError(f"pruning_method must be a torch.nn.utils.prune.BasePruningMethod subclass, got {pruning_method!r}")
+        raise TypeError("pruning_method must be a torch.nn.utils.prune.BasePruningMethod subclass, "
+                        f"got {pruning_method!r}")
     method = pruning_method(**kwargs)
     if method.PRUNING_TYPE != "unstructured":
         raise TypeError('Only "unstructured" PRUNING_TYPE supported for the `pruning_method`. '

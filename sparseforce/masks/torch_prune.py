@@ -3,7 +3,6 @@ parameter ``<name>_orig``, the buffer ``<name>_mask`` (0/1 in the parameter's dt
 pre-hook (a ``BasePruningMethod`` whose ``_tensor_name`` is ``<name>``) recomputing ``<name>``."""
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 

@@ -6,7 +6,6 @@ torch's; where scores tie, exactly the amount is pruned and the lowest positions
 exact in every float dtype, so "no ties" holds by construction, for fp16 and bf16 too.
 """
 import copy
-import re
 
 import numpy as np
 import pytest
