@@ -159,19 +159,18 @@ def _check_prunable(module: nn.Module, name: str, where: str) -> None:
     (``<name>_orig`` a parameter); checked up front so that no module is changed on an error."""
     if name in module._parameters and module._parameters[name] is not None:
         return
-    if is_pruned_name(module, name):
+    if _pruned_before(module, name):
         return
     what = "a buffer" if name in module._buffers else ("missing" if not hasattr(module, name) else "not a parameter")
     raise ValueError(f"{where}: {type(module).__name__} has no parameter {name!r} to prune ({name!r} is {what})")
 
 
-def is_pruned_name(module: nn.Module, name: str) -> bool:
-    """True when ``module.<name>`` is pruned by ``torch.nn.utils.prune`` (a hook for it holds
-    ``<name>_orig`` and ``<name>_mask``)."""
+def _pruned_before(module: nn.Module, name: str) -> bool:
+    """``module.<name>`` is pruned by ``torch.nn.utils.prune``: ``<name>_orig``, ``<name>_mask`` and
+    a hook for ``name`` (a method or a ``PruningContainer``)."""
     return (f"{name}_orig" in module._parameters and f"{name}_mask" in module._buffers
             and any(isinstance(h, BasePruningMethod) and getattr(h, "_tensor_name", None) == name
-                    for h in module._forward_pre_hooks.values())) or any(
-        isinstance(h, PruningContainer) and h._tensor_name == name for h in module._forward_pre_hooks.values())
+                    for h in module._forward_pre_hooks.values()))
 
 
 def _select(pairs: list, scores: list, method, rule: str, backend: str) -> list:
@@ -183,7 +182,7 @@ def _select(pairs: list, scores: list, method, rule: str, backend: str) -> list:
         if s.shape != getattr(module, name).shape:
             raise ValueError(f"the importance scores of ({type(module).__name__}, {name!r}) have shape "
                              f"{tuple(s.shape)}, the parameter {tuple(getattr(module, name).shape)}")
-    devices = {s.device for s in scores}
+    devices = {s.device for s in scores} | {getattr(module, name).device for module, name in pairs}
     if len(devices) > 1:
         raise ValueError(f"the parameters and importance scores are on several devices ({sorted(map(str, devices))}); "
                          "the global selection needs them on one")

@@ -511,6 +511,8 @@ def _bad_cases(net):
         (lambda: g(ps + [(other, "weight")], L1, amount=0.5), ValueError, "several devices"),
         (lambda: g(ps, L1, importance_scores={ps[0]: torch.ones(4, 3, 3, 3, device="meta")}, amount=0.5),
          ValueError, "several devices"),
+        (lambda: prune.l1_unstructured(net.fc1, "weight", amount=0.5,
+                                       importance_scores=torch.ones(12, 96, device="meta")), ValueError, "several devices"),
         (lambda: g(ps, L1, amount=-1), ValueError, "amount"),
         (lambda: g(ps, L1, amount=1.5), ValueError, "amount"),
         (lambda: g(ps, L1, amount=TOTAL + 1), ValueError, "should be smaller than the number of parameters"),
@@ -528,7 +530,7 @@ def _bad_cases(net):
     ]
 
 
-@pytest.mark.parametrize("case", range(24))
+@pytest.mark.parametrize("case", range(25))
 @pytest.mark.parametrize("pruned_before", [False, True])
 def test_bad_input_one_line_and_nothing_changed(case, pruned_before, gen):
     net, _ = make_net(gen)
@@ -545,4 +547,4 @@ def test_bad_input_one_line_and_nothing_changed(case, pruned_before, gen):
 
 
 def test_bad_cases_count():
-    assert len(_bad_cases(Net())) == 24
+    assert len(_bad_cases(Net())) == 25
