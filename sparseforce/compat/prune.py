@@ -26,9 +26,11 @@ counts the weights not pruned yet, as torch's ``PruningContainer`` does) and exi
 work as before. The one visible difference: the hook holds a ``CustomFromMask`` where torch's would
 hold the method (``L1Unstructured(amount)``).
 
-``RandomUnstructured`` draws the same numbers from the global RNG as torch does (the draw is the
-op's job), so on the CPU its masks are torch's where no two draws tie: fp32/fp64 draws rarely
-do, bf16/fp16 draws often, and then the lowest positions are kept as for L1. A pruning method of
+``RandomUnstructured`` draws the same numbers from the global RNG as torch does (one ``rand`` over
+the weights not pruned yet, in the dtype torch draws in; the draw is the op's job, so the RNG state
+after it is torch's too), so its masks are torch's where no two draws tie (tested on the CPU):
+fp32/fp64 draws rarely do, bf16/fp16 draws often, and then the lowest positions are kept as for
+L1. That draw, like torch's, holds one number per competing weight. A pruning method of
 your own (any other ``BasePruningMethod``) runs as torch runs it, through torch's
 ``global_unstructured``.
 Every argument is checked before any module is changed. ``backend=`` (keyword-only, an addition
@@ -83,13 +85,14 @@ def _exact_rank(scores: list, competing: list, nprune: int, backend: str) -> lis
 
 
 def _random_scores(competing: list, dtype: torch.dtype) -> list:
-    """torch's draw (``rand_like`` over the competing entries in order: one stream, so one draw per
-    tensor gives the same numbers on the CPU), as scores whose largest are the smallest draws:
-    1 - u, exact in float32/float64 for every u torch draws (float64 for the half types)."""
+    """torch's draw (one ``rand_like`` over all competing entries, in order, so the same numbers
+    and the same RNG state after it on every device), as scores whose largest are the smallest
+    draws: 1 - u, exact in float32/float64 for every u torch draws (float64 for the half types)."""
     wide = dtype if dtype in (torch.float32, torch.float64) else torch.float64
+    counts = [int(c.count_nonzero()) for c in competing]
+    draws = torch.rand(sum(counts), dtype=dtype, device=competing[0].device)
     scores = []
-    for c in competing:
-        u = torch.rand(int(c.count_nonzero()), dtype=dtype, device=c.device)
+    for c, u in zip(competing, draws.split(counts)):
         s = torch.zeros(c.shape, dtype=wide, device=c.device)
         s[c] = 1 - u.to(wide)
         scores.append(s)
