@@ -14,7 +14,10 @@ largest |score| among the weights not pruned yet), so:
 * exactly the amount asked is pruned, and among equal scores at the threshold the lowest position
   (parameters in the order given, then row-major) is kept, on every backend and run. Where no score
   ties at the threshold the masks are torch's; where some do, torch keeps whichever ``topk`` returns;
-* a NaN score raises ``ValueError`` naming the parameter (torch ranks NaN as the largest).
+* a NaN score raises ``ValueError`` naming the parameter (torch ranks NaN as the largest), even
+  with ``amount=0``. Only the entries not pruned yet compete, as in torch, so a NaN in an entry
+  pruned before is no error: ``weight`` (= ``weight_orig * weight_mask``, the default scores, as
+  torch's) is NaN there whenever the pruned ``weight_orig`` is ±inf or NaN.
 
 The masks are applied through torch's own reparametrisation (``prune.custom_from_mask``: the
 ``<name>_orig`` parameter, the ``<name>_mask`` buffer, the forward pre-hook), so ``prune.remove``,
@@ -23,9 +26,13 @@ counts the weights not pruned yet, as torch's ``PruningContainer`` does) and exi
 work as before. The one visible difference: the hook holds a ``CustomFromMask`` where torch's would
 hold the method (``L1Unstructured(amount)``).
 
-``RandomUnstructured`` draws the same numbers from the global RNG as torch does (the draw is the
-op's job), so on the CPU its masks are torch's. A pruning method of your own (any other
-``BasePruningMethod``) runs as torch runs it, through torch's ``global_unstructured``.
+``RandomUnstructured`` draws the same numbers from the global RNG as torch does (one ``rand`` over
+the weights not pruned yet, in the dtype torch draws in; the draw is the op's job, so the RNG state
+after it is torch's too), so its masks are torch's where no two draws tie (tested on the CPU):
+fp32/fp64 draws rarely do, bf16/fp16 draws often, and then the lowest positions are kept as for
+L1. That draw, like torch's, holds one number per competing weight. A pruning method of
+your own (any other ``BasePruningMethod``) runs as torch runs it, through torch's
+``global_unstructured``.
 Every argument is checked before any module is changed. ``backend=`` (keyword-only, an addition
 to torch's signatures) picks the ops backend.
 """
@@ -78,13 +85,14 @@ def _exact_rank(scores: list, competing: list, nprune: int, backend: str) -> lis
 
 
 def _random_scores(competing: list, dtype: torch.dtype) -> list:
-    """torch's draw (``rand_like`` over the competing entries in order: one stream, so one draw per
-    tensor gives the same numbers on the CPU), as scores whose largest are the smallest draws:
-    1 - u, exact in float32/float64 for every u torch draws (float64 for the half types)."""
+    """torch's draw (one ``rand_like`` over all competing entries, in order, so the same numbers
+    and the same RNG state after it on every device), as scores whose largest are the smallest
+    draws: 1 - u, exact in float32/float64 for every u torch draws (float64 for the half types)."""
     wide = dtype if dtype in (torch.float32, torch.float64) else torch.float64
+    counts = [int(c.count_nonzero()) for c in competing]
+    draws = torch.rand(sum(counts), dtype=dtype, device=competing[0].device)
     scores = []
-    for c in competing:
-        u = torch.rand(int(c.count_nonzero()), dtype=dtype, device=c.device)
+    for c, u in zip(competing, draws.split(counts)):
         s = torch.zeros(c.shape, dtype=wide, device=c.device)
         s[c] = 1 - u.to(wide)
         scores.append(s)
@@ -138,7 +146,7 @@ def _targets(parameters) -> list:
     pairs = list(parameters)
     seen = set()
     for i, pair in enumerate(pairs):
-        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], nn.Module)
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], nn.Module)
                 and isinstance(pair[1], str)):
             raise TypeError(f"parameters[{i}] must be a (module, name) pair, got {pair!r:.80}")
         module, name = pair
@@ -154,19 +162,18 @@ def _check_prunable(module: nn.Module, name: str, where: str) -> None:
     (``<name>_orig`` a parameter); checked up front so that no module is changed on an error."""
     if name in module._parameters and module._parameters[name] is not None:
         return
-    if is_pruned_name(module, name):
+    if _pruned_before(module, name):
         return
     what = "a buffer" if name in module._buffers else ("missing" if not hasattr(module, name) else "not a parameter")
     raise ValueError(f"{where}: {type(module).__name__} has no parameter {name!r} to prune ({name!r} is {what})")
 
 
-def is_pruned_name(module: nn.Module, name: str) -> bool:
-    """True when ``module.<name>`` is pruned by ``torch.nn.utils.prune`` (a hook for it holds
-    ``<name>_orig`` and ``<name>_mask``)."""
+def _pruned_before(module: nn.Module, name: str) -> bool:
+    """``module.<name>`` is pruned by ``torch.nn.utils.prune``: ``<name>_orig``, ``<name>_mask`` and
+    a hook for ``name`` (a method or a ``PruningContainer``)."""
     return (f"{name}_orig" in module._parameters and f"{name}_mask" in module._buffers
             and any(isinstance(h, BasePruningMethod) and getattr(h, "_tensor_name", None) == name
-                    for h in module._forward_pre_hooks.values())) or any(
-        isinstance(h, PruningContainer) and h._tensor_name == name for h in module._forward_pre_hooks.values())
+                    for h in module._forward_pre_hooks.values()))
 
 
 def _select(pairs: list, scores: list, method, rule: str, backend: str) -> list:
@@ -178,7 +185,7 @@ def _select(pairs: list, scores: list, method, rule: str, backend: str) -> list:
         if s.shape != getattr(module, name).shape:
             raise ValueError(f"the importance scores of ({type(module).__name__}, {name!r}) have shape "
                              f"{tuple(s.shape)}, the parameter {tuple(getattr(module, name).shape)}")
-    devices = {s.device for s in scores}
+    devices = {s.device for s in scores} | {getattr(module, name).device for module, name in pairs}
     if len(devices) > 1:
         raise ValueError(f"the parameters and importance scores are on several devices ({sorted(map(str, devices))}); "
                          "the global selection needs them on one")
@@ -194,8 +201,23 @@ def _select(pairs: list, scores: list, method, rule: str, backend: str) -> list:
         for s in scores[1:]:
             dtype = torch.promote_types(dtype, s.dtype)  # parameters_to_vector's cat
         scores = _random_scores(competing, dtype)
-    with torch.no_grad():
-        return _exact_rank([s.detach() for s in scores], competing, nprune, backend)
+    scores = [_blank_pruned(s.detach(), c, m) for s, c, m in zip(scores, competing, old)]
+    try:
+        with torch.no_grad():
+            return _exact_rank(scores, competing, nprune, backend)
+    except ops.NaNScoreError as e:
+        module, name = pairs[e.index // 2]  # drop_grow_masks numbers (tensor, weights|scores) pairs
+        raise ops.NaNScoreError(e.index // 2, f"the importance scores of ({type(module).__name__}, {name!r}) "
+                                f"(parameters[{e.index // 2}]) contain NaN; NaN cannot be ranked") from None
+
+
+def _blank_pruned(scores: torch.Tensor, competing: torch.Tensor, old_mask) -> torch.Tensor:
+    """The scores with a NaN in an entry pruned before zeroed: it does not compete, so torch never
+    sees it (``weight`` = ``weight_orig * mask`` is NaN there when ``weight_orig`` is ±inf or NaN).
+    Copied only for a tensor holding one."""
+    if old_mask is None or not bool(scores.isnan().any()):
+        return scores
+    return scores.masked_fill(~competing, 0)
 
 
 def _apply(pairs: list, keep: list) -> None:
@@ -214,7 +236,8 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, *, b
     if not isinstance(importance_scores, dict):
         raise TypeError("global_unstructured(): importance_scores must be of type dict")
     if not (isinstance(pruning_method, type) and issubclass(pruning_method, BasePruningMethod)):
-        raise TypeError(f"pruning_method must be a torch.nn.utils.prune.BasePruningMethod subclass, got {pruning_method!r}")
+        raise TypeError("pruning_method must be a torch.nn.utils.prune.BasePruningMethod subclass, "
+                        f"got {pruning_method!r}")
     method = pruning_method(**kwargs)
     if method.PRUNING_TYPE != "unstructured":
         raise TypeError('Only "unstructured" PRUNING_TYPE supported for the `pruning_method`. '
@@ -232,10 +255,8 @@ def _one(module, name, method, rule, importance_scores, backend, caller):
     if not isinstance(name, str):
         raise TypeError(f"{caller}(): name must be a str, got {type(name).__name__}")
     _check_prunable(module, name, caller + "()")
-    if importance_scores is None:  # torch ranks the original (unmasked) tensor; only unpruned entries compete
-        importance_scores = getattr(module, f"{name}_orig", None)
-        if importance_scores is None:
-            importance_scores = getattr(module, name)
+    if importance_scores is None:  # torch ranks module.<name> as it is (the masked tensor once pruned)
+        importance_scores = getattr(module, name)
     pairs = [(module, name)]
     _apply(pairs, _select(pairs, [importance_scores], method, rule, backend))
     return module
