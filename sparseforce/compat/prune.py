@@ -232,10 +232,8 @@ def _one(module, name, method, rule, importance_scores, backend, caller):
     if not isinstance(name, str):
         raise TypeError(f"{caller}(): name must be a str, got {type(name).__name__}")
     _check_prunable(module, name, caller + "()")
-    if importance_scores is None:  # torch ranks the original (unmasked) tensor; only unpruned entries compete
-        importance_scores = getattr(module, f"{name}_orig", None)
-        if importance_scores is None:
-            importance_scores = getattr(module, name)
+    if importance_scores is None:  # torch ranks module.<name> as it is (the masked tensor once pruned)
+        importance_scores = getattr(module, name)
     pairs = [(module, name)]
     _apply(pairs, _select(pairs, [importance_scores], method, rule, backend))
     return module
