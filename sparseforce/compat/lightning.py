@@ -93,8 +93,11 @@ class PruneAtStart(pl.Callback):
 
     def settings(self) -> dict:
         """What the checkpoint records besides the masks: the method, sparsity, batches and the
-        options that are plain data (a ``loss_fn`` or a ``prunable`` predicate is not recorded)."""
-        plain = {k: v for k, v in self.options.items() if _plain(v)}
+        method's options (defaults filled in) that are plain data and decide the masks (not a
+        ``loss_fn`` or a ``prunable`` predicate; not ``backend`` or ``progress``: every backend
+        gives the same masks)."""
+        options = {**METHODS[self.method].options, **self.options}
+        plain = {k: v for k, v in options.items() if _plain(v) and k not in ("backend", "progress")}
         return {"method": self.method, "sparsity": self.sparsity, "batches": self.batches, "options": plain}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -106,10 +109,13 @@ class PruneAtStart(pl.Callback):
         self.handle = apply_masks(pl_module, self.masks)
 
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Masks:
-        if not METHODS[self.method].takes_data:
-            return prune(pl_module, method=self.method, sparsity=self.sparsity, **self.options)
-        return prune(pl_module, self._draw(trainer, pl_module), method=self.method, sparsity=self.sparsity,
-                     **self.options)
+        entry, options = METHODS[self.method], dict(self.options)
+        if trainer.world_size > 1 and "group" in entry.options and options.get("group") is None:
+            # each rank draws its own batches: the gradients are averaged so that every rank gets the same masks
+            options["group"] = torch.distributed.group.WORLD
+        if not entry.takes_data:
+            return prune(pl_module, method=self.method, sparsity=self.sparsity, **options)
+        return prune(pl_module, self._draw(trainer, pl_module), method=self.method, sparsity=self.sparsity, **options)
 
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list:
         """The first ``batches`` batches of the train dataloader as training would receive them,
@@ -144,13 +150,13 @@ class PruneAtStart(pl.Callback):
             return
         if state_dict.get("format") != _FORMAT:
             raise ValueError("the checkpoint's state for PruneAtStart is not one it wrote")
-        mine = self.settings()
-        for key, value in mine.items():
-            saved = state_dict.get(key)
-            if key == "options":
-                saved = {k: v for k, v in saved.items() if k in value}
-            if saved != value:
-                raise ValueError(f"the checkpoint was pruned with {key}={saved!r}, this PruneAtStart has {key}={value!r}")
+        mine, saved = self.settings(), state_dict
+        pairs = [(key, saved.get(key), mine[key]) for key in ("method", "sparsity", "batches")]
+        pairs += [(key, saved["options"][key], value) for key, value in mine["options"].items()
+                  if key in saved["options"]]  # the options recorded on both sides
+        for key, then, now in pairs:
+            if then != now:
+                raise ValueError(f"the checkpoint was pruned with {key}={then!r}, this PruneAtStart has {key}={now!r}")
         self.masks = Masks(state_dict["masks"]["masks"])
 
 

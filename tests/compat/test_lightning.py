@@ -162,13 +162,24 @@ def test_checkpoint_resume_keeps_the_masks_and_does_not_prune_again(tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_resume_with_other_settings_is_an_error(tmp_path):
+@pytest.mark.parametrize("now, match", [
+    (PruneAtStart("snip", 0.6), "sparsity=0.5, this PruneAtStart has sparsity=0.6"),
+    (PruneAtStart("force", 0.5, iterations=3), "method='snip', this PruneAtStart has method='force'"),
+    (PruneAtStart("snip", 0.5, k_rounding="floor"), "k_rounding='round', this PruneAtStart has k_rounding='floor'"),
+    (PruneAtStart("snip", 0.5, backend="reference"), None),  # every backend gives the same masks
+])
+def test_resume_with_other_settings_is_an_error(tmp_path, now, match):
     torch.manual_seed(0)
     saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1, filename="{step}")
-    trainer([PruneAtStart("snip", 0.5), saver], max_steps=2, tmp_path=tmp_path).fit(Tiny(), loader())
-    with pytest.raises(ValueError, match="sparsity=0.5, this PruneAtStart has sparsity=0.6"):
-        trainer([PruneAtStart("snip", 0.6)], max_steps=4, tmp_path=tmp_path).fit(
-            Tiny(), loader(), ckpt_path=tmp_path / "step=2.ckpt")
+    before = PruneAtStart("snip", 0.5)
+    trainer([before, saver], max_steps=2, tmp_path=tmp_path).fit(Tiny(), loader())
+    resume = trainer([now], max_steps=4, tmp_path=tmp_path)
+    if match is None:
+        resume.fit(Tiny(), loader(), ckpt_path=tmp_path / "step=2.ckpt")
+        assert now.masks == before.masks
+        return
+    with pytest.raises(ValueError, match=match):
+        resume.fit(Tiny(), loader(), ckpt_path=tmp_path / "step=2.ckpt")
 
 
 def test_a_second_fit_keeps_the_masks():
@@ -273,3 +284,22 @@ def test_local_pruning_with_ties_prunes_exactly_the_amount():
     masks = pruned_masks(ModelPruning, "l1_unstructured", False, weights, epochs=1, amount=0.3)
     for m, w in zip(masks, weights):
         exact_with_ties([m], [w], round(0.3 * w.numel()))
+
+
+class SameMasksOnEveryRank(pl.Callback):
+    def __init__(self, pruner):
+        self.pruner = pruner
+
+    def on_train_start(self, trainer, pl_module):
+        for name, mask in self.pruner.masks.items():
+            gathered = [torch.empty_like(mask) for _ in range(trainer.world_size)]
+            torch.distributed.all_gather(gathered, mask)
+            assert all(torch.equal(g, mask) for g in gathered), f"{name}: the ranks pruned differently"
+
+
+def test_every_rank_gets_the_same_masks_under_ddp():
+    torch.manual_seed(0)
+    pruner = PruneAtStart("force", 0.8, batches=2, iterations=2)
+    pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=1, logger=False,
+               enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+               callbacks=[pruner, SameMasksOnEveryRank(pruner)]).fit(Tiny(), loader(shuffle=True))
