@@ -21,7 +21,8 @@ from sparseforce.compat.lightning import ModelPruning, PruneAtStart  # noqa: E40
 
 # Lightning's advice for real runs (workers, logging intervals) and its own deprecations.
 pytestmark = pytest.mark.filterwarnings("ignore:.*(does not have many workers|LeafSpec|Checkpoint directory|"
-                                        "number of training batches|callbacks used to create the checkpoint)")
+                                        "number of training batches|callbacks used to create the checkpoint|"
+                                        "dataloader is not resumable)")
 
 
 class Tiny(pl.LightningModule):
@@ -167,7 +168,7 @@ def test_checkpoint_resume_keeps_the_masks_and_does_not_prune_again(tmp_path):
     (PruneAtStart("force", 0.5, iterations=3), "method='snip', this PruneAtStart has method='force'"),
     (PruneAtStart("snip", 0.5, k_rounding="floor"), "k_rounding='round', this PruneAtStart has k_rounding='floor'"),
     (PruneAtStart("snip", 0.5, backend="reference"), None),  # every backend gives the same masks
-])
+], ids=["sparsity", "method", "option", "backend"])
 def test_resume_with_other_settings_is_an_error(tmp_path, now, match):
     torch.manual_seed(0)
     saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1, filename="{step}")
@@ -211,6 +212,16 @@ def test_too_few_batches_is_an_error():
     pruner = PruneAtStart("snip", 0.5, batches=5)
     with pytest.raises(ValueError, match=r"batches=5\): the train dataloader gave only 4"):
         trainer([pruner], max_steps=2).fit(Tiny(), loader())
+
+
+@pytest.mark.parametrize("data, error, match", [
+    (lambda: [loader(), loader()], TypeError, "one train dataloader, got list of dataloaders"),
+    (lambda: DataLoader(loader().dataset, batch_size=8, num_workers=1, persistent_workers=True), ValueError,
+     "persistent_workers=True"),
+], ids=["several loaders", "persistent workers"])
+def test_loaders_it_cannot_draw_from(data, error, match):
+    with pytest.raises(error, match=match):
+        trainer([PruneAtStart("snip", 0.5)], max_steps=1).fit(Tiny(), data())
 
 
 def test_missing_lightning_names_the_extra(monkeypatch):
