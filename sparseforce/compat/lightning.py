@@ -69,13 +69,16 @@ class PruneAtStart(pl.Callback):
     ``sf.Masks`` from then on; ``handle`` is ``apply_masks``' handle (``.remove()`` stops enforcing)."""
 
     def __init__(self, method: str = "force", sparsity=None, *, batches: int = 1, backend: str = "auto", **options):
-        if not isinstance(method, str) or method not in METHODS:
+        if not isinstance(method, str):
+            raise TypeError(f"method must be the name of a pruning method, one of {sorted(METHODS)}, "
+                            f"got {_checks.describe(method)}")
+        if method not in METHODS:
             raise ValueError(f"unknown pruning method {method!r}; choose one of {sorted(METHODS)}")
         entry = METHODS[method]
         unknown = sorted(set(options) - set(entry.options))
         if unknown:
             raise ValueError(f"PruneAtStart: {method} takes no option {', '.join(map(repr, unknown))}; its options "
-                             f"are {sorted(set(entry.options) - {'backend'})} (and backend=)")
+                             f"are {sorted(set(entry.options) - {'backend'})}")
         if "backend" in entry.options:
             options["backend"] = backend
         elif backend != "auto":
@@ -84,8 +87,10 @@ class PruneAtStart(pl.Callback):
             if options.get("nm") is None:
                 raise ValueError("PruneAtStart needs sparsity= (the fraction of prunable weights to remove), or "
                                  "nm=(n, m) for a method that ranks scores")
-        elif not 0 <= _checks.real("sparsity", sparsity) <= 1:
-            raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+        else:
+            sparsity = _checks.real("sparsity", sparsity)  # a float, as the checkpoint records it
+            if not 0 <= sparsity <= 1:
+                raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
         self.method, self.sparsity, self.options = method, sparsity, options
         self.batches = _checks.integer("batches", batches, 1)
         self.masks = None  # sf.Masks, from the start of training

@@ -195,6 +195,7 @@ def test_a_second_fit_keeps_the_masks():
 
 @pytest.mark.parametrize("args, kw, error, match", [
     (("forc", 0.5), {}, ValueError, "unknown pruning method 'forc'"),
+    ((sf.force, 0.5), {}, TypeError, "method must be the name of a pruning method"),
     (("force", 0.5), {"iteration": 3}, ValueError, "force takes no option 'iteration'"),
     (("random", 0.5), {"backend": "cpp"}, ValueError, "random runs no kernel backend"),
     (("force",), {}, ValueError, "needs sparsity="),
