@@ -265,6 +265,18 @@ def test_model_pruning_is_lightnings_where_no_ties(fn, use_global):
         assert equal(pruned_masks(ModelPruning, torch.nn.utils.prune.L1Unstructured, True), lightning)
 
 
+def test_global_model_pruning_concatenates_nothing(monkeypatch):
+    lightning = pruned_masks(LightningModelPruning, "l1_unstructured", True)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the weights were concatenated")
+
+    monkeypatch.setattr(torch.nn.utils, "parameters_to_vector", refuse)
+    assert equal(pruned_masks(ModelPruning, "l1_unstructured", True), lightning)
+    with pytest.raises(AssertionError, match="concatenated"):  # Lightning's own, our class inside
+        pruned_masks(LightningModelPruning, sf_prune.L1Unstructured, True)
+
+
 def exact_with_ties(masks, weights, pruned_count):
     """Exactly ``pruned_count`` pruned; every pruned |w| <= every kept |w|; among the |w| equal to
     the largest pruned one, the kept precede the pruned (global position order)."""
