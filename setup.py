@@ -110,6 +110,7 @@ ext_modules, cmdclass = extensions()
 cmdclass["build_py"] = build_py_with_sources
 
 HF = ["transformers>=4.46", "safetensors>=0.4", "accelerate>=1.1"]  # accelerate: transformers.Trainer
+LIGHTNING = ["lightning>=2.1"]  # sparseforce.compat.lightning, imported only when used
 DOCS = ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings-python>=1.10"]  # the site: docs/contributing.md
 
 setup(
@@ -139,9 +140,12 @@ setup(
         # Hugging Face: prune transformers models, save masks as .safetensors. Both are imported
         # only when used; tests/pruning/test_transformers.py needs them, hence also in [test].
         "hf": HF,
+        # Lightning: the pruning callbacks of sparseforce.compat.lightning (tests/compat/test_lightning.py,
+        # hence also in [test]).
+        "lightning": LIGHTNING,
         # The docs site (tests/apps/test_docs.py builds it strictly and runs its examples): with the test
         # extra, the README's one test command covers the documentation too.
-        "test": ["pytest>=7", "hypothesis>=6", *HF, *DOCS],
+        "test": ["pytest>=7", "hypothesis>=6", *HF, *LIGHTNING, *DOCS],
     },
     entry_points={"console_scripts": ["sparseforce=sparseforce.cli:main"]},
 )
