@@ -46,7 +46,7 @@ from torch.nn.utils import parametrize
 
 from .. import ops, pruning
 from ..masks import torch_ao
-from ..pruning import _scope, schedules
+from ..pruning import schedules
 
 __all__ = [
     "Sparsifier",
@@ -82,7 +82,7 @@ class Sparsifier(BaseSparsifier):
                             "tensors say what is pruned)")
         if defaults is not None and not isinstance(defaults, dict):
             raise TypeError(f"defaults must be a dict (ao's group defaults), got {type(defaults).__name__}")
-        self._scope, default_level = _scope.check_scope(scope, distribution, nm, 0.5 if nm is None else None, method)
+        self._scope, default_level = pruning.check_scope(scope, distribution, nm, 0.5 if nm is None else None, method)
         if method == "random" and (nm is not None or not isinstance(distribution, (str, type(None)))):
             raise ValueError("method 'random' takes scope='global', or scope='layer' with distribution 'uniform' "
                              "or 'erk', and no nm")
@@ -183,10 +183,10 @@ class Sparsifier(BaseSparsifier):
         scope = self._scope
         if scope.nm is not None:
             pruned = [k for k, v in levels.items() if v != 0]
-            _scope.check_layers(scope, pruned, [shapes[k] for k in pruned])
+            pruning.check_layers(scope, pruned, [shapes[k] for k in pruned])
             return {"prunable": pruned, "nm": scope.nm} if pruned else None
         names = list(levels)
-        _scope.check_layers(scope, names, [shapes[n] for n in names])
+        pruning.check_layers(scope, names, [shapes[n] for n in names])
         kw = {"prunable": names}
         if self.method == "random":
             kw["distribution"] = "global" if scope.name == "global" else scope.distribution

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .._prunable import prunable_names
 from ._budgets import DISTRIBUTIONS, layer_counts
-from ._scope import LAYER_DISTRIBUTIONS, SCOPES
+from ._scope import LAYER_DISTRIBUTIONS, SCOPES, check_layers, check_scope
 from .baselines import magnitude, random
 from .grasp import grasp
 from .methods import METHODS, Method
@@ -39,5 +39,5 @@ def prune(model, data=None, method="force", sparsity=None, **kw):
 
 __all__ = ["force", "iter_snip", "snip", "grasp", "synflow", "magnitude", "random", "prune", "prunable_names",
            "METHODS", "Method", "DATA_FREE", "SCHEDULES", "K_ROUNDINGS", "densities", "keep_count", "keep_counts",
-           "layer_counts", "DISTRIBUTIONS", "SCOPES", "LAYER_DISTRIBUTIONS", "official_force_densities",
+           "layer_counts", "DISTRIBUTIONS", "SCOPES", "LAYER_DISTRIBUTIONS", "check_scope", "check_layers", "official_force_densities",
            "synaptic_flow_densities"]
