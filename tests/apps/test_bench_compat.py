@@ -12,8 +12,8 @@ from sparseforce import bench, bench_compat
 from sparseforce.bench_memory import PeakMemory
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_STACK = {"model": "linear-stack", "width": 48, "ff": 192, "layers": 2, "repeats": 3}
-TINY_WIDE = {"model": "wide-mlp", "width": 96, "depth": 2, "repeats": 1}
+TINY_STACK = {"model": "linear-stack", "width": 48, "ff": 192, "layers": 2, "repeats": 3, "seed": 2}
+TINY_WIDE = {"model": "wide-mlp", "width": 96, "depth": 2, "repeats": 1, "seed": 0}
 GiB = 1 << 30
 
 
