@@ -26,9 +26,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import ops
+from . import bench_compat, ops
 from .bench_case import Case, Unavailable, text_table
 from .bench_dst import dst_cases, format_update_cost
+from .bench_memory import PeakMemory, available_bytes, fmt_time, skip_row
+from .bench_models import WIDE_DEPTH, WIDE_WIDTH, wide_mlp, wide_mlp_params
 from .bench_segmented import segmented_cases
 
 # ------------------------------------------------------------------------------------- layer sets
@@ -300,7 +302,7 @@ def _force_breakdown(device, model_name, batch, iterations, backends, echo, scal
 
 def format_breakdown(rows: list[dict]) -> str:
     header = ["end-to-end FORCE", "variant", "total", "per step", "fwd+bwd", "selection", "other", "same masks"]
-    lines = [[r["case"], r["variant"], _fmt_time(r["total_s"]), _fmt_time(r["step_s"]),
+    lines = [[r["case"], r["variant"], fmt_time(r["total_s"]), fmt_time(r["step_s"]),
               f"{r['gradients_share']:.1%}", f"{r['selection_share']:.1%}", f"{r['other_share']:.1%}",
               "yes" if r["same_masks_as_plain"] else "NO"] for r in rows]
     return text_table(header, lines)
@@ -308,43 +310,13 @@ def format_breakdown(rows: list[dict]) -> str:
 
 # --------------------------------------------------------------- FORCE past 2^31 prunable weights
 
-WIDE_WIDTH, WIDE_DEPTH = 32768, 2  # 2 · 32768² + 10 · 32768 = 2,147,811,328 weights: just past 2^31
-
-
-def wide_mlp(width: int = WIDE_WIDTH, depth: int = WIDE_DEPTH, classes: int = 10, dtype=torch.bfloat16,
-             device="cpu") -> torch.nn.Sequential:
-    """``depth`` square ``width``-wide Linear layers and a classifier: the fewest layers that hold
-    more than 2^31 weights, so the global top-k has to work with 64-bit positions."""
-    layers = []
-    for _ in range(depth):
-        layers += [torch.nn.Linear(width, width, bias=False, dtype=dtype, device=device), torch.nn.ReLU()]
-    layers.append(torch.nn.Linear(width, classes, dtype=dtype, device=device))
-    return torch.nn.Sequential(*layers)
-
-
 def beyond_int32_name(width: int = WIDE_WIDTH, depth: int = WIDE_DEPTH, iterations: int = 3) -> str:
-    n = depth * width * width + 10 * width
-    return f"force-run wide-mlp {n:,} bf16 T={iterations}"
-
-
-def _available_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no MemAvailable in /proc/meminfo")
-
-
-def _skip_row(case, variant, need, have):
-    return {"case": case, "variant": variant,
-            "skipped": f"needs about {need / 2**30:.1f} GiB more memory, {have / 2**30:.1f} GiB available"}
+    return f"force-run wide-mlp {wide_mlp_params(width, depth):,} bf16 T={iterations}"
 
 
 def force_beyond_int32(device: torch.device, width: int = WIDE_WIDTH, depth: int = WIDE_DEPTH, batch: int = 8,
                        iterations: int = 3, sparsity: float = 0.995, backend: str = "auto", echo=print,
-                       available=_available_bytes) -> list[dict]:
+                       available=available_bytes) -> list[dict]:
     """FORCE end to end on :func:`wide_mlp` in bf16, then the selection of its first step alone,
     sparseforce's against today's practice (per-layer |w·g|, ``torch.cat``, ``torch.topk``, ``>=``).
 
@@ -359,7 +331,7 @@ def force_beyond_int32(device: torch.device, width: int = WIDE_WIDTH, depth: int
     from .pruning.schedules import keep_counts
 
     case = beyond_int32_name(width, depth, iterations)
-    n = depth * width * width + 10 * width
+    n = wide_mlp_params(width, depth)
     rows = []
     # Resident during a step: the model (2N bytes), θ0 ⊙ m (2N; one layer's bool mask widened
     # to bf16 on the way, 2 bytes a weight of the largest layer), the gradients (2N), the previous
@@ -368,7 +340,7 @@ def force_beyond_int32(device: torch.device, width: int = WIDE_WIDTH, depth: int
     have = available(device)
     if need * 1.05 > have:
         echo(f"  {case}: skipped, needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available")
-        return [_skip_row(case, f"sparseforce FORCE [{backend}]", need, have)]
+        return [skip_row(case, f"sparseforce FORCE [{backend}]", need, have)]
     resolved = ops.resolve_name(backend, "saliency_topk_masks", device)  # unavailable: an error before any work
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(0)
@@ -378,7 +350,7 @@ def force_beyond_int32(device: torch.device, width: int = WIDE_WIDTH, depth: int
         y = torch.randint(0, 10, (batch,), generator=gen, device=device)
     echo(f"  running {case} [{resolved}]")
     _sync(device)
-    with _PeakMemory(device) as mem, profile() as phases:
+    with PeakMemory(device) as mem, profile() as phases:
         start = time.perf_counter()
         masks = force(model, [(x, y)], sparsity=sparsity, iterations=iterations, backend=backend)
         _sync(device)
@@ -407,13 +379,13 @@ def force_beyond_int32(device: torch.device, width: int = WIDE_WIDTH, depth: int
         have = available(device)
         if need * 1.05 > have:
             echo(f"  {case} [{label}]: skipped, needs about {need / 2**30:.1f} GiB")
-            rows.append({**_skip_row(case, label, need, have), "params": n, "k": k})
+            rows.append({**skip_row(case, label, need, have), "params": n, "k": k})
             continue
         echo(f"  running {case} [{label}]")
         row = {"case": case, "variant": label, "params": n, "k": k}
         try:
             _sync(device)
-            with _PeakMemory(device) as mem:
+            with PeakMemory(device) as mem:
                 start = time.perf_counter()
                 if variant == "sparseforce":
                     out = ops.saliency_topk_masks(weights, grads, k, backend=backend)
@@ -438,7 +410,7 @@ def _baseline_bytes_per_weight(weights, grads, device, probe: int = 1 << 24) -> 
     w = weights[0].flatten()[:probe]
     g = grads[0].flatten()[:probe]
     _sync(device)
-    with _PeakMemory(device) as mem:
+    with PeakMemory(device) as mem:
         baseline_select([w], [g], max(1, round(w.numel() * 0.005)))
         _sync(device)
     return max(1.0, (mem.extra or 0) / max(1, w.numel()))
@@ -453,8 +425,8 @@ def format_beyond_int32(rows: list[dict]) -> str:
                           "", "", r.get("skipped") or r["error"][:70], ""])
             continue
         mem = "-" if r.get("peak_extra_bytes") is None else f"{r['peak_extra_bytes'] / 2**20:,.0f} MiB"
-        lines.append([r["case"], r["variant"], _fmt_time(r["total_s"]),
-                      _fmt_time(r["step_s"]) if "step_s" in r else "",
+        lines.append([r["case"], r["variant"], fmt_time(r["total_s"]),
+                      fmt_time(r["step_s"]) if "step_s" in r else "",
                       f"{r['selection_share']:.1%} of a step" if "selection_share" in r else "", mem,
                       f"{r['kept']:,} / {r['k']:,}"])
     return text_table(header, lines)
@@ -574,46 +546,6 @@ def copy_bandwidth(device: torch.device, nbytes: int | None = None, reps: int = 
     return 2 * nbytes / min(times)
 
 
-class _PeakMemory:
-    """Extra memory the timed call needs at its peak: CUDA allocator stats on GPU; on CPU the
-    process's peak RSS (VmHWM, reset through /proc/self/clear_refs) above the RSS before."""
-
-    def __init__(self, device):
-        self.device = device
-
-    @staticmethod
-    def _status(field):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        raise OSError(field)
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-        else:
-            try:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")
-                self.base = self._status("VmRSS")
-            except OSError:
-                self.base = None
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.extra = torch.cuda.max_memory_allocated(self.device) - self.base
-        elif self.base is None:
-            self.extra = None
-        else:
-            self.extra = max(0, self._status("VmHWM") - self.base)
-        return False
-
-
 def measure(fn, device, min_time: float = 1.0, max_reps: int = 50, min_reps: int = 3,
             deadline: float | None = None) -> dict:
     """Times ``fn`` after one warm-up call: at least ``min_reps`` runs and ``min_time`` seconds, at
@@ -621,7 +553,7 @@ def measure(fn, device, min_time: float = 1.0, max_reps: int = 50, min_reps: int
     first timed run, and ``time_capped`` says so. The quartiles need 3 runs (from 2, the
     interpolation reaches past the samples): with fewer, ``q1_s`` and ``q3_s`` are None and
     ``min_s``-``max_s`` is the spread to show."""
-    with _PeakMemory(device) as mem:
+    with PeakMemory(device) as mem:
         fn()  # warm-up: JIT builds, allocator, caches
         _sync(device)
     times = []
@@ -691,12 +623,6 @@ def environment(device: torch.device) -> dict:
             "git_commit": commit, "host": platform.node()}
 
 
-def _fmt_time(s):
-    if s is None:
-        return "-"
-    return f"{s * 1e3:,.2f} ms" if s < 10 else f"{s:,.1f} s"
-
-
 def _fmt_short(s):
     """Three significant digits, for the plot's labels."""
     return f"{s:.3g} s" if s >= 1 else f"{s * 1e3:.3g} ms"
@@ -705,10 +631,10 @@ def _fmt_short(s):
 def _fmt_spread(r) -> str:
     """The IQR; the range (min-max) of fewer than 3 runs, which have no quartiles."""
     if r.get("q1_s") is not None and r["reps"] >= 3:
-        return f"{_fmt_time(r['q1_s'])}-{_fmt_time(r['q3_s'])}"
+        return f"{fmt_time(r['q1_s'])}-{fmt_time(r['q3_s'])}"
     if r["reps"] == 1:
         return "(1 run)"
-    return f"{_fmt_time(r['min_s'])}-{_fmt_time(r.get('max_s'))} (range of {r['reps']})"
+    return f"{fmt_time(r['min_s'])}-{fmt_time(r.get('max_s'))} (range of {r['reps']})"
 
 
 def format_table(rows: list[dict]) -> str:
@@ -721,7 +647,7 @@ def format_table(rows: list[dict]) -> str:
             continue
         mem = r.get("peak_extra_bytes")
         lines.append([
-            r["case"], r["impl"], _fmt_time(r["median_s"]),
+            r["case"], r["impl"], fmt_time(r["median_s"]),
             _fmt_spread(r),
             f"{r['speedup_vs_baseline']:.2f}x" if r.get("speedup_vs_baseline") else "-",
             f"{r['times_floor']:.2f}" if r.get("times_floor") else "-",
@@ -858,12 +784,15 @@ def _run(device, full, out_dir, min_time, only, echo, cases, scale, max_case_s, 
     breakdown_case = breakdown_name("resnet50", batch, iterations, scale) if cases is None else None
     # FORCE past 2^31 weights: at its real size only (it exists to cross 2^31), with --full.
     beyond_case = beyond_int32_name() if cases is None and full else None
+    # torch.nn.utils.prune against the drop-in: on the CPU (the machine the past-2^31 claim is about).
+    compat = bench_compat.cases(full or bool(only), scale) if cases is None and dev.type == "cpu" else {}
     if only:
-        names = [c.name for c in chosen] + [x for x in (breakdown_case, beyond_case) if x]
+        names = [c.name for c in chosen] + [x for x in (breakdown_case, beyond_case) if x] + list(compat)
         chosen = [c for c in chosen if only in c.name]
         breakdown_case = breakdown_case if breakdown_case and only in breakdown_case else None
         beyond_case = beyond_case if beyond_case and only in beyond_case else None
-        if not chosen and not breakdown_case and not beyond_case:
+        compat = {name: spec for name, spec in compat.items() if only in name}
+        if not chosen and not breakdown_case and not beyond_case and not compat:
             raise ValueError(f"--only {only!r} matches no case; the cases: {'; '.join(names)}")
 
     started = time.perf_counter()
@@ -892,6 +821,14 @@ def _run(device, full, out_dir, min_time, only, echo, cases, scale, max_case_s, 
         table += ("\n\n" if table else "") + format_beyond_int32(beyond)
         stem.with_suffix(".json").write_text(json.dumps({**header, "rows": rows, "beyond_int32": beyond,
                                                         "complete": False}, indent=1, default=str))
+    compat_rows = []
+    for name, spec in compat.items():
+        compat_rows += bench_compat.compat_prune(name, spec, echo=echo)
+        stem.with_suffix(".json").write_text(json.dumps({**header, "rows": rows, "beyond_int32": beyond,
+                                                        "compat_prune": compat_rows, "complete": False},
+                                                       indent=1, default=str))
+    if compat_rows:
+        table += ("\n\n" if table else "") + bench_compat.format_compat(compat_rows)
     breakdown = []
     if breakdown_case:
         cuda = dev.type == "cuda"
@@ -903,7 +840,7 @@ def _run(device, full, out_dir, min_time, only, echo, cases, scale, max_case_s, 
     echo(table)
     seconds = round(time.perf_counter() - started, 1)
     result = {**header, "seconds": seconds, "rows": rows, "breakdown": breakdown, "beyond_int32": beyond,
-              "table": table, "complete": True}
+              "compat_prune": compat_rows, "table": table, "complete": True}
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
     what = f"{env['device']}, torch {env['torch']}, {env['date'][:10]}" + (f", sizes / {scale}" if scale > 1 else "")
     written = [stem.with_suffix(".json")]
