@@ -785,7 +785,8 @@ def _run(device, full, out_dir, min_time, only, echo, cases, scale, max_case_s, 
     # FORCE past 2^31 weights: at its real size only (it exists to cross 2^31), with --full.
     beyond_case = beyond_int32_name() if cases is None and full else None
     # torch.nn.utils.prune against the drop-in: on the CPU (the machine the past-2^31 claim is about).
-    compat = bench_compat.cases(full or bool(only), scale) if cases is None and dev.type == "cpu" else {}
+    # global_unstructured against torch's: with --full or --only (torch takes 14 s a repeat of the stack).
+    compat = bench_compat.cases(full or bool(only), scale) if cases is None and dev.type == "cpu" and (full or only) else {}
     if only:
         names = [c.name for c in chosen] + [x for x in (breakdown_case, beyond_case) if x] + list(compat)
         chosen = [c for c in chosen if only in c.name]

@@ -68,8 +68,8 @@ def stack_name(width: int = BERT["width"], ff: int = BERT["ff"], layers: int = B
 
 
 def cases(full: bool = False, scale: int = 1) -> dict[str, dict]:
-    """name -> spec of the cases a run has: the stack (its widths / ``scale``) always, the model
-    past 2^31 (at its real size: it exists to cross 2^31) with ``full``."""
+    """name -> spec of the cases a run with ``--full`` or ``--only`` has: the stack (its widths /
+    ``scale``), and the model past 2^31 (at its real size: it exists to cross 2^31) with ``full``."""
     # Seed 2: no two weights tie at the stack's threshold (seed 0's has two), so torch's masks are
     # exact and comparable with ours; each row's tie_at_threshold says so.
     stack = {"model": "linear-stack", "width": max(1, BERT["width"] // scale), "ff": max(1, BERT["ff"] // scale),
