@@ -146,3 +146,34 @@ def test_the_committed_run_past_2_31_torch_fails_and_ours_prunes_exactly_the_amo
     assert stack_theirs["time_vs_ours"] > 1 and stack_theirs["peak_extra_bytes"] > stack_ours["peak_extra_bytes"]
     assert bench_compat.format_compat(saved["compat_prune"]) in saved["table"]
     assert re.fullmatch(r"[0-9a-f]{7,40}", saved["git_commit"])
+
+
+def test_the_docs_table_is_the_committed_run():
+    """docs/compat.md's past-2^31 numbers are those of the committed JSON, cell by cell."""
+    page = (ROOT / "docs" / "compat.md").read_text(encoding="utf-8")
+    section = page[page.index("## Past 2^31 weights"):]
+    path = re.search(r"`(benchmarks/results/compat-prune-[\w-]+/[\w-]+\.json)`", section).group(1)
+    saved = json.loads((ROOT / path).read_text(encoding="utf-8"))
+    assert saved == _committed()
+    rows = {(r["case"], r["variant"]): r for r in saved["compat_prune"]}
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+             if line.startswith("| ") and not line.startswith("|---")][1:]
+    (stack_ours, stack_theirs, big_ours, big_theirs) = table
+    gib = lambda r: f"{r['peak_extra_bytes'] / 2**30:.1f} GiB"  # noqa: E731
+    counts = lambda r: f"{r['pruned']:,} / {r['asked']:,}"  # noqa: E731
+    for name, ours_cells, theirs_cells in ((bench_compat.stack_name(), stack_ours, stack_theirs),
+                                           (bench_compat.beyond_name(), big_ours, big_theirs)):
+        ours, theirs = rows[(name, "sparseforce.compat.prune")], rows[(name, "torch.nn.utils.prune")]
+        assert ours_cells[0].startswith(f"{ours['params']:,} ") and ours_cells[1] == ours["variant"]
+        assert ours_cells[2] == (f"{ours['median_s']:.2f} s" if ours["median_s"] < 10 else f"{ours['median_s']:.1f} s")
+        assert ours_cells[3] == gib(ours) and ours_cells[4] == counts(ours) and ours["pruned"] == ours["asked"]
+        assert theirs_cells[1] == theirs["variant"]
+        if "error" in theirs:
+            assert theirs_cells[2] == "failed" and theirs_cells[3].startswith(gib(theirs) + ", then asked for ")
+            asked = int(re.search(r"allocate (\d+) bytes", theirs["error"]).group(1))
+            assert f"{asked / 2**30:.1f} GiB more" in theirs_cells[3] and str(asked) in section
+        else:
+            assert theirs_cells[2] == f"{theirs['median_s']:.1f} s ({theirs['time_vs_ours']:.1f}× ours)"
+            assert theirs_cells[3] == gib(theirs) and theirs_cells[4] == counts(theirs)
+            assert theirs["same_masks_as_ours"] and theirs_cells[5] == "the same as ours"
+    assert saved["torch"] in section and f"{saved['device'].split('(')[1].split()[0]} threads" in section
