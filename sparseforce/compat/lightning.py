@@ -66,7 +66,8 @@ class PruneAtStart(pl.Callback):
     and keep the pruned weights at 0 through training. ``options`` are the method's own keywords
     (``iterations``, ``schedule``, ``loss_fn``, ``prunable``, ``scope``, ``nm``, ...), checked by name
     here and by value when it runs; ``backend`` picks the ops backend. ``masks`` holds the
-    ``sf.Masks`` from then on; ``handle`` is ``apply_masks``' handle (``.remove()`` stops enforcing)."""
+    ``sf.Masks`` from then on; ``handle`` is ``apply_masks``' handle while ``fit`` runs (it is removed
+    when ``fit`` ends: call ``sf.apply_masks(module, callback.masks)`` to train on outside Lightning)."""
 
     def __init__(self, method: str = "force", sparsity=None, *, batches: int = 1, backend: str = "auto", **options):
         if not isinstance(method, str):
@@ -112,6 +113,14 @@ class PruneAtStart(pl.Callback):
         if self.handle is not None:  # a second fit binds afresh
             self.handle.remove()
         self.handle = apply_masks(pl_module, self.masks)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Enforcement is for Lightning's optimizer steps: once fit ends (or fails) its global step
+        # hook and its hold on the module go; the weights stay 0 until changed, and the next fit
+        # binds again.
+        if stage == "fit" and self.handle is not None:
+            self.handle.remove()
+            self.handle = None
 
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Masks:
         entry, options = METHODS[self.method], dict(self.options)

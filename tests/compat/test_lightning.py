@@ -327,3 +327,20 @@ def test_every_rank_gets_the_same_masks_under_ddp():
     pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=1, logger=False,
                enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                callbacks=[pruner, SameMasksOnEveryRank(pruner)]).fit(Tiny(), loader(shuffle=True))
+
+
+def test_enforcement_ends_with_fit_and_the_next_fit_binds_again():
+    # apply_masks' global step hook and its hold on the module last as long as fit does
+    prune = PruneAtStart("magnitude", sparsity=0.5)
+    module = Tiny()
+    trainer([prune, ZerosKept(prune)], max_steps=2).fit(module, loader())
+    assert prune.handle is None
+    params = dict(module.named_parameters())
+    assert all(torch.all(params[n][~m] == 0) for n, m in prune.masks.items())
+    opt = torch.optim.SGD(module.parameters(), lr=1.0)
+    module(torch.ones(2, 6)).sum().backward()
+    opt.step()  # outside Lightning: nothing re-zeroes the pruned weights any more
+    assert any(bool(params[n][~m].any()) for n, m in prune.masks.items())
+    masks = prune.masks
+    trainer([prune, ZerosKept(prune)], max_steps=2).fit(module, loader())  # zeros again from the next step on
+    assert prune.masks is masks or prune.masks == masks
