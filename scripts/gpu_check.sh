@@ -161,9 +161,9 @@ step distributed 70 180 "${PYTEST[@]}" tests/distributed/test_distributed.py -k 
   --basetemp="$DEST/distributed_tmp" --junitxml="$DEST/distributed.xml"
 
 # The pruning-level tests that have CUDA cases: inverted masks on every backend, shuffle on CUDA,
-# sf.to_semi_structured's 2:4 layers against the masked dense ones.
+# sf.to_semi_structured's 2:4 layers against the masked dense ones, compat.prune against torch's on the GPU.
 step tests_pruning 10 60 "${PYTEST[@]}" tests/pruning/test_conventions.py tests/pruning/test_ablations.py \
-  tests/pruning/test_semi_structured.py -k "every_backend or any_device or on_a_gpu" --junitxml="$DEST/tests_pruning.xml"
+  tests/pruning/test_semi_structured.py tests/compat/test_prune.py -k "every_backend or any_device or on_a_gpu" --junitxml="$DEST/tests_pruning.xml"
 
 # A 2:4 Linear (sf.to_semi_structured) against the dense one: 4096 x 4096 in fp16 and bf16 on 4096
 # tokens, with each of torch's semi-structured backends; a device or build refusing one is recorded

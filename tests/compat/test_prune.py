@@ -548,3 +548,23 @@ def test_bad_input_one_line_and_nothing_changed(case, pruned_before, gen):
 
 def test_bad_cases_count():
     assert len(_bad_cases(Net())) == 25
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("backend", ["cuda", "triton", "reference"])
+def test_on_a_gpu_the_masks_are_torchs_and_the_cpu_ones(backend):
+    net, _ = make_net(torch.Generator().manual_seed(7))
+    on_cpu, on_gpu, theirs = copy.deepcopy(net), copy.deepcopy(net).cuda(), copy.deepcopy(net).cuda()
+    for amount in (0.6, 0.5):  # the second round ranks the weights the first one left
+        prune.global_unstructured(pairs(on_cpu), pruning_method=prune.L1Unstructured, amount=amount)
+        prune.global_unstructured(pairs(on_gpu), pruning_method=prune.L1Unstructured, amount=amount, backend=backend)
+        tp.global_unstructured(pairs(theirs), pruning_method=tp.L1Unstructured, amount=amount)
+    for (a, name), (b, _), (c, _) in zip(pairs(on_cpu), pairs(on_gpu), pairs(theirs)):
+        mask = getattr(b, name + "_mask")
+        assert mask.is_cuda and torch.equal(mask.cpu(), getattr(a, name + "_mask"))
+        assert torch.equal(mask, getattr(c, name + "_mask"))
+    torch.cuda.manual_seed(3)
+    prune.random_unstructured(on_gpu.fc1, "weight", amount=0.5, backend=backend)
+    torch.cuda.manual_seed(3)
+    tp.random_unstructured(theirs.fc1, "weight", amount=0.5)
+    assert torch.equal(on_gpu.fc1.weight_mask, theirs.fc1.weight_mask)  # torch's own draw, on the device
