@@ -44,7 +44,7 @@ from lightning.pytorch.callbacks import pruning as pl_pruning
 
 from .. import _checks
 from ..masks import Masks, apply_masks
-from ..pruning import METHODS, prune
+from ..pruning import METHODS, check_method, prune
 from . import prune as sf_prune
 
 __all__ = ["PruneAtStart", "ModelPruning"]
@@ -70,12 +70,7 @@ class PruneAtStart(pl.Callback):
     when ``fit`` ends: call ``sf.apply_masks(module, callback.masks)`` to train on outside Lightning)."""
 
     def __init__(self, method: str = "force", sparsity=None, *, batches: int = 1, backend: str = "auto", **options):
-        if not isinstance(method, str):
-            raise TypeError(f"method must be the name of a pruning method, one of {sorted(METHODS)}, "
-                            f"got {_checks.describe(method)}")
-        if method not in METHODS:
-            raise ValueError(f"unknown pruning method {method!r}; choose one of {sorted(METHODS)}")
-        entry = METHODS[method]
+        entry = check_method(method)
         unknown = sorted(set(options) - set(entry.options))
         if unknown:
             raise ValueError(f"PruneAtStart: {method} takes no option {', '.join(map(repr, unknown))}; its options "

@@ -49,6 +49,7 @@ from torch.nn.utils.prune import (BasePruningMethod, CustomFromMask, Identity, L
                                   random_structured, remove)
 
 from .. import ops
+from ..masks import torch_prune as torch_prune_format
 
 __all__ = [
     # sparseforce's exact selection, torch's signatures
@@ -84,12 +85,12 @@ def _exact_rank(scores: list, competing: list, nprune: int, backend: str) -> lis
     return ops.drop_grow_masks(scores, scores, competing, nprune, 0, segment="global", backend=backend)
 
 
-def _random_scores(competing: list, dtype: torch.dtype) -> list:
+def _random_scores(competing: list, counts: list, dtype: torch.dtype) -> list:
     """torch's draw (one ``rand_like`` over all competing entries, in order, so the same numbers
     and the same RNG state after it on every device), as scores whose largest are the smallest
-    draws: 1 - u, exact in float32/float64 for every u torch draws (float64 for the half types)."""
+    draws: 1 - u, exact in float32/float64 for every u torch draws (float64 for the half types).
+    ``counts``: the number competing in each tensor."""
     wide = dtype if dtype in (torch.float32, torch.float64) else torch.float64
-    counts = [int(c.count_nonzero()) for c in competing]
     draws = torch.rand(sum(counts), dtype=dtype, device=competing[0].device)
     scores = []
     for c, u in zip(competing, draws.split(counts)):
@@ -99,6 +100,18 @@ def _random_scores(competing: list, dtype: torch.dtype) -> list:
     return scores
 
 
+def _pruned_mask(t, default_mask, amount, scores) -> torch.Tensor:
+    """``default_mask`` with the ``amount`` of ``t``'s entries of smallest ``scores(competing)`` set
+    to 0 (all of ``t`` competes, as in torch's ``compute_mask``)."""
+    nprune = pruned_count(amount, t.nelement())
+    mask = default_mask.clone(memory_format=torch.contiguous_format)
+    if nprune:
+        competing = [_keep_all(t)]
+        keep = _exact_rank(scores(competing), competing, nprune, "auto")[0]
+        mask.masked_fill_(~keep, 0)
+    return mask
+
+
 class L1Unstructured(torch_prune.L1Unstructured):
     """torch's ``L1Unstructured`` pruning exactly ``amount`` by the exact selection (ties: the lowest
     position is kept). Also what Lightning's ``ModelPruning(pruning_fn=...)`` and torch's own
@@ -106,12 +119,7 @@ class L1Unstructured(torch_prune.L1Unstructured):
     concatenate."""
 
     def compute_mask(self, t, default_mask):
-        nprune = pruned_count(self.amount, t.nelement())
-        mask = default_mask.clone(memory_format=torch.contiguous_format)
-        if nprune:
-            keep = _exact_rank([t.detach()], [_keep_all(t)], nprune, "auto")[0]
-            mask.masked_fill_(~keep, 0)
-        return mask
+        return _pruned_mask(t, default_mask, self.amount, lambda competing: [t.detach()])
 
 
 class RandomUnstructured(torch_prune.RandomUnstructured):
@@ -119,13 +127,8 @@ class RandomUnstructured(torch_prune.RandomUnstructured):
     of the largest draws by the exact selection."""
 
     def compute_mask(self, t, default_mask):
-        nprune = pruned_count(self.amount, t.nelement())
-        mask = default_mask.clone(memory_format=torch.contiguous_format)
-        if nprune:
-            competing = [_keep_all(t)]
-            keep = _exact_rank(_random_scores(competing, t.dtype), competing, nprune, "auto")[0]
-            mask.masked_fill_(~keep, 0)
-        return mask
+        return _pruned_mask(t, default_mask, self.amount,
+                            lambda competing: _random_scores(competing, [t.nelement()], t.dtype))
 
 
 def _rule(method) -> str | None:
@@ -162,18 +165,10 @@ def _check_prunable(module: nn.Module, name: str, where: str) -> None:
     (``<name>_orig`` a parameter); checked up front so that no module is changed on an error."""
     if name in module._parameters and module._parameters[name] is not None:
         return
-    if _pruned_before(module, name):
+    if name in torch_prune_format.pruned_names(module):
         return
     what = "a buffer" if name in module._buffers else ("missing" if not hasattr(module, name) else "not a parameter")
     raise ValueError(f"{where}: {type(module).__name__} has no parameter {name!r} to prune ({name!r} is {what})")
-
-
-def _pruned_before(module: nn.Module, name: str) -> bool:
-    """``module.<name>`` is pruned by ``torch.nn.utils.prune``: ``<name>_orig``, ``<name>_mask`` and
-    a hook for ``name`` (a method or a ``PruningContainer``)."""
-    return (f"{name}_orig" in module._parameters and f"{name}_mask" in module._buffers
-            and any(isinstance(h, BasePruningMethod) and getattr(h, "_tensor_name", None) == name
-                    for h in module._forward_pre_hooks.values()))
 
 
 def _select(pairs: list, scores: list, method, rule: str, backend: str) -> list:
@@ -192,19 +187,23 @@ def _select(pairs: list, scores: list, method, rule: str, backend: str) -> list:
     old = [getattr(module, f"{name}_mask", None) for module, name in pairs]
     # torch's PruningContainer: the entries whose mask is 1 compete, the others stay pruned.
     competing = [_keep_all(s) if m is None else (m.detach() == 1).to(s.device) for m, s in zip(old, scores)]
-    total = sum(int(c.count_nonzero()) for c in competing)
-    nprune = pruned_count(method.amount, total)
+    counts = [int(c.count_nonzero()) for c in competing]
+    nprune = pruned_count(method.amount, sum(counts))
     if rule == "random":
         if not nprune:  # torch draws nothing then
             return competing
         dtype = scores[0].dtype
         for s in scores[1:]:
             dtype = torch.promote_types(dtype, s.dtype)  # parameters_to_vector's cat
-        scores = _random_scores(competing, dtype)
-    scores = [_blank_pruned(s.detach(), c, m) for s, c, m in zip(scores, competing, old)]
+        scores = _random_scores(competing, counts, dtype)
+    scores = [s.detach() for s in scores]
     try:
         with torch.no_grad():
-            return _exact_rank(scores, competing, nprune, backend)
+            try:
+                return _exact_rank(scores, competing, nprune, backend)
+            except ops.NaNScoreError:  # the kernel's scan found one: is it among the competing entries?
+                scores = [_blank_pruned(s, c, m) for s, c, m in zip(scores, competing, old)]
+                return _exact_rank(scores, competing, nprune, backend)
     except ops.NaNScoreError as e:
         module, name = pairs[e.index // 2]  # drop_grow_masks numbers (tensor, weights|scores) pairs
         raise ops.NaNScoreError(e.index // 2, f"the importance scores of ({type(module).__name__}, {name!r}) "
@@ -214,7 +213,7 @@ def _select(pairs: list, scores: list, method, rule: str, backend: str) -> list:
 def _blank_pruned(scores: torch.Tensor, competing: torch.Tensor, old_mask) -> torch.Tensor:
     """The scores with a NaN in an entry pruned before zeroed: it does not compete, so torch never
     sees it (``weight`` = ``weight_orig * mask`` is NaN there when ``weight_orig`` is ±inf or NaN).
-    Copied only for a tensor holding one."""
+    Copied only for a tensor holding one; looked for only once the kernel has found a NaN."""
     if old_mask is None or not bool(scores.isnan().any()):
         return scores
     return scores.masked_fill(~competing, 0)

@@ -226,6 +226,7 @@ class Masks(collections.abc.Mapping):
         one bool mask per ``<name>_mask`` buffer, named by its parameter (``fc.weight``, not
         ``fc.weight_orig``), in the model's order. The model is only read."""
         from . import torch_prune
+        check_model(model)
         return cls(torch_prune.read(model))
 
     def to_torch_prune(self, model: nn.Module) -> nn.Module:
@@ -234,6 +235,7 @@ class Masks(collections.abc.Mapping):
         a parameter pruned before keeps the product of both masks. Every mask is checked against
         the model before any is applied. Returns ``model``."""
         from . import torch_prune
+        check_model(model)
         torch_prune.write(self, model)
         return model
 
@@ -242,12 +244,14 @@ class Masks(collections.abc.Mapping):
         """The masks of a model prepared by a ``torch.ao.pruning`` sparsifier (its ``FakeSparsity``
         parametrizations), named by the parametrized tensor (``fc.weight``). The model is only read."""
         from . import torch_ao
+        check_model(model)
         return cls(torch_ao.read(model))
 
     def to_torch_ao(self, model: nn.Module) -> nn.Module:
         """Write these masks into the ``FakeSparsity`` masks of a model prepared by a
         ``torch.ao.pruning`` sparsifier, every mask checked before any is written. Returns ``model``."""
         from . import torch_ao
+        check_model(model)
         torch_ao.write(self, model)
         return model
 

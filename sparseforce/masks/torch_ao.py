@@ -42,8 +42,6 @@ def _prepared(model: nn.Module) -> dict[str, list[FakeSparsity]]:
 
 def read(model: nn.Module) -> dict:
     """name -> bool mask for every tensor of ``model`` under a ``FakeSparsity``; ``model`` is only read."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     masks = {}
     for name, fakes in _prepared(model).items():
         for fake in fakes:
@@ -58,8 +56,6 @@ def write(masks, model: nn.Module) -> None:
     """Copy each of ``masks`` into the ``FakeSparsity`` masks of the tensor it names. Every name is
     checked first (a tensor of ``model`` under a ``FakeSparsity``, of the mask's shape, a bool mask),
     then all are written; tensors ``masks`` does not name keep theirs."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     prepared = _prepared(model)
     for name, mask in masks.items():
         if name not in prepared:

@@ -7,7 +7,7 @@ import torch.nn as nn
 from torch.nn.utils import prune
 
 
-def _pruned_names(module: nn.Module) -> list:
+def pruned_names(module: nn.Module) -> list:
     """The names of ``module``'s tensors pruned by ``torch.nn.utils.prune``, in the order they were
     first pruned (the order of their ``_orig`` parameters; a hook moves to the end at every prune)."""
     hooked = {hook._tensor_name for hook in module._forward_pre_hooks.values()
@@ -22,7 +22,7 @@ def read(model: nn.Module) -> dict:
     ``named_modules`` order. The masks are new tensors; the model is only read."""
     masks = {}
     for path, module in model.named_modules():
-        for name in _pruned_names(module):
+        for name in pruned_names(module):
             full = f"{path}.{name}" if path else name
             buffer = module._buffers[f"{name}_mask"].detach()
             if bool(((buffer != 0) & (buffer != 1)).any()):

@@ -1,6 +1,7 @@
 """Pruning methods: FORCE and Iter SNIP (progressive) and the baselines they are compared with."""
 from __future__ import annotations
 
+from .. import _checks
 from .._prunable import prunable_names
 from ._budgets import DISTRIBUTIONS, layer_counts
 from ._scope import LAYER_DISTRIBUTIONS, SCOPES, check_layers, check_scope
@@ -15,6 +16,16 @@ from .synflow import synflow
 DATA_FREE = tuple(sorted(name for name, m in METHODS.items() if not m.needs_data))
 
 
+def check_method(method) -> Method:
+    """The :data:`METHODS` entry ``method`` names, or the error saying what the names are."""
+    if not isinstance(method, str):
+        raise TypeError(f"method must be the name of a pruning method, one of {sorted(METHODS)}, "
+                        f"got {_checks.describe(method)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; choose one of {sorted(METHODS)}")
+    return METHODS[method]
+
+
 def prune(model, data=None, method="force", sparsity=None, **kw):
     """One entry point for every method: ``prune(model, data, method="force", sparsity=0.99, ...)``.
 
@@ -23,15 +34,10 @@ def prune(model, data=None, method="force", sparsity=None, **kw):
     one-shot iterator as ``data``, the random state, the collapse warning, ``k_rounding``,
     ``train_mode``, ``invert``, and ``scope`` / ``distribution`` / ``nm`` for the methods that
     rank scores). With ``nm=(n, m)``, ``sparsity`` may be left out: it is 1 - n/m."""
-    if not isinstance(method, str):
-        raise TypeError(f"method must be the name of a pruning method, one of {sorted(METHODS)}, "
-                        f"got {type(method).__name__}")
-    if method not in METHODS:
-        raise ValueError(f"unknown pruning method {method!r}; choose one of {sorted(METHODS)}")
+    entry = check_method(method)
     if sparsity is None and kw.get("nm") is None:
         raise ValueError("prune() needs sparsity= (the fraction of prunable weights to remove), or nm=(n, m) for a "
                          "method that ranks scores")
-    entry = METHODS[method]
     if not entry.takes_data:
         return entry.function(model, sparsity=sparsity, **kw)
     return entry.function(model, data, sparsity=sparsity, **kw)
@@ -39,5 +45,5 @@ def prune(model, data=None, method="force", sparsity=None, **kw):
 
 __all__ = ["force", "iter_snip", "snip", "grasp", "synflow", "magnitude", "random", "prune", "prunable_names",
            "METHODS", "Method", "DATA_FREE", "SCHEDULES", "K_ROUNDINGS", "densities", "keep_count", "keep_counts",
-           "layer_counts", "DISTRIBUTIONS", "SCOPES", "LAYER_DISTRIBUTIONS", "check_scope", "check_layers", "official_force_densities",
+           "layer_counts", "DISTRIBUTIONS", "SCOPES", "LAYER_DISTRIBUTIONS", "check_scope", "check_layers", "check_method", "official_force_densities",
            "synaptic_flow_densities"]
